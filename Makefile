@@ -1,0 +1,43 @@
+# HD-Compute-Toolkit: one entry point for set-up, tests, benchmarks and the demo.
+# `make demo` and `make test` are the two commands a new user runs (README.md).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+PYTEST_ARGS ?=
+
+.PHONY: install test test-gpu bench demo clean
+
+# Installs the package (editable, with the compiled CPU kernels) and its test/bench extras into .venv.
+# torch is large: the first run downloads it once into pip's cache (~/.cache/pip), later runs reuse it.
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py worker/hd_compute/kernels/cpu_kernels.c
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --progress-bar on -e '.[dev]'
+	@touch $@
+
+# The whole suite. pytest's exit code 5 (nothing collected) means the suite is broken, so it fails too.
+test: install
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite is broken" >&2; exit 1; fi; \
+	exit $$rc
+
+# Only the tests that need a CUDA device (run on a GPU machine).
+test-gpu: install
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+# Ours vs torchhd on the seed's baseline cases; writes $(OUT)/bench.json and $(OUT)/bench.png.
+bench: install
+	@mkdir -p $(OUT)
+	$(VENV)/bin/hdc-bench --kernels --json $(OUT)/bench.json --plot $(OUT)/bench.png
+
+# The main job. Today: the HDC engine on real data and the baseline benchmark.
+demo: install
+	$(PY) -m hd_compute.demo
+
+clean:
+	rm -rf build $(OUT) .pytest_cache worker/*.egg-info worker/hd_compute/kernels/_cpu*.so

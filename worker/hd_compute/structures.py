@@ -1,0 +1,115 @@
+"""ItemMemory: a growable store of hypervectors with batched top-k similarity search.
+
+Search runs in chunks of items (and of queries) sized so that the score matrix of one chunk stays under
+`max_chunk_bytes`, so memory is bounded for millions of items whatever the batch of queries.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .device import resolve_device
+from .errors import check_positive_int
+from .functional import _check_compatible, _check_hv
+from .hypervectors import Hypervectors
+from .vsa import VSAModel, get_model
+
+
+class SearchResult(NamedTuple):
+    similarities: torch.Tensor  # (Q, k) float32 cosine similarity, best first
+    indices: torch.Tensor  # (Q, k) int64 item ids
+
+
+class ItemMemory:
+    def __init__(self, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, initial_capacity: int = 1024, max_chunk_bytes: int = 64 << 20):
+        self.dim = check_positive_int(dim, "dim")
+        self.vsa = get_model(vsa)
+        self.device = resolve_device(device)
+        self.dtype = self.vsa.storage_dtype(dtype)
+        self.max_chunk_bytes = check_positive_int(max_chunk_bytes, "max_chunk_bytes")
+        width = self.vsa.storage_width(dim)
+        self._storage = torch.empty((check_positive_int(initial_capacity, "initial_capacity"), width),
+                                    dtype=self.dtype, device=self.device)
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def vectors(self) -> Hypervectors:
+        """All stored items, (N,) — a view, not a copy."""
+        return Hypervectors(self._storage[: self._size], self.vsa, self.dim)
+
+    def _empty_like_me(self) -> Hypervectors:
+        return Hypervectors(self._storage[:0], self.vsa, self.dim)
+
+    def add(self, items: Hypervectors) -> torch.Tensor:
+        """Appends items (a single hypervector or a 1-D batch); returns their ids (int64)."""
+        _check_compatible(items, self._empty_like_me(), "items", "memory")
+        data = items.data.reshape(-1, items.data.shape[-1])
+        needed = self._size + data.shape[0]
+        if needed > self._storage.shape[0]:
+            capacity = max(needed, 2 * self._storage.shape[0])
+            grown = torch.empty((capacity, self._storage.shape[1]), dtype=self.dtype, device=self.device)
+            grown[: self._size] = self._storage[: self._size]
+            self._storage = grown
+        self._storage[self._size : needed] = data
+        ids = torch.arange(self._size, needed, dtype=torch.int64)
+        self._size = needed
+        return ids
+
+    def get(self, ids: torch.Tensor | list[int]) -> Hypervectors:
+        ids = torch.as_tensor(ids, dtype=torch.int64)
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self._size):
+            raise IndexError(f"ids must be in [0, {self._size}), got values from {int(ids.min())} to {int(ids.max())}")
+        return Hypervectors(self._storage[ids.to(self.device)], self.vsa, self.dim)
+
+    def search(self, queries: Hypervectors, k: int = 1) -> SearchResult:
+        """The k most similar items (cosine) for each query; queries (Q,) or a single hypervector."""
+        _check_hv(queries, "queries")
+        _check_compatible(queries, self._empty_like_me(), "queries", "memory")
+        check_positive_int(k, "k")
+        if self._size == 0:
+            raise ValueError("the item memory is empty; add items before searching")
+        if k > self._size:
+            raise ValueError(f"k={k} is larger than the number of items ({self._size})")
+        single = queries.data.dim() == 1
+        q_all = queries.data.reshape(-1, queries.data.shape[-1])
+        items = self._storage[: self._size]
+        query_chunk = min(max(1, q_all.shape[0]), 4096)
+        item_chunk = max(k, self.max_chunk_bytes // (4 * query_chunk))
+        best_sims, best_ids = [], []
+        for q_start in range(0, q_all.shape[0], query_chunk):
+            q = q_all[q_start : q_start + query_chunk]
+            sims_run = torch.full((q.shape[0], 0), float("-inf"), device=self.device)
+            ids_run = torch.zeros((q.shape[0], 0), dtype=torch.int64, device=self.device)
+            for i_start in range(0, self._size, item_chunk):
+                chunk = items[i_start : i_start + item_chunk]
+                sims = self.vsa.cosine(q, chunk, self.dim)
+                top = sims.topk(min(k, chunk.shape[0]), dim=1)
+                sims_run = torch.cat([sims_run, top.values], dim=1)
+                ids_run = torch.cat([ids_run, top.indices + i_start], dim=1)
+                if sims_run.shape[1] > k:
+                    merged = sims_run.topk(k, dim=1)
+                    sims_run, ids_run = merged.values, ids_run.gather(1, merged.indices)
+            best_sims.append(sims_run)
+            best_ids.append(ids_run)
+        sims_out, ids_out = torch.cat(best_sims), torch.cat(best_ids)
+        if single:
+            return SearchResult(sims_out[0], ids_out[0])
+        return SearchResult(sims_out.reshape(*queries.shape, k), ids_out.reshape(*queries.shape, k))
+
+    def state_dict(self) -> dict:
+        return {"dim": self.dim, "vsa": self.vsa.name, "dtype": str(self.dtype).removeprefix("torch."),
+                "vectors": self._storage[: self._size].cpu().clone()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict, *, device: str | torch.device | None = None) -> "ItemMemory":
+        vectors = state["vectors"]
+        memory = cls(state["dim"], state["vsa"], device=device, dtype=getattr(torch, state["dtype"]),
+                     initial_capacity=max(1, vectors.shape[0]))
+        memory.add(Hypervectors(vectors.to(memory.device), memory.vsa, memory.dim, validate=True))
+        return memory

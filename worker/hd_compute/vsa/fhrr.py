@@ -1,0 +1,62 @@
+"""FHRR (Fourier HRR): complex phasors e^{i*theta}, one angle per dimension.
+
+Storage: complex64 unit phasors. bind = element-wise product (angles add), inverse = conjugate (angles
+negate), bundle = sum projected back onto the unit circle (each element keeps the angle of the sum; an
+exactly zero sum becomes 1). similarity = real part of the Hermitian dot product; cosine = dot / D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import VSAModel
+
+
+class FHRR(VSAModel):
+    name = "FHRR"
+    default_dtype = torch.complex64
+    allowed_dtypes = (torch.complex64, torch.complex128)
+
+    def random(self, shape, dim, dtype, generator, device):
+        real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64
+        angles = torch.rand((*shape, dim), dtype=real_dtype, generator=generator, device=device) * (2 * math.pi) - math.pi
+        return torch.polar(torch.ones_like(angles), angles).to(dtype)
+
+    def identity(self, shape, dim, dtype, device):
+        return torch.ones((*shape, dim), dtype=dtype, device=device)
+
+    def bind(self, a, b, dim):
+        return a * b
+
+    def inverse(self, a, dim):
+        return a.conj().resolve_conj()
+
+    def multiset(self, data, dim):
+        return self._to_unit(data.sum(dim=-2))
+
+    @staticmethod
+    def _to_unit(summed):
+        magnitude = summed.abs()
+        return torch.where(magnitude > 0, summed / magnitude.clamp_min(1e-30), torch.ones_like(summed))
+
+    def dot(self, a, b, dim):
+        return (a @ b.conj().T).real
+
+    def cosine(self, a, b, dim):
+        norms = a.abs().square().sum(-1).sqrt().unsqueeze(-1) * b.abs().square().sum(-1).sqrt().unsqueeze(0)
+        return (self.dot(a, b, dim) / norms.clamp_min(1e-12)).float()
+
+    def to_dense(self, data, dim):
+        return data
+
+    def from_dense(self, dense, dtype):
+        return dense.to(dtype)
+
+    def quantize_sum(self, summed, count, dtype):
+        return self._to_unit(summed).to(dtype)
+
+    def validate(self, data, dim):
+        if not bool(torch.isfinite(data.abs()).all()) or not torch.allclose(data.abs(), torch.ones_like(data.abs()), atol=1e-3):
+            raise ValueError("FHRR hypervectors must hold unit-magnitude complex phasors")

@@ -1,0 +1,57 @@
+"""HRR (Holographic Reduced Representations): real vectors with i.i.d. N(0, 1/D) elements.
+
+Storage: float32 (float64 on request). bind = circular convolution computed with the real FFT,
+unbind = binding with the approximate inverse (the involution x*[i] = x[-i mod D]), so unbind(bind(a, b), b)
+is a noisy copy of a (recovered by cleanup). bundle = sum. similarity = dot / cosine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import VSAModel
+
+
+class HRR(VSAModel):
+    name = "HRR"
+    default_dtype = torch.float32
+    allowed_dtypes = (torch.float32, torch.float64)
+
+    def random(self, shape, dim, dtype, generator, device):
+        return torch.randn((*shape, dim), dtype=dtype, generator=generator, device=device) / math.sqrt(dim)
+
+    def identity(self, shape, dim, dtype, device):
+        out = torch.zeros((*shape, dim), dtype=dtype, device=device)
+        out[..., 0] = 1
+        return out
+
+    def bind(self, a, b, dim):
+        return torch.fft.irfft(torch.fft.rfft(a, dim=-1) * torch.fft.rfft(b, dim=-1), n=dim, dim=-1)
+
+    def inverse(self, a, dim):
+        return torch.roll(torch.flip(a, dims=(-1,)), shifts=1, dims=-1)
+
+    def multiset(self, data, dim):
+        return data.sum(dim=-2)
+
+    def dot(self, a, b, dim):
+        return a @ b.T
+
+    def cosine(self, a, b, dim):
+        norms = a.norm(dim=-1, keepdim=True) * b.norm(dim=-1).unsqueeze(0)
+        return (self.dot(a, b, dim) / norms.clamp_min(1e-12)).float()
+
+    def to_dense(self, data, dim):
+        return data
+
+    def from_dense(self, dense, dtype):
+        return dense.to(dtype)
+
+    def quantize_sum(self, summed, count, dtype):
+        return summed.to(dtype)
+
+    def validate(self, data, dim):
+        if not bool(torch.isfinite(data).all()):
+            raise ValueError("HRR hypervectors must hold finite numbers")
