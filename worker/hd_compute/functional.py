@@ -144,7 +144,7 @@ def permute(x: Hypervectors, shifts: int = 1) -> Hypervectors:
     _check_hv(x, "x")
     if isinstance(shifts, bool) or not isinstance(shifts, int):
         raise TypeError(f"shifts must be an int, got {type(shifts).__name__}")
-    return Hypervectors(x.vsa.permute(x.data, shifts % x.dim, x.dim), x.vsa, x.dim)
+    return Hypervectors(x.vsa.permute(x.data, shifts, x.dim), x.vsa, x.dim)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -286,9 +286,9 @@ def bind_sequence(x: Hypervectors) -> Hypervectors:
     """Binds a sequence (..., m) with position encoded by permutation: x_0 permuted m-1 times ... x_{m-1}."""
     _check_sequence(x, "x")
     length = x.data.shape[-2]
-    result = x.vsa.permute(x.data[..., 0, :], (length - 1) % x.dim, x.dim)
+    result = x.vsa.permute(x.data[..., 0, :], length - 1, x.dim)
     for i in range(1, length):
-        result = x.vsa.bind(result, x.vsa.permute(x.data[..., i, :], (length - 1 - i) % x.dim, x.dim), x.dim)
+        result = x.vsa.bind(result, x.vsa.permute(x.data[..., i, :], length - 1 - i, x.dim), x.dim)
     return Hypervectors(result, x.vsa, x.dim)
 
 
@@ -296,7 +296,7 @@ def sequence(x: Hypervectors) -> Hypervectors:
     """Bundles a sequence (..., m) with position encoded by permutation: multiset of permute(x_i, m-1-i)."""
     _check_sequence(x, "x")
     length = x.data.shape[-2]
-    permuted = [x.vsa.permute(x.data[..., i, :], (length - 1 - i) % x.dim, x.dim) for i in range(length)]
+    permuted = [x.vsa.permute(x.data[..., i, :], length - 1 - i, x.dim) for i in range(length)]
     return Hypervectors(x.vsa.multiset(torch.stack(permuted, dim=-2), x.dim), x.vsa, x.dim)
 
 
@@ -308,9 +308,9 @@ def ngrams(x: Hypervectors, n: int = 3) -> Hypervectors:
     if n > length:
         raise ValueError(f"n={n} is longer than the sequence (length {length})")
     windows = length - n + 1
-    grams = x.vsa.permute(x.data[..., 0:windows, :], (n - 1) % x.dim, x.dim)
+    grams = x.vsa.permute(x.data[..., 0:windows, :], n - 1, x.dim)
     for j in range(1, n):
-        shifted = x.vsa.permute(x.data[..., j : j + windows, :], (n - 1 - j) % x.dim, x.dim)
+        shifted = x.vsa.permute(x.data[..., j : j + windows, :], n - 1 - j, x.dim)
         grams = x.vsa.bind(grams, shifted, x.dim)
     return Hypervectors(x.vsa.multiset(grams, x.dim), x.vsa, x.dim)
 

@@ -3,15 +3,41 @@
 Storage: float32 (float64 on request). bind = circular convolution computed with the real FFT,
 unbind = binding with the approximate inverse (the involution x*[i] = x[-i mod D]), so unbind(bind(a, b), b)
 is a noisy copy of a (recovered by cleanup). bundle = sum. similarity = dot / cosine.
+
+permute is a fixed pseudo-random permutation of the dimensions (applied `shifts` times), not a cyclic shift:
+a cyclic shift commutes with circular convolution (roll(a) * b == roll(a * b)), so sequences and n-grams
+built with it would not encode order at all.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
 from .base import VSAModel
+
+
+PERMUTATION_SEED = 0x9E3779B9
+
+
+@lru_cache(maxsize=256)
+def permutation_power(dim: int, shifts: int, device: torch.device) -> torch.Tensor:
+    """Index tensor of the fixed permutation of `dim` elements applied `shifts` times (negative: inverse)."""
+    generator = torch.Generator().manual_seed(PERMUTATION_SEED + dim)
+    base = torch.randperm(dim, generator=generator)
+    if shifts < 0:
+        inverse = torch.empty_like(base)
+        inverse[base] = torch.arange(dim)
+        base, shifts = inverse, -shifts
+    result = torch.arange(dim)
+    while shifts:
+        if shifts & 1:
+            result = result[base]
+        base = base[base]
+        shifts >>= 1
+    return result.to(device)
 
 
 class HRR(VSAModel):
@@ -35,6 +61,9 @@ class HRR(VSAModel):
 
     def multiset(self, data, dim):
         return data.sum(dim=-2)
+
+    def permute(self, data, shifts, dim):
+        return data[..., permutation_power(dim, shifts, data.device)]
 
     def dot(self, a, b, dim):
         return a @ b.T
