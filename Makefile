@@ -33,7 +33,7 @@ test-gpu: install
 # Ours vs torchhd on the seed's baseline cases; writes $(OUT)/bench.json and $(OUT)/bench.png.
 bench: install
 	@mkdir -p $(OUT)
-	$(VENV)/bin/hdc-bench --kernels --json $(OUT)/bench.json --plot $(OUT)/bench.png
+	$(VENV)/bin/hdc-bench --kernels --json $(OUT)/bench.json --plot $(OUT)/bench.png --markdown $(OUT)/bench.md
 
 # The main job. Today: the HDC engine on real data and the baseline benchmark.
 demo: install

@@ -81,6 +81,40 @@ def print_report(report: dict) -> None:
     console.print(table)
 
 
+def markdown_report(report: dict) -> str:
+    """The report as Markdown tables, for docs/benchmarks.md."""
+    machine = report["machine"]
+    lines = [
+        f"Machine: {machine.get('gpu', machine['cpu'])} ({machine['cores']} CPU cores, torch {machine['torch']}, "
+        f"{machine['torch_threads']} torch threads, device `{machine['device']}`); kernels: {report['kernels']}; "
+        f"copy bandwidth measured in the same run: {report['copy_bandwidth_gb_s']:.1f} GB/s; median of "
+        f"{report['repeats']} runs.",
+        "",
+        "| VSA | case | ours ms | ours peak MB | roofline | seed baseline | torchhd function | torchhd ms | ratio (torchhd/ours) | floor |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---|",
+    ]
+    for row in report["cases"]:
+        limits = []
+        if row["max_latency_ms"] is not None:
+            limits.append(f"≤ {row['max_latency_ms']:g} ms")
+        if row["max_memory_mb"] is not None:
+            limits.append(f"≤ {row['max_memory_mb']:g} MB")
+        verdict = "met" if row["meets_latency"] and row["meets_memory"] else "MISSED"
+        peak = "n/a" if row["ours_peak_mb"] is None else f"{row['ours_peak_mb']:.1f}"
+        head = f"| {row['vsa']} | {row['case']} | {row['ours_s'] * 1e3:.2f} | {peak} | {row['roofline_fraction']:.0%} | {verdict}: {', '.join(limits)} "
+        for base in row["baselines"] or [None]:
+            if base is None:
+                lines.append(head + "| | | | |")
+                continue
+            floor = "" if base["ratio_floor"] is None else f"{'met' if base['meets_floor'] else 'MISSED'}: ≥ {base['ratio_floor']:g}×"
+            lines.append(head + f"| {base['torchhd_function']} | {base['torchhd_s'] * 1e3:.1f} | {base['ratio']:.1f}× | {floor} |")
+    if "kernel_candidates" in report:
+        lines += ["", "| operation | implementation | ms | used |", "|---|---|---:|---|"]
+        for c in report["kernel_candidates"]:
+            lines.append(f"| {c['operation']} | {c['implementation']} | {c['seconds'] * 1e3:.2f} | {'yes' if c['chosen'] else ''} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_report(report: dict, path: Path) -> None:
     import matplotlib
 
@@ -120,6 +154,7 @@ def bench(
     kernels: bool = typer.Option(False, help="also time the kernel candidates behind each CPU kernel choice"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
     plot: Optional[Path] = typer.Option(None, help="write a bar chart (PNG) of ours vs torchhd"),
+    markdown: Optional[Path] = typer.Option(None, help="write the tables as Markdown (docs/benchmarks.md)"),
 ) -> None:
     resolved = resolve_device(device)
     names = [v.upper() for v in vsa]
@@ -147,6 +182,9 @@ def bench(
     if json_path:
         json_path.write_text(json.dumps(report, indent=2))
         console.print(f"wrote {json_path}")
+    if markdown:
+        markdown.write_text(markdown_report(report))
+        console.print(f"wrote {markdown}")
     if plot:
         plot_report(report, plot)
         console.print(f"wrote {plot}")
