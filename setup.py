@@ -11,8 +11,9 @@ setup(
         Extension(
             "hd_compute.kernels._cpu",
             sources=["worker/hd_compute/kernels/cpu_kernels.c"],
-            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra"],
-            extra_link_args=["-lpthread"],
+            # -fopenmp: parallel regions run on torch's own OpenMP thread pool (see the C file's header).
+            extra_compile_args=["-O3", "-std=c11", "-Wall", "-Wextra", "-fopenmp"],
+            extra_link_args=["-fopenmp", "-lpthread"],
         )
     ]
 )

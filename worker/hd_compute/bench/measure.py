@@ -74,7 +74,7 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | No
 
 def copy_bandwidth_gb_s(device: torch.device, *, megabytes: int = 512, repeats: int = 5) -> float:
     """Sustained copy bandwidth (bytes read + written per second) of a large tensor copy."""
-    elements = megabytes * 2**20 // 4
+    elements = max(1, megabytes * 2**20 // 4)
     source = torch.ones(elements, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
     seconds = time_call(lambda: target.copy_(source), device, repeats=repeats)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
+import torch  # first: the extension must find torch's OpenMP runtime (libgomp.so.1) already loaded
 
 __all__ = [
     "NATIVE_AVAILABLE",

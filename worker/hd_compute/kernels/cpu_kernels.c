@@ -5,7 +5,11 @@
  * (bit i -> word i/64, bit i%64); padding bits of the last word are zero.
  *
  * Every function takes raw pointers (Python ints from tensor.data_ptr()) and sizes, releases the
- * GIL and splits the work over `threads` pthreads (threads <= 1: inline on the calling thread).
+ * GIL and splits the work over `threads` OpenMP threads (threads <= 1: inline on the calling thread).
+ * The module links libgomp.so.1, the soname of the OpenMP runtime that torch's wheel bundles and has
+ * already loaded, so the dynamic linker hands us torch's runtime and its thread pool: our parallel
+ * regions run on the threads torch's own operations just used, instead of competing with them while
+ * they spin-wait (which halved our speed when kernels and torch operations alternated).
  *
  * The file is compiled WITHOUT -march: the fast paths are functions carrying
  * __attribute__((target(...))) and are chosen once at import time with __builtin_cpu_supports.
@@ -23,6 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #define HDC_X86 1
@@ -103,6 +110,14 @@ static void parallel_for(range_fn fn, void *ctx, size_t total, size_t grain, siz
         tasks[t].end = min_sz((u + cnt) * grain, total);
         u += cnt;
     }
+#ifdef _OPENMP
+#pragma omp parallel for num_threads((int)threads) schedule(static, 1)
+    for (long t = 0; t < (long)threads; t++)
+        task_main(&tasks[t]);
+    (void)started;
+    (void)tids;
+    return;
+#endif
     /* threads 1..T-1 on new pthreads, chunk 0 on the calling thread */
     for (size_t t = 1; t < threads; t++)
         started[t] = pthread_create(&tids[t], NULL, task_main, &tasks[t]) == 0;
