@@ -59,6 +59,19 @@ def run_cases(device: torch.device, repeats: int, vsas: list[str], with_torchhd:
             "copy_bandwidth_gb_s": bandwidth, "repeats": repeats, "cases": rows}
 
 
+def _seed_limits(row: dict) -> str:
+    limits = []
+    if row["max_latency_ms"] is not None:
+        limits.append(f"≤ {row['max_latency_ms']:g} ms")
+    if row["max_memory_mb"] is not None:
+        limits.append(f"≤ {row['max_memory_mb']:g} MB")
+    return ", ".join(limits)
+
+
+def _peak_text(row: dict) -> str:
+    return "n/a" if row["ours_peak_mb"] is None else f"{row['ours_peak_mb']:.1f}"
+
+
 def print_report(report: dict) -> None:
     machine = report["machine"]
     console.print(f"[bold]{machine['cpu']}[/] ({machine['cores']} cores, torch {machine['torch']}, "
@@ -69,15 +82,9 @@ def print_report(report: dict) -> None:
                    "torchhd ms", "ratio", "floor"):
         table.add_column(column, justify="right" if column not in ("VSA", "case", "torchhd function") else "left")
     for row in report["cases"]:
-        limits = []
-        if row["max_latency_ms"] is not None:
-            limits.append(f"≤{row['max_latency_ms']:g} ms")
-        if row["max_memory_mb"] is not None:
-            limits.append(f"≤{row['max_memory_mb']:g} MB")
         ok = row["meets_latency"] and row["meets_memory"]
-        baseline_cell = f"{'✓' if ok else '✗'} {' '.join(limits)}"
-        peak = "n/a" if row["ours_peak_mb"] is None else f"{row['ours_peak_mb']:.1f}"
-        common = [row["vsa"], row["case"], f"{row['ours_s'] * 1e3:.2f}", peak, f"{row['roofline_fraction']:.1%}", baseline_cell]
+        baseline_cell = f"{'✓' if ok else '✗'} {_seed_limits(row)}"
+        common = [row["vsa"], row["case"], f"{row['ours_s'] * 1e3:.2f}", _peak_text(row), f"{row['roofline_fraction']:.1%}", baseline_cell]
         for index, base in enumerate(row["baselines"] or [None]):
             cells = common if index == 0 else [""] * len(common)
             if base is None:
@@ -102,14 +109,9 @@ def markdown_report(report: dict) -> str:
         "|---|---|---:|---:|---:|---|---|---:|---:|---|",
     ]
     for row in report["cases"]:
-        limits = []
-        if row["max_latency_ms"] is not None:
-            limits.append(f"≤ {row['max_latency_ms']:g} ms")
-        if row["max_memory_mb"] is not None:
-            limits.append(f"≤ {row['max_memory_mb']:g} MB")
         verdict = "met" if row["meets_latency"] and row["meets_memory"] else "MISSED"
-        peak = "n/a" if row["ours_peak_mb"] is None else f"{row['ours_peak_mb']:.1f}"
-        head = f"| {row['vsa']} | {row['case']} | {row['ours_s'] * 1e3:.2f} | {peak} | {row['roofline_fraction']:.0%} | {verdict}: {', '.join(limits)} "
+        head = (f"| {row['vsa']} | {row['case']} | {row['ours_s'] * 1e3:.2f} | {_peak_text(row)} | "
+                f"{row['roofline_fraction']:.0%} | {verdict}: {_seed_limits(row)} ")
         for base in row["baselines"] or [None]:
             if base is None:
                 lines.append(head + "| | | | |")
