@@ -76,6 +76,14 @@ class VSAModel(abc.ABC):
     def cosine(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         """All-pairs cosine similarity: a (Q, width), b (N, width) -> (Q, N) float32."""
 
+    def search_form(self, data: torch.Tensor, dim: int) -> torch.Tensor:
+        """The form an item memory keeps next to its items for fast repeated search (default: the data)."""
+        return data
+
+    def search_cosine(self, queries: torch.Tensor, items_form: torch.Tensor, dim: int) -> torch.Tensor:
+        """cosine(queries, items) with the items given in search_form: (Q, width) x (N, ...) -> (Q, N)."""
+        return self.cosine(queries, items_form, dim)
+
     def hamming(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         raise TypeError(f"hamming_similarity is defined for MAP and BSC hypervectors, not {self.name}")
 

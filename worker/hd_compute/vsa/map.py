@@ -44,14 +44,26 @@ class MAP(VSAModel):
         tiebreak = tiebreak_bipolar(dim, summed.device).to(dtype)
         return torch.where(summed > 0, 1, torch.where(summed < 0, -1, tiebreak)).to(dtype)
 
+    @staticmethod
+    def _uses_sign_bits(data):
+        # Measured faster on CPU than int8 GEMM: ±1 -> sign bits, dot = D - 2 * hamming (docs/benchmarks.md).
+        return data.dtype == torch.int8 and data.device.type == "cpu"
+
     def dot(self, a, b, dim):
         if a.dtype == torch.int8 and b.dtype == torch.int8:
-            if a.device.type == "cpu":
-                # Measured faster on CPU than int8 GEMM: ±1 -> sign bits, dot = D - 2 * hamming.
-                distances = dispatch.hamming_matrix(dispatch.pack_sign_bits(a), dispatch.pack_sign_bits(b))
-                return dim - 2 * distances
+            if self._uses_sign_bits(a):
+                return dim - 2 * dispatch.hamming_matrix(dispatch.pack_sign_bits(a), dispatch.pack_sign_bits(b))
             return dispatch.int8_dot_matrix(a, b)
         return a.float() @ b.float().T
+
+    def search_form(self, data, dim):
+        return dispatch.pack_sign_bits(data) if self._uses_sign_bits(data) else data
+
+    def search_cosine(self, queries, items_form, dim):
+        if self._uses_sign_bits(queries):
+            distances = dispatch.hamming_matrix(dispatch.pack_sign_bits(queries), items_form)
+            return 1.0 - (2.0 / dim) * distances.float()
+        return self.cosine(queries, items_form, dim)
 
     def cosine(self, a, b, dim):
         return self.dot(a, b, dim).float() / dim
