@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: install test test-gpu bench demo clean
+.PHONY: install tools test test-gpu bench demo clean cluster-up cluster-down
 
 # Installs the package (editable, with the compiled CPU kernels) and its test/bench extras into .venv.
 # torch is large: the first run downloads it once into pip's cache (~/.cache/pip), later runs reuse it.
@@ -20,8 +20,21 @@ $(VENV)/.installed: pyproject.toml setup.py worker/hd_compute/kernels/cpu_kernel
 	$(PY) -m pip install --progress-bar on -e '.[dev]'
 	@touch $@
 
-# The whole suite. pytest's exit code 5 (nothing collected) means the suite is broken, so it fails too.
-test: install
+# Test tooling (a real Kubernetes control plane, etcd, kwok, helm, ...) built from pinned Go modules into
+# ~/.cache/hd-compute/tools (HDC_TOOLS_DIR). The first build takes ~30 min on 2 cores; later runs are no-ops.
+tools:
+	@hack/build-tools.sh >/dev/null
+
+# A local Kubernetes control plane with fake GPU nodes (docs/testing.md). Its last line is `export KUBECONFIG=...`.
+cluster-up: tools
+	@hack/cluster.sh up
+
+cluster-down:
+	@hack/cluster.sh down
+
+# The whole suite, the tests marked `k8s` against the local cluster included (or HDC_TEST_KUBECONFIG's).
+# pytest's exit code 5 (nothing collected) means the suite is broken, so it fails too.
+test: install tools
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite is broken" >&2; exit 1; fi; \
 	exit $$rc

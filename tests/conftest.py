@@ -25,3 +25,86 @@ def device(request):
 @pytest.fixture(params=MODELS)
 def vsa(request):
     return request.param
+
+
+# --- Kubernetes: a real API server for the tests marked `k8s` (docs/testing.md) ---------------------------
+
+import os
+import pathlib
+import subprocess
+from dataclasses import dataclass
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CLUSTER_SH = REPO / "hack" / "cluster.sh"
+
+
+@dataclass
+class K8sCluster:
+    """A running cluster: its kubeconfig, a client for it, and (when local) control of its processes."""
+
+    kubeconfig: str
+    api: "object"  # kubernetes.client.ApiClient
+    local: bool  # True: hack/cluster.sh runs it here, so its processes can be stopped and started
+
+    def _component(self, verb: str, name: str) -> None:
+        if not self.local:
+            raise RuntimeError(f"cannot {verb} {name}: the cluster is not run by hack/cluster.sh here")
+        subprocess.run([str(CLUSTER_SH), f"{verb}-component", name], check=True, timeout=180)
+
+    def stop_component(self, name: str) -> None:
+        """Stops one control-plane process (e.g. kube-apiserver)."""
+        self._component("stop", name)
+
+    def start_component(self, name: str) -> None:
+        """Starts the stopped control-plane processes again and waits until the API is served."""
+        self._component("start", name)
+
+
+@pytest.fixture(scope="session")
+def k8s_cluster():
+    """A real Kubernetes API server, once per test run.
+
+    HDC_TEST_KUBECONFIG set: that cluster (kind, a real one) is used as it is. Otherwise hack/cluster.sh brings
+    up the local kwok cluster (built tools, fake GPU nodes); one already running (`make cluster-up`) is reused
+    and left running, one started here is deleted at the end unless HDC_KEEP_CLUSTER=1.
+    """
+    from kubernetes import config
+
+    external = os.environ.get("HDC_TEST_KUBECONFIG")
+    if external:
+        if not os.path.isfile(external):
+            raise pytest.UsageError(f"HDC_TEST_KUBECONFIG={external} is not a file")
+        api = config.new_client_from_config(config_file=external)
+        yield K8sCluster(external, api, local=False)
+        api.close()
+        return
+
+    was_running = subprocess.run([str(CLUSTER_SH), "running"], check=False).returncode == 0
+    up = subprocess.run([str(CLUSTER_SH), "up"], check=False, capture_output=True, text=True, timeout=900)
+    if up.returncode != 0:
+        pytest.fail(f"hack/cluster.sh up failed (exit {up.returncode}):\n{up.stderr[-4000:]}", pytrace=False)
+    last = up.stdout.strip().splitlines()[-1]
+    assert last.startswith("export KUBECONFIG="), f"unexpected last line from hack/cluster.sh up: {last!r}"
+    kubeconfig = last.removeprefix("export KUBECONFIG=")
+    api = config.new_client_from_config(config_file=kubeconfig)
+    try:
+        yield K8sCluster(kubeconfig, api, local=True)
+    finally:
+        api.close()
+        if not was_running and os.environ.get("HDC_KEEP_CLUSTER") != "1":
+            subprocess.run([str(CLUSTER_SH), "down"], check=False, timeout=120)
+
+
+@pytest.fixture
+def k8s_namespace(k8s_cluster, request):
+    """A fresh namespace for one test, deleted (with everything in it) afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(k8s_cluster.api)
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + "-" + os.urandom(3).hex()
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    try:
+        core.delete_namespace(name)
+    except Exception:  # the API server may be down when a restart test failed; the cluster is disposable
+        pass
