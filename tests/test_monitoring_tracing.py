@@ -1,0 +1,148 @@
+"""Tracing: kernel_span attributes, errors, W3C traceparent round trip, OTEL_* configuration."""
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from hd_compute.monitoring import tracing
+from hd_compute.monitoring.tracing import (
+    configure_tracing, current_trace_id, extract_context, get_tracer, inject_context, kernel_span, server_span,
+)
+
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+PARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+OTEL_VARS = ["OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
+             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER",
+             "OTEL_TRACES_SAMPLER_ARG", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for var in OTEL_VARS:
+        monkeypatch.delenv(var, raising=False)
+    yield
+    tracing.shutdown_tracing()
+
+
+@pytest.fixture
+def spans():
+    provider = configure_tracing("hdc-test", set_global=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+def processors(provider):
+    return [p for p in provider._active_span_processor._span_processors]
+
+
+def test_kernel_span_attributes(spans):
+    with kernel_span("bundle", input_count=100, dimension=10000, attributes={"hdc.device": "cpu"}):
+        pass
+    (span,) = spans.get_finished_spans()
+    assert span.name == "hdc_bundle_operation"
+    assert dict(span.attributes) == {"hdc.operation": "bundle", "hdc.input_count": 100, "hdc.dimension": 10000,
+                                     "hdc.device": "cpu", "hdc.success": True}
+    assert span.status.status_code != StatusCode.ERROR
+    assert span.resource.attributes["service.name"] == "hdc-test"
+
+
+def test_kernel_span_error(spans):
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        with kernel_span("bind", input_count=2, dimension=64):
+            raise ValueError("dimension mismatch")
+    (span,) = spans.get_finished_spans()
+    assert span.attributes["hdc.success"] is False
+    assert span.status.status_code == StatusCode.ERROR
+    (event,) = span.events
+    assert event.name == "exception"
+    assert event.attributes["exception.type"] == "ValueError"
+    assert event.attributes["exception.message"] == "dimension mismatch"
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"operation": "", "input_count": 1, "dimension": 1}, "operation"),
+    ({"operation": "bind", "input_count": -1, "dimension": 1}, "input_count"),
+    ({"operation": "bind", "input_count": 1, "dimension": 2.5}, "dimension"),
+])
+def test_kernel_span_bad_arguments(spans, kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        with kernel_span(**kwargs):
+            pass
+
+
+def test_traceparent_extract_and_inject_round_trip(spans):
+    headers = {"Traceparent": PARENT, "tracestate": "vendor=1"}  # any capitalisation
+    ctx = extract_context(headers)
+    with get_tracer().start_as_current_span("child", context=ctx):
+        assert current_trace_id() == TRACE_ID
+        out = inject_context({})
+    version, trace_id, span_id, flags = out["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01")
+    assert span_id != "b7ad6b7169203331"  # the child's own span id
+    assert out["tracestate"] == "vendor=1"
+    (child,) = spans.get_finished_spans()
+    assert child.parent.span_id == int("b7ad6b7169203331", 16)
+    assert format(child.context.span_id, "016x") == span_id
+
+
+def test_server_span_continues_the_callers_trace(spans):
+    with server_span("POST /v1/bundle", {"traceparent": PARENT}):
+        with kernel_span("bundle", input_count=3, dimension=100):
+            pass
+    kernel, server = spans.get_finished_spans()
+    assert server.kind == SpanKind.SERVER
+    assert server.context.trace_id == kernel.context.trace_id == int(TRACE_ID, 16)
+    assert kernel.parent.span_id == server.context.span_id
+    assert server.parent.span_id == int("b7ad6b7169203331", 16)
+
+
+def test_no_traceparent_starts_a_new_trace(spans):
+    assert current_trace_id() is None
+    with server_span("GET /health", {}):
+        assert current_trace_id() not in (None, TRACE_ID)
+
+
+def test_otlp_exporter_only_with_an_endpoint(monkeypatch):
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    provider = configure_tracing(set_global=False)
+    assert processors(provider) == []  # no endpoint: spans for the logs, nothing exported
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.invalid:4318")
+    provider = configure_tracing(set_global=False)
+    (processor,) = processors(provider)
+    exporter = processor._batch_processor._exporter
+    assert isinstance(exporter, OTLPSpanExporter)
+    assert exporter._endpoint == "http://collector.invalid:4318/v1/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://other.invalid:4318/custom")
+    (processor,) = processors(configure_tracing(set_global=False))
+    assert processor._batch_processor._exporter._endpoint == "http://other.invalid:4318/custom"
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert processors(configure_tracing(set_global=False)) == []
+
+
+def test_sampler_service_name_and_disable(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "hdc-worker-gpu")
+    provider = configure_tracing(set_global=False)
+    assert provider.resource.attributes["service.name"] == "hdc-worker-gpu"
+    with kernel_span("bind", 1, 8) as span:
+        assert not span.is_recording()
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.invalid:4318")
+    provider = configure_tracing(set_global=False)
+    assert processors(provider) == []
+    with kernel_span("bind", 1, 8) as span:
+        assert not span.get_span_context().is_valid
+
+
+def test_unsupported_settings_are_named(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    with pytest.raises(ValueError, match="OTEL_TRACES_EXPORTER"):
+        configure_tracing(set_global=False)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        configure_tracing(set_global=False)

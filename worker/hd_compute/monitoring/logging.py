@@ -1,0 +1,156 @@
+"""Structured logs: one JSON object per line on stdout (and optionally a rotating file), through structlog.
+
+    configure_logging(level="INFO", fmt="json", file=None)     # HDC_LOG_LEVEL, HDC_LOG_FORMAT, HDC_LOG_FILE
+    log = get_logger(__name__)
+    bind_request_context(correlation_id, trace_id)             # at the start of a request
+    log.info(OPERATION_COMPLETED, operation="bundle", dimension=10000, input_count=100, duration_ms=15.2,
+             device="cuda:0")
+    clear_request_context()                                     # at its end
+
+Every line carries ``timestamp`` (ISO-8601 UTC), ``level``, ``logger`` and ``event``; lines logged while a
+request context is bound also carry ``correlation_id`` and ``trace_id``, and lines logged inside an
+OpenTelemetry span carry ``trace_id`` and ``span_id`` of that span when none was bound. Records of the
+standard ``logging`` module (aiohttp's access log, libraries) go through the same renderer, so stdout stays
+one JSON object per line. ``fmt="console"`` gives coloured human-readable lines instead.
+The file handler rotates at 100 MB and keeps 5 old files, as in the seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+import structlog
+
+__all__ = [
+    "configure_logging", "get_logger", "bind_request_context", "clear_request_context",
+    "OPERATION_COMPLETED", "CUDA_MEMORY_ALLOCATION_FAILED", "PERFORMANCE_MEASUREMENT",
+    "FILE_MAX_BYTES", "FILE_BACKUP_COUNT", "FORMATS",
+]
+
+# The seed's event names.
+OPERATION_COMPLETED = "hypervector_operation_completed"
+CUDA_MEMORY_ALLOCATION_FAILED = "cuda_memory_allocation_failed"  # with error_code="CUDA_OUT_OF_MEMORY"
+PERFORMANCE_MEASUREMENT = "performance_measurement"
+
+FILE_MAX_BYTES = 100 * 1024 * 1024
+FILE_BACKUP_COUNT = 5
+FORMATS = ("json", "console")
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_HANDLER_TAG = "_hdc_handler"
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is at the time of the write (so captured or replaced stdout works)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler assigns it; the property always answers sys.stdout
+        pass
+
+
+def _add_otel_context(logger, method_name, event_dict):
+    """trace_id / span_id of the current OpenTelemetry span, when there is one and none was bound."""
+    if "trace_id" in event_dict and "span_id" in event_dict:
+        return event_dict
+    try:
+        from opentelemetry import trace
+    except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
+        return event_dict
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        if event_dict.get("trace_id") is None:
+            event_dict["trace_id"] = format(ctx.trace_id, "032x")
+        event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event_dict
+
+
+def _shared_processors() -> list:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_otel_context,
+        structlog.processors.StackInfoRenderer(),
+    ]
+
+
+def configure_logging(level: str = "INFO", fmt: str = "json", file: str | None = None) -> None:
+    """Sends structlog and standard logging to stdout (and `file`, rotated), as JSON lines or console text.
+
+    Calling it again replaces the handlers it installed before; other handlers on the root logger are kept.
+    """
+    if not isinstance(level, str) or level.upper() not in _LEVELS:
+        raise ValueError(f"level (HDC_LOG_LEVEL) must be one of {', '.join(_LEVELS)}, got {level!r}")
+    if fmt == "text":
+        fmt = "console"
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt (HDC_LOG_FORMAT) must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    level_no = getattr(logging, level.upper())
+
+    final = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()] if fmt == "json" \
+        else [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+    )
+    handlers: list[logging.Handler] = [_StdoutHandler()]
+    if file:
+        path = Path(file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.handlers.RotatingFileHandler(
+                path, maxBytes=FILE_MAX_BYTES, backupCount=FILE_BACKUP_COUNT, encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"file (HDC_LOG_FILE) {file!r} cannot be opened for writing: {exc}") from exc
+    if fmt == "console" and file:
+        # The file stays machine-readable even when stdout is for humans.
+        handlers[1].setFormatter(structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=_shared_processors(),
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
+        root.removeHandler(old)
+        old.close()
+    for h in handlers:
+        setattr(h, _HANDLER_TAG, True)
+        if h.formatter is None:
+            h.setFormatter(formatter)
+        root.addHandler(h)
+    root.setLevel(level_no)
+
+    structlog.configure(
+        processors=[*_shared_processors(), structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str | None = None):
+    return structlog.get_logger(name or "hd_compute")
+
+
+def bind_request_context(correlation_id: str, trace_id: str | None = None) -> None:
+    """Every line logged from here on in this context (task, thread) carries these ids."""
+    if not isinstance(correlation_id, str) or not correlation_id:
+        raise ValueError(f"correlation_id must be a non-empty string, got {correlation_id!r}")
+    if trace_id is None:
+        structlog.contextvars.unbind_contextvars("trace_id")
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
+    else:
+        structlog.contextvars.bind_contextvars(correlation_id=correlation_id, trace_id=trace_id)
+
+
+def clear_request_context() -> None:
+    structlog.contextvars.unbind_contextvars("correlation_id", "trace_id")

@@ -1,0 +1,168 @@
+"""OpenTelemetry tracing of the worker, configured by the standard OTEL_* environment variables.
+
+    provider = configure_tracing("hdc-worker")             # once, at startup
+    with server_span("POST /v1/bundle", request.headers):  # continues the caller's W3C trace, if any
+        with kernel_span("bundle", input_count=100, dimension=10000):
+            result = hd.bundle(...)
+
+Spans are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set
+(the exporter itself reads those, OTEL_EXPORTER_OTLP_*_HEADERS, *_TIMEOUT, *_CERTIFICATE ...); without an
+endpoint spans are created (trace ids reach the logs) but not exported. OTEL_TRACES_EXPORTER=none|console|otlp
+overrides the choice. OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG pick the sampler, OTEL_SERVICE_NAME and
+OTEL_RESOURCE_ATTRIBUTES the resource, OTEL_BSP_* the batch processor, OTEL_PROPAGATORS the propagation format
+(W3C tracecontext + baggage by default) and OTEL_SDK_DISABLED=true turns tracing into no-ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, Mapping, MutableMapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+__all__ = [
+    "configure_tracing", "shutdown_tracing", "get_tracer", "kernel_span", "server_span",
+    "extract_context", "inject_context", "current_trace_id", "TRACER_NAME",
+]
+
+TRACER_NAME = "hd_compute"
+_provider: TracerProvider | None = None
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() == "true"
+
+
+def configure_tracing(service_name: str = "hdc-worker", *, set_global: bool = True) -> TracerProvider:
+    """Builds the TracerProvider from the OTEL_* variables; `get_tracer()` uses it from then on.
+
+    set_global=False keeps OpenTelemetry's process-wide provider untouched (tests; the global one can be set
+    only once per process).
+    """
+    global _provider
+    if not isinstance(service_name, str) or not service_name:
+        raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
+    # OTEL_SERVICE_NAME, when set, wins over the argument; the sampler comes from OTEL_TRACES_SAMPLER(_ARG).
+    name = os.environ.get("OTEL_SERVICE_NAME") or service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    if not _env_true("OTEL_SDK_DISABLED"):
+        exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+        endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        if exporter_name not in ("", "otlp", "console", "none"):
+            raise ValueError(f"OTEL_TRACES_EXPORTER must be otlp, console or none, got {exporter_name!r}")
+        if exporter_name == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif exporter_name == "otlp" or (exporter_name == "" and endpoint):
+            protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+            if protocol != "http/protobuf":
+                raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}")
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if set_global:
+        trace.set_tracer_provider(provider)
+    if _provider is not None and _provider is not provider:
+        _provider.shutdown()
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flushes and stops the configured provider (at worker shutdown)."""
+    global _provider
+    if _provider is not None:
+        _provider.shutdown()
+        _provider = None
+
+
+def get_tracer() -> trace.Tracer:
+    provider = _provider if _provider is not None else trace.get_tracer_provider()
+    return provider.get_tracer(TRACER_NAME)
+
+
+def _check(field: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+
+
+@contextlib.contextmanager
+def kernel_span(operation: str, input_count: int, dimension: int, *,
+                attributes: Mapping[str, object] | None = None) -> Iterator[Span]:
+    """Span `hdc_<operation>_operation` with hdc.operation, hdc.input_count, hdc.dimension and hdc.success.
+
+    An exception inside sets hdc.success False, records the exception, marks the span ERROR and propagates.
+    """
+    if not isinstance(operation, str) or not operation:
+        raise ValueError(f"operation must be a non-empty string, got {operation!r}")
+    _check("input_count", input_count)
+    _check("dimension", dimension)
+    attrs = {"hdc.operation": operation, "hdc.input_count": input_count, "hdc.dimension": dimension}
+    attrs.update(attributes or {})
+    with get_tracer().start_as_current_span(f"hdc_{operation}_operation", attributes=attrs,
+                                            record_exception=False, set_status_on_exception=False) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("hdc.success", False)
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        span.set_attribute("hdc.success", True)
+
+
+@contextlib.contextmanager
+def server_span(name: str, headers: Mapping[str, str] | None = None, *,
+                attributes: Mapping[str, object] | None = None) -> Iterator[Span]:
+    """A SERVER span for one request, child of the caller's trace when `headers` carry a traceparent."""
+    with get_tracer().start_as_current_span(name, context=extract_context(headers or {}), kind=SpanKind.SERVER,
+                                            attributes=dict(attributes or {})) as span:
+        yield span
+
+
+class _CaseInsensitiveGetter(Getter):
+    """Header lookup that works for plain dicts with any capitalisation and for multidicts."""
+
+    def get(self, carrier, key):
+        value = carrier.get(key)
+        if value is None:
+            lowered = key.lower()
+            for k, v in carrier.items():
+                if isinstance(k, str) and k.lower() == lowered:
+                    value = v
+                    break
+        if value is None:
+            return None
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    def keys(self, carrier):
+        return list(carrier.keys())
+
+
+_GETTER = _CaseInsensitiveGetter()
+
+
+def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
+    """The OpenTelemetry context carried by request headers (W3C traceparent/tracestate, baggage)."""
+    return propagate.extract(headers, getter=_GETTER)
+
+
+def inject_context(headers: MutableMapping[str, str] | None = None,
+                   context: otel_context.Context | None = None) -> MutableMapping[str, str]:
+    """Adds traceparent (and tracestate, baggage) for the current or given context to `headers`; returns them."""
+    carrier = {} if headers is None else headers
+    propagate.inject(carrier, context=context)
+    return carrier
+
+
+def current_trace_id() -> str | None:
+    """The current span's trace id as 32 hex digits (what the logs carry), or None outside a valid span."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
