@@ -1,0 +1,111 @@
+"""Worker settings (env + flags), the codec's edge cases, the CLI and trace propagation."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+from typer.testing import CliRunner
+
+from hd_compute.monitoring import tracing
+from hd_compute.monitoring.metrics import MetricsCollector
+from hd_compute.service.app import create_app
+from hd_compute.service.cli import app as cli_app
+from hd_compute.service.config import ENV_VARS, SettingsError, WorkerSettings
+
+
+def test_defaults_env_and_overrides():
+    s = WorkerSettings.from_env(environ={})
+    assert (s.dimension, s.vsa, s.device, s.port, s.max_body_bytes, s.batch_max_size, s.batch_max_wait_ms) == \
+        (10_000, "MAP", "auto", 8080, 64 << 20, 256, 2.0)
+    assert s.benchmark_enabled is True and s.shutdown_grace_seconds == 25.0
+    assert s.benchmark_url.startswith("sqlite:///") and s.benchmark_url.endswith("hdc-state/benchmarks.db")
+    env = {"HDC_DIMENSION": "4096", "HDC_VSA": "bsc", "HDC_PORT": "9000", "HDC_BENCHMARK_ENABLED": "false",
+           "HDC_LOG_FILE": "", "HDC_BATCH_MAX_WAIT_MS": "0.5"}
+    s = WorkerSettings.from_env({"port": 9100, "dimension": None}, environ=env)
+    assert (s.dimension, s.vsa, s.port, s.benchmark_enabled, s.log_file, s.batch_max_wait_ms) == \
+        (4096, "BSC", 9100, False, None, 0.5)
+    assert set(ENV_VARS.values()) >= {"HDC_DIMENSION", "HDC_VSA", "HDC_DEVICE", "HDC_PORT", "HDC_HOST",
+                                      "HDC_MAX_BODY_BYTES", "HDC_STATE_DIR", "HDC_BATCH_MAX_SIZE",
+                                      "HDC_BATCH_MAX_WAIT_MS", "HDC_HEALTH_CUDA_MEMORY_MB", "HDC_HEALTH_MEMORY_PERCENT",
+                                      "HDC_HEALTH_DISK_PERCENT", "HDC_LOG_LEVEL", "HDC_LOG_FORMAT", "HDC_LOG_FILE",
+                                      "HDC_BENCHMARK_ENABLED", "HDC_BENCHMARK_INTERVAL_SECONDS",
+                                      "HDC_BENCHMARK_DEGRADATION_THRESHOLD", "HDC_BENCHMARK_DATABASE_URL",
+                                      "HDC_SHUTDOWN_GRACE_SECONDS"}
+
+
+@pytest.mark.parametrize("var, value", [
+    ("HDC_DIMENSION", "ten"), ("HDC_DIMENSION", "0"), ("HDC_VSA", "XOR"), ("HDC_DEVICE", "tpu"),
+    ("HDC_PORT", "70000"), ("HDC_BENCHMARK_ENABLED", "maybe"), ("HDC_HEALTH_MEMORY_PERCENT", "120"),
+    ("HDC_SHUTDOWN_GRACE_SECONDS", "nan"), ("HDC_LOG_FORMAT", "xml"),
+])
+def test_invalid_values_name_the_variable(var, value):
+    with pytest.raises(SettingsError, match=var):
+        WorkerSettings.from_env(environ={var: value})
+
+
+def test_cli_rejects_bad_configuration_and_bench_prints_history(tmp_path, monkeypatch):
+    runner = CliRunner()
+    monkeypatch.setenv("HDC_VSA", "nope")
+    result = runner.invoke(cli_app, ["serve"])
+    assert result.exit_code == 2 and "HDC_VSA" in result.output
+    result = runner.invoke(cli_app, ["serve", "--vsa", "MAP", "--port", "-5"])
+    assert result.exit_code == 2 and "port" in result.output
+    monkeypatch.delenv("HDC_VSA")
+    result = runner.invoke(cli_app, ["bench", "--database-url", f"sqlite:///{tmp_path}/b.db"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.asyncio
+async def test_unsupported_type_bad_npz_and_unknown_route_are_json_errors(tmp_path):
+    settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False,
+                              max_body_bytes=4096)
+    app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
+    async with TestClient(TestServer(app)) as c:
+        resp = await c.post("/v1/ops/permute", data=b"x", headers={"Content-Type": "text/csv"})
+        assert resp.status == 415 and (await resp.json())["detail"].startswith("Content-Type")
+        resp = await c.post("/v1/ops/permute", data=b"not a zip", headers={"Content-Type": "application/x-npz"})
+        assert resp.status == 400 and (await resp.json())["error"] == "malformed_body"
+        buf = io.BytesIO()
+        np.savez_compressed(buf, vectors=np.ones((200, 64), dtype=np.int8))  # small packed, 12.8 kB unpacked
+        resp = await c.post("/v1/ops/permute", data=buf.getvalue(), headers={"Content-Type": "application/x-npz"})
+        assert resp.status == 413 and (await resp.json())["error"] == "body_too_large"
+        buf = io.BytesIO()
+        np.savez(buf, vectors=np.ones((2, 64), dtype=np.int16))
+        resp = await c.post("/v1/ops/permute", data=buf.getvalue(), headers={"Content-Type": "application/x-npz"})
+        assert resp.status == 400 and (await resp.json())["detail"].startswith("vectors")
+        resp = await c.get("/v1/nothing-here")
+        body = await resp.json()
+        assert resp.status == 404 and set(body) == {"error", "detail", "correlation_id"}
+        assert resp.headers["X-Correlation-ID"] == body["correlation_id"]
+
+
+@pytest.mark.asyncio
+async def test_server_span_continues_the_callers_w3c_trace(tmp_path, monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False)
+    app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
+    async with TestClient(TestServer(app)) as c:
+        resp = await c.post("/v1/hypervectors/random", json={"num": 2},
+                            headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+        assert resp.status == 200
+        await asyncio.sleep(0)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    server = spans["POST /v1/hypervectors/random"]
+    assert format(server.context.trace_id, "032x") == trace_id
+    assert format(server.parent.span_id, "016x") == parent_id
+    kernel = spans["hdc_random_operation"]
+    assert kernel.parent.span_id == server.context.span_id
+    assert kernel.attributes["hdc.success"] is True and kernel.attributes["hdc.input_count"] == 2

@@ -1,0 +1,5 @@
+"""`python -m hd_compute.service serve` == `hdc-worker serve`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""Micro-batching: concurrent small requests against the same operands become one kernel call.
+
+    runner = KernelRunner()                       # the one thread the worker computes on
+    batcher = MicroBatcher(runner, max_size=256, max_wait=0.002, on_batch=metrics.observe_batch_size)
+    result = await batcher.submit(key, rows, item, run_batch)
+
+Requests with the same `key` (e.g. the item memory's name, or the metric and a hash of the `others` operand of
+a similarity request) wait at most `max_wait` seconds for company; a group is flushed as soon as it holds
+`max_size` rows. While a group of one key is being computed, newer requests of that key keep gathering and go
+together when it finishes, so a busy worker batches more. `run_batch(items)` runs on the kernel thread and
+returns one result per item; `on_batch(rows)` is called once per kernel call with the number of rows
+(queries) it computed — the worker passes MetricsCollector.observe_batch_size (hdc_batch_size_distribution).
+An exception in a kernel call is delivered to every request of that group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
+
+
+class KernelRunner:
+    """One thread for all kernel calls and state mutations, so they never race; the event loop stays free.
+
+    torch parallelises each kernel over its own thread pool, so one calling thread loses no throughput.
+    Context variables (log context, current span) travel with each call.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdc-kernel")
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        ctx = contextvars.copy_context()
+        return await loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args, **kwargs))
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+@dataclass
+class _Group:
+    items: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
+    rows: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class MicroBatcher:
+    def __init__(self, runner: KernelRunner, *, max_size: int, max_wait: float,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        if max_size < 1:
+            raise ValueError(f"max_size must be >= 1, got {max_size}")
+        if max_wait < 0:
+            raise ValueError(f"max_wait must be >= 0, got {max_wait}")
+        self.runner = runner
+        self.max_size = max_size
+        self.max_wait = max_wait
+        self.on_batch = on_batch
+        self._pending: dict[Hashable, _Group] = {}
+        self._run_fns: dict[Hashable, Callable[[list], list]] = {}
+        self._running: set[Hashable] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.kernel_calls = 0  # for tests and the benchmark: how many kernel calls the batcher made
+
+    async def submit(self, key: Hashable, rows: int, item: Any, run_batch: Callable[[list], list]) -> Any:
+        """Queues `item` (which holds `rows` queries) with the others of `key`; returns its own result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        group = self._pending.get(key)
+        if group is None:
+            group = self._pending[key] = _Group()
+        group.items.append((item, future))
+        group.rows += rows
+        self._run_fns[key] = run_batch
+        if group.rows >= self.max_size:
+            self._flush(key, force=True)
+        elif group.timer is None:
+            group.timer = loop.call_later(self.max_wait, self._flush, key)
+        return await future
+
+    def _flush(self, key: Hashable, force: bool = False) -> None:
+        group = self._pending.get(key)
+        if group is None:
+            return
+        if group.timer is not None:
+            group.timer.cancel()
+            group.timer = None
+        if key in self._running and not force:
+            return  # flushed when the running group of this key finishes (see _run)
+        del self._pending[key]
+        task = asyncio.get_running_loop().create_task(self._run(key, group, self._run_fns[key]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: Hashable, group: _Group, run_batch: Callable[[list], list]) -> None:
+        self._running.add(key)
+        items = [item for item, _ in group.items]
+        try:
+            self.kernel_calls += 1
+            if self.on_batch is not None:
+                self.on_batch(group.rows)
+            results = await self.runner.run(run_batch, items)
+            for (_, future), result in zip(group.items, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+        except BaseException as exc:  # noqa: BLE001 - delivered to every waiting request
+            for _, future in group.items:
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._running.discard(key)
+            if key in self._pending and self._pending[key].timer is None:
+                self._flush(key)
+
+    async def drain(self) -> None:
+        """Flushes everything pending and waits for the running kernel calls (used at shutdown)."""
+        for key in list(self._pending):
+            self._flush(key, force=True)
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

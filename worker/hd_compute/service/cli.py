@@ -1,0 +1,78 @@
+"""`hdc-worker`: serve the HDC worker API, or print the continuous benchmark's history.
+
+    hdc-worker serve --port 8080 --vsa MAP --dimension 10000      # flags override the HDC_* variables
+    hdc-worker bench --test bind_32k_dimension                     # history + trend from the benchmark store
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from .config import SettingsError, WorkerSettings
+
+app = typer.Typer(name="hdc-worker", add_completion=False, no_args_is_help=True,
+                  help="The HDC worker: an HTTP API over hd_compute (see docs/worker-api.md).")
+
+
+@app.command()
+def serve(
+    dimension: Optional[int] = typer.Option(None, help="Default dimension [HDC_DIMENSION, 10000]"),
+    vsa: Optional[str] = typer.Option(None, help="Default VSA model: MAP, BSC, HRR, FHRR [HDC_VSA, MAP]"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N [HDC_DEVICE, auto]"),
+    host: Optional[str] = typer.Option(None, help="Listen address [HDC_HOST, 0.0.0.0]"),
+    port: Optional[int] = typer.Option(None, help="Listen port (0: any free port) [HDC_PORT, 8080]"),
+    max_body_bytes: Optional[int] = typer.Option(None, help="Request body limit [HDC_MAX_BODY_BYTES, 67108864]"),
+    state_dir: Optional[str] = typer.Option(None, help="Snapshot directory [HDC_STATE_DIR, ./hdc-state]"),
+    batch_max_size: Optional[int] = typer.Option(None, help="Micro-batch rows [HDC_BATCH_MAX_SIZE, 256]"),
+    batch_max_wait_ms: Optional[float] = typer.Option(None, help="Micro-batch wait [HDC_BATCH_MAX_WAIT_MS, 2]"),
+    snapshot_interval_seconds: Optional[float] = typer.Option(
+        None, help="Also snapshot everything this often; 0 = off [HDC_SNAPSHOT_INTERVAL_SECONDS, 0]"),
+    health_cuda_memory_mb: Optional[float] = typer.Option(None, help="[HDC_HEALTH_CUDA_MEMORY_MB, 1000]"),
+    health_memory_percent: Optional[float] = typer.Option(None, help="[HDC_HEALTH_MEMORY_PERCENT, 90]"),
+    health_disk_percent: Optional[float] = typer.Option(None, help="[HDC_HEALTH_DISK_PERCENT, 85]"),
+    log_level: Optional[str] = typer.Option(None, help="[HDC_LOG_LEVEL, INFO]"),
+    log_format: Optional[str] = typer.Option(None, help="json or console [HDC_LOG_FORMAT, json]"),
+    log_file: Optional[str] = typer.Option(None, help="Also log to this rotating file [HDC_LOG_FILE]"),
+    benchmark_enabled: Optional[bool] = typer.Option(None, "--benchmark/--no-benchmark",
+                                                     help="Continuous benchmark [HDC_BENCHMARK_ENABLED, true]"),
+    benchmark_interval_seconds: Optional[float] = typer.Option(None, help="[HDC_BENCHMARK_INTERVAL_SECONDS, 300]"),
+    benchmark_degradation_threshold: Optional[float] = typer.Option(None, help="[HDC_BENCHMARK_DEGRADATION_THRESHOLD, 0.1]"),
+    benchmark_database_url: Optional[str] = typer.Option(None, help="[HDC_BENCHMARK_DATABASE_URL, sqlite in the state dir]"),
+    shutdown_grace_seconds: Optional[float] = typer.Option(None, help="[HDC_SHUTDOWN_GRACE_SECONDS, 25]"),
+) -> None:
+    """Serve the worker API until SIGTERM."""
+    overrides = {k: v for k, v in locals().items()}
+    try:
+        settings = WorkerSettings.from_env(overrides)
+    except SettingsError as exc:
+        typer.echo(f"hdc-worker: invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
+    from .server import serve as run_server
+
+    raise typer.Exit(run_server(settings))
+
+
+@app.command()
+def bench(
+    database_url: Optional[str] = typer.Option(None, help="Benchmark store [HDC_BENCHMARK_DATABASE_URL, sqlite in HDC_STATE_DIR]"),
+    test: Optional[str] = typer.Option(None, help="Only this test"),
+) -> None:
+    """Print the continuous benchmark's stored history and trend."""
+    from hd_compute.monitoring.benchmark import print_history
+
+    try:
+        settings = WorkerSettings.from_env({"benchmark_database_url": database_url})
+    except SettingsError as exc:
+        typer.echo(f"hdc-worker: invalid configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
+    print_history(settings.benchmark_url, test)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

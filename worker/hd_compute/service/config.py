@@ -1,0 +1,180 @@
+"""WorkerSettings: the worker's configuration, from HDC_* environment variables overridden by CLI flags.
+
+Every variable is parsed and checked here, once, at start-up; a bad value stops the worker with an error that
+names the variable (or the flag) and says what was expected. docs/worker-api.md lists them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+VSA_NAMES = ("MAP", "BSC", "HRR", "FHRR")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "console")
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message names the environment variable or the setting."""
+
+
+def _int(name: str, raw: Any, *, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(raw, bool):
+        raise SettingsError(f"{name} must be an integer, got {raw!r}")
+    try:
+        value = int(raw) if not isinstance(raw, str) else int(raw.strip(), 10)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if isinstance(raw, float) and raw != value:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise SettingsError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _float(name: str, raw: Any, *, minimum: float, maximum: float | None = None, exclusive_min: bool = False) -> float:
+    if isinstance(raw, bool):
+        raise SettingsError(f"{name} must be a number, got {raw!r}")
+    try:
+        value = float(raw.strip() if isinstance(raw, str) else raw)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number, got {raw!r}")
+    too_small = value <= minimum if exclusive_min else value < minimum
+    if too_small or (maximum is not None and value > maximum):
+        low = f"> {minimum}" if exclusive_min else f">= {minimum}"
+        bound = low if maximum is None else f"{low} and <= {maximum}"
+        raise SettingsError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _bool(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false (1/0, yes/no, on/off), got {raw!r}")
+
+
+def _choice(name: str, raw: Any, choices: tuple[str, ...], *, upper: bool = False, lower: bool = False) -> str:
+    text = str(raw).strip()
+    text = text.upper() if upper else text.lower() if lower else text
+    if text not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return text
+
+
+def _device(name: str, raw: Any) -> str:
+    text = str(raw).strip().lower()
+    if text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise SettingsError(f"{name} must be auto, cpu, cuda or cuda:N, got {raw!r}")
+
+
+def _text(name: str, raw: Any) -> str:
+    text = str(raw).strip()
+    if not text:
+        raise SettingsError(f"{name} must not be empty")
+    return text
+
+
+def _optional_text(name: str, raw: Any) -> str | None:
+    text = "" if raw is None else str(raw).strip()
+    return text or None
+
+
+# field -> (environment variable, parser, default). Order is the documentation order.
+_SPEC: dict[str, tuple[str, Callable[[str, Any], Any], Any]] = {
+    "dimension": ("HDC_DIMENSION", lambda n, v: _int(n, v, minimum=1, maximum=1 << 24), 10_000),
+    "vsa": ("HDC_VSA", lambda n, v: _choice(n, v, VSA_NAMES, upper=True), "MAP"),
+    "device": ("HDC_DEVICE", _device, "auto"),
+    "port": ("HDC_PORT", lambda n, v: _int(n, v, minimum=0, maximum=65535), 8080),
+    "host": ("HDC_HOST", _text, "0.0.0.0"),
+    "max_body_bytes": ("HDC_MAX_BODY_BYTES", lambda n, v: _int(n, v, minimum=1024), 64 << 20),
+    "state_dir": ("HDC_STATE_DIR", _text, "./hdc-state"),
+    "batch_max_size": ("HDC_BATCH_MAX_SIZE", lambda n, v: _int(n, v, minimum=1), 256),
+    "batch_max_wait_ms": ("HDC_BATCH_MAX_WAIT_MS", lambda n, v: _float(n, v, minimum=0.0, maximum=10_000.0), 2.0),
+    "snapshot_interval_seconds": ("HDC_SNAPSHOT_INTERVAL_SECONDS", lambda n, v: _float(n, v, minimum=0.0), 0.0),
+    "health_cuda_memory_mb": ("HDC_HEALTH_CUDA_MEMORY_MB", lambda n, v: _float(n, v, minimum=0.0), 1000.0),
+    "health_memory_percent": ("HDC_HEALTH_MEMORY_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0), 90.0),
+    "health_disk_percent": ("HDC_HEALTH_DISK_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0), 85.0),
+    "log_level": ("HDC_LOG_LEVEL", lambda n, v: _choice(n, v, LOG_LEVELS, upper=True), "INFO"),
+    "log_format": ("HDC_LOG_FORMAT", lambda n, v: _choice(n, v, LOG_FORMATS, lower=True), "json"),
+    "log_file": ("HDC_LOG_FILE", _optional_text, None),
+    "benchmark_enabled": ("HDC_BENCHMARK_ENABLED", _bool, True),
+    "benchmark_interval_seconds": ("HDC_BENCHMARK_INTERVAL_SECONDS",
+                                   lambda n, v: _float(n, v, minimum=0.0, exclusive_min=True), 300.0),
+    "benchmark_degradation_threshold": ("HDC_BENCHMARK_DEGRADATION_THRESHOLD",
+                                        lambda n, v: _float(n, v, minimum=0.0, exclusive_min=True), 0.1),
+    "benchmark_database_url": ("HDC_BENCHMARK_DATABASE_URL", _optional_text, None),
+    "shutdown_grace_seconds": ("HDC_SHUTDOWN_GRACE_SECONDS", lambda n, v: _float(n, v, minimum=1.0, maximum=3600.0), 25.0),
+}
+
+ENV_VARS: dict[str, str] = {name: spec[0] for name, spec in _SPEC.items()}
+
+
+@dataclass
+class WorkerSettings:
+    dimension: int = 10_000
+    vsa: str = "MAP"
+    device: str = "auto"
+    port: int = 8080
+    host: str = "0.0.0.0"
+    max_body_bytes: int = 64 << 20
+    state_dir: str = "./hdc-state"
+    batch_max_size: int = 256
+    batch_max_wait_ms: float = 2.0
+    snapshot_interval_seconds: float = 0.0  # 0: snapshots only after each mutating request and at shutdown
+    health_cuda_memory_mb: float = 1000.0
+    health_memory_percent: float = 90.0
+    health_disk_percent: float = 85.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+    log_file: str | None = None
+    benchmark_enabled: bool = True
+    benchmark_interval_seconds: float = 300.0
+    benchmark_degradation_threshold: float = 0.1
+    benchmark_database_url: str | None = None
+    shutdown_grace_seconds: float = 25.0
+    extra: dict = field(default_factory=dict, repr=False, compare=False)  # free slot for embedding code/tests
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+        """Defaults <- HDC_* environment variables <- overrides (CLI flags; None values are ignored)."""
+        env = os.environ if environ is None else environ
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        unknown = set(overrides) - set(_SPEC)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, (var, parse, default) in _SPEC.items():
+            if name in overrides:
+                values[name] = parse(name.replace("_", "-"), overrides[name])
+            elif env.get(var) not in (None, ""):
+                values[name] = parse(var, env[var])
+            else:
+                values[name] = default
+        return cls(**values)
+
+    @property
+    def batch_max_wait_seconds(self) -> float:
+        return self.batch_max_wait_ms / 1000.0
+
+    @property
+    def benchmark_url(self) -> str:
+        if self.benchmark_database_url:
+            return self.benchmark_database_url
+        return "sqlite:///" + os.path.join(os.path.abspath(self.state_dir), "benchmarks.db")
+
+    def as_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("extra", None)
+        return out
