@@ -1,0 +1,329 @@
+"""The container images cannot be built here, so their Dockerfiles are checked against the package instead.
+
+Every deploy/*.Dockerfile: each command its RUN, ENTRYPOINT/CMD and HEALTHCHECK lines run exists (our console
+scripts are declared in pyproject.toml and answer `--help` with the same arguments; `python -m` modules of ours
+can be found; other programs come from the base image or from a declared dependency), the image runs as a
+numeric non-root USER, ENTRYPOINT/CMD use the exec form (so signals reach the process), what it COPYs exists,
+and no secret is baked in. The worker's image additionally: a CUDA runtime base, HEALTHCHECK
+`python -m hd_compute.health`, writes only under /tmp and HDC_STATE_DIR, and `pip install .` of exactly the
+files it copies builds a wheel holding the service.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+from dataclasses import dataclass, field
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOCKERFILES = sorted((REPO / "deploy").glob("*.Dockerfile"))
+WORKER = REPO / "deploy" / "worker.Dockerfile"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+SCRIPTS: dict[str, str] = PYPROJECT["project"]["scripts"]  # console script -> "module:function"
+OUR_PACKAGES = {"hd_compute": REPO / "worker", "hdc_operator": REPO / "operator"}
+PACKAGE_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in OUR_PACKAGES.values())}
+
+# Programs the base images provide. Anything else must be one of our console scripts or belong to a
+# dependency declared in pyproject.toml (program -> distribution).
+SYSTEM_COMMANDS = {"apt-get", "rm", "mkdir", "chown", "chmod", "python", "python3", "pip"}
+DEPENDENCY_COMMANDS = {"kopf": "kopf"}
+PYTHON_TOOL_MODULES = {"venv", "pip", "compileall"}
+SEPARATORS = {"&&", "||", ";", "|", "&"}
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|CREDENTIAL|PRIVATE_?KEY", re.I)
+WRITABLE_VARIABLES = ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "HDC_LOG_FILE",
+                      "HDC_BENCHMARK_DATABASE_URL")
+
+
+# --- a small Dockerfile reader (the instructions these files use) ---------------------------------------------
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+
+def read_instructions(path: pathlib.Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per logical line: continuations joined, comments dropped."""
+    result, pending = [], ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") or (not stripped and not pending):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        pending += stripped
+        keyword, _, rest = pending.strip().partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+        pending = ""
+    assert not pending, f"{path.name}: the last line ends with a continuation"
+    return result
+
+
+def read_stages(path: pathlib.Path) -> list[Stage]:
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for keyword, rest in read_instructions(path):
+        if keyword == "ARG" and not stages:
+            name, _, default = rest.partition("=")
+            args[name] = default
+        elif keyword == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            base = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), ""), words[0])
+            stages.append(Stage(base, words[2] if len(words) > 2 and words[1].upper() == "AS" else None))
+        else:
+            assert stages, f"{path.name}: {keyword} before the first FROM"
+            stages[-1].instructions.append((keyword, rest))
+    return stages
+
+
+def final_image(stages: list[Stage]) -> list[tuple[str, str]]:
+    """The instructions that make up the last stage, its ancestor stages' included (oldest first)."""
+    by_name = {s.name: s for s in stages if s.name}
+    chain, stage = [], stages[-1]
+    while True:
+        chain.insert(0, stage)
+        if stage.base not in by_name:
+            return [i for s in chain for i in s.instructions]
+        stage = by_name[stage.base]
+
+
+def exec_form(rest: str, what: str) -> list[str]:
+    assert rest.startswith("["), f"{what} must use the exec form [\"prog\", \"arg\"], got {rest!r}"
+    argv = json.loads(rest)
+    assert argv and all(isinstance(a, str) for a in argv), f"{what} must be a JSON list of strings"
+    return argv
+
+
+def shell_commands(script: str) -> list[list[str]]:
+    """The simple commands of a shell-form RUN, split at && || ; | (leading VAR=value assignments dropped)."""
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    commands, current = [], []
+    for token in lexer:
+        if token in SEPARATORS:
+            commands.append(current)
+            current = []
+        else:
+            current.append(token)
+    commands.append(current)
+    for command in commands:
+        while command and re.fullmatch(r"[A-Za-z_]\w*=.*", command[0]):
+            command.pop(0)
+    assert all(commands), f"empty command in {script!r}"
+    return commands
+
+
+def env_of(instructions) -> dict[str, str]:
+    env = {}
+    for keyword, rest in instructions:
+        if keyword == "ENV":
+            for word in shlex.split(rest):
+                key, _, value = word.partition("=")
+                env[key] = value
+    return env
+
+
+def commands_of(stages: list[Stage]) -> list[tuple[str, list[str]]]:
+    """(where, argv) of every command the image runs: at build time, as its process, as its health check."""
+    commands = []
+    for stage in stages:
+        for keyword, rest in stage.instructions:
+            if keyword == "RUN":
+                argvs = [exec_form(rest, "RUN")] if rest.startswith("[") else shell_commands(rest)
+                commands += [("RUN", argv) for argv in argvs]
+    final = final_image(stages)
+    entrypoint = [exec_form(r, "ENTRYPOINT") for k, r in final if k == "ENTRYPOINT"][-1:] or [[]]
+    cmd = [exec_form(r, "CMD") for k, r in final if k == "CMD"][-1:] or [[]]
+    assert entrypoint[0] + cmd[0], "the image runs nothing: no ENTRYPOINT or CMD"
+    commands.append(("ENTRYPOINT+CMD", entrypoint[0] + cmd[0]))
+    for keyword, rest in final:
+        if keyword == "HEALTHCHECK" and rest.strip().upper() != "NONE":
+            _, _, command = rest.partition(" CMD ")
+            commands.append(("HEALTHCHECK", exec_form(command.strip(), "HEALTHCHECK CMD")))
+    return commands
+
+
+# --- what exists in the package ---------------------------------------------------------------------------
+
+
+def declared_distributions() -> set[str]:
+    requirements = list(PYPROJECT["project"].get("dependencies", []))
+    for extra in PYPROJECT["project"].get("optional-dependencies", {}).values():
+        requirements += extra
+    return {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+
+def module_exists(module: str) -> bool:
+    top = module.split(".")[0]
+    if top in OUR_PACKAGES:
+        relative = pathlib.Path(*module.split("."))
+        root = OUR_PACKAGES[top]
+        return (root / relative).with_suffix(".py").is_file() or (root / relative / "__init__.py").is_file()
+    return module in PYTHON_TOOL_MODULES and importlib.util.find_spec(module) is not None
+
+
+def check_command(where: str, argv: list[str]) -> list[list[str]]:
+    """Asserts that argv's program (and the modules it names) exist; returns our console-script calls."""
+    program = argv[0]
+    modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
+    for module in modules:
+        assert module_exists(module), f"{where}: {' '.join(argv)!r} runs module {module}, which does not exist"
+    if program in SCRIPTS:
+        target = SCRIPTS[program].split(":")[0]
+        assert module_exists(target), f"{where}: console script {program} points at missing module {target}"
+        return [argv]
+    if program in DEPENDENCY_COMMANDS:
+        assert DEPENDENCY_COMMANDS[program] in declared_distributions(), (
+            f"{where}: {program} is run but {DEPENDENCY_COMMANDS[program]} is not a dependency in pyproject.toml")
+        return []
+    assert program in SYSTEM_COMMANDS, (
+        f"{where}: {program!r} is neither a console script in pyproject [project.scripts] nor a known base-image "
+        f"program ({', '.join(sorted(SYSTEM_COMMANDS))})")
+    if program in ("python", "python3"):
+        assert modules, f"{where}: {' '.join(argv)!r}: run Python code through `-m module` so it can be checked"
+    return []
+
+
+def run_script_help(argv: list[str]) -> None:
+    """Runs our console script with the Dockerfile's arguments plus --help: the (sub)commands must exist."""
+    module, function = SCRIPTS[argv[0]].split(":")
+    args = argv[1:] if "--help" in argv else [*argv[1:], "--help"]
+    code = f"import sys; from {module} import {function}; sys.argv[0] = {argv[0]!r}; sys.exit({function}())"
+    result = subprocess.run([sys.executable, "-c", code, *args], env=PACKAGE_ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, f"`{' '.join(argv)}` fails:\n{result.stdout}\n{result.stderr[-3000:]}"
+    assert "Usage" in result.stdout, f"`{' '.join([*argv[:1], *args])}` printed no usage:\n{result.stdout}"
+
+
+# --- every Dockerfile ---------------------------------------------------------------------------------------------
+
+
+def test_the_worker_dockerfile_exists():
+    assert WORKER in DOCKERFILES
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_every_command_exists_in_the_package(path):
+    script_calls = []
+    for where, argv in commands_of(read_stages(path)):
+        script_calls += check_command(where, argv)
+    for argv in {tuple(a) for a in script_calls}:
+        run_script_help(list(argv))
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_runs_as_numeric_non_root_user(path):
+    final = final_image(read_stages(path))
+    users = [(i, rest) for i, (keyword, rest) in enumerate(final) if keyword == "USER"]
+    assert users, f"{path.name}: no USER; the image would run as root"
+    index, user = users[-1]
+    match = re.fullmatch(r"(\d+)(?::(\d+))?", user)
+    assert match, f"{path.name}: USER {user!r} must be numeric (uid or uid:gid) so runAsNonRoot can verify it"
+    assert int(match.group(1)) != 0 and match.group(2) != "0", f"{path.name}: USER {user} is root"
+    starts = [i for i, (keyword, _) in enumerate(final) if keyword in ("ENTRYPOINT", "CMD")]
+    assert all(i > index for i in starts), f"{path.name}: USER must come before ENTRYPOINT/CMD"
+
+
+@pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)
+def test_copies_what_exists_and_bakes_in_no_secrets(path):
+    text = path.read_text()
+    assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), f"{path.name}: a URL with a password"
+    for stage in read_stages(path):
+        for keyword, rest in stage.instructions:
+            if keyword in ("ENV", "ARG"):
+                for word in shlex.split(rest):
+                    assert not SECRET_NAME.search(word.partition("=")[0]), f"{path.name}: {keyword} {word} looks like a secret"
+            if keyword in ("COPY", "ADD"):
+                words = shlex.split(rest)
+                if any(w.startswith("--from") for w in words):
+                    continue
+                sources = [w for w in words if not w.startswith("--")][:-1]
+                for source in sources:
+                    assert not re.match(r"https?://", source), f"{path.name}: {keyword} from the network"
+                    assert (REPO / source).exists(), f"{path.name}: {keyword} {source}: not in the repository"
+
+
+# --- the worker image ------------------------------------------------------------------------------------------
+
+
+def test_worker_image_shape():
+    stages = read_stages(WORKER)
+    assert stages[0].base.startswith("nvidia/cuda:") and "-runtime-" in stages[0].base, stages[0].base
+    final = final_image(stages)
+    assert final_image(stages)[0] == stages[0].instructions[0]  # the final image is built on that base
+    health = [rest for keyword, rest in final if keyword == "HEALTHCHECK"]
+    assert health, "the worker image has no HEALTHCHECK"
+    assert exec_form(health[-1].partition(" CMD ")[2].strip(), "HEALTHCHECK") == ["python", "-m", "hd_compute.health"]
+    assert commands_of(stages)[-2] == ("ENTRYPOINT+CMD", ["hdc-worker", "serve"])
+    # and the health check runs here: JSON, exit 0 (healthy/degraded) or 1 (unhealthy)
+    result = subprocess.run([sys.executable, "-m", "hd_compute.health"], env=PACKAGE_ENV, capture_output=True,
+                            text=True, timeout=120)
+    assert result.stdout.strip().startswith("{"), f"python -m hd_compute.health printed no JSON:\n{result.stderr[-3000:]}"
+    report = json.loads(result.stdout)
+    assert result.returncode == (1 if report["status"] == "unhealthy" else 0), result.stdout + result.stderr
+
+
+def test_worker_writes_only_under_tmp_and_the_state_dir():
+    final = final_image(read_stages(WORKER))
+    env = env_of(final)
+    state = env.get("HDC_STATE_DIR", "")
+    assert state.startswith("/") and state != "/", "HDC_STATE_DIR must be set to an absolute directory"
+    writable = ("/tmp", state)
+
+    def inside(path: str) -> bool:
+        return any(path == root or path.startswith(root.rstrip("/") + "/") for root in writable)
+
+    for name in WRITABLE_VARIABLES:
+        value = env.get(name)
+        if value is None:
+            continue
+        path = value.removeprefix("sqlite:///") if name == "HDC_BENCHMARK_DATABASE_URL" else value
+        if path.startswith("/"):
+            assert inside(path), f"{name}={value} is outside /tmp and {state}"
+    assert "HOME" in env and inside(env["HOME"]), "HOME must be under /tmp (caches land there)"
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1", "Python would try to write .pyc files next to the code"
+    uid = [rest for keyword, rest in final if keyword == "USER"][-1].split(":")[0]
+    chowned = [argv for keyword, rest in final if keyword == "RUN" for argv in shell_commands(rest)
+               if argv[0] == "chown" and state in argv]
+    assert chowned and chowned[0][1].split(":")[0] == uid, f"{state} must belong to the image's user {uid}"
+
+
+def test_worker_package_builds_from_the_copied_files(tmp_path):
+    """`pip install .` in the image sees only what it COPYs: build the wheel from exactly those files."""
+    build = read_stages(WORKER)[1]
+    context = tmp_path / "context"
+    context.mkdir()
+    for keyword, rest in build.instructions:
+        if keyword == "COPY" and "--from" not in rest:
+            for source in shlex.split(rest)[:-1]:
+                target = context / source
+                if (REPO / source).is_dir():
+                    shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info"))
+                else:
+                    shutil.copy2(REPO / source, target)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path / "dist"), "."], cwd=context, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    for module in ("hd_compute/health.py", "hd_compute/service/cli.py", "hd_compute/monitoring/benchmark.py"):
+        assert module in names, f"the wheel lacks {module}"
+    assert any(n.startswith("hd_compute/kernels/_cpu") for n in names), "the CPU kernels were not compiled"
+    assert "hdc-worker = hd_compute.service.cli:main" in entry_points

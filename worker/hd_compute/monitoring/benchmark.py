@@ -1,0 +1,594 @@
+"""Continuous benchmark: the worker measures itself in the background and keeps the history.
+
+    bench = ContinuousBenchmark(metrics, is_busy=batcher.is_busy)
+    bench.schedule_test("bind_32k_dimension", interval="1h", alert_threshold_degradation=0.1)
+    bench.store_results_to_database("postgresql+psycopg://hdc@db/hdc")   # default: SQLite in the state dir
+    await bench.start() ... await bench.stop()
+
+Each run times one test (a standard seed case run through the functional API on this worker's VSA model and
+device, or any callable), stores the result through SQLAlchemy, compares it with the test's baseline (the
+median of its first `baseline_runs` stored runs on the same machine, model and dimension) and exports
+
+    hdc_benchmark_duration_seconds{test}       median seconds of one call
+    hdc_benchmark_degradation_ratio{test}      (current - baseline) / baseline; 0.25 = 25 % slower
+    hdc_capacity_ops_per_second                hypervector operations per second this replica can do
+
+The capacity is the lowest throughput among the latest runs of the scheduled tests, in hypervectors per
+second (the unit of hdc_hypervector_operations_total), so that an autoscaler divides demand by it.
+
+Benchmarks yield to real traffic: a run is deferred while `is_busy()` is true and abandoned (not stored)
+when traffic arrives between two timed calls. Measurements run in a thread (asyncio.to_thread), one at a time.
+`print_history(url)` (behind `hdc-worker bench`) prints the stored history and its trend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import socket
+import statistics
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable
+
+import structlog
+import torch
+from sqlalchemy import DateTime, Float, Integer, String, create_engine, inspect, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import StaticPool
+
+from hd_compute.bench.measure import time_call
+
+if TYPE_CHECKING:
+    from hd_compute.monitoring.metrics import MetricsCollector
+
+
+def _log():
+    # Fetched per use so that logging configured (or captured) after import applies.
+    return structlog.get_logger("hd_compute.monitoring.benchmark")
+
+
+DEFAULT_STATE_DIR = "./hdc-state"
+DEFAULT_BASELINE_RUNS = 5
+
+# The seed's standard cases ("Performance Baselines"), as in hd_compute.bench.cases: name -> (count, dim).
+# `scale` shrinks the counts (never the dimension) for a lighter background load.
+STANDARD_TESTS = {
+    "bundle_10k_vectors": (10_000, 10_000),  # multiset of 10,000 hypervectors
+    "bind_32k_dimension": (1_000, 32_768),  # 1,000 pairs bound
+    "similarity_batch_1000": (1_000, 10_000),  # 1,000 queries x 1,000 items
+}
+
+
+class BenchmarkPreempted(Exception):
+    """A background run was abandoned because real traffic arrived (or the benchmark is stopping)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# storage (SQLAlchemy 2 ORM; SQLite or PostgreSQL)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class BenchmarkRun(_Base):
+    """One stored run. `machine`, `vsa` and `dimension` key the baseline: a run is compared only with runs
+    of the same test on the same kind of hardware and model. `replica` (the host name) is for reading."""
+
+    __tablename__ = "hdc_benchmark_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    test: Mapped[str] = mapped_column(String(128), index=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    duration_seconds: Mapped[float] = mapped_column(Float)
+    ops_per_run: Mapped[int] = mapped_column(Integer)
+    ops_per_second: Mapped[float] = mapped_column(Float)
+    baseline_seconds: Mapped[float] = mapped_column(Float)
+    degradation_ratio: Mapped[float] = mapped_column(Float)
+    alert_threshold: Mapped[float] = mapped_column(Float)
+    vsa: Mapped[str] = mapped_column(String(16))
+    dimension: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(32))
+    machine: Mapped[str] = mapped_column(String(256))
+    replica: Mapped[str] = mapped_column(String(256))
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    test: str
+    started_at: datetime
+    duration_seconds: float
+    ops_per_run: int
+    ops_per_second: float
+    baseline_seconds: float
+    degradation_ratio: float
+    alert_threshold: float
+    vsa: str
+    dimension: int
+    device: str
+    machine: str
+    replica: str
+
+    @property
+    def degraded(self) -> bool:
+        return self.degradation_ratio > self.alert_threshold
+
+    @classmethod
+    def from_row(cls, row: BenchmarkRun) -> "BenchmarkResult":
+        started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=timezone.utc)
+        return cls(row.test, started, row.duration_seconds, row.ops_per_run, row.ops_per_second,
+                   row.baseline_seconds, row.degradation_ratio, row.alert_threshold, row.vsa, row.dimension,
+                   row.device, row.machine, row.replica)
+
+
+def default_database_url(state_dir: str | None = None) -> str:
+    """sqlite:///<state dir>/benchmarks.db, the state dir being HDC_STATE_DIR (./hdc-state by default)."""
+    state_dir = state_dir or os.environ.get("HDC_STATE_DIR") or DEFAULT_STATE_DIR
+    return "sqlite:///" + os.path.join(os.path.abspath(state_dir), "benchmarks.db")
+
+
+def _masked(url) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def _parse_url(value: object, argument: str):
+    """Validates a database URL: SQLite, or PostgreSQL through psycopg 3 (postgresql:// is taken to mean it)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{argument} must be a database URL such as sqlite:///path/benchmarks.db or "
+                         f"postgresql+psycopg://user@host/db, got {value!r}")
+    try:
+        url = make_url(value.strip())
+    except ArgumentError:
+        raise ValueError(f"{argument} is not a database URL: {value!r} (expected sqlite:///path/benchmarks.db "
+                         f"or postgresql+psycopg://user@host/db)") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
+        url = url.set(drivername="postgresql+psycopg")
+        if not url.database:
+            raise ValueError(f"{argument} names no database: {_masked(url)} (append /<database name>)")
+    elif backend == "sqlite" and driver in ("", "pysqlite"):
+        pass
+    else:
+        raise ValueError(f"{argument} must use sqlite:// or postgresql+psycopg:// (psycopg 3), "
+                         f"got {url.drivername}:// in {_masked(url)}")
+    return url
+
+
+def _make_engine(value: str, argument: str, *, create: bool) -> Engine:
+    url = _parse_url(value, argument)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and create:
+        os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+    options: dict = {"pool_pre_ping": True}
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        # one in-memory database shared by the measuring threads (mostly for experiments)
+        options = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    try:
+        engine = create_engine(url, **options)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ValueError(f"{argument} cannot be used ({_masked(url)}): {exc}") from None
+    if create:
+        _Base.metadata.create_all(engine)
+    return engine
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tests
+
+
+@dataclass
+class _Test:
+    name: str
+    interval: float
+    alert_threshold: float
+    prepare: Callable[[], Callable[[], object]]  # builds the inputs, returns the call to time
+    ops_per_run: int
+
+
+def parse_interval(value: object, argument: str = "interval") -> float:
+    """Seconds > 0: a number, or a string such as '300', '30s', '5m', '1h', '1d' (the seed writes '1h')."""
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*", value)
+        if match:
+            factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+            seconds = float(match.group(1)) * factor
+    if seconds is None:
+        raise ValueError(f"{argument} must be a number of seconds or a duration like '30s', '5m', '1h', got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{argument} must be > 0 seconds, got {value!r}")
+    return seconds
+
+
+def standard_test(name: str, vsa: str, device: torch.device, *, scale: float = 1.0) -> tuple[Callable[[], Callable[[], object]], int]:
+    """A seed case through the functional API: (prepare, hypervector operations per call).
+
+    prepare() generates the inputs (not timed) and returns the call to time; inputs are dropped after each
+    run so that an idle worker does not hold hundreds of megabytes for its benchmark.
+    """
+    import hd_compute as hd
+
+    count, dim = STANDARD_TESTS[name]
+    count = max(1, round(count * scale))
+    if name == "bundle_10k_vectors":
+        def prepare():
+            x = hd.random(count, dim, vsa, seed=0, device=device)
+            return lambda: hd.multiset(x)
+    elif name == "bind_32k_dimension":
+        def prepare():
+            a = hd.random(count, dim, vsa, seed=1, device=device)
+            b = hd.random(count, dim, vsa, seed=2, device=device)
+            return lambda: hd.bind(a, b)
+    else:
+        def prepare():
+            queries = hd.random(count, dim, vsa, seed=3, device=device)
+            items = hd.random(count, dim, vsa, seed=4, device=device)
+            similarity = hd.hamming_similarity if vsa == "BSC" else hd.cosine_similarity
+            return lambda: similarity(queries, items)
+    return prepare, count
+
+
+def _machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    import platform
+
+    return f"{platform.machine()} x{os.cpu_count()}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the benchmark
+
+
+class ContinuousBenchmark:
+    """Background performance tests for one worker; see the module docstring.
+
+    metrics: the worker's MetricsCollector (a new one when None).
+    database_url: where results go (SQLite under HDC_STATE_DIR by default); store_results_to_database switches.
+    is_busy: True while real traffic is being served; runs wait for it to turn False.
+    vsa, dimension, device: the worker's configuration; the standard tests use its VSA model and device
+        (dimension is recorded and keys the baseline; the standard tests keep the seed's dimensions).
+    scale: fraction of the seed cases' vector counts the standard tests use (1.0 = the seed's sizes).
+    baseline_runs: the baseline is the median of the first this-many stored runs.
+    repeats, warmup: timed calls per run (the median is the result) and untimed calls before them.
+    """
+
+    def __init__(self, metrics: "MetricsCollector | None" = None, *, database_url: str | None = None,
+                 is_busy: Callable[[], bool] = lambda: False, vsa: str = "MAP", dimension: int = 10_000,
+                 device: str | torch.device = "auto", scale: float = 1.0, baseline_runs: int = DEFAULT_BASELINE_RUNS,
+                 repeats: int = 3, warmup: int = 1, busy_poll_seconds: float = 1.0) -> None:
+        from hd_compute.device import resolve_device
+        from hd_compute.errors import check_non_negative_int, check_positive_int
+        from hd_compute.vsa import get_model
+
+        if metrics is None:
+            from hd_compute.monitoring.metrics import MetricsCollector
+
+            metrics = MetricsCollector()
+        if not callable(is_busy):
+            raise ValueError(f"is_busy must be a callable returning bool, got {type(is_busy).__name__}")
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale <= 1:
+            raise ValueError(f"scale must be a number in (0, 1], got {scale!r}")
+        self.metrics = metrics
+        self.is_busy = is_busy
+        self.vsa = get_model(vsa).name
+        self.dimension = check_positive_int(dimension, "dimension")
+        self.device = resolve_device(device)
+        self.scale = float(scale)
+        self.baseline_runs = check_positive_int(baseline_runs, "baseline_runs")
+        self.repeats = check_positive_int(repeats, "repeats")
+        self.warmup = check_non_negative_int(warmup, "warmup")
+        self.busy_poll_seconds = parse_interval(busy_poll_seconds, "busy_poll_seconds")
+        self.machine = _machine(self.device)
+        self.replica = os.environ.get("HOSTNAME") or socket.gethostname()
+        self.tests: dict[str, _Test] = {}
+        self.deferrals: dict[str, int] = {}  # runs put off (or abandoned) because the worker was busy
+        self._baselines: dict[str, float] = {}  # settled baselines (baseline_runs stored runs exist)
+        self._capacity: dict[str, float] = {}  # test -> latest hypervector ops/s
+        self._run_lock = threading.Lock()  # one measurement at a time, also across direct run_once calls
+        self._stopping = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.database_url = ""
+        self._engine: Engine | None = None
+        self._connect(database_url if database_url is not None else default_database_url(), "database_url")
+
+    # -- configuration ------------------------------------------------------------------------------------
+
+    def _connect(self, value: str, argument: str) -> None:
+        engine = _make_engine(value, argument, create=True)
+        old, self._engine = self._engine, engine
+        self.database_url = _masked(engine.url)
+        self._baselines.clear()
+        if old is not None:
+            old.dispose()
+
+    def store_results_to_database(self, connection_string: str) -> None:
+        """Stores results (from now on) in this database: sqlite:///path or postgresql+psycopg://user@host/db.
+
+        The table is created when missing; baselines are read from the runs already stored there.
+        """
+        self._connect(connection_string, "connection_string")
+        _log().info("benchmark_database_configured", database_url=self.database_url)
+
+    def schedule_test(self, name: str | None = None, interval: float | str | None = None,
+                      alert_threshold_degradation: float = 0.1, fn: Callable[[], object] | None = None, *,
+                      ops_per_run: int | None = None, test_name: str | None = None) -> None:
+        """Runs test `name` every `interval` (seconds, or '30s'/'5m'/'1h') once start() is awaited.
+
+        fn None: one of the standard tests (bundle_10k_vectors, bind_32k_dimension, similarity_batch_1000).
+        fn given: it is called and timed as it is; ops_per_run says how many hypervector operations one call
+        does (1 by default) for the capacity metric. A run slower than the baseline by more than
+        alert_threshold_degradation (0.1 = 10 %) is logged as performance_degradation_detected.
+        test_name is the seed document's spelling of name.
+        """
+        if test_name is not None:
+            if name is not None and name != test_name:
+                raise ValueError(f"name ({name!r}) and test_name ({test_name!r}) disagree; pass one of them")
+            name = test_name
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", name):
+            raise ValueError(f"name must be 1-128 letters, digits or _.:- characters, got {name!r}")
+        if interval is None:
+            raise ValueError("interval is required (seconds, or a duration like '5m')")
+        seconds = parse_interval(interval, "interval")
+        threshold = alert_threshold_degradation
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold <= 0:
+            raise ValueError(f"alert_threshold_degradation must be a number > 0 (0.1 = 10 % slower), got {threshold!r}")
+        if fn is None:
+            if name not in STANDARD_TESTS:
+                raise ValueError(f"name {name!r} is not a standard test ({', '.join(STANDARD_TESTS)}); "
+                                 f"pass fn to benchmark your own callable")
+            if ops_per_run is not None:
+                raise ValueError("ops_per_run is fixed for the standard tests; pass it only with fn")
+            prepare, ops = standard_test(name, self.vsa, self.device, scale=self.scale)
+        else:
+            if not callable(fn):
+                raise ValueError(f"fn must be callable, got {type(fn).__name__}")
+            ops = 1 if ops_per_run is None else ops_per_run
+            if isinstance(ops, bool) or not isinstance(ops, int) or ops <= 0:
+                raise ValueError(f"ops_per_run must be a positive int, got {ops_per_run!r}")
+            prepare = lambda: fn  # noqa: E731
+        if self._tasks:
+            raise RuntimeError("schedule_test must be called before start()")
+        self.tests[name] = _Test(name, seconds, float(threshold), prepare, ops)
+        self.deferrals.setdefault(name, 0)
+
+    # -- measuring ------------------------------------------------------------------------------------------
+
+    def run_once(self, name: str) -> BenchmarkResult:
+        """Runs scheduled test `name` now (regardless of traffic), stores and exports the result."""
+        if name not in self.tests:
+            raise ValueError(f"name {name!r} is not a scheduled test; scheduled: {', '.join(self.tests) or 'none'}")
+        return self._run(self.tests[name], preemptible=False)
+
+    def _check_preempted(self, preemptible: bool) -> None:
+        if self._stopping.is_set() or (preemptible and self.is_busy()):
+            raise BenchmarkPreempted
+
+    def _run(self, test: _Test, *, preemptible: bool) -> BenchmarkResult:
+        with self._run_lock:
+            self._check_preempted(preemptible)
+            started_at = datetime.now(timezone.utc)
+            call = test.prepare()
+            try:
+                if self.warmup:
+                    time_call(call, self.device, repeats=1, warmup=self.warmup - 1)
+                samples = []
+                for _ in range(self.repeats):
+                    self._check_preempted(preemptible)  # yield to traffic between timed calls
+                    samples.append(time_call(call, self.device, repeats=1, warmup=0))
+            finally:
+                del call
+            duration = statistics.median(samples)
+            return self._record(test, started_at, duration)
+
+    def _baseline(self, session: Session, test: _Test, current: float) -> float:
+        settled = self._baselines.get(test.name)
+        if settled is not None:
+            return settled
+        first = session.scalars(
+            select(BenchmarkRun.duration_seconds)
+            .where(BenchmarkRun.test == test.name, BenchmarkRun.machine == self.machine,
+                   BenchmarkRun.vsa == self.vsa, BenchmarkRun.dimension == self.dimension,
+                   BenchmarkRun.ops_per_run == test.ops_per_run)
+            .order_by(BenchmarkRun.started_at, BenchmarkRun.id)
+            .limit(self.baseline_runs)
+        ).all()
+        if len(first) >= self.baseline_runs:
+            self._baselines[test.name] = statistics.median(first)
+            return self._baselines[test.name]
+        return statistics.median([*first, current])  # still collecting: this run counts towards the baseline
+
+    def _record(self, test: _Test, started_at: datetime, duration: float) -> BenchmarkResult:
+        assert self._engine is not None
+        with Session(self._engine) as session, session.begin():
+            baseline = self._baseline(session, test, duration)
+            ratio = (duration - baseline) / baseline if baseline > 0 else 0.0
+            row = BenchmarkRun(test=test.name, started_at=started_at, duration_seconds=duration,
+                               ops_per_run=test.ops_per_run, ops_per_second=test.ops_per_run / duration if duration > 0 else math.inf,
+                               baseline_seconds=baseline, degradation_ratio=ratio, alert_threshold=test.alert_threshold,
+                               vsa=self.vsa, dimension=self.dimension, device=str(self.device), machine=self.machine,
+                               replica=self.replica)
+            session.add(row)
+            session.flush()
+            result = BenchmarkResult.from_row(row)
+        self.metrics.record_benchmark(test.name, duration, ratio)
+        if math.isfinite(result.ops_per_second):
+            self._capacity[test.name] = result.ops_per_second
+            self.metrics.set_capacity(min(self._capacity.values()))
+        _log().info("performance_measurement", operation=test.name, duration_ms=round(duration * 1e3, 3),
+                 baseline_ms=round(baseline * 1e3, 3), degradation_ratio=round(ratio, 4),
+                 throughput_ops_per_sec=round(result.ops_per_second, 1), vsa=self.vsa, device=str(self.device))
+        if result.degraded:
+            _log().warning("performance_degradation_detected", operation=test.name, degradation_ratio=round(ratio, 4),
+                        alert_threshold_degradation=test.alert_threshold, duration_ms=round(duration * 1e3, 3),
+                        baseline_ms=round(baseline * 1e3, 3))
+        return result
+
+    def history(self, name: str | None = None, limit: int = 100) -> list[BenchmarkResult]:
+        """The latest `limit` stored runs (of test `name`, or of all tests), oldest first."""
+        assert self._engine is not None
+        return _history(self._engine, name, limit)
+
+    # -- background scheduling -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts one background task per scheduled test; the first run is due at once (when idle)."""
+        if self._tasks:
+            raise RuntimeError("the continuous benchmark is already running")
+        self._stopping.clear()
+        self._stop_event = asyncio.Event()
+        self._tasks = [asyncio.create_task(self._loop(test), name=f"hdc-benchmark-{test.name}")
+                       for test in self.tests.values()]
+        _log().info("benchmark_started", tests=list(self.tests), database_url=self.database_url)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stops the background runs; a run in progress is abandoned at its next timed call."""
+        if not self._tasks:
+            return
+        self._stopping.set()
+        assert self._stop_event is not None
+        self._stop_event.set()
+        done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        self._tasks = []
+        self._stopping.clear()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleeps; True when stop() was called meanwhile."""
+        assert self._stop_event is not None
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _loop(self, test: _Test) -> None:
+        poll = min(self.busy_poll_seconds, test.interval)
+        while not self._stopping.is_set():
+            try:
+                busy = bool(self.is_busy())
+            except Exception as exc:  # a broken probe counts as busy: never benchmark over traffic
+                _log().error("benchmark_busy_probe_failed", test=test.name, error=f"{type(exc).__name__}: {exc}")
+                busy = True
+            if busy:
+                self.deferrals[test.name] += 1
+                if await self._sleep(poll):
+                    return
+                continue
+            try:
+                await asyncio.to_thread(self._run, test, preemptible=True)
+            except BenchmarkPreempted:
+                if self._stopping.is_set():
+                    return
+                self.deferrals[test.name] += 1
+                _log().debug("benchmark_deferred", test=test.name, reason="traffic")
+                continue
+            except Exception as exc:  # a failing benchmark must never take the worker down
+                _log().error("benchmark_failed", test=test.name, error=f"{type(exc).__name__}: {exc}")
+            if await self._sleep(test.interval):
+                return
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading the history (hdc-worker bench)
+
+
+def _history(engine: Engine, name: str | None, limit: int) -> list[BenchmarkResult]:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    query = select(BenchmarkRun).order_by(BenchmarkRun.started_at.desc(), BenchmarkRun.id.desc()).limit(limit)
+    if name is not None:
+        query = query.where(BenchmarkRun.test == name)
+    with Session(engine) as session:
+        rows = [BenchmarkResult.from_row(row) for row in session.scalars(query)]
+    return rows[::-1]
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    low, high = min(values), max(values)
+    span = high - low
+    return "".join(_SPARKS[0 if span == 0 else min(7, int((v - low) / span * 8))] for v in values)
+
+
+def trend(results: list[BenchmarkResult], recent: int = 3) -> str:
+    """One line: the recent runs against the baseline, and the direction of the whole history."""
+    if not results:
+        return "no runs"
+    last = results[-recent:]
+    ratio = statistics.median(r.degradation_ratio for r in last)
+    threshold = results[-1].alert_threshold
+    if ratio > threshold:
+        verdict = "DEGRADED"
+    elif ratio < -threshold:
+        verdict = "improved"
+    else:
+        verdict = "stable"
+    slope = ""
+    if len(results) >= 3:
+        durations = [r.duration_seconds for r in results]
+        per_run = statistics.linear_regression(range(len(durations)), durations).slope
+        slope = f", {per_run / results[-1].baseline_seconds * 100:+.2f} % of baseline per run over {len(results)} runs"
+    return f"{verdict}: {ratio * 100:+.1f} % vs baseline (median of last {len(last)}){slope}"
+
+
+def print_history(database_url: str, test: str | None = None, *, limit: int = 20, console=None) -> list[BenchmarkResult]:
+    """Prints each test's stored runs (the latest `limit`) and its trend; returns the runs printed."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    url = _parse_url(database_url, "database_url")
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not os.path.exists(url.database):
+        console.print(f"no benchmark runs stored in {_masked(url)} (the file does not exist)")
+        return []
+    engine = _make_engine(database_url, "database_url", create=False)
+    try:
+        if not inspect(engine).has_table(BenchmarkRun.__tablename__):
+            console.print(f"no benchmark runs stored in {_masked(engine.url)}")
+            return []
+        if test is None:
+            with Session(engine) as session:
+                names = sorted(session.scalars(select(BenchmarkRun.test).distinct()))
+        else:
+            names = [test]
+        printed: list[BenchmarkResult] = []
+        for name in names:
+            results = _history(engine, name, limit)
+            if not results:
+                console.print(f"no runs of {name!r} stored in {_masked(engine.url)}")
+                continue
+            table = Table(title=f"{name}  ({results[-1].vsa}, D={results[-1].dimension}, {results[-1].device}, {results[-1].machine})")
+            for column in ("started (UTC)", "replica", "duration ms", "baseline ms", "degradation", "ops/s"):
+                table.add_column(column, justify="left" if column in ("started (UTC)", "replica") else "right")
+            for r in results:
+                flag = " !" if r.degraded else ""
+                table.add_row(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.replica, f"{r.duration_seconds * 1e3:.3f}",
+                              f"{r.baseline_seconds * 1e3:.3f}", f"{r.degradation_ratio * 100:+.1f} %{flag}",
+                              f"{r.ops_per_second:,.0f}")
+            console.print(table)
+            console.print(f"trend {sparkline([r.duration_seconds for r in results])}  {trend(results)}")
+            printed.extend(results)
+        return printed
+    finally:
+        engine.dispose()
