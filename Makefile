@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml setup.py worker/hd_compute/kernels/cpu_kernel
 	@touch $@
 
 # Test tooling (a real Kubernetes control plane, etcd, kwok, helm, ...) built from pinned Go modules into
-# ~/.cache/hd-compute/tools (HDC_TOOLS_DIR). The first build takes ~30 min on 2 cores; later runs are no-ops.
+# ~/.cache/hd-compute/tools (HDC_TOOLS_DIR). The first build takes ~15 min on 2 cores; later runs are no-ops.
 tools:
 	@hack/build-tools.sh >/dev/null
 

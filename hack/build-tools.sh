@@ -5,6 +5,7 @@
 #
 #   hack/build-tools.sh                 build what is missing (a no-op in seconds once built)
 #   hack/build-tools.sh --print-bin-dir print the bin directory for the current pins; build nothing
+#   hack/build-tools.sh --check         print the bin directory if everything is built; fail if not
 #
 # Output: ${HDC_TOOLS_DIR:-$HOME/.cache/hd-compute/tools}/<pin-hash>/{bin,share}. The pin hash covers the
 # go.mod/go.sum files, this script and the Go version, so changing a pin builds into a fresh directory.
@@ -46,12 +47,12 @@ OUTDIR=$TOOLS_ROOT/$(pin_hash)
 BIN=$OUTDIR/bin
 SHARE=$OUTDIR/share
 
-if [[ ${1:-} == --print-bin-dir ]]; then
-    echo "$BIN"
-    exit 0
-elif [[ $# -gt 0 ]]; then
-    die "unknown argument '$1' (usage: $0 [--print-bin-dir])"
-fi
+MODE=${1:-build}
+case $MODE in
+--print-bin-dir) echo "$BIN"; exit 0 ;;
+build | --check) ;;
+*) die "unknown argument '$1' (usage: $0 [--print-bin-dir|--check])" ;;
+esac
 
 GO_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl kubeconform helm prometheus-adapter)
 LINKED_BINARIES=(prometheus promtool alertmanager)
@@ -68,7 +69,9 @@ if complete; then
     echo "$BIN"
     exit 0
 fi
+[[ $MODE != --check ]] || die "the tools for these pins are not built in $OUTDIR; run 'make tools' (hack/build-tools.sh)"
 mkdir -p "$BIN" "$SHARE"
+log "building into $OUTDIR with $GOVERSION (GOPROXY=$(go env GOPROXY))"
 
 # Runs "$@" while printing a heartbeat every 30 s, so a long first build visibly makes progress.
 with_progress() {
@@ -122,7 +125,7 @@ build_k8s() {
         build "$MODDIR" "$b" "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags" || return 1
     done
 }
-with_progress "Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; ~20 min cold on 2 cores)" build_k8s
+with_progress "Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; ~10 min cold on 2 cores)" build_k8s
 
 # 2. etcd, kwok, kwokctl, kubeconform (same module, same dependency graph).
 build_misc() {

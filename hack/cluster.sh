@@ -44,7 +44,7 @@ tools() { # Makes sure the pinned tools are built (a no-op in seconds when they 
 }
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 # kwokctl runs `kubectl` itself (from PATH): it gets ours, not whatever else PATH holds.
-kwokctl() { PATH="$BIN:$PATH" KWOK_KUBECTL_BINARY=$BIN/kubectl "$BIN/kwokctl" --name "$NAME" "$@"; }
+kwokctl() { PATH="$BIN:$PATH" KWOK_KUBECTL_BINARY=$BIN/kubectl "$BIN/kwokctl" --v=WARN --name "$NAME" "$@"; }
 
 cluster_exists() { [[ -f $CLUSTER_WORKDIR/kwok.yaml ]]; }
 

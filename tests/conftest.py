@@ -79,6 +79,11 @@ def k8s_cluster():
         api.close()
         return
 
+    # A cold tools build takes longer than a test may (pytest's timeout covers fixture set-up): `make test`
+    # builds them first (`make tools`); a bare pytest run without them fails here, with the command to run.
+    tools = subprocess.run([str(REPO / "hack" / "build-tools.sh"), "--check"], capture_output=True, text=True)
+    if tools.returncode != 0:
+        pytest.fail(tools.stderr.strip(), pytrace=False)
     was_running = subprocess.run([str(CLUSTER_SH), "running"], check=False).returncode == 0
     up = subprocess.run([str(CLUSTER_SH), "up"], check=False, capture_output=True, text=True, timeout=900)
     if up.returncode != 0:
