@@ -89,16 +89,24 @@ with_progress() {
     log "built $label in $(($(date +%s) - start)) s"
 }
 
+no_modules() { # what, go's output
+    die "cannot download $1 (GOPROXY=$(go env GOPROXY)): $(tr '\n' ' ' <<<"$2" | cut -c1-300)
+       The tools are built from Go modules; this machine must reach the Go module proxy."
+}
+
 # Fetches one module through the module cache and prints a field of `go mod download -json`.
 module_field() { # module@version field
     local json
-    json=$(cd "$MODDIR" && go mod download -json "$1" 2>&1) ||
-        die "cannot download the Go module $1 (GOPROXY=$(go env GOPROXY)): $(tr -d '\n' <<<"$json" | cut -c1-300)
-       The tools are built from Go modules; this machine must reach the Go module proxy."
+    json=$(cd "$MODDIR" && go mod download -json "$1" 2>&1) || no_modules "the Go module $1" "$json"
     sed -n "s/^[[:space:]]*\"$2\": \"\(.*\)\",\{0,1\}$/\1/p" <<<"$json" | head -1
 }
 
-mod_version() { (cd "$1" && go list -m -f '{{.Version}}' "$2"); }
+# The version of a module in a tools module's build list (loading it downloads the go.mod files).
+mod_version() { # module-dir module
+    local out
+    out=$(cd "$1" && go list -m -f '{{.Version}}' "$2" 2>&1) || no_modules "the dependencies of $1" "$out"
+    echo "$out"
+}
 
 build() { # module-dir output-name package [ldflags]
     local dir=$1 out=$2 pkg=$3 ldflags=${4:-}
