@@ -140,15 +140,15 @@ build_misc() {
     build "$MODDIR" etcd ./cmd/etcd &&
         build "$MODDIR" kwok sigs.k8s.io/kwok/cmd/kwok &&
         build "$MODDIR" kwokctl sigs.k8s.io/kwok/cmd/kwokctl &&
-        build "$MODDIR" kubeconform github.com/yannh/kubeconform/cmd/kubeconform
+        build "$MODDIR" kubeconform github.com/yannh/kubeconform/cmd/kubeconform \
+            "-X main.version=$(mod_version "$MODDIR" github.com/yannh/kubeconform)"
 }
 with_progress "etcd $(mod_version "$MODDIR" go.etcd.io/etcd/server/v3), kwok $(mod_version "$MODDIR" sigs.k8s.io/kwok), kubeconform" build_misc
 
 # 3. helm and prometheus-adapter, each in a module of its own (their k8s.io libraries differ from ours).
 HELM_VERSION=$(mod_version "$MODDIR/helm" helm.sh/helm/v3)
-helm_v=$(sed -E 's/^(v[0-9]+\.[0-9]+).*/\1/' <<<"$HELM_VERSION")
 with_progress "helm $HELM_VERSION" build "$MODDIR/helm" helm helm.sh/helm/v3/cmd/helm \
-    "-X helm.sh/helm/v3/internal/version.version=$helm_v -X helm.sh/helm/v3/internal/version.metadata= -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.metadata= -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 with_progress "prometheus-adapter $(mod_version "$MODDIR/prometheus-adapter" sigs.k8s.io/prometheus-adapter)" \
     build "$MODDIR/prometheus-adapter" prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter
 
