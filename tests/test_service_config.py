@@ -109,3 +109,52 @@ async def test_server_span_continues_the_callers_w3c_trace(tmp_path, monkeypatch
     kernel = spans["hdc_random_operation"]
     assert kernel.parent.span_id == server.context.span_id
     assert kernel.attributes["hdc.success"] is True and kernel.attributes["hdc.input_count"] == 2
+
+
+@pytest.mark.asyncio
+async def test_observability_off_skips_metrics_spans_and_log_lines(tmp_path, monkeypatch, capsys):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from hd_compute.monitoring.logging import configure_logging
+
+    assert WorkerSettings.from_env(environ={}).observability is True
+    assert WorkerSettings.from_env(environ={"HDC_OBSERVABILITY": "false"}).observability is False
+    with pytest.raises(SettingsError, match="HDC_OBSERVABILITY"):
+        WorkerSettings.from_env(environ={"HDC_OBSERVABILITY": "maybe"})
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    configure_logging("INFO", "json")
+    registries = {}
+    for observability in (True, False):
+        registries[observability] = CollectorRegistry()
+        settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path / str(observability)),
+                                  benchmark_enabled=False, observability=observability)
+        app = create_app(settings, metrics=MetricsCollector(registries[observability]))
+        async with TestClient(TestServer(app)) as c:
+            capsys.readouterr()
+            exporter.clear()
+            resp = await c.post("/v1/ops/similarity", json={"queries": [[1] * 64], "others": [[1] * 64, [-1] * 64]},
+                                headers={"X-Correlation-ID": "abc-1"})
+            assert resp.status == 200 and resp.headers["X-Correlation-ID"] == "abc-1"
+            assert (await resp.json())["similarities"] == [[1.0, -1.0]]
+            resp = await c.post("/v1/ops/bind", json={"a": [[1] * 64], "b": [[1] * 63]})  # errors still count
+            assert resp.status == 400
+            await asyncio.sleep(0)
+            lines = capsys.readouterr().out
+            names = {s.name for s in exporter.get_finished_spans()}
+        ops = registries[observability].get_sample_value("hdc_operation_total", {"operation": "similarity"}) or 0
+        errors = registries[observability].get_sample_value(
+            "hdc_operation_errors_total", {"operation": "bind", "error": "dimension_mismatch"})
+        batches = registries[observability].get_sample_value("hdc_batch_size_distribution_count")
+        assert errors == 1 and batches >= 1 and "request_failed" in lines
+        if observability:
+            assert ops == 1 and "hypervector_operation_completed" in lines
+            assert {"POST /v1/ops/similarity", "hdc_similarity_operation"} <= names
+        else:
+            assert ops == 0 and "hypervector_operation_completed" not in lines
+            assert not any(n.startswith("POST") or n.startswith("hdc_") for n in names)

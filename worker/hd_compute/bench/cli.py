@@ -165,7 +165,24 @@ def bench(
     json_path: Optional[Path] = typer.Option(None, "--json", help="write the full report as JSON"),
     plot: Optional[Path] = typer.Option(None, help="write a bar chart (PNG) of ours vs torchhd"),
     markdown: Optional[Path] = typer.Option(None, help="write the tables as Markdown (docs/benchmarks.md)"),
+    service: bool = typer.Option(False, "--service", help="instead of the kernel cases: drive `hdc-worker serve` "
+                                 "processes over HTTP and compare with the same search in-process"),
+    service_seconds: float = typer.Option(3.0, min=0.05, help="--service: seconds per measurement"),
+    service_max_requests: int = typer.Option(5_000, min=1, help="--service: at most this many requests per measurement"),
+    service_items: int = typer.Option(10_000, min=1, help="--service: items in each item memory"),
+    service_dimension: int = typer.Option(10_000, min=1, help="--service: dimension"),
+    service_clients: int = typer.Option(32, min=1, help="--service: concurrent clients sending single queries"),
+    service_batch_clients: int = typer.Option(2, min=1, help="--service: concurrent clients sending batched queries"),
+    service_batch: list[int] = typer.Option([64, 256], help="--service: queries per batched request (repeat)"),
+    service_rounds: int = typer.Option(2, min=1, help="--service: observability on/off alternations"),
+    service_threads: int = typer.Option(0, min=0, help="--service: torch threads of each worker and of the "
+                                        "in-process baseline (0: all cores)"),
 ) -> None:
+    if service:
+        _service(device, repeats, vsa, json_path, markdown, service_seconds, service_max_requests, service_items,
+                 service_dimension, service_clients, service_batch_clients, service_batch, service_rounds,
+                 service_threads)
+        return
     resolved = resolve_device(device)
     names = [v.upper() for v in vsa]
     for name in names:
@@ -202,6 +219,37 @@ def bench(
     failures += [b for r in report["cases"] for b in r["baselines"] if not b["meets_floor"]]
     if failures:
         console.print(f"[red]{len(failures)} target(s) missed[/]")
+        raise typer.Exit(1)
+
+
+def _service(device: str, repeats: int, vsa: list[str], json_path: Optional[Path], markdown: Optional[Path],
+             seconds: float, max_requests: int, items: int, dimension: int, clients: int, batch_clients: int,
+             batch: list[int], rounds: int, threads: int) -> None:
+    """hdc-bench --service: floors are printed (met/missed), never turned into a failing exit status."""
+    import os
+
+    from .service import ServiceConfig, print_service_report, run_service_bench, service_markdown
+
+    names = [v.upper() for v in vsa]
+    for name in names:
+        if name not in ("MAP", "BSC"):
+            raise typer.BadParameter(f"--service runs MAP and BSC memories, got {name}", param_hint="--vsa")
+    if any(q < 1 for q in batch):
+        raise typer.BadParameter("queries per request must be >= 1", param_hint="--service-batch")
+    cfg = ServiceConfig(vsas=names, items=items, dimension=dimension, batch_sizes=list(batch),
+                        batch_clients=batch_clients, single_clients=clients, seconds=seconds,
+                        max_requests=max_requests, rounds=rounds, threads=threads or (os.cpu_count() or 1),
+                        repeats=repeats, device=str(resolve_device(device)))
+    report = run_service_bench(cfg, log=console.log)
+    print_service_report(report, console)
+    if json_path:
+        json_path.write_text(json.dumps({"service": report}, indent=2))
+        console.print(f"wrote {json_path}")
+    if markdown:
+        markdown.write_text(service_markdown(report))
+        console.print(f"wrote {markdown}")
+    if not report["answers_correct"]:
+        console.print("[red]the service answered differently from the in-process search[/]")
         raise typer.Exit(1)
 
 

@@ -4,13 +4,15 @@ Every request gets a correlation id (X-Correlation-ID, or a new uuid4; echoed in
 (W3C traceparent honoured), the log context (bind_request_context), and for the /v1 operations one
 metrics.observe_operation call and one hypervector_operation_completed log line. Errors are JSON
 {"error", "detail", "correlation_id"} with a 4xx status naming the field; a CUDA out-of-memory is a 503 and the
-cuda_memory_allocation_failed log line; the worker keeps serving in both cases. docs/worker-api.md is the
+cuda_memory_allocation_failed log line; the worker keeps serving in both cases. HDC_OBSERVABILITY=false skips the
+span, log context, metrics and log line of successful requests (hdc-bench --service measures what they cost). docs/worker-api.md is the
 reference for every route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import re
@@ -204,12 +206,17 @@ class Op:
         self.payload = await read_payload(self.request, self.worker.settings.max_body_bytes)
         return self.payload
 
+    def _span(self):
+        if not self.worker.settings.observability:
+            return contextlib.nullcontext()
+        return kernel_span(self.name, self.input_count, self.dimension or 0)
+
     async def kernel(self, fn: Callable[..., Any], *args: Any) -> Any:
-        with kernel_span(self.name, self.input_count, self.dimension or 0):
+        with self._span():
             return await self.worker.runner.run(fn, *args)
 
     async def batched(self, key: Any, rows: int, item: Any, run_batch: Callable[[list], list]) -> Any:
-        with kernel_span(self.name, self.input_count, self.dimension or 0):
+        with self._span():
             return await self.worker.batcher.submit(key, rows, item, run_batch)
 
     def respond(self, fields: dict[str, Any], status: int = 200) -> web.Response:
@@ -237,6 +244,8 @@ def operation(name: str) -> Callable[[Callable[[Op], Awaitable[web.Response]]], 
             except Exception as exc:  # noqa: BLE001 - answer 500 and keep serving
                 log().exception("request_failed_unexpectedly", operation=name)
                 return _failed(op, started, 500, "internal_error", f"{type(exc).__name__}: {exc}")
+            if not worker.settings.observability:
+                return response
             seconds = time.perf_counter() - started
             worker.metrics.observe_operation(name, seconds, hypervectors=max(op.input_count, 1))
             log().info("hypervector_operation_completed", operation=name, dimension=op.dimension,
@@ -290,16 +299,19 @@ async def observability_middleware(request: web.Request, handler):
     is_op = request.path.startswith("/v1/")
     worker.in_flight += 1
     worker.in_flight_ops += is_op
+    if not worker.settings.observability:  # HDC_OBSERVABILITY=false: no server span, no log context
+        try:
+            response = await _handle(request, handler)
+            response.headers[CORRELATION_HEADER] = cid
+            return response
+        finally:
+            worker.in_flight -= 1
+            worker.in_flight_ops -= is_op
     try:
         attributes = {"http.request.method": request.method, "http.route": route, "hdc.correlation_id": cid}
         with server_span(f"{request.method} {route}", request.headers, attributes=attributes) as span:
             bind_request_context(cid, current_trace_id())
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:  # router 404/405 and friends: JSON like every other error
-                if exc.status < 400:
-                    raise
-                response = error_response(request, exc.status, _http_error_code(exc.status), f"{request.method} {request.path}: {exc.reason}")
+            response = await _handle(request, handler)
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
@@ -309,6 +321,15 @@ async def observability_middleware(request: web.Request, handler):
         worker.in_flight -= 1
         worker.in_flight_ops -= is_op
         clear_request_context()
+
+
+async def _handle(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:  # router 404/405 and friends: JSON like every other error
+        if exc.status < 400:
+            raise
+        return error_response(request, exc.status, _http_error_code(exc.status), f"{request.method} {request.path}: {exc.reason}")
 
 
 def _http_error_code(status: int) -> str:

@@ -35,6 +35,9 @@ def serve(
     log_level: Optional[str] = typer.Option(None, help="[HDC_LOG_LEVEL, INFO]"),
     log_format: Optional[str] = typer.Option(None, help="json or console [HDC_LOG_FORMAT, json]"),
     log_file: Optional[str] = typer.Option(None, help="Also log to this rotating file [HDC_LOG_FILE]"),
+    observability: Optional[bool] = typer.Option(
+        None, "--observability/--no-observability",
+        help="Per-request metrics, spans and log lines [HDC_OBSERVABILITY, true]"),
     benchmark_enabled: Optional[bool] = typer.Option(None, "--benchmark/--no-benchmark",
                                                      help="Continuous benchmark [HDC_BENCHMARK_ENABLED, true]"),
     benchmark_interval_seconds: Optional[float] = typer.Option(None, help="[HDC_BENCHMARK_INTERVAL_SECONDS, 300]"),

@@ -109,6 +109,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, Any], Any], Any]] = {
     "log_level": ("HDC_LOG_LEVEL", lambda n, v: _choice(n, v, LOG_LEVELS, upper=True), "INFO"),
     "log_format": ("HDC_LOG_FORMAT", lambda n, v: _choice(n, v, LOG_FORMATS, lower=True), "json"),
     "log_file": ("HDC_LOG_FILE", _optional_text, None),
+    "observability": ("HDC_OBSERVABILITY", _bool, True),
     "benchmark_enabled": ("HDC_BENCHMARK_ENABLED", _bool, True),
     "benchmark_interval_seconds": ("HDC_BENCHMARK_INTERVAL_SECONDS",
                                    lambda n, v: _float(n, v, minimum=0.0, exclusive_min=True), 300.0),
@@ -139,6 +140,7 @@ class WorkerSettings:
     log_level: str = "INFO"
     log_format: str = "json"
     log_file: str | None = None
+    observability: bool = True  # false: no per-request metrics, spans or log lines (errors are still counted)
     benchmark_enabled: bool = True
     benchmark_interval_seconds: float = 300.0
     benchmark_degradation_threshold: float = 0.1

@@ -1,0 +1,65 @@
+"""`hdc-bench --service` in a tiny configuration: real worker processes answer like the in-process search, and
+the report has every row the issue asks for. No timing assertions (the machine is shared)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from hd_compute.bench.cli import app
+from hd_compute.bench.service import ServiceConfig, run_service_bench, service_markdown
+
+
+@pytest.mark.slow
+def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
+    cfg = ServiceConfig(vsas=["MAP", "BSC"], items=300, dimension=1000, batch_sizes=[64, 96], batch_clients=2,
+                        single_clients=4, seconds=0.2, max_requests=30, rounds=1, threads=1, repeats=1)
+    report = run_service_bench(cfg, log=lambda *_: None, work_dir=tmp_path)
+
+    assert report["answers_correct"] is True
+    # every worker (batching on/off, observability on/off) answered batched and concurrent single queries
+    assert {(c["vsa"], c["worker"]) for c in report["checks"]} == \
+        {(v, w) for v in ("MAP", "BSC") for w in ("default", "unbatched", "quiet")}
+    for check in report["checks"]:
+        assert check["checked"] == 96 + 16 and check["mismatches"] == 0 and check["in_process_equals_targets"]
+
+    rows = report["rows"]
+    for vsa in ("MAP", "BSC"):
+        mine = [r for r in rows if r["vsa"] == vsa]
+        loads = {(r["queries_per_request"], r["batching"], r["observability"]) for r in mine}
+        assert loads == {(64, True, True), (96, True, True), (1, True, True), (1, False, True), (1, True, False),
+                         (64, True, False)}
+        for r in mine:
+            assert 0 < r["requests"] <= 30
+            assert r["service_qps"] > 0 and r["in_process_qps"] > 0 and r["ratio"] > 0
+            assert 0 < r["p50_ms"] <= r["p99_ms"]
+            assert r["kernel_calls"] > 0 and r["mean_batch_rows"] >= 1
+        unbatched = next(r for r in mine if not r["batching"])
+        assert unbatched["mean_batch_rows"] == 1.0  # HDC_BATCH_MAX_SIZE=1: one kernel call per request
+        single = next(r for r in mine if r["queries_per_request"] == 1 and r["batching"] and r["observability"])
+        assert single["floor"] == 0.5 and single["batching_gain"] > 0
+        assert next(r for r in mine if r["queries_per_request"] == 64 and r["observability"])["floor"] == 0.7
+    assert {(o["vsa"], o["queries_per_request"]) for o in report["overheads"]} == \
+        {(v, q) for v in ("MAP", "BSC") for q in (1, 64)}
+    for o in report["overheads"]:
+        assert o["qps_on"] > 0 and o["qps_off"] > 0 and o["ceiling"] == 0.05
+
+    text = service_markdown(report)
+    assert "| MAP | single query | batching off, observability on |" in text and "overhead" in text
+    json.dumps(report)  # --json writes it as is
+
+
+@pytest.mark.slow
+def test_service_flag_on_the_bench_command(tmp_path):
+    out, md = tmp_path / "service.json", tmp_path / "service.md"
+    result = CliRunner().invoke(app, [
+        "--service", "--vsa", "BSC", "--service-items", "200", "--service-dimension", "640", "--service-seconds", "0.1",
+        "--service-max-requests", "10", "--service-clients", "3", "--service-batch", "64", "--service-rounds", "1",
+        "--service-threads", "1", "--repeats", "1", "--json", str(out), "--markdown", str(md)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())["service"]
+    assert report["answers_correct"] and report["config"]["threads"] == 1
+    assert {r["vsa"] for r in report["rows"]} == {"BSC"}
+    assert "hdc-bench --service" in result.output and "overhead" in md.read_text()
