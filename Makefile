@@ -20,10 +20,13 @@ $(VENV)/.installed: pyproject.toml setup.py worker/hd_compute/kernels/cpu_kernel
 	$(PY) -m pip install --progress-bar on -e '.[dev]'
 	@touch $@
 
-# Test tooling (a real Kubernetes control plane, etcd, kwok, helm, ...) built from pinned Go modules into
-# ~/.cache/hd-compute/tools (HDC_TOOLS_DIR). The first build takes ~15 min on 2 cores; later runs are no-ops.
+# Test tooling (a real Kubernetes control plane, etcd, kwok, helm, an OpenTelemetry Collector, ...) built from
+# pinned Go modules into ~/.cache/hd-compute/tools (HDC_TOOLS_DIR), plus the Debian packages the tests start
+# (Prometheus, Alertmanager, PostgreSQL). The first build takes ~15 min on 2 cores; later runs are no-ops.
 tools:
 	@hack/build-tools.sh >/dev/null
+	@hack/build-otelcol.sh >/dev/null
+	@hack/system-packages.sh
 
 # A local Kubernetes control plane with fake GPU nodes (docs/testing.md). Its last line is `export KUBECONFIG=...`.
 cluster-up: tools
