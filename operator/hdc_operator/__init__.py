@@ -1,0 +1,1 @@
+"""The HDCWorkload operator (kopf) and hdcctl. ../shared/design/shape.md: pure builders, thin kopf handlers."""
