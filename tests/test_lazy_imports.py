@@ -1,0 +1,39 @@
+"""hd_compute's public names load on first use, so torch-free parts (the structlog set-up the operator shares)
+import without torch, while `from hd_compute import ...` and `import *` still give every public name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def run_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_logging_module_imports_without_torch():
+    assert run_python("import sys, hd_compute.monitoring.logging, hd_compute.monitoring; "
+                      "print('torch' in sys.modules)") == "False"
+
+
+def test_every_public_name_resolves_and_star_import_works():
+    import hd_compute
+    import hd_compute.monitoring
+
+    for package in (hd_compute, hd_compute.monitoring):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, name
+    names = run_python("from hd_compute import *; from hd_compute.monitoring import *; "
+                       "print(sorted(k for k in dir() if not k.startswith('_')))")
+    assert "MAP" in names and "multiset" in names and "MetricsCollector" in names
+
+
+def test_unknown_name_is_an_attribute_error_naming_it():
+    import hd_compute
+
+    with pytest.raises(AttributeError, match="'nope'"):
+        hd_compute.nope  # noqa: B018
