@@ -39,6 +39,7 @@ from . import openapi
 from .batching import KernelRunner, MicroBatcher
 from .codec import ApiError, Payload, error_body, invalid, read_payload, respond
 from .config import WorkerSettings
+from .faults import FAULTS, install as install_faults
 from .state import ClassifierEntry, MemoryEntry, StateStore, check_name
 
 CORRELATION_HEADER = "X-Correlation-ID"
@@ -231,6 +232,8 @@ def operation(name: str) -> Callable[[Callable[[Op], Awaitable[web.Response]]], 
             op = Op(worker, request, name)
             started = time.perf_counter()
             try:
+                if (faults := request.app.get(FAULTS)) is not None:  # HDC_ADMIN_FAULTS=true only
+                    await faults.before(name)
                 response = await fn(op)
             except ApiError as exc:
                 return _failed(op, started, exc.status, exc.error, exc.detail)
@@ -834,6 +837,7 @@ def create_app(settings: WorkerSettings | None = None, *, metrics: MetricsCollec
     app[WORKER] = worker
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
+    install_faults(app, settings.admin_faults)
 
     async def on_startup(app: web.Application) -> None:
         worker._start_task = asyncio.get_running_loop().create_task(worker.start())

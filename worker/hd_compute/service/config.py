@@ -117,6 +117,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, Any], Any], Any]] = {
                                         lambda n, v: _float(n, v, minimum=0.0, exclusive_min=True), 0.1),
     "benchmark_database_url": ("HDC_BENCHMARK_DATABASE_URL", _optional_text, None),
     "shutdown_grace_seconds": ("HDC_SHUTDOWN_GRACE_SECONDS", lambda n, v: _float(n, v, minimum=1.0, maximum=3600.0), 25.0),
+    "admin_faults": ("HDC_ADMIN_FAULTS", _bool, False),
 }
 
 ENV_VARS: dict[str, str] = {name: spec[0] for name, spec in _SPEC.items()}
@@ -146,6 +147,7 @@ class WorkerSettings:
     benchmark_degradation_threshold: float = 0.1
     benchmark_database_url: str | None = None
     shutdown_grace_seconds: float = 25.0
+    admin_faults: bool = False  # true: PUT/DELETE /admin/faults inject latency and errors (service/faults.py)
     extra: dict = field(default_factory=dict, repr=False, compare=False)  # free slot for embedding code/tests
 
     @classmethod
