@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import zipfile
 from typing import Any
 
@@ -242,9 +243,17 @@ def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None, 
             raise _dimension_error(name, width, dim)
     if width == 0:
         raise invalid(name, "hypervectors must not be empty", error="invalid_shape")
-    data = torch.from_numpy(np.array(arr, dtype=arr.dtype.newbyteorder("="), copy=True))
+    native = np.array(arr, dtype=arr.dtype.newbyteorder("="), copy=True)
+    if model.name == "MAP":
+        # The same check as MAP.validate, in numpy: ~10x faster than torch's int8 comparisons on a CPU, and it
+        # runs on the event loop for every request.
+        if not bool((np.abs(native) == 1).all()):
+            raise invalid(name, "MAP hypervectors must hold only +1 and -1 values")
+        validate = False
+    else:
+        validate = True
     try:
-        return Hypervectors(data, model, vec_dim, validate=True)
+        return Hypervectors(torch.from_numpy(native), model, vec_dim, validate=validate)
     except (ValueError, TypeError) as exc:
         raise invalid(name, str(exc)) from None
 
@@ -280,24 +289,62 @@ async def read_payload(request: web.Request, max_bytes: int) -> Payload:
 
 
 def _read_npz(raw: bytes, max_bytes: int) -> dict[str, np.ndarray]:
+    """The archive's arrays. One pass over the zip (CRCs checked); each member's .npy header is parsed by
+    `_read_npy` (a regex for the header numpy writes, numpy's own parser for anything else); never unpickles."""
     try:
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
+            infos = archive.infolist()
+            unpacked = sum(info.file_size for info in infos)
             if unpacked > max_bytes:
                 raise ApiError(413, "body_too_large", f"body: the archive unpacks to {unpacked} bytes, over the limit "
                                                       f"of {max_bytes} bytes (HDC_MAX_BODY_BYTES)", field="body")
-        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             arrays = {}
-            for key in npz.files:
-                try:
-                    arrays[key] = npz[key]
-                except ValueError as exc:
-                    raise ApiError(400, "invalid_field", f"{key}: cannot be read ({exc})", field=key) from None
+            for info in infos:
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                arrays[key] = _read_npy(archive.read(info), key)
             return arrays
     except ApiError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise ApiError(400, "malformed_body", f"body: not a valid .npz archive ({exc})", field="body") from None
+
+
+# The header numpy.save writes: {'descr': '<i1', 'fortran_order': False, 'shape': (64, 10000), } + padding.
+_NPY_HEADER = re.compile(r"\{'descr': '([^']+)', 'fortran_order': (True|False), 'shape': \(([0-9, ]*)\), \} *\n?")
+
+
+def _read_npy(data: bytes, key: str) -> np.ndarray:
+    """One .npy member as a read-only array over `data` (no copy)."""
+    if data[:6] != b"\x93NUMPY" or len(data) < 10:
+        raise ApiError(400, "invalid_field", f"{key}: not a .npy array", field=key)
+    major = data[6]
+    if major == 1:
+        start, length = 10, int.from_bytes(data[8:10], "little")
+    elif major in (2, 3):
+        start, length = 12, int.from_bytes(data[8:12], "little")
+    else:
+        raise ApiError(400, "invalid_field", f"{key}: unsupported .npy format version {major}", field=key)
+    header = data[start : start + length]
+    match = _NPY_HEADER.fullmatch(header.decode("latin1"))
+    if match is None:  # anything unusual (structured dtypes, other spellings): numpy's own reader
+        try:
+            return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_field", f"{key}: cannot be read ({exc})", field=key) from None
+    try:
+        dtype = np.dtype(match.group(1))
+    except TypeError as exc:
+        raise ApiError(400, "invalid_field", f"{key}: cannot be read ({exc})", field=key) from None
+    if dtype.hasobject:
+        raise ApiError(400, "invalid_field", f"{key}: cannot be read (object arrays are refused)", field=key)
+    shape = tuple(int(n) for n in match.group(3).replace(" ", "").split(",") if n)
+    count = math.prod(shape)
+    offset = start + length
+    if len(data) - offset != count * dtype.itemsize:
+        raise ApiError(400, "invalid_field", f"{key}: cannot be read (the data does not match shape {shape} and dtype "
+                                             f"{dtype})", field=key)
+    order = "F" if match.group(2) == "True" else "C"
+    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order=order)
 
 
 # ---------------------------------------------------------------------------------------------------------
