@@ -11,6 +11,13 @@ endpoint spans are created (trace ids reach the logs) but not exported. OTEL_TRA
 overrides the choice. OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG pick the sampler, OTEL_SERVICE_NAME and
 OTEL_RESOURCE_ATTRIBUTES the resource, OTEL_BSP_* the batch processor, OTEL_PROPAGATORS the propagation format
 (W3C tracecontext + baggage by default) and OTEL_SDK_DISABLED=true turns tracing into no-ops.
+
+Without any span processor (no exporter configured, none added), recording a span would be work whose result
+nobody reads, so `server_span` and `kernel_span` take a light path instead: a non-recording span with a real
+span context (the caller's trace id from traceparent, or a new one; a new span id; the sampler's decision in
+the trace flags) is made current, so logs carry trace_id/span_id and `inject_context` propagates it exactly as
+with the SDK's spans, at a tenth of the cost. As soon as a processor is added to the provider (an exporter),
+every span is a full SDK span again, with its hdc.* attributes.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import Decision
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 __all__ = [
     "configure_tracing", "shutdown_tracing", "get_tracer", "kernel_span", "server_span",
@@ -33,6 +41,26 @@ __all__ = [
 ]
 
 TRACER_NAME = "hd_compute"
+
+
+class WorkerTracerProvider(TracerProvider):
+    """The SDK's TracerProvider, knowing whether anything consumes its spans (see `is_light`)."""
+
+    def __init__(self, *args, enabled: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enabled = enabled
+        self.has_processors = False
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        super().add_span_processor(span_processor)
+        self.has_processors = True
+
+    @property
+    def is_light(self) -> bool:
+        """True when spans would be recorded for no one: tracing on, but no span processor at all."""
+        return self.enabled and not self.has_processors
+
+
 _provider: TracerProvider | None = None
 
 
@@ -51,8 +79,9 @@ def configure_tracing(service_name: str = "hdc-worker", *, set_global: bool = Tr
         raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
     # OTEL_SERVICE_NAME, when set, wins over the argument; the sampler comes from OTEL_TRACES_SAMPLER(_ARG).
     name = os.environ.get("OTEL_SERVICE_NAME") or service_name
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
-    if not _env_true("OTEL_SDK_DISABLED"):
+    disabled = _env_true("OTEL_SDK_DISABLED")
+    provider = WorkerTracerProvider(resource=Resource.create({SERVICE_NAME: name}), enabled=not disabled)
+    if not disabled:
         exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if exporter_name not in ("", "otlp", "console", "none"):
@@ -104,6 +133,11 @@ def kernel_span(operation: str, input_count: int, dimension: int, *,
         raise ValueError(f"operation must be a non-empty string, got {operation!r}")
     _check("input_count", input_count)
     _check("dimension", dimension)
+    light = _light_provider()
+    if light is not None:
+        with _light_span(light, f"hdc_{operation}_operation", None, SpanKind.INTERNAL) as span:
+            yield span
+        return
     attrs = {"hdc.operation": operation, "hdc.input_count": input_count, "hdc.dimension": dimension}
     attrs.update(attributes or {})
     with get_tracer().start_as_current_span(f"hdc_{operation}_operation", attributes=attrs,
@@ -122,9 +156,46 @@ def kernel_span(operation: str, input_count: int, dimension: int, *,
 def server_span(name: str, headers: Mapping[str, str] | None = None, *,
                 attributes: Mapping[str, object] | None = None) -> Iterator[Span]:
     """A SERVER span for one request, child of the caller's trace when `headers` carry a traceparent."""
+    light = _light_provider()
+    if light is not None:
+        with _light_span(light, name, extract_context(headers or {}), SpanKind.SERVER) as span:
+            yield span
+        return
     with get_tracer().start_as_current_span(name, context=extract_context(headers or {}), kind=SpanKind.SERVER,
                                             attributes=dict(attributes or {})) as span:
         yield span
+
+
+def _light_provider() -> WorkerTracerProvider | None:
+    provider = _provider
+    return provider if isinstance(provider, WorkerTracerProvider) and provider.is_light else None
+
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+@contextlib.contextmanager
+def _light_span(provider: WorkerTracerProvider, name: str, parent: otel_context.Context | None,
+                kind: SpanKind) -> Iterator[Span]:
+    """A current, non-recording span with a valid context: parent's trace (or a new one), a new span id, the
+    sampler's verdict in its flags - what the SDK would put in context, without recording anything."""
+    parent_span = trace.get_current_span(parent)
+    parent_sc = parent_span.get_span_context()
+    ids = provider.id_generator
+    if parent_sc.is_valid:
+        trace_id, trace_state = parent_sc.trace_id, parent_sc.trace_state
+    else:
+        trace_id, trace_state = ids.generate_trace_id(), None
+    decision = provider.sampler.should_sample(parent, trace_id, name, kind).decision
+    flags = _SAMPLED if decision == Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
+    span = NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False, trace_flags=flags,
+                                        trace_state=trace_state))
+    token = otel_context.attach(trace.set_span_in_context(span, parent))
+    try:
+        yield span
+    finally:
+        otel_context.detach(token)
 
 
 class _CaseInsensitiveGetter(Getter):
