@@ -1,0 +1,50 @@
+"""The HorizontalPodAutoscaler (autoscaling/v2) of spec.autoscaling.mode hpa.
+
+It targets the HDCWorkload itself through its scale subresource (spec.replicas, status.replicas,
+status.selector), so the HPA and the operator never fight over the Deployment's replicas.
+"""
+
+from __future__ import annotations
+
+from hdc_operator.builders.common import metadata
+from hdc_operator.spec import API_VERSION, KIND, Workload
+
+THROUGHPUT_METRIC = "hdc_throughput_ops_per_second"  # per pod, from the worker
+UTILIZATION_METRIC = "hdc_capacity_utilization_percent"  # per pod: throughput / capacity * 100 (adapter rule)
+
+
+def quantity(value: float) -> str:
+    """A Kubernetes quantity for a non-negative number: "700", "350500m"."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def hpa_metrics(workload: Workload) -> list[dict]:
+    """The HPA's metric: a Pods metric per replica. With targetOpsPerReplica the target is that many operations
+    per second times the target utilization; without it, the replicas' measured share of their capacity
+    (a prometheus-adapter rule divides hdc_throughput_ops_per_second by hdc_capacity_ops_per_second)."""
+    scaling = workload.spec["autoscaling"]
+    utilization = scaling["targetUtilizationPercent"]
+    if scaling["targetOpsPerReplica"] is not None:
+        name, target = THROUGHPUT_METRIC, scaling["targetOpsPerReplica"] * utilization / 100
+    else:
+        name, target = UTILIZATION_METRIC, utilization
+    return [{"type": "Pods", "pods": {"metric": {"name": name},
+                                       "target": {"type": "AverageValue", "averageValue": quantity(target)}}}]
+
+
+def build_hpa(workload: Workload) -> dict | None:
+    scaling = workload.spec["autoscaling"]
+    if scaling["mode"] != "hpa":
+        return None
+    spec = {
+        "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": workload.name},
+        "minReplicas": scaling["minReplicas"],
+        "maxReplicas": scaling["maxReplicas"],
+        "metrics": hpa_metrics(workload),
+    }
+    if scaling["behavior"]:
+        spec["behavior"] = scaling["behavior"]
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": metadata(workload, workload.name), "spec": spec}

@@ -1,0 +1,333 @@
+"""The HDCWorkload CRD (crds/hdcworkload.yaml) and its Python mirror (hdc_operator.spec).
+
+Pure tests: the defaults are the contract's, every CEL rule has a mirror, bad specs name their field.
+k8s tests (the real kube-apiserver): the CRD installs, the API server defaults a spec exactly as parse_workload
+does, rejects every bad spec below with a message naming the field, and scales through the scale subresource.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+import yaml
+
+from hdc_operator import spec as specmod
+from hdc_operator.spec import InvalidSpec, Workload, default_spec, parse_workload, validate_workload
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# The contract's fully defaulted spec (notes: "The HDCWorkload contract"), written out by hand.
+CONTRACT_DEFAULTS = {
+    "image": "ghcr.io/hd-compute/hdc-worker:0.1.0",
+    "imagePullPolicy": "IfNotPresent",
+    "replicas": 1,
+    "hdc": {"dimension": 10000, "vsa": "MAP", "device": "auto"},
+    "resources": {"gpus": 1, "cpu": "2", "memory": "8Gi"},
+    "scheduling": {"nodeSelector": {}, "tolerations": [], "affinity": {}, "priorityClassName": ""},
+    "probes": {
+        "liveness": {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3},
+        "readiness": {"initialDelaySeconds": 0, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3},
+        "startup": {"initialDelaySeconds": 0, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 60},
+    },
+    "health": {"cudaMemoryThresholdMb": 1000, "memoryThresholdPercent": 90, "diskThresholdPercent": 85},
+    "monitoring": {
+        "serviceMonitor": {"enabled": True, "interval": "5s", "labels": {}},
+        "prometheusRule": {"enabled": True, "labels": {}},
+        "dashboards": {"enabled": True, "labels": {}},
+    },
+    "baselines": [],
+    "alerts": {
+        "highLatency": {"p95ThresholdMs": 100, "for": "5m"},
+        "highMemoryUsage": {"thresholdMb": 8192, "for": "2m"},
+        "lowGpuUtilization": {"thresholdPercent": 20, "for": "10m"},
+        "highErrorRate": {"thresholdPercent": 1, "for": "5m"},
+        "benchmarkRegression": {"for": "5m"},
+        "slo": {"availabilityTargetPercent": 99.9, "latencyTargetMs": 100, "latencyTargetPercent": 99},
+    },
+    "autoscaling": {"mode": "none", "minReplicas": 1, "maxReplicas": 10, "targetUtilizationPercent": 70,
+                    "targetOpsPerReplica": None, "tolerancePercent": 10, "behavior": {}},
+    "tracing": {"enabled": False, "otlpEndpoint": "", "samplingRatio": 1.0},
+    "logging": {"level": "INFO", "format": "json"},
+    "continuousBenchmark": {"enabled": True, "intervalSeconds": 300, "degradationThreshold": 0.1},
+    "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
+    "persistence": {"enabled": False, "size": "1Gi", "storageClassName": ""},
+}
+
+# (id, spec, the field the error must name). Each is rejected by parse_workload AND by the API server.
+BAD_SPECS = [
+    ("dimension-too-small", {"hdc": {"dimension": 63}}, "spec.hdc.dimension"),
+    ("dimension-too-large", {"hdc": {"dimension": 1048577}}, "spec.hdc.dimension"),
+    ("vsa-enum", {"hdc": {"vsa": "XOR"}}, "spec.hdc.vsa"),
+    ("device-enum", {"hdc": {"device": "tpu"}}, "spec.hdc.device"),
+    ("cuda-without-gpus", {"hdc": {"device": "cuda"}, "resources": {"gpus": 0}}, "spec.hdc.device"),
+    ("gpus-negative", {"resources": {"gpus": -1}}, "spec.resources.gpus"),
+    ("gpus-too-many", {"resources": {"gpus": 17}}, "spec.resources.gpus"),
+    ("cpu-not-a-quantity", {"resources": {"cpu": "two"}}, "spec.resources.cpu"),
+    ("memory-negative", {"resources": {"memory": "-8Gi"}}, "spec.resources.memory"),
+    ("pull-policy-enum", {"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy"),
+    ("replicas-negative", {"replicas": -1}, "spec.replicas"),
+    ("min-above-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
+    ("autoscaling-mode-enum", {"autoscaling": {"mode": "keda"}}, "spec.autoscaling.mode"),
+    ("target-utilization-above-100", {"autoscaling": {"targetUtilizationPercent": 101}},
+     "spec.autoscaling.targetUtilizationPercent"),
+    ("target-ops-zero", {"autoscaling": {"targetOpsPerReplica": 0}}, "spec.autoscaling.targetOpsPerReplica"),
+    ("behavior-policy-type", {"autoscaling": {"behavior": {"scaleUp": {"policies": [
+        {"type": "Nodes", "value": 1, "periodSeconds": 60}]}}}}, "spec.autoscaling.behavior.scaleUp.policies[0].type"),
+    ("memory-percent-above-100", {"health": {"memoryThresholdPercent": 101}}, "spec.health.memoryThresholdPercent"),
+    ("disk-percent-negative", {"health": {"diskThresholdPercent": -1}}, "spec.health.diskThresholdPercent"),
+    ("error-rate-above-100", {"alerts": {"highErrorRate": {"thresholdPercent": 150}}},
+     "spec.alerts.highErrorRate.thresholdPercent"),
+    ("gpu-util-negative", {"alerts": {"lowGpuUtilization": {"thresholdPercent": -5}}},
+     "spec.alerts.lowGpuUtilization.thresholdPercent"),
+    ("for-not-a-duration", {"alerts": {"highLatency": {"for": "5 minutes"}}}, "spec.alerts.highLatency.for"),
+    ("availability-100", {"alerts": {"slo": {"availabilityTargetPercent": 100}}},
+     "spec.alerts.slo.availabilityTargetPercent"),
+    ("interval-not-a-duration", {"monitoring": {"serviceMonitor": {"interval": "often"}}},
+     "spec.monitoring.serviceMonitor.interval"),
+    ("baseline-without-bound", {"baselines": [{"name": "b", "operation": "bind"}]}, "spec.baselines[0]"),
+    ("baseline-duplicate-name", {"baselines": [{"name": "b", "operation": "bind", "maxLatencyMs": 1},
+                                               {"name": "b", "operation": "bundle", "maxLatencyMs": 2}]},
+     "spec.baselines[1]"),
+    ("baseline-operation-enum", {"baselines": [{"name": "b", "operation": "teleport", "maxLatencyMs": 1}]},
+     "spec.baselines[0].operation"),
+    ("baseline-name-pattern", {"baselines": [{"name": "Bad Name", "operation": "bind", "maxLatencyMs": 1}]},
+     "spec.baselines[0].name"),
+    ("baseline-missing-operation", {"baselines": [{"name": "b", "maxLatencyMs": 1}]}, "spec.baselines[0].operation"),
+    ("baseline-latency-zero", {"baselines": [{"name": "b", "operation": "bind", "maxLatencyMs": 0}]},
+     "spec.baselines[0].maxLatencyMs"),
+    ("sampling-ratio-above-1", {"tracing": {"samplingRatio": 1.5}}, "spec.tracing.samplingRatio"),
+    ("tracing-without-endpoint", {"tracing": {"enabled": True}}, "spec.tracing.otlpEndpoint"),
+    ("otlp-endpoint-not-a-url", {"tracing": {"otlpEndpoint": "collector:4318"}}, "spec.tracing.otlpEndpoint"),
+    ("log-level-enum", {"logging": {"level": "TRACE"}}, "spec.logging.level"),
+    ("degradation-threshold-zero", {"continuousBenchmark": {"degradationThreshold": 0}},
+     "spec.continuousBenchmark.degradationThreshold"),
+    ("max-unavailable-garbage", {"podDisruptionBudget": {"maxUnavailable": "half"}},
+     "spec.podDisruptionBudget.maxUnavailable"),
+    ("persistence-size-zero", {"persistence": {"size": "0"}}, "spec.persistence.size"),
+    ("toleration-effect-enum", {"scheduling": {"tolerations": [{"key": "k", "operator": "Exists",
+                                                                 "effect": "Sometimes"}]}},
+     "spec.scheduling.tolerations[0].effect"),
+    ("wrong-type", {"replicas": "three"}, "spec.replicas"),
+]
+
+
+def body(name="w", spec=None, **metadata):
+    obj = {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload", "metadata": {"name": name, **metadata}}
+    if spec is not None:
+        obj["spec"] = spec
+    return obj
+
+
+# --- pure --------------------------------------------------------------------------------------------------
+
+def test_defaults_are_the_contracts():
+    assert default_spec() == CONTRACT_DEFAULTS
+    assert parse_workload(body()).spec == CONTRACT_DEFAULTS
+    assert parse_workload(body(spec={})).spec == CONTRACT_DEFAULTS
+
+
+def test_given_values_win_and_siblings_are_still_defaulted():
+    w = parse_workload(body(spec={"hdc": {"vsa": "BSC"}, "alerts": {"highLatency": {"for": "1m"}}}))
+    assert w.spec["hdc"] == {"dimension": 10000, "vsa": "BSC", "device": "auto"}
+    assert w.spec["alerts"]["highLatency"] == {"p95ThresholdMs": 100, "for": "1m"}
+
+
+def test_null_counts_as_missing_except_where_nullable():
+    w = parse_workload(body(spec={"hdc": None, "autoscaling": {"targetOpsPerReplica": None}}))
+    assert w.spec["hdc"] == CONTRACT_DEFAULTS["hdc"]
+    assert w.spec["autoscaling"]["targetOpsPerReplica"] is None
+
+
+def test_the_parser_does_not_change_its_input():
+    given = body(spec={"hdc": {"vsa": "HRR"}})
+    before = copy.deepcopy(given)
+    parse_workload(given)
+    assert given == before
+
+
+def test_workload_metadata_and_accessors():
+    w = parse_workload(body("demo", {"replicas": 7, "autoscaling": {"mode": "operator", "maxReplicas": 4}},
+                            namespace="ml", uid="u-1", generation=3, labels={"team": "a"}))
+    assert (w.name, w.namespace, w.uid, w.generation, dict(w.labels)) == ("demo", "ml", "u-1", 3, {"team": "a"})
+    assert (w.replicas, w.desired_replicas, w.autoscaling_mode) == (7, 4, "operator")
+    assert (w.dimension, w.vsa, w.device, w.gpus) == (10000, "MAP", "auto", 1)
+    assert w.selector == "app.kubernetes.io/name=hdc-worker,app.kubernetes.io/instance=demo"
+    assert parse_workload(body()).namespace == "default"
+    assert parse_workload(body(), namespace="x").namespace == "x"
+    with pytest.raises(Exception):
+        w.name = "other"  # frozen
+
+
+@pytest.mark.parametrize("case_id,spec,field", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_bad_spec_is_rejected_naming_the_field(case_id, spec, field):
+    with pytest.raises(InvalidSpec) as err:
+        parse_workload(body(spec=spec))
+    assert err.value.field == field
+    assert field in str(err.value)
+    assert validate_workload(body(spec=spec))[0][0] == field
+
+
+def test_every_error_is_listed_not_just_the_first():
+    errors = validate_workload(body(spec={"hdc": {"dimension": 1, "vsa": "nope"}, "replicas": -2}))
+    assert {f for f, _ in errors} == {"spec.hdc.dimension", "spec.hdc.vsa", "spec.replicas"}
+
+
+@pytest.mark.parametrize("obj,field", [
+    ({"apiVersion": "v1", "kind": "HDCWorkload", "metadata": {"name": "w"}}, "apiVersion"),
+    ({"apiVersion": "hdcompute.io/v1alpha1", "kind": "Deployment", "metadata": {"name": "w"}}, "kind"),
+    ({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload", "metadata": {}}, "metadata.name"),
+    (body("9-starts-with-a-digit"), "metadata.name"),
+    (body("x" * 53), "metadata.name"),
+    (body(spec={"unknownField": 1}), "spec.unknownField"),
+    (body(spec={"hdc": {"dimensions": 4096}}), "spec.hdc.dimensions"),
+    ("not a mapping", "<object>"),
+])
+def test_bad_objects_name_the_field(obj, field):
+    with pytest.raises(InvalidSpec) as err:
+        parse_workload(obj)
+    assert err.value.field == field
+
+
+def test_int_or_string_quantities_and_percentages_are_accepted():
+    w = parse_workload(body(spec={"resources": {"cpu": 4, "memory": "512Mi", "gpus": 0},
+                                  "podDisruptionBudget": {"maxUnavailable": "25%"}, "hdc": {"device": "cpu"}}))
+    assert (w.spec["resources"]["cpu"], w.spec["podDisruptionBudget"]["maxUnavailable"]) == (4, "25%")
+    for cpu in ("500m", "0.5", "1e3", "2k"):
+        parse_workload(body(spec={"resources": {"cpu": cpu}}))
+
+
+def test_every_cel_rule_of_the_crd_has_a_python_mirror_and_a_bad_case():
+    rules = specmod.cel_rules()
+    assert len(rules) >= 8
+    assert all(r["rule"] in specmod.CEL_MIRRORS for _, r in rules)
+    assert set(specmod.CEL_MIRRORS) == {r["rule"] for _, r in rules}, "a mirror whose rule left the CRD"
+    # each rule's message is produced by at least one BAD_SPECS case (or the bad-name case)
+    produced = set()
+    for _, spec, _ in BAD_SPECS:
+        produced |= {m for _, m in validate_workload(body(spec=spec))}
+    produced |= {m for _, m in validate_workload(body("9bad"))}
+    assert {r["message"] for _, r in rules} <= produced
+
+
+def test_a_cel_rule_without_mirror_is_refused_at_load():
+    schema = {"type": "object", "properties": {"x": {"type": "integer", "x-kubernetes-validations": [
+        {"rule": "self > 1", "message": "x must be > 1"}]}}}
+    with pytest.raises(RuntimeError, match="self > 1"):
+        specmod._check_mirrors(schema)
+
+
+def test_crd_shape():
+    crd = specmod.load_crd()
+    assert crd["spec"]["group"] == "hdcompute.io" and crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["shortNames"] == ["hdcw"] and crd["spec"]["names"]["plural"] == "hdcworkloads"
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                                                              "statusReplicasPath": ".status.replicas",
+                                                              "labelSelectorPath": ".status.selector"}}
+    columns = [c["name"] for c in version["additionalPrinterColumns"]]
+    assert columns == ["VSA", "DIM", "GPUS", "REPLICAS", "READY", "THROUGHPUT", "STATUS", "AGE"]
+
+    def preserve_paths(schema, path=""):
+        found = [path] if schema.get("x-kubernetes-preserve-unknown-fields") else []
+        for key, sub in schema.get("properties", {}).items():
+            found += preserve_paths(sub, f"{path}.{key}")
+        if "items" in schema:
+            found += preserve_paths(schema["items"], path + "[]")
+        return found
+
+    assert preserve_paths(version["schema"]["openAPIV3Schema"]) == [".spec.scheduling.affinity"]
+
+
+# --- on the real API server ----------------------------------------------------------------------------------
+
+def kubectl_bin() -> str:
+    out = subprocess.run([str(REPO / "hack" / "build-tools.sh"), "--print-bin-dir"], capture_output=True, text=True,
+                         check=True)
+    return os.path.join(out.stdout.strip(), "kubectl")
+
+
+def kubectl(cluster, *args, stdin: str | None = None, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([kubectl_bin(), "--kubeconfig", cluster.kubeconfig, *args], input=stdin,
+                          capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def crd_installed(k8s_cluster):
+    kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / "hdcworkload.yaml"))
+    kubectl(k8s_cluster, "wait", "--for=condition=Established", "--timeout=60s", "crd/hdcworkloads.hdcompute.io")
+    return k8s_cluster
+
+
+def apply(cluster, namespace, obj, check=True):
+    return kubectl(cluster, "apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(obj), check=check)
+
+
+def get(cluster, namespace, name) -> dict:
+    return json.loads(kubectl(cluster, "get", "-n", namespace, "hdcw", name, "-o", "json").stdout)
+
+
+@pytest.mark.k8s
+def test_api_server_defaults_equal_parse_workload(crd_installed, k8s_namespace):
+    local = body("full-defaults")
+    apply(crd_installed, k8s_namespace, local)
+    server = get(crd_installed, k8s_namespace, "full-defaults")
+    assert parse_workload(server).spec == parse_workload(local, namespace=k8s_namespace).spec == CONTRACT_DEFAULTS
+    w = parse_workload(server)
+    assert (w.namespace, w.generation) == (k8s_namespace, 1) and w.uid == server["metadata"]["uid"]
+
+
+@pytest.mark.k8s
+def test_api_server_defaults_a_partial_spec_equal_parse_workload(crd_installed, k8s_namespace):
+    local = body("partial", {"hdc": {"vsa": "FHRR", "dimension": 4096}, "resources": {"gpus": 0, "cpu": 1},
+                             "baselines": [{"name": "bind_32k_dimension", "operation": "bind", "maxLatencyMs": 10}],
+                             "autoscaling": {"mode": "hpa", "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}},
+                             "tracing": {"enabled": True, "otlpEndpoint": "http://otel:4318", "samplingRatio": 0.25}})
+    apply(crd_installed, k8s_namespace, local)
+    assert parse_workload(get(crd_installed, k8s_namespace, "partial")).spec == \
+        parse_workload(local, namespace=k8s_namespace).spec
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("case_id,spec,field", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
+def test_api_server_rejects_bad_spec_naming_the_field(crd_installed, k8s_namespace, case_id, spec, field):
+    proc = apply(crd_installed, k8s_namespace, body("bad", spec), check=False)
+    assert proc.returncode != 0, f"the API server accepted {spec}"
+    assert field in proc.stderr, proc.stderr
+    assert "invalid" in proc.stderr.lower() or "Unsupported value" in proc.stderr, proc.stderr
+
+
+@pytest.mark.k8s
+def test_api_server_rejects_a_bad_name_and_an_unknown_field(crd_installed, k8s_namespace):
+    proc = apply(crd_installed, k8s_namespace, body("9bad"), check=False)
+    assert proc.returncode != 0 and "metadata.name must be a DNS-1035 label" in proc.stderr
+    proc = apply(crd_installed, k8s_namespace, body("unknown", {"hdc": {"dimensions": 4096}}), check=False)
+    assert proc.returncode != 0 and "spec.hdc.dimensions" in proc.stderr
+
+
+@pytest.mark.k8s
+def test_kubectl_scale_writes_spec_replicas_through_the_scale_subresource(crd_installed, k8s_namespace):
+    apply(crd_installed, k8s_namespace, body("scaled"))
+    kubectl(crd_installed, "scale", "-n", k8s_namespace, "hdcw/scaled", "--replicas=3")
+    server = get(crd_installed, k8s_namespace, "scaled")
+    assert server["spec"]["replicas"] == 3
+    assert parse_workload(server).desired_replicas == 3
+    # the scale subresource itself reads it back (what an HPA reads)
+    scale = json.loads(kubectl(crd_installed, "get", "--raw",
+                               f"/apis/hdcompute.io/v1alpha1/namespaces/{k8s_namespace}/hdcworkloads/scaled/scale").stdout)
+    assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3
+
+
+@pytest.mark.k8s
+def test_printer_columns(crd_installed, k8s_namespace):
+    apply(crd_installed, k8s_namespace, body("cols", {"hdc": {"vsa": "BSC", "dimension": 8192}, "resources": {"gpus": 2}}))
+    out = kubectl(crd_installed, "get", "-n", k8s_namespace, "hdcw").stdout.splitlines()
+    assert out[0].split() == ["NAME", "VSA", "DIM", "GPUS", "REPLICAS", "READY", "THROUGHPUT", "STATUS", "AGE"]
+    assert out[1].split()[:4] == ["cols", "BSC", "8192", "2"]
