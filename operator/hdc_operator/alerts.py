@@ -173,7 +173,8 @@ def _le_matcher(seconds: float) -> str:
     normalized = str(int(seconds)) if float(seconds).is_integer() else written
     if written == normalized:
         return f'le="{written}"'
-    return 'le=~"' + "|".join(re.escape(v) for v in (normalized, written)) + '"'
+    # a PromQL string: the regex's backslashes are escaped once more
+    return 'le=~"' + "|".join(re.escape(v).replace("\\", "\\\\") for v in (normalized, written)) + '"'
 
 
 def _core_alerts(ctx: _Context) -> list[dict]:
@@ -197,7 +198,7 @@ def _core_alerts(ctx: _Context) -> list[dict]:
             f'(hdc_memory_usage_bytes{{{sel}, component="process"}}) / 1024 / 1024 > {_num(memory_mb)}',
             for_=ctx.duration("alerts.highMemoryUsage.for"), severity="critical",
             summary="HD-Compute high memory usage",
-            description=(f"Memory usage of {{{{ $labels.pod }}}} is {{{{ $value | humanize }}}}MB "
+            description=(f"Memory usage of {{{{ $labels.pod }}}} is {{{{ printf \"%.0f\" $value }}}}MB "
                          f"(threshold {_num(memory_mb)}MB)")),
     ]
     if ctx.number("resources.gpus") > 0:  # without GPUs the gauge does not exist; the rule would be noise
@@ -305,7 +306,7 @@ def _baseline_alerts(ctx: _Context) -> list[dict]:
                 f'sum by (namespace, workload, pod) (rate(hdc_operation_total{{{sel}, operation="{op}"}}[5m])) > 0',
                 for_=ctx.duration("alerts.highMemoryUsage.for"), severity="warning", labels=labels,
                 summary=f"Baseline {bname}: worker memory over {_num(limit)}MB",
-                description=(f"Worker {{{{ $labels.pod }}}} serving {op} uses {{{{ $value | humanize }}}}MB; "
+                description=(f"Worker {{{{ $labels.pod }}}} serving {op} uses {{{{ printf \"%.0f\" $value }}}}MB; "
                              f"baseline {bname} allows {_num(limit)}MB")))
     return rules
 
@@ -353,5 +354,5 @@ def _slo_rules(ctx: _Context) -> list[dict]:
                 description=(f"{{{{ $value | humanizePercentage }}}} of requests over the last {long_w} were "
                              f"{what} (also over the last {short_w}); the {_num(target)}% SLO allows "
                              f"{_num(100 - target)}%. At this rate the 30-day budget lasts "
-                             f"{_num(30 / burn)} days.")))
+                             f"{30 / burn:.3g} days.")))
     return rules
