@@ -7,7 +7,7 @@
 | --metrics-port          | HDC_OPERATOR_METRICS_PORT          | 8081 (0: a free port)   |
 | --liveness-port         | HDC_OPERATOR_LIVENESS_PORT         | 8082 (0: off)           |
 | --prometheus-url        | HDC_OPERATOR_PROMETHEUS_URL        | "" (none)               |
-| --resync-interval       | HDC_OPERATOR_RESYNC_INTERVAL_SECONDS | 60                    |
+| --resync-interval       | HDC_OPERATOR_RESYNC_INTERVAL       | 60 (seconds)            |
 | --resync-jitter         | HDC_OPERATOR_RESYNC_JITTER         | 0.1 (+0..10% a cycle)   |
 | --peering NAME          | HDC_OPERATOR_PEERING               | "" (standalone)         |
 | --priority N            | HDC_OPERATOR_PRIORITY              | random 1..10^6          |
