@@ -383,10 +383,10 @@ def parse_workload(body: Mapping, *, namespace: str | None = None) -> Workload:
     if not isinstance(body, Mapping):
         raise InvalidSpec("<object>", f"must be a mapping (an HDCWorkload object), got {type(body).__name__}")
     api_version, kind = body.get("apiVersion"), body.get("kind")
-    if api_version != API_VERSION:
-        raise InvalidSpec("apiVersion", f"must be {API_VERSION}, got {api_version!r}")
     if kind != KIND:
         raise InvalidSpec("kind", f"must be {KIND}, got {kind!r}")
+    if api_version != API_VERSION:
+        raise InvalidSpec("apiVersion", f"must be {API_VERSION}, got {api_version!r}")
     metadata = body.get("metadata")
     if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str) or not metadata["name"]:
         raise InvalidSpec("metadata.name", "Required value: an HDCWorkload needs a name")
