@@ -198,3 +198,64 @@ def live_worker_exports() -> dict[str, set[str]]:
             else:
                 exports.setdefault(name, set())
     return exports
+
+
+# --- real Prometheus and Alertmanager processes -------------------------------------------------------------
+
+
+class ToolProcess:
+    """A Prometheus or Alertmanager process on 127.0.0.1:<free port>, ready (/-/ready) when start() returns."""
+
+    def __init__(self, name: str, args: list[str], port: int, log_path: pathlib.Path):
+        self.name, self.args, self.port, self.log_path = name, args, port, log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> "ToolProcess":
+        import urllib.request
+
+        self.proc = subprocess.Popen(self.args, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"{self.name} never became ready:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def prometheus_process(tmp: pathlib.Path, config: dict) -> ToolProcess:
+    from worker_process import free_port
+
+    port = free_port()
+    write_yaml(tmp / "prometheus.yml", config)
+    args = [tool("prometheus"), f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s", "--log.level=warn"]
+    return ToolProcess("prometheus", args, port, tmp / "prometheus.log")
+
+
+def alertmanager_process(tmp: pathlib.Path, config: dict) -> ToolProcess:
+    from worker_process import free_port
+
+    port = free_port()
+    write_yaml(tmp / "alertmanager.yml", config)
+    args = [tool("alertmanager"), f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
+    return ToolProcess("alertmanager", args, port, tmp / "alertmanager.log")
