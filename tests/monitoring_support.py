@@ -53,8 +53,8 @@ SEED_BASELINES = [
 
 # Labels Prometheus adds to every scraped worker series (ServiceMonitor relabelling + scrape defaults).
 TARGET_LABELS = {"namespace", "pod", "workload", "job", "instance"}
-# Series Prometheus makes itself, with the labels it gives them.
-PROMETHEUS_SERIES = {"up": set()}
+# Series Prometheus makes itself, with the labels it gives them (ALERTS also carries each rule's labels).
+PROMETHEUS_SERIES = {"up": set(), "ALERTS": {"alertname", "alertstate", "severity"}}
 
 
 def spec_with(**changes) -> dict:
@@ -102,7 +102,7 @@ def write_yaml(path: pathlib.Path, data) -> pathlib.Path:
 # --- PromQL: metric and label names used by an expression ---------------------------------------------------
 
 _SELECTOR_RE = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?")
-_MATCHER_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*"')
+_MATCHER_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*["\']')
 _GROUPING_RE = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 _KEYWORDS = {
     "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
@@ -120,6 +120,7 @@ def used_names(expr: str) -> tuple[dict[str, set[str]], set[str]]:
 
     Strings and durations are blanked first, so only identifiers in metric position are read as names."""
     blank = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    blank = re.sub(r"'(?:[^'\\]|\\.)*'", "''", blank)
     blank = re.sub(r"\[[^\]]*\]", "", blank)
     grouping = set()
     for m in _GROUPING_RE.finditer(blank):
@@ -259,3 +260,39 @@ def alertmanager_process(tmp: pathlib.Path, config: dict) -> ToolProcess:
     args = [tool("alertmanager"), f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
     return ToolProcess("alertmanager", args, port, tmp / "alertmanager.log")
+
+
+def unknown_names(exprs: list[str], *, recorded: set[str] = frozenset(),
+                  extra_series: dict[str, set[str]] | None = None) -> list[str]:
+    """Problems with `exprs`: metric names a live worker does not export (nor Prometheus, nor `extra_series`,
+    nor the recording rules `recorded`), and labels those series do not carry. Empty when all is well."""
+    exports = live_worker_exports()
+    allowed = {name: labels | TARGET_LABELS for name, labels in exports.items()}
+    allowed.update({name: labels | TARGET_LABELS for name, labels in PROMETHEUS_SERIES.items()})
+    allowed.update({name: set(labels) for name, labels in (extra_series or {}).items()})
+    every_label = set().union(*allowed.values()) | {"le"}
+    problems = []
+    for expr in exprs:
+        metrics, grouping = used_names(expr)
+        for name, labels in metrics.items():
+            if name in recorded:
+                if not labels <= {"namespace", "workload"}:
+                    problems.append(f"{name}: recorded series carry namespace and workload only, not {labels}")
+            elif name not in allowed:
+                problems.append(f"{name} is exported by nothing (in {expr})")
+            elif not labels <= allowed[name]:
+                problems.append(f"{name} has no label(s) {sorted(labels - allowed[name])} (in {expr})")
+        if not grouping <= every_label:
+            problems.append(f"grouping by unknown label(s) {sorted(grouping - every_label)} (in {expr})")
+    return problems
+
+
+def promtool_parse(tmp: pathlib.Path, exprs: list[str]) -> subprocess.CompletedProcess:
+    """`promtool check rules` on a throwaway rule file holding each expression as a recording rule."""
+    rules = [{"record": f"check:expr_{i}", "expr": e} for i, e in enumerate(exprs)]
+    path = write_yaml(tmp / "exprs.yml", {"groups": [{"name": "exprs", "rules": rules}]})
+    return run_tool(tool("promtool"), "check", "rules", str(path))
+
+
+def rule_file_path(tmp: pathlib.Path, groups: list[dict], name: str = "rules.yml") -> pathlib.Path:
+    return write_yaml(tmp / name, {"groups": groups})
