@@ -146,3 +146,51 @@ def test_unsupported_settings_are_named(monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
     with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
         configure_tracing(set_global=False)
+
+
+def test_without_processors_spans_are_light_but_carry_the_trace():
+    """No exporter: nothing is recorded, yet the caller's trace continues, ids reach the logs and propagate."""
+    provider = configure_tracing(set_global=False)
+    assert provider.is_light
+    with server_span("POST /v1/ops/bind", {"TraceParent": PARENT, "tracestate": "vendor=1"}) as server:
+        assert not server.is_recording()
+        assert current_trace_id() == TRACE_ID
+        server_id = server.get_span_context().span_id
+        assert server_id not in (0, int("b7ad6b7169203331", 16))
+        with kernel_span("bind", input_count=2, dimension=64) as kernel:
+            assert current_trace_id() == TRACE_ID
+            assert kernel.get_span_context().span_id not in (0, server_id)
+            out = inject_context({})
+        assert inject_context({})["traceparent"] == f"00-{TRACE_ID}-{server_id:016x}-01"
+    version, trace_id, span_id, flags = out["traceparent"].split("-")
+    assert (version, trace_id, flags) == ("00", TRACE_ID, "01") and span_id == f"{kernel.get_span_context().span_id:016x}"
+    assert out["tracestate"] == "vendor=1"
+    assert current_trace_id() is None  # detached on exit
+    # no traceparent: a new trace; an unsampled caller stays unsampled
+    with server_span("GET /health", {}):
+        assert current_trace_id() not in (None, TRACE_ID)
+    with server_span("GET /health", {"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-00"}):
+        assert inject_context({})["traceparent"].endswith("-00")
+
+
+def test_light_spans_turn_into_recorded_spans_once_an_exporter_is_added():
+    provider = configure_tracing(set_global=False)
+    with kernel_span("bind", 1, 8) as span:
+        assert not span.is_recording()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    assert not provider.is_light
+    with server_span("POST /v1/ops/bind", {"traceparent": PARENT}):
+        with kernel_span("bind", 1, 8) as span:
+            assert span.is_recording()
+    kernel, server = exporter.get_finished_spans()
+    assert kernel.attributes["hdc.operation"] == "bind" and kernel.attributes["hdc.success"] is True
+    assert server.context.trace_id == kernel.context.trace_id == int(TRACE_ID, 16)
+
+
+def test_sampler_decides_the_flags_of_light_spans(monkeypatch):
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    configure_tracing(set_global=False)
+    with server_span("GET /x", {}):
+        assert current_trace_id() is not None
+        assert inject_context({})["traceparent"].endswith("-00")

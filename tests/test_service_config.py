@@ -158,3 +158,59 @@ async def test_observability_off_skips_metrics_spans_and_log_lines(tmp_path, mon
         else:
             assert ops == 0 and "hypervector_operation_completed" not in lines
             assert not any(n.startswith("POST") or n.startswith("hdc_") for n in names)
+
+
+@pytest.mark.asyncio
+async def test_light_tracing_logs_the_callers_trace_id(tmp_path, monkeypatch, capsys):
+    """No exporter configured (the default): the log line of a request carries the caller's trace id and the
+    request's own span id, and the correlation id."""
+    import json
+
+    from hd_compute.monitoring.logging import configure_logging
+
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER",
+                "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER"):
+        monkeypatch.delenv(var, raising=False)
+    provider = tracing.configure_tracing("hdc-test", set_global=False)
+    assert provider.is_light
+    configure_logging("INFO", "json")
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False)
+    try:
+        app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
+        async with TestClient(TestServer(app)) as c:
+            capsys.readouterr()
+            resp = await c.post("/v1/hypervectors/random", json={"num": 2},
+                                headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "X-Correlation-ID": "c-42"})
+            assert resp.status == 200 and resp.headers["X-Correlation-ID"] == "c-42"
+            resp = await c.post("/v1/hypervectors/random", json={"num": 1})
+            assert resp.status == 200
+            out = capsys.readouterr().out
+    finally:
+        tracing.shutdown_tracing()
+    done = [json.loads(line) for line in out.splitlines() if "hypervector_operation_completed" in line]
+    assert len(done) == 2
+    first, second = done
+    assert first["trace_id"] == trace_id and first["correlation_id"] == "c-42"
+    assert len(first["span_id"]) == 16 and first["span_id"] not in ("0" * 16, parent_id)
+    assert len(second["trace_id"]) == 32 and second["trace_id"] not in ("0" * 32, trace_id)  # a new trace
+    assert second["correlation_id"] != "c-42"
+
+
+def test_worker_prefers_passive_openmp_waits_unless_told_otherwise():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from hd_compute.service.cli import prefer_passive_openmp_waits\n"
+            "print(prefer_passive_openmp_waits(), os.environ.get('OMP_WAIT_POLICY'))\n"
+            "import torch\n"
+            "print(prefer_passive_openmp_waits({}))\n")  # too late once torch (libgomp) is loaded
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "PASSIVE", "False"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.split() == ["False", "ACTIVE", "False"]

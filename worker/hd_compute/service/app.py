@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import random
 import re
 import time
 import uuid
@@ -291,11 +292,16 @@ def error_response(request: web.Request, status: int, error: str, detail: str) -
     return web.json_response(error_body(error, detail, correlation_id(request)), status=status)
 
 
+def _new_correlation_id() -> str:
+    """A random (version 4) UUID from Python's PRNG: no getrandom syscall per request; not a secret."""
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
 @web.middleware
 async def observability_middleware(request: web.Request, handler):
     worker = request.app[WORKER]
     given = request.headers.get(CORRELATION_HEADER, "")
-    cid = given if _CID_RE.fullmatch(given) else str(uuid.uuid4())
+    cid = given if _CID_RE.fullmatch(given) else _new_correlation_id()
     request[CORRELATION_ID] = cid
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
@@ -597,12 +603,16 @@ def _query_batch(worker: Worker, name: str, items: list[tuple[Hypervectors, int]
     flat = [q.data.reshape(-1, q.data.shape[-1]) for q, _ in items]
     queries = Hypervectors(torch.cat(flat) if len(flat) > 1 else flat[0], memory.vsa, memory.dim)
     result = memory.search(queries, k=k_max)
+    # One device-to-host copy for the whole batch; each request's rows are numpy views of it.
+    all_sims = result.similarities.reshape(-1, k_max).cpu().numpy()
+    all_ids = result.indices.reshape(-1, k_max).cpu().numpy()
+    has_keys = any(entry.keys)
     out, start = [], 0
     for (q, k), rows in zip(items, flat):
         n = rows.shape[0]
-        sims = result.similarities[start : start + n, :k].reshape(*q.shape, k).cpu()
-        ids = result.indices[start : start + n, :k].reshape(*q.shape, k).cpu()
-        keys = [entry.keys[i] for i in ids.reshape(-1).tolist()] if any(entry.keys) else None
+        sims = all_sims[start : start + n, :k].reshape(*q.shape, k)
+        ids = all_ids[start : start + n, :k].reshape(*q.shape, k)
+        keys = [entry.keys[i] for i in ids.reshape(-1).tolist()] if has_keys else None
         out.append((sims, ids, keys))
         start += n
     return out

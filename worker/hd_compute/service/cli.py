@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Optional
 
 import typer
@@ -52,9 +54,24 @@ def serve(
     except SettingsError as exc:
         typer.echo(f"hdc-worker: invalid configuration: {exc}", err=True)
         raise typer.Exit(2) from None
+    prefer_passive_openmp_waits()
     from .server import serve as run_server
 
     raise typer.Exit(run_server(settings))
+
+
+def prefer_passive_openmp_waits(environ=os.environ) -> bool:
+    """OMP_WAIT_POLICY=PASSIVE unless the environment sets it; True when it was set here.
+
+    Between two parallel regions, OpenMP threads spin by default. In a worker the event loop, the kernel thread
+    and torch's OpenMP threads share the cores, and spinning threads take them from the event loop: on the
+    2-core machine of docs/benchmarks.md, the worker used twice the CPU per request with spinning waits. It
+    must happen before torch (and with it libgomp, which reads the variable once) is loaded.
+    """
+    if "OMP_WAIT_POLICY" in environ or "torch" in sys.modules:
+        return False
+    environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
 
 
 @app.command()

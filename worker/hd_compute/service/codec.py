@@ -26,6 +26,7 @@ import zipfile
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 from aiohttp import web
 
@@ -380,7 +381,14 @@ def _to_json(value: Any) -> Any:
         return hv_to_json(value)
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     return value
+
+
+def dumps(value: Any) -> str:
+    """JSON text of a response body (orjson: Python floats keep their exact shortest repr, as json.dumps)."""
+    return orjson.dumps(value).decode()
 
 
 def respond(request: web.Request, payload: Payload | None, fields: dict[str, Any], *, status: int = 200) -> web.Response:
@@ -389,7 +397,7 @@ def respond(request: web.Request, payload: Payload | None, fields: dict[str, Any
         buffer = io.BytesIO()
         np.savez(buffer, **{k: _to_numpy(v) for k, v in fields.items() if v is not None})
         return web.Response(body=buffer.getvalue(), status=status, content_type=NPZ_TYPE)
-    return web.json_response({k: _to_json(v) for k, v in fields.items()}, status=status)
+    return web.json_response({k: _to_json(v) for k, v in fields.items()}, status=status, dumps=dumps)
 
 
 def error_body(error: str, detail: str, correlation_id: str) -> dict[str, str]:
