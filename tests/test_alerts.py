@@ -460,3 +460,16 @@ def test_name_reader_finds_metrics_labels_and_grouping():
                                    '/ 1024 > 0.5 and on (pod, operation) up{job="x"} or absent(foo)')
     assert metrics == {"hdc_nope_total": {"namespace", "le"}, "up": {"job"}, "foo": set()}
     assert grouping == {"pod", "operation"}
+
+
+def test_every_baseline_operation_of_the_crd_is_a_worker_operation():
+    from hdc_operator.spec import spec_schema
+
+    schema = spec_schema()["properties"]["baselines"]["items"]["properties"]["operation"]
+    source = (REPO / "worker" / "hd_compute" / "service" / "app.py").read_text()
+    worker_ops = set(re.findall(r'@operation\("([a-z_]+)"\)', source))
+    for op in schema["enum"]:
+        rules = _all_rules(spec_with(baselines=[{"name": "b", "operation": op, "maxLatencyMs": 1}]))
+        expr = next(r["expr"] for r in rules if r.get("alert") == "HDC_BaselineLatencyExceeded")
+        label = re.search(r'operation="([a-z_]+)"', expr).group(1)
+        assert label in worker_ops, (op, label)
