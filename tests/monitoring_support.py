@@ -13,36 +13,11 @@ import time
 
 import yaml
 
+from hdc_operator.spec import default_spec
 from worker_process import REPO, WorkerProcess
 
-# The HDCWorkload spec with every schema default (the contract in ../shared/design and crds/hdcworkload.yaml).
-DEFAULT_SPEC = {
-    "image": "ghcr.io/hd-compute/hdc-worker:0.1.0",
-    "imagePullPolicy": "IfNotPresent",
-    "replicas": 1,
-    "hdc": {"dimension": 10000, "vsa": "MAP", "device": "auto"},
-    "resources": {"gpus": 1, "cpu": "2", "memory": "8Gi"},
-    "scheduling": {"nodeSelector": {}, "tolerations": [], "affinity": {}, "priorityClassName": ""},
-    "monitoring": {"serviceMonitor": {"enabled": True, "interval": "5s", "labels": {}},
-                   "prometheusRule": {"enabled": True, "labels": {}},
-                   "dashboards": {"enabled": True, "labels": {}}},
-    "baselines": [],
-    "alerts": {
-        "highLatency": {"p95ThresholdMs": 100, "for": "5m"},
-        "highMemoryUsage": {"thresholdMb": 8192, "for": "2m"},
-        "lowGpuUtilization": {"thresholdPercent": 20, "for": "10m"},
-        "highErrorRate": {"thresholdPercent": 1, "for": "5m"},
-        "benchmarkRegression": {"for": "5m"},
-        "slo": {"availabilityTargetPercent": 99.9, "latencyTargetMs": 100, "latencyTargetPercent": 99},
-    },
-    "autoscaling": {"mode": "none", "minReplicas": 1, "maxReplicas": 10, "targetUtilizationPercent": 70,
-                    "targetOpsPerReplica": None, "tolerancePercent": 10, "behavior": {}},
-    "tracing": {"enabled": False, "otlpEndpoint": "", "samplingRatio": 1.0},
-    "logging": {"level": "INFO", "format": "json"},
-    "continuousBenchmark": {"enabled": True, "intervalSeconds": 300, "degradationThreshold": 0.1},
-    "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
-    "persistence": {"enabled": False, "size": "1Gi", "storageClassName": ""},
-}
+# The HDCWorkload spec with every schema default, read from crds/hdcworkload.yaml (the one source of truth).
+DEFAULT_SPEC = default_spec()
 
 # The seed's performance baselines ("Best Practices"), as spec.baselines entries.
 SEED_BASELINES = [
