@@ -331,3 +331,147 @@ def test_printer_columns(crd_installed, k8s_namespace):
     out = kubectl(crd_installed, "get", "-n", k8s_namespace, "hdcw").stdout.splitlines()
     assert out[0].split() == ["NAME", "VSA", "DIM", "GPUS", "REPLICAS", "READY", "THROUGHPUT", "STATUS", "AGE"]
     assert out[1].split()[:4] == ["cols", "BSC", "8192", "2"]
+
+
+# --- the rendered children and the examples on the real API server ---------------------------------------------
+
+EVERYTHING = {
+    "autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 4, "targetOpsPerReplica": 1000,
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60,
+                                               "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}}},
+    "persistence": {"enabled": True, "size": "2Gi"},
+    "scheduling": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "hdc", "effect": "NoSchedule"}],
+                   "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                       {"weight": 1, "preference": {"matchExpressions": [
+                           {"key": "nvidia.com/gpu.product", "operator": "Exists"}]}}]}}},
+    "tracing": {"enabled": True, "otlpEndpoint": "http://otel-collector:4318"},
+    "baselines": [{"name": "bundle_10k_vectors", "operation": "bundle", "maxLatencyMs": 50,
+                   "minThroughputOpsPerSec": 1000}],
+    "podDisruptionBudget": {"maxUnavailable": "50%"},
+}
+
+
+def restricted(cluster, namespace):
+    """Pod Security Standard `restricted`, enforced and warned about, in the namespace."""
+    kubectl(cluster, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/warn=restricted", "--overwrite")
+
+
+def children_of(cluster, namespace, name, capabilities=None):
+    from hdc_operator.builders import Capabilities, build_children
+
+    return build_children(parse_workload(get(cluster, namespace, name)), capabilities or Capabilities.all())
+
+
+@pytest.mark.k8s
+@pytest.mark.parametrize("spec", [{}, EVERYTHING, {"resources": {"gpus": 0}, "hdc": {"device": "cpu"}}],
+                         ids=["defaults", "everything", "cpu-only"])
+def test_server_side_dry_run_accepts_every_rendered_child(crd_installed, k8s_namespace, spec):
+    restricted(crd_installed, k8s_namespace)
+    apply(crd_installed, k8s_namespace, body("dry", spec))
+    children = children_of(crd_installed, k8s_namespace, "dry")
+    assert {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= {c["kind"] for c in children}
+    for child in children:
+        proc = kubectl(crd_installed, "apply", "--server-side", "--dry-run=server", "--field-manager=hdc-operator",
+                       "-f", "-", stdin=yaml.safe_dump(child), check=False)
+        assert proc.returncode == 0, f"{child['kind']}: {proc.stderr}"
+        assert "would violate PodSecurity" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.k8s
+def test_examples_apply_and_default_as_parse_workload_says(crd_installed, k8s_namespace):
+    examples = sorted((REPO / "deploy" / "examples").glob("*.yaml"))
+    kubectl(crd_installed, "apply", "--dry-run=server", "-n", k8s_namespace, *sum((["-f", str(p)] for p in examples), []))
+    for path in examples:
+        kubectl(crd_installed, "apply", "-n", k8s_namespace, "-f", str(path))
+        local = yaml.safe_load(path.read_text())
+        server = get(crd_installed, k8s_namespace, local["metadata"]["name"])
+        assert parse_workload(server).spec == parse_workload(local).spec, path.name
+
+
+@pytest.mark.k8s
+def test_rendered_pods_pass_restricted_admission_and_schedule_on_gpu_nodes(crd_installed, k8s_namespace):
+    """The real thing, not a dry run: the Deployment's pods are admitted under `restricted`, tolerate the GPU
+    nodes' taint and get scheduled there; deleting the HDCWorkload garbage-collects every child."""
+    import time
+
+    from hdc_operator.builders import Capabilities
+
+    restricted(crd_installed, k8s_namespace)
+    apply(crd_installed, k8s_namespace, body("live", {"replicas": 2, "resources": {"gpus": 1, "cpu": "100m",
+                                                                                    "memory": "64Mi"}}))
+    children = children_of(crd_installed, k8s_namespace, "live", Capabilities.all())
+    kubectl(crd_installed, "apply", "--server-side", "--field-manager=hdc-operator", "-f", "-",
+            stdin="".join("---\n" + yaml.safe_dump(c) for c in children))
+
+    def pods():
+        out = kubectl(crd_installed, "get", "pods", "-n", k8s_namespace, "-l", "hdcompute.io/workload=live",
+                      "-o", "json").stdout
+        return json.loads(out)["items"]
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        scheduled = [p for p in pods() if p["spec"].get("nodeName")]
+        if len(scheduled) == 2:
+            break
+        time.sleep(0.5)
+    else:
+        events = kubectl(crd_installed, "get", "events", "-n", k8s_namespace).stdout
+        pytest.fail(f"2 worker pods were not scheduled: {[p['status'] for p in pods()]}\n{events}")
+    nodes = json.loads(kubectl(crd_installed, "get", "nodes", "-o", "json").stdout)["items"]
+    gpu_nodes = {n["metadata"]["name"] for n in nodes if int(n["status"]["allocatable"].get("nvidia.com/gpu", "0")) > 0}
+    assert {p["spec"]["nodeName"] for p in scheduled} <= gpu_nodes
+
+    kubectl(crd_installed, "delete", "-n", k8s_namespace, "hdcw", "live", "--wait=true")
+    kinds = "deployment,service,pdb,configmap,servicemonitor,prometheusrule"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        left = kubectl(crd_installed, "get", kinds, "-n", k8s_namespace, "-l", "hdcompute.io/workload=live",
+                       "-o", "name").stdout.split()
+        if not left:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"children left after the HDCWorkload was deleted: {left}")
+
+
+@pytest.mark.k8s
+def test_parse_workload_accepts_exactly_what_the_api_server_accepts(crd_installed, k8s_namespace):
+    """Generated specs (tests/test_builders_property.py) sent to the real API server (dry-run create, strict
+    field validation): accepted by both or rejected by both, the field named alike; accepted ones default alike."""
+    from hypothesis import HealthCheck, event, given, settings
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+    from test_builders_property import workload_specs
+
+    api = client.CustomObjectsApi(crd_installed.api)
+    outcomes = {"both rejected": 0, "both accepted": 0}
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(spec=workload_specs())
+    def check(spec):
+        obj = body("prop", spec, namespace=k8s_namespace)
+        try:
+            local = parse_workload(obj)
+        except InvalidSpec as exc:
+            local = exc
+        try:
+            server = api.create_namespaced_custom_object("hdcompute.io", "v1alpha1", k8s_namespace, "hdcworkloads",
+                                                         obj, dry_run="All", field_validation="Strict")
+        except ApiException as exc:
+            assert exc.status in (400, 422), exc
+            assert isinstance(local, InvalidSpec), f"the API server rejected what parse_workload accepted: {exc.body}"
+            causes = json.loads(exc.body).get("details", {}).get("causes", [])
+            server_fields = {c["field"].lstrip(".") for c in causes if c.get("field") not in ("<nil>", None)}
+            assert server_fields, exc.body
+            assert server_fields == {f for f, _ in local.errors}, (local.errors, exc.body)
+            event("both rejected")
+            outcomes["both rejected"] += 1
+            return
+        assert not isinstance(local, InvalidSpec), f"parse_workload rejected what the API server accepted: {local}"
+        assert parse_workload(server).spec == local.spec
+        event("both accepted")
+        outcomes["both accepted"] += 1
+
+    check()
+    assert min(outcomes.values()) >= 10, outcomes  # both sides of the property were exercised

@@ -171,8 +171,29 @@ def _high_text(schema: Mapping) -> str:
     return f" and {'<' if schema.get('exclusiveMaximum') else '<='} {schema['maximum']}"
 
 
+class _Blocking(str):
+    """A type or enum error: the API server then skips the CEL rules (apiextensions' hasBlockingErr)."""
+
+
+class _UnknownField(str):
+    """An unknown field: the API server's strict decoding refuses the object before validating it (HTTP 400)."""
+
+
+def _which_errors(schema_errors: list[tuple[str, str]], cel: Callable[[], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    """The errors the API server reports, in its order of checks: unknown fields alone; else the schema's
+    errors, plus the CEL rules' unless a type or enum error blocks them."""
+    unknown = [e for e in schema_errors if isinstance(e[1], _UnknownField)]
+    if unknown:
+        errors = unknown
+    elif any(isinstance(m, _Blocking) for _, m in schema_errors):
+        errors = schema_errors
+    else:
+        errors = schema_errors + cel()
+    return [(f, str(m)) for f, m in errors]
+
+
 def validate_value(value: Any, schema: Mapping, path: str) -> list[tuple[str, str]]:
-    """Every (field, message) by which `value` (already defaulted) breaks `schema`, CEL rules included."""
+    """Every (field, message) by which `value` (already defaulted) breaks `schema` (CEL rules: cel_errors)."""
     errors: list[tuple[str, str]] = []
     if value is None:
         if not schema.get("nullable"):
@@ -180,9 +201,9 @@ def validate_value(value: Any, schema: Mapping, path: str) -> list[tuple[str, st
         return errors
     expected = _type_ok(value, schema)
     if expected:
-        return [(path, f"must be of type {expected}, got {type(value).__name__} {value!r}")]
+        return [(path, _Blocking(f"must be of type {expected}, got {type(value).__name__} {value!r}"))]
     if "enum" in schema and value not in schema["enum"]:
-        errors.append((path, f"must be one of {', '.join(map(str, schema['enum']))}, got {value!r}"))
+        errors.append((path, _Blocking(f"must be one of {', '.join(map(str, schema['enum']))}, got {value!r}")))
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not schema.get("x-kubernetes-int-or-string"):
         problem = _bounds(value, schema)
         if problem:
@@ -198,7 +219,24 @@ def validate_value(value: Any, schema: Mapping, path: str) -> list[tuple[str, st
         errors += _validate_object(value, schema, path)
     if isinstance(value, list):
         errors += _validate_array(value, schema, path)
-    if not errors:  # as on the API server, a rule sees a node whose schema checks passed
+    return errors
+
+
+def cel_errors(value: Any, schema: Mapping, path: str) -> list[tuple[str, str]]:
+    """Every (field, message) of a CEL rule (by its Python mirror) that `value` breaks (`value` must have passed
+    the schema's type and enum checks)."""
+    errors: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        props = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for key, sub in value.items():
+            sub_schema = props.get(key, extra if isinstance(extra, dict) else None)
+            if sub_schema is not None:
+                errors += cel_errors(sub, sub_schema, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        for i, item in enumerate(value):
+            errors += cel_errors(item, schema["items"], f"{path}[{i}]")
+    if value is not None:
         for rule in schema.get("x-kubernetes-validations", ()):
             if not CEL_MIRRORS[rule["rule"]](value):
                 errors.append((path + rule.get("fieldPath", ""), rule["message"]))
@@ -220,7 +258,7 @@ def _validate_object(value: dict, schema: Mapping, path: str) -> list[tuple[str,
         elif isinstance(extra, dict):
             errors += validate_value(sub, extra, f"{path}.{key}")
         elif not schema.get("x-kubernetes-preserve-unknown-fields"):
-            errors.append((f"{path}.{key}", f"unknown field (expected one of: {', '.join(props)})"))
+            errors.append((f"{path}.{key}", _UnknownField(f"unknown field (expected one of: {', '.join(props)})")))
     return errors
 
 
@@ -237,9 +275,10 @@ def _validate_array(value: list, schema: Mapping, path: str) -> list[tuple[str, 
             if not isinstance(item, dict):
                 continue
             key = tuple(item.get(k) for k in keys)
-            if key in seen:
+            if key in seen and seen[key] >= 0:  # each duplicated key once, at its first repeat (as the server)
                 shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, key))
                 errors.append((f"{path}[{i}]", f"Duplicate value: {shown} (also item {seen[key]})"))
+                seen[key] = -1
             seen.setdefault(key, i)
     return errors
 
@@ -396,10 +435,10 @@ def parse_workload(body: Mapping, *, namespace: str | None = None) -> Workload:
     obj = {"apiVersion": api_version, "kind": kind, "metadata": dict(metadata),
            "spec": body.get("spec") if body.get("spec") is not None else {}}
     defaulted = apply_defaults(obj, {"properties": {"spec": schema["properties"]["spec"]}})
-    errors = validate_value(defaulted, {k: v for k, v in schema.items() if k != "properties"}
-                            | {"properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                                              "metadata": {"type": "object"}, "spec": schema["properties"]["spec"]}},
-                            "")
+    checked = {k: v for k, v in schema.items() if k != "properties"} | {"properties": {
+        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+        "spec": schema["properties"]["spec"]}}
+    errors = _which_errors(validate_value(defaulted, checked, ""), lambda: cel_errors(defaulted, checked, ""))
     # The root rule (on metadata.name) cannot carry a fieldPath (the API server reports it at <nil>).
     errors = [(f.lstrip(".") or "metadata.name", m) for f, m in errors]
     if errors:
