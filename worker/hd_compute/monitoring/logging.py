@@ -174,8 +174,20 @@ def _to_sinks(logger, method_name, event_dict):
     return {"lines": lines, "level": _LEVEL_NUMBERS.get(method_name, logging.INFO)}
 
 
-class _Rendered(logging.LogRecord):
-    """A LogRecord whose text is already rendered (by _to_sinks); _Formatter passes it through."""
+class _Rendered:
+    """A structlog line already rendered by _to_sinks, in the shape of the LogRecord a handler expects (without
+    the cost of building one: a third of a line's time); _Formatter passes it through."""
+
+    __slots__ = ("name", "levelno", "levelname", "msg")
+    args = ()
+    exc_info = exc_text = stack_info = None
+
+    def __init__(self, name: str, levelno: int, msg: str) -> None:
+        self.name, self.levelno, self.msg = name, levelno, msg
+        self.levelname = logging.getLevelName(levelno)
+
+    def getMessage(self) -> str:
+        return self.msg
 
 
 class _SinkLogger:
@@ -186,8 +198,7 @@ class _SinkLogger:
 
     def msg(self, lines: dict[str, str], level: int) -> None:
         for handler, fmt in _SINKS:
-            record = _Rendered(self.name, level, "", 0, lines[fmt], None, None)
-            handler.handle(record)
+            handler.handle(_Rendered(self.name, level, lines[fmt]))
 
     debug = info = warning = warn = error = exception = critical = fatal = log = msg
 

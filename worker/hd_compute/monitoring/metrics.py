@@ -151,6 +151,7 @@ class MetricsCollector:
         self._process = psutil.Process(os.getpid())
         self._cpu_sample: tuple[float, float] | None = None  # (wall time, process cpu seconds)
         self._nvml_handles: list | None = None  # None: not tried yet; []: no GPU
+        self._children: dict[str, tuple] = {}  # operation -> its labelled duration/total/hypervector children
 
         inner = CollectorRegistry()
         r = {"registry": inner}
@@ -228,13 +229,19 @@ class MetricsCollector:
             raise ValueError(f"hypervectors must be a non-negative integer, got {hypervectors!r}")
         if error is not None:
             _check_label("error", error)
-        self.operation_duration_seconds.labels(operation).observe(seconds)
-        self.operation_total.labels(operation).inc()
+        children = self._children.get(operation)
+        if children is None:  # labels() takes a lock and builds a key: once per operation, not per request
+            children = self._children[operation] = (self.operation_duration_seconds.labels(operation),
+                                                    self.operation_total.labels(operation),
+                                                    self.hypervector_operations_total.labels(operation))
+        duration, total, hypervector_total = children
+        duration.observe(seconds)
+        total.inc()
         if error is not None:
             self.operation_errors_total.labels(operation, error).inc()
             hypervectors = 0  # failed work is not throughput
         elif hypervectors:
-            self.hypervector_operations_total.labels(operation).inc(hypervectors)
+            hypervector_total.inc(hypervectors)
         self._remember(operation, seconds * 1000.0, hypervectors)
 
     def observe_batch_size(self, size: int) -> None:

@@ -14,8 +14,8 @@ OTEL_RESOURCE_ATTRIBUTES the resource, OTEL_BSP_* the batch processor, OTEL_PROP
 
 Without any span processor (no exporter configured, none added), recording a span would be work whose result
 nobody reads, so `server_span` and `kernel_span` take a light path instead: a non-recording span with a real
-span context (the caller's trace id from traceparent, or a new one; a new span id; the sampler's decision in
-the trace flags) is made current, so logs carry trace_id/span_id and `inject_context` propagates it exactly as
+span context (the caller's trace id from traceparent, or a new one; a new span id; the parent's trace flags,
+or the sampler's decision for a new trace) is made current, so logs carry trace_id/span_id and `inject_context` propagates it exactly as
 with the SDK's spans, at a tenth of the cost. As soon as a processor is added to the provider (an exporter),
 every span is a full SDK span again, with its hdc.* attributes.
 """
@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, Mapping, MutableMapping
+from typing import ContextManager, Iterator, Mapping, MutableMapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -122,9 +124,8 @@ def _check(field: str, value: object) -> None:
         raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
 
 
-@contextlib.contextmanager
 def kernel_span(operation: str, input_count: int, dimension: int, *,
-                attributes: Mapping[str, object] | None = None) -> Iterator[Span]:
+                attributes: Mapping[str, object] | None = None) -> ContextManager[Span]:
     """Span `hdc_<operation>_operation` with hdc.operation, hdc.input_count, hdc.dimension and hdc.success.
 
     An exception inside sets hdc.success False, records the exception, marks the span ERROR and propagates.
@@ -135,13 +136,16 @@ def kernel_span(operation: str, input_count: int, dimension: int, *,
     _check("dimension", dimension)
     light = _light_provider()
     if light is not None:
-        with _light_span(light, f"hdc_{operation}_operation", None, SpanKind.INTERNAL) as span:
-            yield span
-        return
+        return _LightSpan(light, f"hdc_{operation}_operation", None, SpanKind.INTERNAL)
     attrs = {"hdc.operation": operation, "hdc.input_count": input_count, "hdc.dimension": dimension}
     attrs.update(attributes or {})
-    with get_tracer().start_as_current_span(f"hdc_{operation}_operation", attributes=attrs,
-                                            record_exception=False, set_status_on_exception=False) as span:
+    return _recorded_kernel_span(f"hdc_{operation}_operation", attrs)
+
+
+@contextlib.contextmanager
+def _recorded_kernel_span(name: str, attrs: dict) -> Iterator[Span]:
+    with get_tracer().start_as_current_span(name, attributes=attrs, record_exception=False,
+                                            set_status_on_exception=False) as span:
         try:
             yield span
         except BaseException as exc:
@@ -152,18 +156,14 @@ def kernel_span(operation: str, input_count: int, dimension: int, *,
         span.set_attribute("hdc.success", True)
 
 
-@contextlib.contextmanager
 def server_span(name: str, headers: Mapping[str, str] | None = None, *,
-                attributes: Mapping[str, object] | None = None) -> Iterator[Span]:
+                attributes: Mapping[str, object] | None = None) -> ContextManager[Span]:
     """A SERVER span for one request, child of the caller's trace when `headers` carry a traceparent."""
     light = _light_provider()
     if light is not None:
-        with _light_span(light, name, extract_context(headers or {}), SpanKind.SERVER) as span:
-            yield span
-        return
-    with get_tracer().start_as_current_span(name, context=extract_context(headers or {}), kind=SpanKind.SERVER,
-                                            attributes=dict(attributes or {})) as span:
-        yield span
+        return _LightSpan(light, name, extract_context(headers or {}), SpanKind.SERVER)
+    return get_tracer().start_as_current_span(name, context=extract_context(headers or {}), kind=SpanKind.SERVER,
+                                              attributes=dict(attributes or {}))
 
 
 def _light_provider() -> WorkerTracerProvider | None:
@@ -175,27 +175,34 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
-@contextlib.contextmanager
-def _light_span(provider: WorkerTracerProvider, name: str, parent: otel_context.Context | None,
-                kind: SpanKind) -> Iterator[Span]:
-    """A current, non-recording span with a valid context: parent's trace (or a new one), a new span id, the
-    sampler's verdict in its flags - what the SDK would put in context, without recording anything."""
-    parent_span = trace.get_current_span(parent)
-    parent_sc = parent_span.get_span_context()
-    ids = provider.id_generator
-    if parent_sc.is_valid:
-        trace_id, trace_state = parent_sc.trace_id, parent_sc.trace_state
-    else:
-        trace_id, trace_state = ids.generate_trace_id(), None
-    decision = provider.sampler.should_sample(parent, trace_id, name, kind).decision
-    flags = _SAMPLED if decision == Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
-    span = NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False, trace_flags=flags,
-                                        trace_state=trace_state))
-    token = otel_context.attach(trace.set_span_in_context(span, parent))
-    try:
-        yield span
-    finally:
-        otel_context.detach(token)
+class _LightSpan:
+    """Context manager for a current, non-recording span with a valid context: the parent's trace (or a new
+    one), a new span id. A root span's flags are the sampler's verdict; a child inherits its parent's flags
+    (what ParentBased, the default sampler, decides). Nothing is recorded."""
+
+    __slots__ = ("_provider", "_name", "_parent", "_kind", "_token")
+
+    def __init__(self, provider: WorkerTracerProvider, name: str, parent: otel_context.Context | None,
+                 kind: SpanKind) -> None:
+        self._provider, self._name, self._parent, self._kind = provider, name, parent, kind
+
+    def __enter__(self) -> Span:
+        parent = self._parent
+        parent_sc = trace.get_current_span(parent).get_span_context()
+        ids = self._provider.id_generator
+        if parent_sc.is_valid:
+            trace_id, trace_state, flags = parent_sc.trace_id, parent_sc.trace_state, parent_sc.trace_flags
+        else:
+            trace_id, trace_state = ids.generate_trace_id(), None
+            decision = self._provider.sampler.should_sample(parent, trace_id, self._name, self._kind).decision
+            flags = _SAMPLED if decision == Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
+        span = NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False, trace_flags=flags,
+                                            trace_state=trace_state))
+        self._token = otel_context.attach(trace.set_span_in_context(span, parent))
+        return span
+
+    def __exit__(self, *exc_info) -> None:
+        otel_context.detach(self._token)
 
 
 class _CaseInsensitiveGetter(Getter):
@@ -203,7 +210,7 @@ class _CaseInsensitiveGetter(Getter):
 
     def get(self, carrier, key):
         value = carrier.get(key)
-        if value is None:
+        if value is None and not isinstance(carrier, (CIMultiDict, CIMultiDictProxy)):  # those ignore case
             lowered = key.lower()
             for k, v in carrier.items():
                 if isinstance(k, str) and k.lower() == lowered:
