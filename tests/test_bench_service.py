@@ -40,14 +40,26 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
         assert unbatched["mean_batch_rows"] == 1.0  # HDC_BATCH_MAX_SIZE=1: one kernel call per request
         single = next(r for r in mine if r["queries_per_request"] == 1 and r["batching"] and r["observability"])
         assert single["floor"] == 0.5 and single["batching_gain"] > 0
+        # single queries: the floor's ratio is against one-query search calls; the batched comparison is reported too
+        assert single["in_process_qps"] == next(r for r in mine if r["queries_per_request"] == 1
+                                                and not r["batching"])["in_process_qps"]
+        best_batched = max(r["in_process_qps"] for r in mine if r["queries_per_request"] > 1)
+        for r in mine:
+            if r["queries_per_request"] == 1:
+                assert r["batched_in_process_qps"] == best_batched
+                assert r["ratio_vs_batched"] == pytest.approx(r["service_qps"] / best_batched)
+            else:
+                assert r["ratio_vs_batched"] is None
         assert next(r for r in mine if r["queries_per_request"] == 64 and r["observability"])["floor"] == 0.7
     assert {(o["vsa"], o["queries_per_request"]) for o in report["overheads"]} == \
         {(v, q) for v in ("MAP", "BSC") for q in (1, 64)}
     for o in report["overheads"]:
         assert o["qps_on"] > 0 and o["qps_off"] > 0 and o["ceiling"] == 0.05
 
+    assert len(report["machine"]["load_average"]["start"]) == 3 and "in_process" in report["machine"]["omp_wait_policy"]
     text = service_markdown(report)
     assert "| MAP | single query | batching off, observability on |" in text and "overhead" in text
+    assert "vs batched in-process" in text and "Load average" in text
     json.dumps(report)  # --json writes it as is
 
 
