@@ -331,6 +331,27 @@ def test_latency_slo_counts_requests_over_the_target_bucket(tmp_path):
             "HDC_LatencySLOBurnRateHigh", "10% of requests over the last 6h were requests slower than 100ms (also over "
             "the last 30m); the 99% SLO allows 1%. At this rate the 30-day budget lasts 5 days.",
             **_slo("latency", "6h", "30m"))]),
+        ("20m", "HDC_LatencySLOBudgetBurning", []),  # over 1x since 1m; for: 30m
+        ("40m", "HDC_LatencySLOBudgetBurning", [firing(
+            "HDC_LatencySLOBudgetBurning", "10% of requests over the last 3d were requests slower than 100ms (also "
+            "over the last 6h); the 99% SLO allows 1%. At this rate the 30-day budget lasts 30 days.",
+            **_slo("latency", "3d", "6h"))]),
+    ])
+
+
+def test_latency_slo_fast_burn_pages_on_both_windows(tmp_path):
+    # half the requests over 100 ms: a 50x burn, over 14.4x and 6x.
+    desc = ("50% of requests over the last {long} were requests slower than 100ms (also over the last {short}); "
+            "the 99% SLO allows 1%. At this rate the 30-day budget lasts {days} days.")
+    promtool_test(tmp_path, spec_with(), [
+        series("hdc_operation_duration_seconds_bucket", "0+3000x20", pod="p1", operation="bundle", le="0.1"),
+        series("hdc_operation_duration_seconds_count", "0+6000x20", pod="p1", operation="bundle"),
+    ], [
+        ("2m", "HDC_LatencySLOBurnRateHigh", []),  # over since 1m; for: 2m
+        ("4m", "HDC_LatencySLOBurnRateHigh", [
+            firing("HDC_LatencySLOBurnRateHigh", desc.format(long="1h", short="5m", days="2.08"), **_slo("latency", "1h", "5m")),
+            firing("HDC_LatencySLOBurnRateHigh", desc.format(long="6h", short="30m", days="5"), **_slo("latency", "6h", "30m")),
+        ]),
     ])
 
 
