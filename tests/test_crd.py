@@ -475,3 +475,33 @@ def test_parse_workload_accepts_exactly_what_the_api_server_accepts(crd_installe
 
     check()
     assert min(outcomes.values()) >= 10, outcomes  # both sides of the property were exercised
+
+
+@pytest.mark.k8s
+def test_the_rendered_hpa_scales_the_hdcworkload_through_its_scale_subresource(crd_installed, k8s_namespace):
+    """The real HPA controller (kube-controller-manager) reads the HDCWorkload's scale subresource and writes
+    spec.replicas: below minReplicas it scales up before it needs any metric."""
+    import time
+
+    from hdc_operator.builders import Capabilities
+
+    apply(crd_installed, k8s_namespace, body("auto", {"replicas": 1, "autoscaling": {"mode": "hpa", "minReplicas": 3,
+                                                                                       "maxReplicas": 5}}))
+    w = parse_workload(get(crd_installed, k8s_namespace, "auto"))
+    # what the operator's status writer reports (the scale subresource's status half)
+    kubectl(crd_installed, "patch", "-n", k8s_namespace, "hdcw", "auto", "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"replicas": 1, "selector": w.selector}}))
+    (hpa,) = [c for c in children_of(crd_installed, k8s_namespace, "auto", Capabilities.none())
+              if c["kind"] == "HorizontalPodAutoscaler"]
+    kubectl(crd_installed, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(hpa))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if get(crd_installed, k8s_namespace, "auto")["spec"]["replicas"] == 3:
+            break
+        time.sleep(1)
+    else:
+        described = kubectl(crd_installed, "describe", "hpa", "-n", k8s_namespace, "auto").stdout
+        pytest.fail(f"the HPA did not scale the HDCWorkload to minReplicas:\n{described}")
+    status = json.loads(kubectl(crd_installed, "get", "hpa", "-n", k8s_namespace, "auto", "-o", "json").stdout)["status"]
+    able = [c for c in status.get("conditions", []) if c["type"] == "AbleToScale"]
+    assert able and able[0]["status"] == "True", status
