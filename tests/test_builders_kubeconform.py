@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import pathlib
+import re
 import subprocess
 
 import pytest
@@ -65,10 +66,20 @@ def core_schema(name: str) -> dict:
     import kubernetes_validate
 
     source = pathlib.Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"{KUBE_VERSION}-local-strict"
+    prefix = "/api/_definitions.json#/$defs/"
     schema = json.loads((source / f"{name}.json").read_text())
     schema.pop("$id", None)
-    schema["$defs"] = json.loads((source / "_definitions.json").read_text())["$defs"]
-    return json.loads(json.dumps(schema).replace("/api/_definitions.json#/$defs/", "#/$defs/"))
+    definitions = json.loads((source / "_definitions.json").read_text())["$defs"]
+    used: dict[str, dict] = {}
+    todo = [schema]
+    while todo:  # only the definitions the kind reaches
+        # the kind refers to the shared file, the definitions to each other within it
+        for ref in re.findall(r'"\$ref": "(?:' + re.escape(prefix) + r'|#/\$defs/)([^"]+)"', json.dumps(todo.pop())):
+            if ref not in used:
+                used[ref] = definitions[ref]
+                todo.append(definitions[ref])
+    schema["$defs"] = used
+    return json.loads(json.dumps(schema).replace(prefix, "#/$defs/"))
 
 
 def to_json_schema(schema: dict, strict: bool = True) -> dict:
@@ -165,25 +176,34 @@ def test_examples_pass_kubeconform_strict_against_the_crd(kubeconform):
     assert f"Valid: {len(paths)}, Invalid: 0, Errors: 0, Skipped: 0" in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("kind,path,value", [
+BREAKAGES = [
     ("Deployment", ["spec", "template", "spec", "containers", 0, "securityContext", "readOnlyRootFS"], True),
     ("Service", ["spec", "portz"], []),
     ("ServiceMonitor", ["spec", "endpoints", 0, "intervall"], "5s"),
     ("PrometheusRule", ["spec", "groups", 0, "rulez"], []),
     ("HorizontalPodAutoscaler", ["spec", "metrics", 0, "pods", "target", "averageValu"], "1"),
     ("PodDisruptionBudget", ["spec", "maxUnavailable"], {"pods": 1}),
-])
-def test_kubeconform_catches_a_broken_child(kubeconform, kind, path, value):
-    """The check is real: one wrong field in one child fails it."""
-    children = render(SPECS["everything"])
-    target = next(c for c in children if c["kind"] == kind)
-    node = target
-    for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value
-    proc = kubeconform(stream(children))
+    ("PersistentVolumeClaim", ["spec", "accessModes"], "ReadWriteOnce"),
+    ("ConfigMap", ["data", "x"], 1),
+]
+
+
+def test_kubeconform_catches_each_broken_child(kubeconform):
+    """The check is real: one wrong field in each kind of child, each caught (one kubeconform run)."""
+    broken = []
+    for kind, path, value in BREAKAGES:
+        child = next(c for c in render(SPECS["everything"]) if c["kind"] == kind)
+        child["metadata"]["name"] = f"broken-{kind.lower()}"
+        node = child
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        broken.append(child)
+    proc = kubeconform(stream(broken))
     assert proc.returncode != 0
-    assert "Invalid: 1" in proc.stdout, proc.stdout
+    assert f"Valid: 0, Invalid: {len(BREAKAGES)}, Errors: 0" in proc.stdout, proc.stdout
+    for kind, _, _ in BREAKAGES:
+        assert f"{kind} broken-{kind.lower()} is invalid" in proc.stdout, (kind, proc.stdout)
 
 
 def test_kubeconform_catches_a_bad_hdcworkload(kubeconform):
