@@ -7,12 +7,13 @@ import copy
 import functools
 import pathlib
 import re
-import shutil
 import subprocess
 import time
 
 import yaml
 
+from hdc_operator.dev.prometheus import (ToolProcess, alertmanager_process, prometheus_process,  # noqa: F401
+                                         tool, tools_dir)
 from hdc_operator.spec import default_spec
 from worker_process import REPO, WorkerProcess
 
@@ -42,27 +43,6 @@ def spec_with(**changes) -> dict:
             node = node[part]
         node[last] = value
     return spec
-
-
-@functools.lru_cache(maxsize=1)
-def tools_dir() -> pathlib.Path:
-    """The pinned tools (hack/build-tools.sh); a clear failure, not a skip, when they are missing."""
-    result = subprocess.run([str(REPO / "hack" / "build-tools.sh"), "--check"], capture_output=True, text=True)
-    lines = [l for l in result.stdout.splitlines() if l.strip()]
-    if result.returncode != 0 or not lines:
-        raise AssertionError(f"the Prometheus tools are missing; run `make tools`:\n{result.stdout}{result.stderr}")
-    return pathlib.Path(lines[0].strip())
-
-
-def tool(name: str) -> str:
-    """promtool, prometheus, alertmanager from the tools dir; amtool from PATH (Debian's alertmanager package)."""
-    path = tools_dir() / name
-    if path.exists():
-        return str(path)
-    found = shutil.which(name)
-    if not found:
-        raise AssertionError(f"{name} is not installed (tools dir {tools_dir()}, PATH); run `make tools`")
-    return found
 
 
 def run_tool(*args: str, cwd: pathlib.Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -176,65 +156,8 @@ def live_worker_exports() -> dict[str, set[str]]:
     return exports
 
 
-# --- real Prometheus and Alertmanager processes -------------------------------------------------------------
-
-
-class ToolProcess:
-    """A Prometheus or Alertmanager process on 127.0.0.1:<free port>, ready (/-/ready) when start() returns."""
-
-    def __init__(self, name: str, args: list[str], port: int, log_path: pathlib.Path):
-        self.name, self.args, self.port, self.log_path = name, args, port, log_path
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60) -> "ToolProcess":
-        import urllib.request
-
-        self.proc = subprocess.Popen(self.args, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{self.name} never became ready:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def prometheus_process(tmp: pathlib.Path, config: dict) -> ToolProcess:
-    from worker_process import free_port
-
-    port = free_port()
-    write_yaml(tmp / "prometheus.yml", config)
-    args = [tool("prometheus"), f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s", "--log.level=warn"]
-    return ToolProcess("prometheus", args, port, tmp / "prometheus.log")
-
-
-def alertmanager_process(tmp: pathlib.Path, config: dict) -> ToolProcess:
-    from worker_process import free_port
-
-    port = free_port()
-    write_yaml(tmp / "alertmanager.yml", config)
-    args = [tool("alertmanager"), f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
-    return ToolProcess("alertmanager", args, port, tmp / "alertmanager.log")
+# --- real Prometheus and Alertmanager processes: hdc_operator.dev.prometheus (ToolProcess, prometheus_process,
+# alertmanager_process: config written to <dir>/<tool>.yml, data and log in <dir>, a free port on 127.0.0.1) ---
 
 
 def unknown_names(exprs: list[str], *, recorded: set[str] = frozenset(),

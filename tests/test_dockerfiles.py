@@ -327,3 +327,142 @@ def test_worker_package_builds_from_the_copied_files(tmp_path):
         assert module in names, f"the wheel lacks {module}"
     assert any(n.startswith("hd_compute/kernels/_cpu") for n in names), "the CPU kernels were not compiled"
     assert "hdc-worker = hd_compute.service.cli:main" in entry_points
+
+
+# --- the operator image ----------------------------------------------------------------------------------------
+
+OPERATOR = REPO / "deploy" / "operator.Dockerfile"
+OPERATOR_GROUP: list[str] = PYPROJECT.get("dependency-groups", {}).get("operator", [])
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_operator_image_shape():
+    stages = read_stages(OPERATOR)
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", stages[0].base), f"expected a python slim base, got {stages[0].base}"
+    final = final_image(stages)
+    assert final[0] == stages[0].instructions[0], "the final image must be built on the python slim base"
+    assert commands_of(stages)[-1] == ("ENTRYPOINT+CMD", ["hdc-operator"])
+    # The package goes in without its dependencies (torch), the runtime requirements from pyproject's group.
+    build_runs = [argv for s in stages if s.name == "build" for k, r in s.instructions if k == "RUN"
+                  for argv in shell_commands(r)]
+    installs = [argv for argv in build_runs if argv[:2] == ["pip", "install"]]
+    assert ["pip", "install", "--group", "operator"] in installs, installs
+    assert ["pip", "install", "--no-deps", "."] in installs, installs
+    assert all(a == ["pip", "install", "--group", "operator"] or "--no-deps" in a or "--upgrade" in a
+               for a in installs), f"an install that could pull in other dependencies: {installs}"
+    upgrade = next(a for a in installs if "--upgrade" in a)
+    assert upgrade[-1] in ('pip>=25.1', '"pip>=25.1"'), "pip reads --group from 25.1 on"
+
+
+def test_operator_image_ships_the_crd_where_hdc_crd_path_points():
+    final = final_image(read_stages(OPERATOR))
+    env = env_of(final)
+    crd_path = env.get("HDC_CRD_PATH", "")
+    copies = [shlex.split(r) for k, r in final if k == "COPY" and "--from" not in r]
+    crd_copy = [words for words in copies if words[0].rstrip("/") == "crds"]
+    assert crd_copy, "the image must COPY crds/"
+    destination = crd_copy[0][-1].rstrip("/")
+    assert crd_path.startswith(destination + "/"), f"HDC_CRD_PATH={crd_path} is not under {destination}"
+    source = REPO / "crds" / crd_path.removeprefix(destination + "/")
+    assert source.is_file(), f"HDC_CRD_PATH names {source.relative_to(REPO)}, which does not exist"
+    # and hdc_operator.spec really reads it from there: a copy elsewhere, found only through HDC_CRD_PATH
+    probe = ("import sys; from hdc_operator.spec import load_crd, CRD_PATH; "
+             "print(CRD_PATH); print(load_crd()['metadata']['name'])")
+    result = subprocess.run([sys.executable, "-c", probe], env={**PACKAGE_ENV, "HDC_CRD_PATH": str(source)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == [str(source), "hdcworkloads.hdcompute.io"]
+
+
+def test_operator_image_suits_a_read_only_root_filesystem():
+    final = final_image(read_stages(OPERATOR))
+    env = env_of(final)
+    assert env.get("HOME", "").startswith("/tmp"), "HOME must be under /tmp (the chart mounts an emptyDir there)"
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1", "Python would try to write .pyc files next to the code"
+    assert [r for k, r in final if k == "WORKDIR"][-1] == "/tmp"
+
+
+def test_operator_requirements_are_declared_dependencies_in_one_place():
+    """The image's requirements live in pyproject's [dependency-groups] operator, each spelled exactly as in
+    [project] dependencies (so the two cannot drift apart), and torch is not among them."""
+    assert OPERATOR_GROUP, "pyproject.toml has no [dependency-groups] operator"
+    dependencies = set(PYPROJECT["project"]["dependencies"])
+    for requirement in OPERATOR_GROUP:
+        assert requirement in dependencies, f"{requirement!r} is not spelled the same in [project] dependencies"
+    assert "torch" not in {_requirement_name(r) for r in OPERATOR_GROUP}
+
+
+def image_site_packages(target: pathlib.Path) -> pathlib.Path:
+    """A site-packages holding only what the operator image installs: the distributions of the operator group and
+    everything they require (markers evaluated, no extras), linked from this environment's."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    target.mkdir()
+    seen, todo = set(), list(OPERATOR_GROUP)
+    while todo:
+        requirement = Requirement(todo.pop())
+        name = requirement.name.lower().replace("_", "-")
+        if name in seen or (requirement.marker and not requirement.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        distribution = md.distribution(requirement.name)
+        todo += distribution.requires or []
+        root = pathlib.Path(distribution.locate_file(""))
+        for top in {pathlib.PurePath(f).parts[0] for f in distribution.files or ()}:
+            if top not in ("..", "__pycache__") and (root / top).exists() and not (target / top).exists():
+                (target / top).symlink_to(root / top)
+    return target
+
+
+IMPORT_PROBE = r'''
+import json, sys
+from hdc_operator import main, handlers, reconcile, apply, status, metrics  # noqa: F401
+from hd_compute.monitoring.logging import configure_logging  # what main.run_operator imports
+import kopf, structlog  # noqa: F401
+from hdc_operator.builders import Capabilities, build_children
+from hdc_operator.spec import parse_workload
+
+configure_logging("INFO", "json")
+workload = parse_workload({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
+                           "metadata": {"name": "w", "namespace": "ns", "uid": "u"},
+                           "spec": {"autoscaling": {"mode": "hpa"}, "persistence": {"enabled": True}}})
+children = build_children(workload, Capabilities.all())
+print(json.dumps({"children": sorted(c["kind"] for c in children), "torch": "torch" in sys.modules}))
+'''
+
+
+def run_in_image_environment(code: str, site: pathlib.Path) -> subprocess.CompletedProcess:
+    """`python -S` (no site-packages of this environment) with only the image's distributions and our code."""
+    env = {**PACKAGE_ENV, "PYTHONPATH": os.pathsep.join([str(p) for p in OUR_PACKAGES.values()] + [str(site)])}
+    return subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def image_site(tmp_path_factory):
+    return image_site_packages(tmp_path_factory.mktemp("image") / "site-packages")
+
+
+def test_the_operator_runs_with_only_its_image_requirements_and_never_imports_torch(image_site):
+    """Everything the operator runs (its handlers, reconciler, builders with alerts and dashboards, the logging
+    set-up it shares with the worker) works with only the distributions of [dependency-groups] operator, as in
+    the image. Guarded optional imports (opentelemetry in the logging module) fall back; anything else fails."""
+    assert not (image_site / "torch").exists()
+    result = run_in_image_environment(IMPORT_PROBE, image_site)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["torch"] is False, "the operator imported torch"
+    assert {"Deployment", "Service", "PrometheusRule", "ServiceMonitor", "ConfigMap"} <= set(report["children"])
+    help_text = run_in_image_environment(
+        "import sys; from hdc_operator.main import cli; sys.argv = ['hdc-operator', '--help']; cli()", image_site)
+    assert help_text.returncode == 0 and "Usage" in help_text.stdout, help_text.stderr[-3000:]
+
+
+def test_the_image_environment_would_catch_torch(image_site):
+    """The check is real: the worker's kernels (which need torch) cannot be imported there."""
+    result = run_in_image_environment("import hd_compute.functional", image_site)
+    assert result.returncode != 0 and "No module named 'torch'" in result.stderr, result.stderr[-2000:]

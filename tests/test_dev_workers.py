@@ -1,0 +1,271 @@
+"""The local harness (hdc_operator.dev): fake pods -> real worker processes -> a real Prometheus.
+
+Unit part: how a pod becomes a process (environment, labels, file_sd). The `k8s` part runs the real operator on
+the real control plane, the pod mirror and Prometheus as `hdcctl dev` processes, and checks processes and targets
+follow the pods through scaling, pod deletion and a crashed worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from hdc_operator.dev import prometheus as prom
+from hdc_operator.dev.workers import (container_env, file_sd_groups, local_env, pod_worker, target_labels)
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def pod(name="w-abc", namespace="ns", node="hdc-gpu-0", workload="mirror", deleting=False, phase="Running",
+        env=None):
+    meta = {"name": name, "namespace": namespace, "uid": f"uid-{name}",
+            "labels": {"hdcompute.io/workload": workload, "app.kubernetes.io/managed-by": "hdc-operator"}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node, "containers": [{"name": "worker", "env": env or []}]},
+            "status": {"phase": phase}}
+
+
+# --- pure parts ---------------------------------------------------------------------------------------------
+
+
+def test_container_env_resolves_values_field_refs_and_references():
+    env = container_env(pod(env=[
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "HDC_DIMENSION", "value": "1024"},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.pod.name=$(POD_NAME),x=$(UNDEFINED)"},
+        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+    ]))
+    assert env == {"POD_NAME": "w-abc", "POD_NAMESPACE": "ns", "HDC_DIMENSION": "1024",
+                   "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=w-abc,x=$(UNDEFINED)"}
+
+
+def test_only_scheduled_live_pods_get_a_process():
+    assert pod_worker(pod()) is not None
+    assert pod_worker(pod(node=None)) is None  # Pending, not bound to a node
+    assert pod_worker(pod(deleting=True)) is None
+    assert pod_worker(pod(phase="Failed")) is None
+    assert pod_worker(pod(phase="Succeeded")) is None
+
+
+def test_local_overrides_win_over_the_pods_environment():
+    w = pod_worker(pod(env=[{"name": "HDC_PORT", "value": "8080"}, {"name": "HDC_HOST", "value": "0.0.0.0"},
+                            {"name": "HDC_DEVICE", "value": "cuda"}, {"name": "HDC_STATE_DIR", "value": "/var/lib"},
+                            {"name": "HDC_VSA", "value": "BSC"}]))
+    env = local_env(dict(w.env), port=4321, state_dir="/tmp/s", base={"PATH": "/bin", "OMP_NUM_THREADS": "4"})
+    assert env["HDC_PORT"] == "4321" and env["HDC_HOST"] == "127.0.0.1" and env["HDC_DEVICE"] == "cpu"
+    assert env["HDC_STATE_DIR"] == "/tmp/s" and env["HDC_VSA"] == "BSC" and env["PATH"] == "/bin"
+    assert env["OMP_NUM_THREADS"] == "4"
+    assert local_env({}, port=1, state_dir="s", base={})["OMP_NUM_THREADS"] == "1"
+
+
+def test_targets_carry_the_service_monitor_labels():
+    from hdc_operator.builders.servicemonitor import RELABELINGS
+
+    w = pod_worker(pod(name="mirror-5d8-x", namespace="team", workload="mirror"))
+    labels = target_labels(w)
+    assert {r["targetLabel"] for r in RELABELINGS} <= set(labels)
+    assert labels == {"namespace": "team", "pod": "mirror-5d8-x", "workload": "mirror", "job": "mirror"}
+    b = pod_worker(pod(name="a", workload="mirror"))
+    assert file_sd_groups([(w, 2), (b, 1)]) == file_sd_groups([(b, 1), (w, 2)])  # stable text
+    assert file_sd_groups([(b, 1)]) == [{"targets": ["127.0.0.1:1"], "labels": target_labels(b)}]
+
+
+def test_prometheus_config_is_accepted_by_promtool(tmp_path):
+    sd = tmp_path / "workers.json"
+    sd.write_text(json.dumps(file_sd_groups([(pod_worker(pod()), 1234)])))
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump(prom.rule_groups_from_cluster([])))
+    cfg = prom.prometheus_config(file_sd=[sd], rule_files=[rules], alertmanager="127.0.0.1:9093",
+                                 static_jobs={"hdc-operator": {"targets": ["127.0.0.1:8081"]}})
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = subprocess.run([prom.tool("promtool"), "check", "config", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [j["job_name"] for j in cfg["scrape_configs"]] == ["hdc-workers", "hdc-operator"]
+
+
+def test_rule_groups_from_cluster_are_ordered_and_complete():
+    objs = [{"metadata": {"namespace": "b", "name": "x"}, "spec": {"groups": [{"name": "g3", "rules": []}]}},
+            {"metadata": {"namespace": "a", "name": "y"}, "spec": {"groups": [{"name": "g1", "rules": []},
+                                                                             {"name": "g2", "rules": []}]}},
+            {"metadata": {"namespace": "a", "name": "z"}, "spec": {}}]
+    assert [g["name"] for g in prom.rule_groups_from_cluster(objs)["groups"]] == ["g1", "g2", "g3"]
+
+
+def test_write_atomic_replaces_the_whole_file(tmp_path):
+    path = tmp_path / "f.json"
+    prom.write_atomic(path, "old")
+    prom.write_atomic(path, "new")
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temporary left
+
+
+# --- the real thing ---------------------------------------------------------------------------------------------
+
+WAIT_S = 120
+
+
+def wait_for(fn, what: str, timeout_s: float = WAIT_S, logs=()):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # Prometheus or the API server not answering yet
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.5)
+    tails = "".join(f"\n--- {p}:\n{pathlib.Path(p).read_text(errors='replace')[-3000:]}"
+                    for p in logs if pathlib.Path(p).exists())
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}{tails}")
+
+
+def kubectl(cluster, *args, input=None):
+    out = subprocess.run([prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args], capture_output=True,
+                         text=True, input=input, timeout=120)
+    assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
+    return out.stdout
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def hdcctl(*args, log: pathlib.Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hdc_operator.cli", *args], stdout=open(log, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.k8s
+def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluster, k8s_namespace, tmp_path):
+    from kubernetes import client
+
+    from operator_process import OperatorProcess
+
+    ns, name = k8s_namespace, "mirror"
+    core = client.CoreV1Api(k8s_cluster.api)
+    kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    kubectl(k8s_cluster, "wait", "--for", "condition=Established", "--timeout=60s", "crd/hdcworkloads.hdcompute.io")
+
+    operator = OperatorProcess(k8s_cluster.kubeconfig, tmp_path, "--namespace", ns, "--resync-interval", "5").start()
+    sd, status_file = tmp_path / "workers.json", tmp_path / "mirror" / "status.json"
+    prom_port = prom.free_port()
+    mirror = hdcctl("dev", "workers", "--kubeconfig", k8s_cluster.kubeconfig, "--file-sd", str(sd), "-n", ns,
+                    "--work-dir", str(tmp_path / "mirror"), log=tmp_path / "mirror.log")
+    prometheus = hdcctl("dev", "prometheus", "--kubeconfig", k8s_cluster.kubeconfig, "--file-sd", str(sd), "-n", ns,
+                        "--port", str(prom_port), "--data-dir", str(tmp_path / "prom"), "--scrape-interval", "1s",
+                        log=tmp_path / "prometheus.log")
+    url = f"http://127.0.0.1:{prom_port}"
+    logs = [tmp_path / "mirror.log", tmp_path / "prometheus.log", operator.log_path]
+    workload = {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"replicas": 2, "hdc": {"dimension": 1024},
+                         "continuousBenchmark": {"enabled": False}}}
+    try:
+        kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(workload))
+
+        def api_pods() -> set[str]:
+            return {p.metadata.name for p in core.list_namespaced_pod(ns, label_selector=f"hdcompute.io/workload={name}").items
+                    if p.metadata.deletion_timestamp is None and p.spec.node_name}
+
+        def workers() -> list[dict]:
+            return json.loads(status_file.read_text())["workers"]
+
+        def mirrored(n: int):
+            def check():
+                ws, pods = workers(), api_pods()
+                return ws if len(ws) == n == len(pods) and {w["pod"] for w in ws} == pods and \
+                    all(w["ready"] and w["pid"] for w in ws) else None
+            return check
+
+        def scraped(n: int):
+            def check():
+                up = prom.query(url, f'up{{namespace="{ns}",workload="{name}"}} == 1')
+                return up if len(up) == n and {s["metric"]["pod"] for s in up} == api_pods() else None
+            return check
+
+        ws = wait_for(mirrored(2), "2 ready worker processes for 2 pods", logs=logs)
+        for w in ws:
+            assert w["workload"] == name and w["namespace"] == ns
+            # a real worker answers on the port the mirror gave it, configured from the pod's environment
+            env = pathlib.Path(f"/proc/{w['pid']}/environ").read_bytes().split(b"\0")
+            assert f"POD_NAME={w['pod']}".encode() in env and b"HDC_DIMENSION=1024" in env
+            assert b"HDC_DEVICE=cpu" in env and f"HDC_PORT={w['port']}".encode() in env
+        up = wait_for(scraped(2), "Prometheus scraping 2 targets with the pods' labels", logs=logs)
+        for series in up:
+            assert series["metric"]["job"] == name and series["metric"]["namespace"] == ns
+
+        # the operator's PrometheusRule reached Prometheus
+        def rule_groups():
+            import urllib.request
+            with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=5) as resp:
+                names = {g["name"] for g in json.load(resp)["data"]["groups"]}
+            return names if f"hdc.{ns}.{name}.alerts" in names else None
+        wait_for(rule_groups, "the workload's rule groups loaded in Prometheus", logs=logs)
+
+        # scale up: 3 pods -> 3 processes, 3 targets
+        kubectl(k8s_cluster, "scale", "hdcw", name, "-n", ns, "--replicas=3")
+        wait_for(mirrored(3), "3 worker processes after scaling to 3", logs=logs)
+        wait_for(scraped(3), "3 targets after scaling to 3", logs=logs)
+
+        # a worker dies: it is restarted on the same port and counted
+        victim = workers()[0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        restarted = wait_for(lambda: next((w for w in workers() if w["pod"] == victim["pod"] and w["restarts"] == 1
+                                           and w["ready"] and w["pid"] not in (None, victim["pid"])), None),
+                             "the killed worker restarted", logs=logs)
+        assert restarted["last_exit"] == -signal.SIGKILL and restarted["port"] == victim["port"]
+
+        # a pod deleted: its process stops, the ReplicaSet's new pod gets one
+        gone = workers()[1]
+        core.delete_namespaced_pod(gone["pod"], ns)
+        wait_for(lambda: not process_alive(gone["pid"]), f"the process of deleted pod {gone['pod']} stopped", logs=logs)
+        after = wait_for(mirrored(3), "3 processes again after a pod deletion", logs=logs)
+        assert gone["pod"] not in {w["pod"] for w in after}
+
+        # scale down: processes of removed pods stop, targets follow
+        before = {w["pod"]: w["pid"] for w in workers()}
+        kubectl(k8s_cluster, "scale", "hdcw", name, "-n", ns, "--replicas=1")
+        left = wait_for(mirrored(1), "1 worker process after scaling to 1", logs=logs)
+        for pod_name, pid in before.items():
+            if pod_name != left[0]["pod"]:  # SIGTERM, then at most the grace period (capped at 10 s)
+                wait_for(lambda: not process_alive(pid), f"process {pid} of removed pod {pod_name} stopped", 20,
+                         logs=logs)
+        wait_for(scraped(1), "1 target after scaling to 1", logs=logs)
+        assert len(json.loads(sd.read_text())) == 1
+    finally:
+        subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "delete", "hdcw", name, "-n",
+                        ns, "--wait=true", "--timeout=60s"], capture_output=True, timeout=90)
+        last = [w["pid"] for w in json.loads(status_file.read_text())["workers"]] if status_file.exists() else []
+        stop(mirror)
+        stop(prometheus)
+        operator.stop()
+    assert mirror.returncode == 0, (tmp_path / "mirror.log").read_text()[-3000:]
+    assert prometheus.returncode == 0, (tmp_path / "prometheus.log").read_text()[-3000:]
+    assert not [pid for pid in last if pid and process_alive(pid)], "the mirror left worker processes behind"
+    assert json.loads(sd.read_text()) == []
