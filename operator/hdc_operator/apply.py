@@ -40,6 +40,9 @@ class ChildKind:
     kind: str
     plural: str
     prune: bool = True  # PersistentVolumeClaims are never pruned: they hold the workers' state
+    # Watched kinds are read from the operator's watch caches. The prometheus-operator kinds are read with a GET
+    # by name instead: their CRDs may be removed at any time, and a watch on a removed CRD stops kopf altogether.
+    watched: bool = True
 
 
 # Every kind a workload's children can be (builders decide which exist); the operator watches each.
@@ -50,8 +53,8 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", prune=False),
     ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-    ChildKind(MONITORING_GROUP_VERSION, "ServiceMonitor", "servicemonitors"),
-    ChildKind(MONITORING_GROUP_VERSION, "PrometheusRule", "prometheusrules"),
+    ChildKind(MONITORING_GROUP_VERSION, "ServiceMonitor", "servicemonitors", watched=False),
+    ChildKind(MONITORING_GROUP_VERSION, "PrometheusRule", "prometheusrules", watched=False),
 )
 _BY_KIND = {k.kind: k for k in CHILD_KINDS}
 

@@ -56,7 +56,8 @@ def slim_pod(body) -> dict:
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client, metrics: OperatorMetrics) -> None:
     """Registers every handler of the operator on `registry`."""
-    child_index_ids = [f"hdc_children_{kind.plural}" for kind in CHILD_KINDS]
+    watched = [kind for kind in CHILD_KINDS if kind.watched]
+    child_index_ids = [f"hdc_children_{kind.plural}" for kind in watched]
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs) -> None:
@@ -66,7 +67,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="hdcompute.io", key="last-handled-configuration")
         # Server-side filtering: the operator never receives Deployments, Services, pods... not its own.
-        for kind in CHILD_KINDS:
+        for kind in watched:
             settings.watching.label_selectors[(kind.api_version, kind.plural)] = MANAGED_SELECTOR
         settings.watching.label_selectors[("v1", "pods")] = MANAGED_SELECTOR
         api = KubeApi(api_client, on_write=metrics.count_write)
@@ -89,7 +90,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
     def hdc_workloads(namespace: str, name: str, body, **_):
         return {(namespace, name): slim_workload(body)}
 
-    for kind, index_id in zip(CHILD_KINDS, child_index_ids):
+    for kind, index_id in zip(watched, child_index_ids):
         group, _, version = kind.api_version.rpartition("/")
 
         def index_child(namespace: str, body, meta, **_):

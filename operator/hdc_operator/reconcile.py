@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .apply import (KIND, WORKLOAD_LABEL, ApiError, ApplyMemo, CapabilityCache, KubeApi, child_key,
+from .apply import (CHILD_KINDS, KIND, WORKLOAD_LABEL, ApiError, ApplyMemo, CapabilityCache, KubeApi, child_key,
                     manifest_hash, plan_children)
 from .metrics import OperatorMetrics
 from .status import Observation, Problem, compute_status, condition, selector_string, status_changed
@@ -151,9 +151,10 @@ class Reconciler:
                 retry = await self.reconcile(key)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug must not kill the worker: log it, count it, retry with backoff
+            except Exception as exc:  # a bug must not kill the worker: log it, show it, retry with backoff
                 log.exception("reconcile_crashed", namespace=key[0], name=key[1])
                 self.metrics.reconcile_errors.labels(reason="InternalError").inc()
+                await self._report_crash(key, exc)
                 retry = True
             finally:
                 self._processing.discard(key)
@@ -196,6 +197,11 @@ class Reconciler:
 
         try:
             caps = await self._io(self.capabilities.get)
+        except ApiError as exc:
+            return await self._failed(key, body, stored, exc, live_deployment, pods, generation)
+
+        try:
+            live = live + await self._unwatched_children(namespace, name, caps)
         except ApiError as exc:
             return await self._failed(key, body, stored, exc, live_deployment, pods, generation)
 
@@ -271,6 +277,18 @@ class Reconciler:
                                                                      for o in pruned])
         return False
 
+    async def _unwatched_children(self, namespace: str, name: str, caps) -> list[dict]:
+        """The children of kinds the operator does not watch (apply.ChildKind.watched), by GET of their name."""
+        found = []
+        for kind in CHILD_KINDS:
+            served = {"ServiceMonitor": caps.service_monitor, "PrometheusRule": caps.prometheus_rule}.get(kind.kind)
+            if kind.watched or not served:
+                continue
+            obj = await self._io(self.api.get, kind.api_version, kind.plural, namespace, name)
+            if obj is not None:
+                found.append(obj)
+        return found
+
     async def _failed(self, key, body, stored, exc: ApiError, deployment, pods, generation) -> bool:
         self.metrics.reconcile_errors.labels(reason=exc.reason).inc()
         self.metrics.reconciles.labels(result="error").inc()
@@ -284,6 +302,19 @@ class Reconciler:
         except ApiError:
             pass
         return True
+
+    async def _report_crash(self, key: Key, exc: Exception) -> None:
+        body = self.caches.workload(key)
+        if body is None:
+            return
+        stored = self._stored_status(key, body)
+        problem = Problem("InternalError", f"the operator failed on this workload: {type(exc).__name__}: {exc}")
+        observed = Observation(int(body["metadata"].get("generation") or 0), apply_error=problem,
+                               desired_replicas=stored.get("desiredReplicas"), selector=stored.get("selector"))
+        try:
+            await self._write_status(key, body, stored, observed)
+        except Exception:  # the API may be what fails; the log has the crash already
+            log.info("crash_not_reported", namespace=key[0], name=key[1])
 
     def _stored_status(self, key: Key, body: Mapping) -> dict:
         """The workload's status, or the one we wrote last when the watch cache has not caught up with it."""

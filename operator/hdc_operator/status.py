@@ -14,7 +14,8 @@ Conditions (each with observedGeneration, reason, message, lastTransitionTime):
   Degraded               True with the most important problem (PROBLEM_REASONS order): InvalidSpec, an API refusal
                          (QuotaExceeded, AdmissionDenied, Forbidden, Invalid, ApiRefused, ApiUnavailable),
                          InsufficientGPU (pods Unschedulable for nvidia.com/gpu), Unschedulable, ImagePullBackOff,
-                         CrashLoopBackOff, ReplicaFailure, ProgressDeadlineExceeded; False with AsExpected.
+                         CrashLoopBackOff, ReplicaFailure, ProgressDeadlineExceeded, InternalError (an operator bug,
+                         logged as reconcile_crashed); False with AsExpected.
   MonitoringUnavailable  True when the spec enables a ServiceMonitor or PrometheusRule whose prometheus-operator CRD
                          is not installed (that child is skipped); False otherwise.
 lastTransitionTime changes only when a condition's status changes. lastReconcileTime changes only when something
@@ -35,7 +36,7 @@ OWNED_KEYS = ("observedGeneration", "phase", "replicas", "readyReplicas", "desir
 # Most important first: the first problem found is Degraded's reason.
 PROBLEM_REASONS = ("InvalidSpec", "QuotaExceeded", "AdmissionDenied", "Forbidden", "Invalid", "ApiRefused",
                    "ApiUnavailable", "InsufficientGPU", "Unschedulable", "ImagePullBackOff", "CrashLoopBackOff",
-                   "CreateContainerConfigError", "ReplicaFailure", "ProgressDeadlineExceeded")
+                   "CreateContainerConfigError", "ReplicaFailure", "ProgressDeadlineExceeded", "InternalError")
 _WAITING_REASONS = {"ImagePullBackOff": "ImagePullBackOff", "ErrImagePull": "ImagePullBackOff",
                     "InvalidImageName": "ImagePullBackOff", "CrashLoopBackOff": "CrashLoopBackOff",
                     "CreateContainerConfigError": "CreateContainerConfigError"}

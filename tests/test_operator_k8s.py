@@ -1,0 +1,391 @@
+"""The operator as a real process against the real control plane (kube-apiserver, controller-manager, scheduler,
+kwok's fake GPU nodes): children, status, scale, drift, pruning, garbage collection, refusals, restarts, idleness.
+
+Each test gets its own namespace and an operator scoped to it (resync every few seconds to keep the tests short).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import pathlib
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from hdc_operator.apply import KubeApi
+from operator_process import OperatorProcess
+
+pytestmark = pytest.mark.k8s
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CRD = REPO / "crds" / "hdcworkload.yaml"
+HDCW = ("hdcompute.io/v1alpha1", "hdcworkloads")
+CHILDREN = [("apps/v1", "deployments", "Deployment", ""), ("v1", "services", "Service", ""),
+            ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", ""),
+            ("monitoring.coreos.com/v1", "servicemonitors", "ServiceMonitor", ""),
+            ("monitoring.coreos.com/v1", "prometheusrules", "PrometheusRule", ""),
+            ("v1", "configmaps", "ConfigMap", "-dashboards")]
+RESYNC_S = 4
+
+
+def kubectl_bin() -> str:
+    out = subprocess.run([str(REPO / "hack" / "build-tools.sh"), "--print-bin-dir"], capture_output=True, text=True,
+                         check=True)
+    return str(pathlib.Path(out.stdout.strip()) / "kubectl")
+
+
+def kubectl(cluster, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([kubectl_bin(), "--kubeconfig", cluster.kubeconfig, *args], capture_output=True,
+                            text=True, input=input, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def wait_for(fn, timeout_s: float = 60, what: str = "condition", proc: OperatorProcess | None = None):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except Exception as exc:  # the API server may be restarting
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.25)
+    tail = f"\noperator log:\n{proc.log()[-5000:]}" if proc else ""
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}{tail}")
+
+
+@pytest.fixture(scope="session")
+def crd_installed(k8s_cluster):
+    kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    kubectl(k8s_cluster, "wait", "--for", "condition=Established", "--timeout=60s", "crd/hdcworkloads.hdcompute.io")
+    return k8s_cluster
+
+
+CPU_NODE = {
+    "apiVersion": "v1", "kind": "Node",
+    "metadata": {"name": "hdc-cpu-0", "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                 "labels": {"kubernetes.io/hostname": "hdc-cpu-0", "kubernetes.io/os": "linux",
+                            "kubernetes.io/arch": "amd64", "type": "kwok"}},
+    "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+               "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+               "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"}},
+}
+
+
+@pytest.fixture(scope="session")
+def cpu_node(crd_installed):
+    """hack/cluster.sh makes only tainted GPU nodes; workloads with gpus: 0 need an untainted CPU node (kwok's)."""
+    kubectl(crd_installed, "apply", "-f", "-", input=json.dumps(CPU_NODE))
+    kubectl(crd_installed, "wait", "--for", "condition=Ready", "--timeout=60s", "node/hdc-cpu-0")
+    return crd_installed
+
+
+@pytest.fixture
+def api(k8s_cluster) -> KubeApi:
+    return KubeApi(k8s_cluster.api)
+
+
+def start_operator(cluster, tmp_path, namespace: str, **env) -> OperatorProcess:
+    return OperatorProcess(cluster.kubeconfig, tmp_path, "--namespace", namespace, "--resync-interval",
+                           str(RESYNC_S), HDC_OPERATOR_CAPABILITY_TTL="1", HDC_OPERATOR_BACKOFF_MAX="4",
+                           **env).start()
+
+
+@pytest.fixture
+def operator(crd_installed, cpu_node, k8s_namespace, tmp_path, api):
+    proc = start_operator(crd_installed, tmp_path, k8s_namespace)
+    yield proc
+    # Workloads carry the operator's finalizer: delete them while it still runs, so the namespace can go.
+    try:
+        for w in api.list(*HDCW, k8s_namespace):
+            kubectl(crd_installed, "delete", "hdcw", w["metadata"]["name"], "-n", k8s_namespace, "--wait=false",
+                    check=False)
+        if proc.alive():
+            wait_for(lambda: not api.list(*HDCW, k8s_namespace), 60, "workloads deleted")
+    finally:
+        proc.stop()
+    assert "reconcile_crashed" not in proc.log(), proc.log()[-5000:]
+
+
+def workload(name: str, namespace: str, **spec) -> dict:
+    return {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def apply(cluster, obj: dict) -> None:
+    kubectl(cluster, "apply", "-f", "-", input=json.dumps(obj))
+
+
+def hdcw(api, ns, name) -> dict | None:
+    return api.get(*HDCW, ns, name)
+
+
+def cond(obj, kind) -> dict:
+    return next((c for c in (obj or {}).get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def children(api, ns, name) -> dict[str, dict]:
+    found = {}
+    for api_version, plural, kind, suffix in CHILDREN:
+        obj = api.get(api_version, plural, ns, name + suffix)
+        if obj is not None:
+            found[kind] = obj
+    return found
+
+
+def running(api, ns, name, replicas):
+    def check():
+        w = hdcw(api, ns, name)
+        st = (w or {}).get("status", {})
+        return w if st.get("phase") == "Running" and st.get("readyReplicas") == replicas and \
+            st.get("observedGeneration") == w["metadata"]["generation"] else None
+    return check
+
+
+def versions(api, ns, name) -> dict[str, str]:
+    out = {k: v["metadata"]["resourceVersion"] for k, v in children(api, ns, name).items()}
+    out["HDCWorkload"] = hdcw(api, ns, name)["metadata"]["resourceVersion"]
+    return out
+
+
+def events(api, ns, name) -> list[dict]:
+    return [e for e in api.list("v1", "events", ns) if e["involvedObject"].get("name") == name
+            and e["involvedObject"].get("kind") == "HDCWorkload"]
+
+
+def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    apply(crd_installed, workload("alpha", ns, replicas=2))
+    w = wait_for(running(api, ns, "alpha", 2), 60, "alpha Running with 2 ready", operator)
+    uid = w["metadata"]["uid"]
+    kids = children(api, ns, "alpha")
+    assert set(kids) == {kind for _, _, kind, _ in CHILDREN}
+    for kind, obj in kids.items():
+        refs = obj["metadata"]["ownerReferences"]
+        assert [(r["uid"], r["controller"], r["blockOwnerDeletion"]) for r in refs] == [(uid, True, True)], kind
+        assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "hdc-operator"
+        assert any(m["manager"] == "hdc-operator" and m["operation"] == "Apply"
+                   for m in obj["metadata"]["managedFields"]), kind
+    st = w["status"]
+    assert st["replicas"] == 2 and st["selector"] == "app.kubernetes.io/instance=alpha,app.kubernetes.io/name=hdc-worker"
+    assert cond(w, "Ready")["status"] == "True" and cond(w, "Degraded")["status"] == "False"
+    assert cond(w, "MonitoringUnavailable")["status"] == "False"
+    assert st["lastReconcileTime"]
+    table = kubectl(crd_installed, "get", "hdcw", "alpha", "-n", ns, "--no-headers").stdout.split()
+    # NAME VSA DIM GPUS REPLICAS READY [THROUGHPUT] STATUS AGE
+    assert table[:7] == ["alpha", "MAP", "10000", "1", "2", "2", "Running"] or \
+        table[:6] == ["alpha", "MAP", "10000", "1", "2", "2"] and "Running" in table
+    pods = api.list("v1", "pods", ns, "hdcompute.io/workload=alpha")
+    assert len(pods) == 2 and all(p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+                                  for p in pods)
+    assert any(e["reason"] == "Created" for e in events(api, ns, "alpha"))
+    assert operator.metric_sum("hdc_operator_managed_workloads") == 1
+
+
+def test_examples_reconcile(operator, k8s_namespace, api, crd_installed):
+    files = sorted(glob.glob(str(REPO / "deploy" / "examples" / "*.yaml")))
+    assert files, "deploy/examples/*.yaml is empty"
+    kubectl(crd_installed, "apply", "-n", k8s_namespace, *[a for f in files for a in ("-f", f)])
+    names = [d["metadata"]["name"] for f in files for d in yaml.safe_load_all(open(f)) if d]
+
+    def all_reconciled():
+        ws = [hdcw(api, k8s_namespace, n) for n in names]
+        return all(w and w.get("status", {}).get("observedGeneration") == w["metadata"]["generation"]
+                   and "Deployment" in children(api, k8s_namespace, w["metadata"]["name"])
+                   and cond(w, "Degraded").get("status") == "False" for w in ws)
+    wait_for(all_reconciled, 90, f"examples {names} reconciled without problems", operator)
+
+
+def test_more_gpus_than_any_node_is_insufficient_gpu(operator, k8s_namespace, api, crd_installed):
+    apply(crd_installed, workload("greedy", k8s_namespace, resources={"gpus": 16}))
+
+    def degraded():
+        w = hdcw(api, k8s_namespace, "greedy")
+        return w if cond(w, "Degraded").get("reason") == "InsufficientGPU" else None
+    w = wait_for(degraded, 60, "Degraded/InsufficientGPU", operator)
+    assert w["status"]["phase"] == "Degraded" and cond(w, "Degraded")["status"] == "True"
+    assert "nvidia.com/gpu" in cond(w, "Degraded")["message"]
+    assert cond(w, "Ready")["status"] == "False"
+    assert any(e["type"] == "Warning" and e["reason"] == "InsufficientGPU" for e in events(api, k8s_namespace,
+                                                                                             "greedy"))
+
+
+def test_kubectl_scale_gives_three_replicas(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    apply(crd_installed, workload("scaly", ns, resources={"gpus": 0}))
+    wait_for(running(api, ns, "scaly", 1), 60, "scaly Running", operator)
+    kubectl(crd_installed, "scale", "hdcw/scaly", "--replicas=3", "-n", ns)
+    wait_for(lambda: api.get("apps/v1", "deployments", ns, "scaly")["spec"]["replicas"] == 3, 30,
+             "Deployment at 3 replicas", operator)
+    w = wait_for(running(api, ns, "scaly", 3), 60, "3 ready replicas", operator)
+    assert w["status"]["replicas"] == 3
+    assert any(e["reason"] == "Scaled" and "from 1 to 3" in e["message"] for e in events(api, ns, "scaly"))
+    assert operator.metric_sum("hdc_operator_scale_decisions_total", direction="up") >= 1
+    scale = kubectl(crd_installed, "get", "hdcw", "scaly", "-n", ns, "--subresource=scale", "-o", "json").stdout
+    assert json.loads(scale)["status"]["replicas"] == 3
+
+
+def test_drift_is_corrected(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    apply(crd_installed, workload("drifty", ns, replicas=2, resources={"gpus": 0}))
+    wait_for(running(api, ns, "drifty", 2), 60, "drifty Running", operator)
+    old_uid = api.get("v1", "services", ns, "drifty")["metadata"]["uid"]
+    kubectl(crd_installed, "delete", "service", "drifty", "-n", ns)
+    wait_for(lambda: (api.get("v1", "services", ns, "drifty") or {}).get("metadata", {}).get("uid") not in
+             (None, old_uid), 30, "Service recreated", operator)
+    kubectl(crd_installed, "scale", "deployment/drifty", "--replicas=5", "-n", ns)
+    wait_for(lambda: api.get("apps/v1", "deployments", ns, "drifty")["spec"]["replicas"] == 2, 30,
+             "Deployment replicas restored to 2", operator)
+    kubectl(crd_installed, "set", "image", "deployment/drifty", "worker=evil:latest", "-n", ns, check=False)
+    kubectl(crd_installed, "patch", "deployment", "drifty", "-n", ns, "--type=json", "-p",
+            json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "evil:1"}]))
+    image = hdcw(api, ns, "drifty")["spec"]["image"]
+    wait_for(lambda: api.get("apps/v1", "deployments", ns, "drifty")["spec"]["template"]["spec"]["containers"][0][
+        "image"] == image, 30, "image restored", operator)
+    kubectl(crd_installed, "delete", "configmap", "drifty-dashboards", "-n", ns)
+    wait_for(lambda: api.get("v1", "configmaps", ns, "drifty-dashboards"), 30, "dashboards restored", operator)
+    assert any(e["reason"] == "DriftCorrected" for e in events(api, ns, "drifty"))
+
+
+def test_children_no_longer_wanted_are_pruned(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    apply(crd_installed, workload("prune", ns, resources={"gpus": 0}, autoscaling={"mode": "hpa", "minReplicas": 1,
+                                                                                    "maxReplicas": 3}))
+    wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "prune")
+             and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "prune"), 30, "HPA and ServiceMonitor",
+             operator)
+    apply(crd_installed, workload("prune", ns, resources={"gpus": 0}, autoscaling={"mode": "none"},
+                                  monitoring={"serviceMonitor": {"enabled": False}}))
+    wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "prune") is None
+             and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "prune") is None, 30,
+             "HPA and ServiceMonitor pruned", operator)
+    assert api.get("monitoring.coreos.com/v1", "prometheusrules", ns, "prune")
+    assert any(e["reason"] == "Pruned" for e in events(api, ns, "prune"))
+
+
+def test_deleting_the_workload_removes_its_children(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    apply(crd_installed, workload("doomed", ns, resources={"gpus": 0}))
+    wait_for(running(api, ns, "doomed", 1), 60, "doomed Running", operator)
+    kubectl(crd_installed, "delete", "hdcw", "doomed", "-n", ns, "--wait=true", "--timeout=60s")
+    # The kube-controller-manager's garbage collector follows the ownerReferences.
+    wait_for(lambda: not children(api, ns, "doomed") and not api.list("v1", "pods", ns, "hdcompute.io/workload=doomed"),
+             90, "children garbage-collected", operator)
+    assert operator.alive()
+
+
+def test_missing_monitoring_crds_give_a_condition_not_a_crash(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    crds = ["servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com"]
+    saved = [api.get("apiextensions.k8s.io/v1", "customresourcedefinitions", None, c) for c in crds]
+    assert all(saved), "the cluster lacks the prometheus-operator CRDs hack/cluster.sh installs"
+    try:
+        kubectl(crd_installed, "delete", "crd", *crds, "--wait=true")
+        apply(crd_installed, workload("blind", ns, resources={"gpus": 0}))
+
+        def unavailable():
+            w = hdcw(api, ns, "blind")
+            return w if cond(w, "MonitoringUnavailable").get("status") == "True" and \
+                w["status"].get("phase") == "Running" else None
+        w = wait_for(unavailable, 60, "MonitoringUnavailable and Running", operator)
+        assert "servicemonitors.monitoring.coreos.com" in cond(w, "MonitoringUnavailable")["message"]
+        assert cond(w, "Degraded")["status"] == "False"
+        assert set(children(api, ns, "blind")) == {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap"}
+    finally:
+        for obj in saved:
+            meta = obj["metadata"]
+            clean = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                     "metadata": {"name": meta["name"], "labels": meta.get("labels", {}),
+                                  "annotations": {k: v for k, v in meta.get("annotations", {}).items()
+                                                  if k != "kubectl.kubernetes.io/last-applied-configuration"}},
+                     "spec": obj["spec"]}
+            kubectl(crd_installed, "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(clean))
+        kubectl(crd_installed, "wait", "--for", "condition=Established", "--timeout=60s", *[f"crd/{c}" for c in crds])
+    w = wait_for(lambda: (lambda w: w if cond(w, "MonitoringUnavailable").get("status") == "False" else None)(
+        hdcw(api, ns, "blind")), 60, "MonitoringUnavailable back to False", operator)
+    wait_for(lambda: api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "blind"), 60,
+             "ServiceMonitor created once the CRD is back", operator)
+    assert operator.alive()
+
+
+def test_quota_refusal_is_a_condition_and_is_retried(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-deployments", "namespace": ns},
+             "spec": {"hard": {"count/deployments.apps": "0"}}}
+    apply(crd_installed, quota)
+    wait_for(lambda: (api.get("v1", "resourcequotas", ns, "no-deployments") or {}).get("status", {}).get("hard"), 30,
+             "quota observed by the quota controller")
+    apply(crd_installed, workload("quota", ns, resources={"gpus": 0}))
+
+    def refused():
+        w = hdcw(api, ns, "quota")
+        return w if cond(w, "Degraded").get("reason") == "QuotaExceeded" else None
+    w = wait_for(refused, 60, "Degraded/QuotaExceeded", operator)
+    assert "exceeded quota" in cond(w, "Degraded")["message"] and w["status"]["phase"] == "Degraded"
+    assert api.get("apps/v1", "deployments", ns, "quota") is None
+    assert api.get("v1", "services", ns, "quota")  # the other children are applied all the same
+    assert any(e["type"] == "Warning" and e["reason"] == "QuotaExceeded" for e in events(api, ns, "quota"))
+    errors_before = operator.metric_sum("hdc_operator_reconcile_errors_total", reason="QuotaExceeded")
+    wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason="QuotaExceeded")
+             > errors_before, 30, "a retry", operator)
+    kubectl(crd_installed, "delete", "resourcequota", "no-deployments", "-n", ns)
+    w = wait_for(running(api, ns, "quota", 1), 60, "Running once the quota is lifted", operator)
+    assert cond(w, "Degraded")["status"] == "False"
+    assert any(e["reason"] == "Recovered" for e in events(api, ns, "quota"))
+
+
+def test_idle_operator_writes_nothing(operator, k8s_namespace, api, crd_installed):
+    ns = k8s_namespace
+    for name in ("idle-a", "idle-b"):
+        apply(crd_installed, workload(name, ns, replicas=2, resources={"gpus": 0}))
+    for name in ("idle-a", "idle-b"):
+        wait_for(running(api, ns, name, 2), 60, f"{name} Running", operator)
+    time.sleep(2)  # the last status write's own watch event comes back
+    before = {n: versions(api, ns, n) for n in ("idle-a", "idle-b")}
+    writes, reconciles = operator.writes(), operator.metric_sum("hdc_operator_reconciles_total")
+    time.sleep(3 * RESYNC_S + 2)
+    assert operator.metric_sum("hdc_operator_reconciles_total") >= reconciles + 4, "the resync did not run"
+    assert operator.writes() == writes, "an idle operator wrote to the API"
+    assert {n: versions(api, ns, n) for n in ("idle-a", "idle-b")} == before
+
+
+def test_operator_restart_makes_no_duplicates_and_no_updates(operator, k8s_namespace, api, crd_installed, tmp_path):
+    ns = k8s_namespace
+    apply(crd_installed, workload("steady", ns, replicas=2, resources={"gpus": 0}))
+    wait_for(running(api, ns, "steady", 2), 60, "steady Running", operator)
+    time.sleep(2)
+    before = versions(api, ns, "steady")
+    operator.stop()
+    operator.start()
+    time.sleep(2 * RESYNC_S + 2)
+    assert operator.metric_sum("hdc_operator_reconciles_total") >= 1
+    assert operator.writes() == 0, operator.log()[-3000:]
+    assert versions(api, ns, "steady") == before
+    for api_version, plural, kind, _ in CHILDREN:
+        assert len(api.list(api_version, plural, ns, "hdcompute.io/workload=steady")) == 1, kind
+
+
+def test_apiserver_restart_is_survived(operator, k8s_namespace, api, crd_installed, monkeypatch):
+    ns = k8s_namespace
+    apply(crd_installed, workload("sturdy", ns, resources={"gpus": 0}))
+    wait_for(running(api, ns, "sturdy", 1), 60, "sturdy Running", operator)
+    monkeypatch.setenv("HDC_STOP_GRACE_S", "1")  # a hard stop, as a crash would be
+    crd_installed.stop_component("kube-apiserver")
+    time.sleep(2)
+    assert operator.alive()
+    crd_installed.start_component("kube-apiserver")
+    # kube-controller-manager and kube-scheduler exit when they could not renew their leader lease while the API
+    # server was away (a kubelet would restart them); start_component starts whichever of them stopped.
+    time.sleep(3)
+    crd_installed.start_component("kube-controller-manager")
+    kubectl(crd_installed, "scale", "hdcw/sturdy", "--replicas=2", "-n", ns)
+    wait_for(running(api, ns, "sturdy", 2), 120, "converged after the restart", operator)
+    kubectl(crd_installed, "delete", "service", "sturdy", "-n", ns)
+    wait_for(lambda: api.get("v1", "services", ns, "sturdy"), 60, "drift corrected after the restart", operator)
+    assert operator.alive()
