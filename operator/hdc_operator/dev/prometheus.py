@@ -163,29 +163,31 @@ def rule_groups_from_cluster(prometheus_rules: Iterable[Mapping]) -> dict:
     return {"groups": groups}
 
 
+def _configured(name: str, data_dir: pathlib.Path, config: Mapping, port: int | None) -> tuple[pathlib.Path, int]:
+    """Writes data_dir/<name>.yml; (its path, the port: `port` or a free one)."""
+    data_dir = pathlib.Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"{name}.yml"
+    write_atomic(path, yaml.safe_dump(dict(config), sort_keys=False))
+    return path, port or free_port()
+
+
 def prometheus_process(data_dir: pathlib.Path, config: Mapping, *, port: int | None = None,
                        retention: str = "2h") -> ToolProcess:
     """A Prometheus on 127.0.0.1 with `config` written to data_dir/prometheus.yml; /-/reload enabled (local only)."""
-    data_dir = pathlib.Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    write_atomic(data_dir / "prometheus.yml", yaml.safe_dump(dict(config), sort_keys=False))
-    args = [tool("prometheus"), f"--config.file={data_dir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={data_dir / 'tsdb'}", f"--storage.tsdb.retention.time={retention}",
-            f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle", "--rules.alert.resend-delay=1s",
-            "--log.level=warn"]
-    return ToolProcess("prometheus", args, port, data_dir / "prometheus.log")
+    path, port = _configured("prometheus", data_dir, config, port)
+    args = [tool("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={path.parent / 'tsdb'}",
+            f"--storage.tsdb.retention.time={retention}", f"--web.listen-address=127.0.0.1:{port}",
+            "--web.enable-lifecycle", "--rules.alert.resend-delay=1s", "--log.level=warn"]
+    return ToolProcess("prometheus", args, port, path.parent / "prometheus.log")
 
 
 def alertmanager_process(data_dir: pathlib.Path, config: Mapping, *, port: int | None = None) -> ToolProcess:
-    data_dir = pathlib.Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    write_atomic(data_dir / "alertmanager.yml", yaml.safe_dump(dict(config), sort_keys=False))
-    args = [tool("alertmanager"), f"--config.file={data_dir / 'alertmanager.yml'}",
-            f"--storage.path={data_dir / 'am-data'}", f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=", "--log.level=warn"]
-    return ToolProcess("alertmanager", args, port, data_dir / "alertmanager.log")
+    """An Alertmanager on 127.0.0.1 with `config` written to data_dir/alertmanager.yml; no clustering."""
+    path, port = _configured("alertmanager", data_dir, config, port)
+    args = [tool("alertmanager"), f"--config.file={path}", f"--storage.path={path.parent / 'am-data'}",
+            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
+    return ToolProcess("alertmanager", args, port, path.parent / "alertmanager.log")
 
 
 # --- the HTTP API ---------------------------------------------------------------------------------------------
