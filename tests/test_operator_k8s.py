@@ -389,3 +389,74 @@ def test_apiserver_restart_is_survived(operator, k8s_namespace, api, crd_install
     kubectl(crd_installed, "delete", "service", "sturdy", "-n", ns)
     wait_for(lambda: api.get("v1", "services", ns, "sturdy"), 60, "drift corrected after the restart", operator)
     assert operator.alive()
+
+
+def test_two_peered_replicas_have_one_active(crd_installed, cpu_node, k8s_namespace, api, tmp_path):
+    ns = k8s_namespace
+    kubectl(crd_installed, "apply", "--server-side", "-f", str(REPO / "crds" / "kopf-peering.yaml"))
+    kubectl(crd_installed, "wait", "--for", "condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
+    apply(crd_installed, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                          "metadata": {"name": "hdc-operator", "namespace": ns}})
+    standby = OperatorProcess(crd_installed.kubeconfig, tmp_path / "standby", "--namespace", ns, "--resync-interval",
+                              str(RESYNC_S), "--peering", "hdc-operator", "--priority", "10",
+                              HDC_OPERATOR_PEERING_LIFETIME="10")
+    active = OperatorProcess(crd_installed.kubeconfig, tmp_path / "active", "--namespace", ns, "--resync-interval",
+                             str(RESYNC_S), "--peering", "hdc-operator", "--priority", "20",
+                             HDC_OPERATOR_PEERING_LIFETIME="10")
+    (tmp_path / "standby").mkdir()
+    (tmp_path / "active").mkdir()
+    try:
+        active.start()
+        standby.start()
+        time.sleep(3)  # both have seen each other's keep-alive
+        apply(crd_installed, workload("ha", ns, resources={"gpus": 0}))
+        wait_for(running(api, ns, "ha", 1), 60, "ha Running", active)
+        time.sleep(RESYNC_S + 1)
+        assert active.writes() > 0
+        assert standby.writes() == 0, "the paused replica wrote"
+        assert standby.metric_sum("hdc_operator_reconciles_total") == 0
+        active.stop()  # on a clean exit kopf removes itself from the peering: the standby resumes
+        kubectl(crd_installed, "scale", "hdcw/ha", "--replicas=2", "-n", ns)
+        wait_for(running(api, ns, "ha", 2), 60, "the standby took over", standby)
+        assert standby.writes() > 0
+        kubectl(crd_installed, "delete", "hdcw", "ha", "-n", ns, "--wait=true", "--timeout=60s")
+    finally:
+        active.stop()
+        standby.stop()
+
+
+def test_invalid_spec_in_a_stored_object_is_a_condition(crd_installed, k8s_namespace, api):
+    """A stored object the current schema would refuse (e.g. written under an older, looser CRD) -> InvalidSpec.
+
+    The schema rejects such a spec at `kubectl apply`, so the object the reconciler reads is the stored one with
+    a bad value put in (what a looser CRD version would have stored); status and Event go to the real API server.
+    """
+    import asyncio
+    import copy
+
+    from hdc_operator.apply import CapabilityCache
+    from hdc_operator.metrics import OperatorMetrics
+    from hdc_operator.reconcile import Caches, Reconciler
+
+    ns = k8s_namespace
+    apply(crd_installed, workload("broken", ns, resources={"gpus": 0}))
+    stored = wait_for(lambda: hdcw(api, ns, "broken"), 10, "the stored object")
+    body = copy.deepcopy(stored)
+    body["spec"]["hdc"]["dimension"] = 10  # below the schema's minimum of 64
+
+    async def reconcile_once():
+        reconciler = Reconciler(api, CapabilityCache(api), Caches(workloads={(ns, "broken"): [body]}, children=[],
+                                                                  pods={}), OperatorMetrics())
+        try:
+            return await reconciler.reconcile((ns, "broken"))
+        finally:
+            await reconciler.stop()
+
+    assert asyncio.run(reconcile_once()) is False  # no retry: only a spec change can fix it
+    w = hdcw(api, ns, "broken")
+    assert w["status"]["phase"] == "Failed"
+    degraded = cond(w, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    assert "spec.hdc.dimension" in degraded["message"]
+    assert not children(api, ns, "broken")
+    assert any(e["type"] == "Warning" and e["reason"] == "InvalidSpec" for e in events(api, ns, "broken"))

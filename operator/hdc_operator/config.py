@@ -13,6 +13,9 @@
 | --priority N            | HDC_OPERATOR_PRIORITY              | random 1..10^6          |
 | --workers N             | HDC_OPERATOR_WORKERS               | 4                       |
 | --log-level, --log-format | HDC_OPERATOR_LOG_LEVEL / _FORMAT | INFO, json              |
+|                         | HDC_OPERATOR_PEERING_LIFETIME      | 60 (s a peer counts as alive) |
+|                         | HDC_OPERATOR_CAPABILITY_TTL        | 30 (s between CRD discovery) |
+|                         | HDC_OPERATOR_BACKOFF_MAX           | 300 (s, longest retry delay) |
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class OperatorConfig:
     log_level: str = "INFO"
     log_format: str = "json"
     capability_ttl_s: float = 30.0
+    peering_lifetime_s: int = 60
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
 
@@ -143,6 +147,8 @@ def load_config(overrides: Mapping[str, object] | None = None, env: Mapping[str,
     if v not in ("json", "console"):
         raise ConfigError(f"{src} must be json or console, got {v!r}")
     values["log_format"] = str(v)
+    v, src = pick("peering_lifetime", 60)
+    values["peering_lifetime_s"] = _int(src, v, 5, 3600)
     v, src = pick("capability_ttl", 30.0)
     values["capability_ttl_s"] = _float(src, v, 0.0, 3600.0)
     v, src = pick("backoff_max", 300.0)

@@ -62,6 +62,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs) -> None:
         settings.posting.enabled = False
+        settings.peering.lifetime = config.peering_lifetime_s
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hdcompute.io")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
