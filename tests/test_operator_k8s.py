@@ -460,3 +460,39 @@ def test_invalid_spec_in_a_stored_object_is_a_condition(crd_installed, k8s_names
     assert "spec.hdc.dimension" in degraded["message"]
     assert not children(api, ns, "broken")
     assert any(e["type"] == "Warning" and e["reason"] == "InvalidSpec" for e in events(api, ns, "broken"))
+
+
+def test_operator_needs_only_its_rbac(crd_installed, cpu_node, k8s_namespace, api, tmp_path):
+    """The operator runs on a token of deploy/operator/rbac.yaml's ServiceAccount: the verbs listed there suffice."""
+    ns = k8s_namespace
+    kubectl(crd_installed, "create", "namespace", "hdc-system", check=False)
+    kubectl(crd_installed, "apply", "-f", str(REPO / "deploy" / "operator" / "rbac.yaml"))
+    token = kubectl(crd_installed, "create", "token", "hdc-operator", "-n", "hdc-system", "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(pathlib.Path(crd_installed.kubeconfig).read_text())
+    context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    cluster = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "clusters": [cluster], "current-context": "sa",
+        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+        "users": [{"name": "sa", "user": {"token": token}}]}))
+    kubeconfig.chmod(0o600)
+    proc = OperatorProcess(str(kubeconfig), tmp_path, "--namespace", ns, "--resync-interval", str(RESYNC_S),
+                           HDC_OPERATOR_CAPABILITY_TTL="1").start()
+    try:
+        apply(crd_installed, workload("rbac", ns, resources={"gpus": 0},
+                                      autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 2}))
+        wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac")
+                 and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac"), 60, "children", proc)
+        apply(crd_installed, workload("rbac", ns, resources={"gpus": 0}, monitoring={"serviceMonitor": {"enabled": False}}))
+        wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac") is None
+                 and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac") is None, 30, "pruned", proc)
+        wait_for(running(api, ns, "rbac", 1), 60, "rbac Running", proc)
+        kubectl(crd_installed, "delete", "deployment", "rbac", "-n", ns)
+        wait_for(lambda: api.get("apps/v1", "deployments", ns, "rbac"), 30, "Deployment restored", proc)
+        assert any(e["reason"] == "DriftCorrected" for e in events(api, ns, "rbac"))
+        kubectl(crd_installed, "delete", "hdcw", "rbac", "-n", ns, "--wait=true", "--timeout=60s")  # the finalizer
+        log = proc.log()
+        assert "Forbidden" not in log and " 403" not in log, log[-4000:]
+    finally:
+        proc.stop()
