@@ -214,3 +214,17 @@ def test_worker_prefers_passive_openmp_waits_unless_told_otherwise():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.split() == ["False", "ACTIVE", "False"]
+
+
+def test_worker_shortens_the_gil_switch_interval():
+    import sys
+
+    from hd_compute.service import server
+
+    before = sys.getswitchinterval()
+    try:
+        server.share_the_gil_quickly()
+        assert sys.getswitchinterval() == pytest.approx(server.GIL_SWITCH_INTERVAL_SECONDS)
+        assert server.GIL_SWITCH_INTERVAL_SECONDS < before
+    finally:
+        sys.setswitchinterval(before)
