@@ -126,3 +126,18 @@ def test_config_errors_name_the_setting(overrides, env, needle):
     with pytest.raises(ConfigError) as err:
         load_config(overrides, env=env)
     assert needle in str(err.value)
+
+
+def test_cli_refuses_bad_settings_and_missing_kubeconfig(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HDC_OPERATOR_") and k != "KUBECONFIG"}
+    env["HOME"] = str(tmp_path)  # no ~/.kube/config
+    bad = subprocess.run([sys.executable, "-m", "hdc_operator.main", "--resync-interval", "0.1"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--resync-interval must be a number from 1.0" in bad.stderr
+    none = subprocess.run([sys.executable, "-m", "hdc_operator.main", "--metrics-port", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode == 2 and "no usable Kubernetes configuration" in none.stderr

@@ -48,9 +48,18 @@ def run_operator(cfg: OperatorConfig) -> None:
         logging.getLogger("kopf.activities.probe").setLevel(logging.WARNING)
     log = structlog.get_logger("hdc_operator")
 
+    try:
+        api_client = kubernetes_client()
+    except Exception as exc:  # kubernetes.config.ConfigException, a bad file, ...
+        typer.echo(f"hdc-operator: no usable Kubernetes configuration (KUBECONFIG, ~/.kube/config or the in-cluster "
+                   f"service account): {exc}", err=True)
+        raise typer.Exit(2) from None
     metrics = OperatorMetrics()
-    metrics_port = metrics.serve(cfg.metrics_port) if cfg.metrics_port >= 0 else None
-    api_client = kubernetes_client()
+    try:
+        metrics_port = metrics.serve(cfg.metrics_port)
+    except OSError as exc:
+        typer.echo(f"hdc-operator: --metrics-port {cfg.metrics_port} cannot be served: {exc}", err=True)
+        raise typer.Exit(2) from None
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
