@@ -118,17 +118,14 @@ def crd_schemas(crd: dict) -> dict[str, dict]:
     return out
 
 
-@pytest.fixture(scope="module")
-def kubeconform(tmp_path_factory):
-    """Runs kubeconform -strict over a YAML stream; returns the CompletedProcess."""
+def kubeconform_runner(schema_dir: pathlib.Path, core_names, crds):
+    """A function that runs kubeconform -strict over a YAML stream (returns the CompletedProcess), with the
+    standalone Kubernetes schemas `core_names` and the JSON schemas of `crds`, written under schema_dir."""
     binary = tools_bin() / "kubeconform"
-    schema_dir = tmp_path_factory.mktemp("schemas")
     core = schema_dir / "core"
     core.mkdir()
-    for name in CORE_SCHEMAS:
+    for name in core_names:
         (core / f"{name}.json").write_text(json.dumps(core_schema(name)))
-    crds = [load_crd()] + [yaml.safe_load(p.read_text())
-                           for p in sorted((tools_bin().parent / "share" / "prometheus-operator-crds").glob("*.yaml"))]
     for crd in crds:
         for name, schema in crd_schemas(crd).items():
             (schema_dir / name).parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +140,18 @@ def kubeconform(tmp_path_factory):
                                f"{schema_dir}/{{{{.Group}}}}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json",
                                str(path)], capture_output=True, text=True, timeout=120)
     return run
+
+
+def prometheus_operator_crds() -> list[dict]:
+    return [yaml.safe_load(p.read_text())
+            for p in sorted((tools_bin().parent / "share" / "prometheus-operator-crds").glob("*.yaml"))]
+
+
+@pytest.fixture(scope="module")
+def kubeconform(tmp_path_factory):
+    """Runs kubeconform -strict over a YAML stream; returns the CompletedProcess."""
+    return kubeconform_runner(tmp_path_factory.mktemp("schemas"), CORE_SCHEMAS,
+                              [load_crd()] + prometheus_operator_crds())
 
 
 def stream(objects) -> str:

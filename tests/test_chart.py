@@ -18,7 +18,7 @@ import subprocess
 import pytest
 import yaml
 
-from test_builders_kubeconform import core_schema, crd_schemas, tools_bin
+from test_builders_kubeconform import kubeconform_runner, prometheus_operator_crds, tools_bin
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "hdc-operator"
@@ -79,31 +79,12 @@ def test_helm_lint_strict():
 
 @pytest.fixture(scope="module")
 def kubeconform_chart(tmp_path_factory):
-    """kubeconform -strict over a YAML stream with the Kubernetes kinds the chart renders, the HDCWorkload and
-    kopf peering CRDs and the prometheus-operator CRDs (no network)."""
-    binary = tools_bin() / "kubeconform"
-    schema_dir = tmp_path_factory.mktemp("chart-schemas")
-    core = schema_dir / "core"
-    core.mkdir()
-    for name in CHART_CORE_SCHEMAS:
-        (core / f"{name}.json").write_text(json.dumps(core_schema(name)))
+    """kubeconform -strict over objects, with the Kubernetes kinds the chart renders, the repository's CRDs
+    (HDCWorkload, kopf peering) and the prometheus-operator CRDs (no network)."""
     crds = [d for p in sorted((REPO / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
-    crds += [yaml.safe_load(p.read_text())
-             for p in sorted((tools_bin().parent / "share" / "prometheus-operator-crds").glob("*.yaml"))]
-    for crd in crds:
-        for name, schema in crd_schemas(crd).items():
-            (schema_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            (schema_dir / name).write_text(json.dumps(schema))
-
-    def run(objects: list[dict]) -> subprocess.CompletedProcess:
-        path = schema_dir / f"input-{os.urandom(4).hex()}.yaml"
-        path.write_text("".join("---\n" + yaml.safe_dump(o) for o in objects))
-        return subprocess.run([str(binary), "-strict", "-summary", "-output", "text",
-                               "-schema-location", f"{core}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
-                               "-schema-location",
-                               f"{schema_dir}/{{{{.Group}}}}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json",
-                               str(path)], capture_output=True, text=True, timeout=120)
-    return run
+    run = kubeconform_runner(tmp_path_factory.mktemp("chart-schemas"), CHART_CORE_SCHEMAS,
+                             crds + prometheus_operator_crds())
+    return lambda objects: run("".join("---\n" + yaml.safe_dump(o) for o in objects))
 
 
 VALUE_SETS = {
