@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: install tools test test-gpu bench demo clean cluster-up cluster-down
+.PHONY: install tools test test-gpu bench demo demo-engine clean cluster-up cluster-down
 
 # Installs the package (editable, with the compiled CPU kernels) and its test/bench extras into .venv.
 # torch is large: the first run downloads it once into pip's cache (~/.cache/pip), later runs reuse it.
@@ -51,8 +51,15 @@ bench: install
 	@mkdir -p $(OUT)
 	$(VENV)/bin/hdc-bench --kernels --json $(OUT)/bench.json --plot $(OUT)/bench.png --markdown $(OUT)/bench.md
 
-# The main job. Today: the HDC engine on real data and the baseline benchmark.
+# The main job: the local control plane with fake GPU nodes, the operator, one real worker process per pod,
+# Prometheus with the operator's rules, an example HDCWorkload under load, and a live status table (hdcctl dev
+# demo; docs/testing.md). Ctrl-C stops it and cleans up; HDC_DEMO_SECONDS=N stops after N seconds.
 demo: install
+	@hack/build-tools.sh >/dev/null
+	@$(VENV)/bin/hdcctl dev demo
+
+# The HDC engine alone (no cluster): digits classification on real data and the baseline benchmark.
+demo-engine: install
 	$(PY) -m hd_compute.demo
 
 clean:

@@ -269,3 +269,18 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
     assert prometheus.returncode == 0, (tmp_path / "prometheus.log").read_text()[-3000:]
     assert not [pid for pid in last if pid and process_alive(pid)], "the mirror left worker processes behind"
     assert json.loads(sd.read_text()) == []
+
+
+@pytest.mark.parametrize("command", ["workers", "prometheus"])
+def test_cli_names_a_missing_kubeconfig(command, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hdc_operator.cli import app
+
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    runner = CliRunner()
+    missing = runner.invoke(app, ["dev", command, "--file-sd", str(tmp_path / "sd.json"),
+                                  "--kubeconfig", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and f"--kubeconfig: {tmp_path / 'nope'} is not a file" in missing.output
+    unset = runner.invoke(app, ["dev", command, "--file-sd", str(tmp_path / "sd.json")])
+    assert unset.exit_code == 2 and "no kubeconfig given" in unset.output

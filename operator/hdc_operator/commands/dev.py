@@ -3,6 +3,7 @@
     hdcctl dev workers --kubeconfig K --file-sd workers.json [--namespace NS] [--work-dir DIR]
     hdcctl dev prometheus --kubeconfig K --file-sd workers.json [--port 9090] [--data-dir DIR]
     hdcctl dev demo                        # what `make demo` runs; HDC_DEMO_SECONDS=N stops after N s
+    hdcctl dev cluster up|down|status      # hack/cluster.sh (HDC_CLUSTER_NAME, HDC_CLUSTER_DIR)
 """
 
 from __future__ import annotations
@@ -103,6 +104,41 @@ def demo() -> None:
     from hdc_operator.dev.demo import main as demo_main
 
     raise typer.Exit(demo_main())
+
+
+cluster_app = typer.Typer(help="The local control plane with fake GPU nodes (hack/cluster.sh; docs/testing.md).",
+                          no_args_is_help=True)
+dev_app.add_typer(cluster_app, name="cluster")
+
+
+def _cluster(verb: str) -> None:
+    import subprocess
+
+    from hdc_operator.dev.prometheus import REPO
+
+    script = REPO / "hack" / "cluster.sh"
+    if not script.exists():
+        typer.echo(f"hdcctl: error: {script} not found: `hdcctl dev cluster` runs from a source checkout", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(subprocess.run([str(script), verb]).returncode)
+
+
+@cluster_app.command("up")
+def cluster_up() -> None:
+    """Create (or reuse) the cluster; the last line printed is `export KUBECONFIG=...`."""
+    _cluster("up")
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Delete the cluster and its kubeconfig."""
+    _cluster("down")
+
+
+@cluster_app.command("status")
+def cluster_status() -> None:
+    """The control-plane processes (with memory) and the nodes."""
+    _cluster("status")
 
 
 def register(app: typer.Typer) -> None:
