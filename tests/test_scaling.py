@@ -240,8 +240,9 @@ def test_no_oscillation_under_noise_within_tolerance(config, current, offset, ca
     current = min(max(current, config.min_replicas), config.max_replicas)
     tol = config.tolerance_percent / 100.0
     target = config.per_replica_target(capacity)
-    center = current * target * (1 + offset * tol / 2)  # inside the band, the noise fills the rest
-    spread = tol / 2
+    # Inside the band: (1 +- tol/3) x (1 +- tol/3) stays within 1 +- tol for any tol <= 100 %.
+    center = current * target * (1 + offset * tol / 3)
+    spread = tol / 3
     h, now = History(), NOW
     for i, n in enumerate(noise):
         now += 15
@@ -299,6 +300,8 @@ def test_short_window_counts_only_when_clearly_different():
     assert burst.demand_estimate == 1400.0 and burst.desired_replicas == 20
     over = decide(10, obs(700.0, recent=500.0), cfg, History(), NOW)
     assert over.demand_estimate == 500.0 and over.raw_recommendation == 8
+    dip = decide(10, obs(700.0, recent=670.0), cfg, History(), NOW)  # -4 %: inside the half-tolerance gate
+    assert dip.demand_estimate == 700.0
 
 
 def test_outside_bounds_goes_to_the_bound():

@@ -17,7 +17,7 @@ The algorithm, in order:
 2. Current replicas outside [min, max]: go to the bound (as the HPA does), nothing else.
 3. Demand estimate: the rate over the long window (60 s), or the rate over a short window (20 s) when that one
    is above it by more than 2 tolerances (a burst: scale up before the long window catches up) or below it by
-   more than 1 tolerance (the burst is over: the scale-down window starts counting sooner).
+   more than half a tolerance (the burst is over: the scale-down window starts counting sooner).
 4. Raw recommendation: ``ceil(demand / (capacity x targetUtilization))`` (capacity = targetOpsPerReplica when
    set, else the measured one), or the current replicas when ``demand / (current x capacity x
    targetUtilization)`` is within ``tolerancePercent`` of 1.
@@ -175,9 +175,11 @@ class ScalerConfig:
     behavior: Behavior = field(default_factory=lambda: Behavior.from_spec({}))
     max_metric_age_seconds: float = 120.0  # older samples are stale -> MetricsUnavailable
     # The short-window demand (Observation.recent_demand_ops_per_second) counts when it is above the window
-    # demand by more than recent_up_gate x tolerance, or (recent_down) below it by more than the tolerance.
+    # demand by more than recent_up_gate x tolerance, or (recent_down) below it by more than
+    # recent_down_gate x tolerance. Tuned with hdcctl simulate-autoscaling (docs/autoscaling.md).
     recent_up_gate: float = 2.0
     recent_down: bool = True
+    recent_down_gate: float = 0.5
 
     def __post_init__(self) -> None:
         p = "spec.autoscaling"
@@ -192,6 +194,7 @@ class ScalerConfig:
             _number(f"{p}.targetOpsPerReplica", self.target_ops_per_replica, 0, exclusive_lo=True)
         _number("max_metric_age_seconds", self.max_metric_age_seconds, 0, exclusive_lo=True)
         _number("recent_up_gate", self.recent_up_gate, 0)
+        _number("recent_down_gate", self.recent_down_gate, 0, 1 / max(self.tolerance_percent / 100.0, 1e-9))
         if not isinstance(self.recent_down, bool):
             raise InvalidAutoscaling("recent_down", f"expected a boolean, got {self.recent_down!r}")
         if not isinstance(self.behavior, Behavior):
@@ -328,8 +331,8 @@ def estimate_demand(observation: Observation, config: ScalerConfig) -> tuple[flo
 
     The short window (recent_demand_ops_per_second) is taken when it is above the window demand by more than
     `recent_up_gate` tolerances (a burst: scale up now rather than when the long window catches up) or, with
-    `recent_down`, below it by more than one tolerance (the burst is over: the stabilization window starts
-    counting earlier). Otherwise the long window, which is less noisy, decides. Scaling both up never lowers
+    `recent_down`, below it by more than `recent_down_gate` tolerances (the burst is over: the scale-down
+    stabilization window starts counting earlier; the window still holds the highest recommendation). Otherwise the long window, which is less noisy, decides. Scaling both up never lowers
     the estimate (monotonic in demand).
     """
     demand = float(observation.demand_ops_per_second)
@@ -338,7 +341,7 @@ def estimate_demand(observation: Observation, config: ScalerConfig) -> tuple[flo
     if _finite(recent) and recent >= 0:
         if recent > demand * (1.0 + tol * config.recent_up_gate):
             return float(recent), f"recent demand {recent:.4g} ops/s is above the window's"
-        if config.recent_down and recent < demand * (1.0 - tol):
+        if config.recent_down and recent < demand * (1.0 - tol * config.recent_down_gate):
             return float(recent), f"recent demand {recent:.4g} ops/s is below the window's"
     return demand, ""
 

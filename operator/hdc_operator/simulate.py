@@ -40,7 +40,7 @@ from hdc_operator.scaling import Behavior, History, Observation, ScalerConfig, a
 __all__ = ["SimConfig", "Trace", "make_trace", "simulate", "run", "main", "OPERATOR_TUNING"]
 
 # The estimation terms our scaler runs with in the operator (ScalerConfig fields; docs/autoscaling.md).
-OPERATOR_TUNING: dict[str, Any] = {}  # ScalerConfig's defaults: recent_up_gate 2, recent_down True
+OPERATOR_TUNING: dict[str, Any] = {}  # ScalerConfig's defaults: recent_up_gate 2, recent_down_gate 0.5
 
 
 @dataclass(frozen=True)
