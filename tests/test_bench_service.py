@@ -55,6 +55,7 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
         {(v, q) for v in ("MAP", "BSC") for q in (1, 64)}
     for o in report["overheads"]:
         assert o["qps_on"] > 0 and o["qps_off"] > 0 and o["ceiling"] == 0.05
+        assert len(o["overhead_paired"]) == 1 and o["overhead_paired_median"] == o["overhead_paired"][0]
 
     assert len(report["machine"]["load_average"]["start"]) == 3 and "in_process" in report["machine"]["omp_wait_policy"]
     text = service_markdown(report)
