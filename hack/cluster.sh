@@ -148,9 +148,16 @@ up() {
     log "installing prometheus-operator CRDs from $(<"$crds/SOURCE")"
     # Server-side apply: these CRDs are too large for the client-side last-applied annotation.
     kubectl apply --server-side --force-conflicts -f "$crds" >&2
-    kubectl wait --for condition=Established --timeout=60s \
-        crd/servicemonitors.monitoring.coreos.com crd/podmonitors.monitoring.coreos.com \
-        crd/prometheusrules.monitoring.coreos.com >&2
+    # Right after the apply a CRD may have no status.conditions yet, and `kubectl wait` then fails at once
+    # (".status.conditions accessor error: <nil>") instead of waiting: try again for a few seconds.
+    local try
+    for try in 1 2 3 4 5; do
+        kubectl wait --for condition=Established --timeout=60s \
+            crd/servicemonitors.monitoring.coreos.com crd/podmonitors.monitoring.coreos.com \
+            crd/prometheusrules.monitoring.coreos.com >&2 && break
+        ((try < 5)) || die "the prometheus-operator CRDs did not become Established"
+        sleep 1
+    done
     kubectl wait --for condition=Ready --timeout=60s node -l type=kwok >&2
     log "cluster '$NAME' up in $((SECONDS - start)) s"
     echo "export KUBECONFIG=$KUBECONFIG_PATH"

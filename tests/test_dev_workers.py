@@ -170,7 +170,8 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
     ns, name = k8s_namespace, "mirror"
     core = client.CoreV1Api(k8s_cluster.api)
     kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    kubectl(k8s_cluster, "wait", "--for", "condition=Established", "--timeout=60s", "crd/hdcworkloads.hdcompute.io")
+    wait_for(lambda: kubectl(k8s_cluster, "wait", "--for", "condition=Established", "--timeout=30s",
+                             "crd/hdcworkloads.hdcompute.io") is not None, "the CRD Established")
 
     operator = OperatorProcess(k8s_cluster.kubeconfig, tmp_path, "--namespace", ns, "--resync-interval", "5").start()
     sd, status_file = tmp_path / "workers.json", tmp_path / "mirror" / "status.json"

@@ -285,7 +285,10 @@ class Demo:
 
     def install(self) -> None:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-        self.kubectl("wait", "--for", "condition=Established", "--timeout=60s", "crd/hdcworkloads.hdcompute.io")
+        # (kubectl wait fails at once while a new CRD has no status.conditions yet: hence the retries)
+        wait_until(lambda: self.kubectl("wait", "--for", "condition=Established", "--timeout=30s",
+                                        "crd/hdcworkloads.hdcompute.io", check=False).returncode == 0,
+                   "the HDCWorkload CRD to be Established", 60)
         if self.kubectl("get", "namespace", self.s.namespace, check=False).returncode != 0:
             self.kubectl("create", "namespace", self.s.namespace)
             self.namespace_created = True
