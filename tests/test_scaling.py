@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hdc_operator.scaling import (Behavior, Decision, History, InvalidAutoscaling, Observation, ScalerConfig,
-                                  apply_behavior, decide, record_scale)
+                                  apply_behavior, decide, record_scale, scaling_active_condition, status_fields)
 
 NOW = 1_800_000_000.0
 
@@ -330,3 +330,40 @@ def test_from_spec_reads_the_crd_defaults():
     assert (cfg.min_replicas, cfg.max_replicas, cfg.target_utilization_percent, cfg.tolerance_percent,
             cfg.target_ops_per_replica) == (1, 10, 70, 10, None)
     assert cfg.behavior == Behavior.from_spec({})
+
+
+anything = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**12),
+                     st.text(max_size=3), st.booleans())
+
+
+@settings(max_examples=300, deadline=None)
+@given(config=configs, current=st.integers(0, 60), fields=st.tuples(anything, anything, anything, anything, anything),
+       reason=st.one_of(st.none(), st.text(max_size=10)))
+def test_garbage_observations_never_raise(config, current, fields, reason):
+    """Whatever a broken metrics source hands over: a decision within bounds, never an exception."""
+    demand, capacity, sampled, reporting, recent = fields
+    o = Observation(demand, capacity, sampled, reporting, unavailable_reason=reason, recent_demand_ops_per_second=recent)
+    d = decide(current, o, config, History(), NOW)
+    assert config.min_replicas <= d.desired_replicas <= config.max_replicas
+    if not d.metrics_available:
+        assert d.desired_replicas == min(max(current, config.min_replicas), config.max_replicas)
+
+
+def test_status_fields_and_condition():
+    cfg = ScalerConfig(max_replicas=30)
+    o = obs(1400.0)
+    d = decide(2, o, cfg, History(), NOW)
+    fields = status_fields(d, o, 2, "2026-11-28T13:00:00Z")
+    assert fields["desiredReplicas"] == 6 and fields["lastScaleTime"] == "2026-11-28T13:00:00Z"
+    assert fields["lastScaleReason"].startswith("ScaleUpLimit: demand 1400 ops/s")
+    assert fields["observedDemandOpsPerSec"] == 1400.0 and fields["observedCapacityOpsPerSec"] == 100.0
+    assert scaling_active_condition(d) == {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound",
+                                           "message": d.message}
+    down = Observation(None, None, None, None, unavailable_reason="Prometheus at http://p:9090 is unreachable")
+    held = decide(4, down, cfg, History(), NOW)
+    assert status_fields(held, down, 4, "t") == {"desiredReplicas": 4}
+    cond = scaling_active_condition(held)
+    assert (cond["status"], cond["reason"]) == ("False", "MetricsUnavailable") and "unreachable" in cond["message"]
+    spec_cap = ScalerConfig(target_ops_per_replica=250.0)
+    d = decide(1, obs(100.0, capacity=None), spec_cap, History(), NOW)
+    assert status_fields(d, obs(100.0, capacity=None), 1, "t")["observedCapacityOpsPerSec"] == 250.0

@@ -34,7 +34,8 @@ from typing import Any, Mapping
 __all__ = [
     "InvalidAutoscaling", "ScalingPolicy", "ScalingRules", "Behavior", "ScalerConfig", "Observation",
     "History", "Decision", "decide", "apply_behavior", "raw_recommendation", "estimate_demand",
-    "metrics_problem", "record_scale", "DEFAULT_DOWNSCALE_STABILIZATION_SECONDS",
+    "metrics_problem", "record_scale", "status_fields", "scaling_active_condition",
+    "DEFAULT_DOWNSCALE_STABILIZATION_SECONDS",
 ]
 
 # kube-controller-manager --horizontal-pod-autoscaler-downscale-stabilization (default 5m): the scale-down
@@ -299,7 +300,8 @@ class Decision:
     metrics_available: bool
     raw_recommendation: int | None = None  # before behavior
     demand_estimate: float | None = None  # ops/s, after estimate_demand
-    per_replica_target: float | None = None  # ops/s
+    per_replica_target: float | None = None  # ops/s: capacity x targetUtilization
+    capacity_ops_per_second: float | None = None  # one replica's capacity used (targetOpsPerReplica or measured)
 
 
 # --- the algorithm ----------------------------------------------------------------------------------------
@@ -477,5 +479,33 @@ def decide(current_replicas: int, observation: Observation | None, config: Scale
     message = (f"demand {observation.demand_ops_per_second:.4g} ops/s"
                + (f" (estimate {estimate:.4g}: {note})" if note else "")
                + f", target {target:.4g} ops/s per replica -> {raw} recommended, {desired} after behavior ({reason})")
+    capacity = (config.target_ops_per_replica if config.target_ops_per_replica is not None
+                else float(observation.capacity_ops_per_second))
     return finish(desired, reason, message, history, True, raw_recommendation=raw, demand_estimate=estimate,
-                  per_replica_target=target)
+                  per_replica_target=target, capacity_ops_per_second=capacity)
+
+
+# --- what the operator writes (pure helpers for status.py / handlers.py) -----------------------------------
+
+def status_fields(decision: Decision, observation: Observation | None, current_replicas: int,
+                  now_iso: str) -> dict:
+    """HDCWorkload status fields of one decision (camelCase, as in crds/hdcworkload.yaml).
+
+    lastScaleTime/lastScaleReason only when the replicas change; the observed values only when measured.
+    """
+    out: dict[str, Any] = {"desiredReplicas": decision.desired_replicas}
+    if decision.desired_replicas != current_replicas:
+        out["lastScaleTime"] = now_iso
+        out["lastScaleReason"] = f"{decision.reason}: {decision.message}"
+    if decision.metrics_available and observation is not None:
+        out["observedDemandOpsPerSec"] = float(observation.demand_ops_per_second)
+        out["observedCapacityOpsPerSec"] = decision.capacity_ops_per_second
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def scaling_active_condition(decision: Decision) -> dict:
+    """The ScalingActive condition (type/status/reason/message; the caller keeps lastTransitionTime)."""
+    if decision.metrics_available:
+        return {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound",
+                "message": decision.message}
+    return {"type": "ScalingActive", "status": "False", "reason": "MetricsUnavailable", "message": decision.message}
