@@ -1,0 +1,268 @@
+"""The Helm chart on the real control plane (hack/cluster.sh: kube-apiserver, controller-manager, scheduler, kwok):
+helm install, upgrade and uninstall; and the operator running with exactly the chart's ServiceAccount permissions.
+
+The operator's pods never run here (kwok plays kubelets without containers, and its nodes are GPU-tainted), so
+the operator runs as a local process that authenticates as the chart's ServiceAccount: a real token from the
+TokenRequest API in its kubeconfig (what the pod would get), with the Deployment's HDC_OPERATOR_* environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+import yaml
+
+from operator_process import OperatorProcess
+from test_chart import CHART, helm
+from test_operator_k8s import kubectl, wait_for
+
+pytestmark = pytest.mark.k8s
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+WORKLOAD = {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
+            "spec": {"resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"}, "hdc": {"device": "cpu"}}}
+CHILD_KINDS = ("deployment", "service", "poddisruptionbudget", "servicemonitor", "prometheusrule")
+
+
+def get_json(cluster, *args: str) -> dict | None:
+    result = kubectl(cluster, "get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def release_name() -> str:
+    return "hdc" + os.urandom(3).hex()
+
+
+@pytest.fixture
+def release(k8s_cluster, k8s_namespace):
+    """A release name in the test's namespace, uninstalled afterwards whatever happened."""
+    name = release_name()
+    yield name
+    helm("uninstall", name, "-n", k8s_namespace, "--wait", check=False, kubeconfig=k8s_cluster.kubeconfig)
+
+
+def install(cluster, namespace: str, name: str, *args: str) -> subprocess.CompletedProcess:
+    return helm("install", name, str(CHART), "-n", namespace, *args, kubeconfig=cluster.kubeconfig)
+
+
+def deployment_env(deployment: dict) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_install_upgrade_uninstall(k8s_cluster, k8s_namespace, release):
+    ns, full = k8s_namespace, f"{release}-hdc-operator"
+    # Pod Security admission enforces the restricted standard here: the operator pods must pass it
+    kubectl(k8s_cluster, "label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    out = install(k8s_cluster, ns, release).stdout
+    assert "reconciles HDCWorkloads in every namespace" in out, out  # NOTES.txt
+    for crd in ("hdcworkloads.hdcompute.io", "kopfpeerings.kopf.dev", "clusterkopfpeerings.kopf.dev"):
+        assert get_json(k8s_cluster, "crd", crd), f"CRD {crd} not installed"
+    deployment = get_json(k8s_cluster, "deployment", full, "-n", ns)
+    assert deployment["spec"]["replicas"] == 2
+    env = deployment_env(deployment)
+    assert env["HDC_OPERATOR_PEERING"] == full and env["HDC_OPERATOR_ALL_NAMESPACES"] == "true"
+    assert env["HDC_OPERATOR_LOG_LEVEL"] == "INFO"
+    pod_spec = deployment["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == full
+    assert pod_spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert get_json(k8s_cluster, "serviceaccount", full, "-n", ns)
+    assert get_json(k8s_cluster, "clusterrole", full) and get_json(k8s_cluster, "clusterrolebinding", full)
+    assert get_json(k8s_cluster, "clusterkopfpeering", full)
+    assert get_json(k8s_cluster, "service", f"{full}-metrics", "-n", ns)
+    assert get_json(k8s_cluster, "configmap", f"{full}-dashboards", "-n", ns)
+    # the cluster serves monitoring.coreos.com/v1 (hack/cluster.sh installs the CRDs): the ServiceMonitor exists
+    assert get_json(k8s_cluster, "servicemonitor", full, "-n", ns)
+    # the ReplicaSet's pods were admitted under the restricted Pod Security Standard
+    pods = wait_for(lambda: get_json(k8s_cluster, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={release}")
+                    ["items"], what="operator pods")
+    assert len(pods) == 2
+
+    # upgrade: a changed value takes effect
+    helm("upgrade", release, str(CHART), "-n", ns, "--reuse-values", "--set", "operator.logLevel=DEBUG",
+         "--set", "replicaCount=3", "--set", "prometheusAdapter.enabled=true", kubeconfig=k8s_cluster.kubeconfig)
+    deployment = get_json(k8s_cluster, "deployment", full, "-n", ns)
+    assert deployment["spec"]["replicas"] == 3 and deployment_env(deployment)["HDC_OPERATOR_LOG_LEVEL"] == "DEBUG"
+    adapter = get_json(k8s_cluster, "configmap", f"{full}-prometheus-adapter", "-n", ns)
+    assert "hdc_capacity_utilization_percent" in adapter["data"]["config.yaml"]
+    status = json.loads(helm("status", release, "-n", ns, "-o", "json", kubeconfig=k8s_cluster.kubeconfig).stdout)
+    assert status["version"] == 2 and status["info"]["status"] == "deployed"
+
+    # a bad value is refused before anything changes, with the field named
+    bad = helm("upgrade", release, str(CHART), "-n", ns, "--reuse-values", "--set", "replicaCount=0", check=False,
+               kubeconfig=k8s_cluster.kubeconfig)
+    assert bad.returncode != 0 and "at '/replicaCount'" in bad.stderr, bad.stderr
+    assert get_json(k8s_cluster, "deployment", full, "-n", ns)["spec"]["replicas"] == 3
+
+    # uninstall: the release's objects go, the CRDs (and so every HDCWorkload) stay
+    helm("uninstall", release, "-n", ns, "--wait", kubeconfig=k8s_cluster.kubeconfig)
+    for args in (("deployment", full, "-n", ns), ("serviceaccount", full, "-n", ns), ("clusterrole", full),
+                 ("clusterrolebinding", full), ("clusterrole", f"{full}-observer"), ("clusterkopfpeering", full),
+                 ("service", f"{full}-metrics", "-n", ns), ("servicemonitor", full, "-n", ns)):
+        assert get_json(k8s_cluster, *args) is None, f"{args} survived helm uninstall"
+    assert get_json(k8s_cluster, "crd", "hdcworkloads.hdcompute.io"), "helm uninstall must keep the CRD"
+
+
+def service_account_kubeconfig(cluster, namespace: str, account: str, path: pathlib.Path) -> pathlib.Path:
+    """A kubeconfig that authenticates as system:serviceaccount:<namespace>:<account> with a bound token."""
+    token = kubectl(cluster, "create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(kubectl(cluster, "config", "view", "--raw", "--minify").stdout)
+    config = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
+              "users": [{"name": account, "user": {"token": token}}],
+              "contexts": [{"name": account, "context": {"cluster": admin["clusters"][0]["name"], "user": account}}],
+              "current-context": account}
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    who = kubectl(cluster, "--kubeconfig", str(path), "auth", "whoami", "-o", "json", check=False)
+    if who.returncode == 0:
+        assert json.loads(who.stdout)["status"]["userInfo"]["username"] == \
+            f"system:serviceaccount:{namespace}:{account}"
+    return path
+
+
+def operator_as_chart(cluster, namespace: str, full: str, tmp_path: pathlib.Path, pod: str = "local",
+                      **env: str) -> OperatorProcess:
+    """The operator with the chart's Deployment environment, authenticated as the chart's ServiceAccount."""
+    chart_env = deployment_env(get_json(cluster, "deployment", full, "-n", namespace))
+    kubeconfig = service_account_kubeconfig(cluster, namespace, full, tmp_path / f"sa-{pod}.kubeconfig")
+    chart_env.update({"POD_ID": f"{full}-{pod}", "HDC_OPERATOR_RESYNC_INTERVAL": "5", **env})
+    workdir = tmp_path / pod
+    workdir.mkdir()
+    return OperatorProcess(str(kubeconfig), workdir, **chart_env)
+
+
+def apply_workload(cluster, namespace: str, name: str) -> None:
+    body = {**WORKLOAD, "metadata": {"name": name, "namespace": namespace}}
+    kubectl(cluster, "apply", "-f", "-", input=json.dumps(body))
+
+
+def reconciled(cluster, namespace: str, name: str) -> dict | None:
+    w = get_json(cluster, "hdcw", name, "-n", namespace)
+    status = (w or {}).get("status") or {}
+    if status.get("observedGeneration") == w["metadata"]["generation"] and status.get("conditions"):
+        return w
+    return None
+
+
+@pytest.mark.parametrize("scope", ["namespace", "cluster"])
+def test_operator_reconciles_with_exactly_the_charts_permissions(k8s_cluster, k8s_namespace, release, tmp_path,
+                                                                  scope):
+    ns, full = k8s_namespace, f"{release}-hdc-operator"
+    args = ["--set-json", f'watchNamespaces=["{ns}"]'] if scope == "namespace" else []
+    install(k8s_cluster, ns, release, *args)
+    operator = operator_as_chart(k8s_cluster, ns, full, tmp_path).start()
+    try:
+        apply_workload(k8s_cluster, ns, "demo")
+        w = wait_for(lambda: reconciled(k8s_cluster, ns, "demo"), 90, "status of demo", operator)
+        for kind in CHILD_KINDS:
+            assert get_json(k8s_cluster, kind, "demo", "-n", ns), f"{kind} demo was not created"
+        assert get_json(k8s_cluster, "configmap", "demo-dashboards", "-n", ns)
+        assert "hdcompute.io/operator" in w["metadata"].get("finalizers", []), "kopf's finalizer (patch) missing"
+        assert w["status"]["selector"]
+        # kopf peering works with these permissions: our keep-alive is in the chart's peering object
+        peering = (get_json(k8s_cluster, "kopfpeering", full, "-n", ns) if scope == "namespace"
+                   else get_json(k8s_cluster, "clusterkopfpeering", full))
+        assert f"{full}-local" in (peering.get("status") or {}), peering
+        # drift: a child deleted by hand comes back (delete + create through the chart's Role)
+        kubectl(k8s_cluster, "delete", "service", "demo", "-n", ns)
+        wait_for(lambda: get_json(k8s_cluster, "service", "demo", "-n", ns), 60, "service restored", operator)
+        # deleting the workload: kopf removes its finalizer (patch) and the workload goes
+        kubectl(k8s_cluster, "delete", "hdcw", "demo", "-n", ns, "--wait=false")
+        wait_for(lambda: get_json(k8s_cluster, "hdcw", "demo", "-n", ns) is None, 60, "workload deleted", operator)
+        assert operator.alive()
+        log = operator.log()
+        assert "Forbidden" not in log and "403" not in log and "Not enough permissions" not in log, log[-4000:]
+        assert operator.metric_sum("hdc_operator_reconcile_errors_total") == 0
+    finally:
+        operator.stop()
+
+
+@pytest.fixture
+def operator_without(k8s_cluster, k8s_namespace, release, tmp_path):
+    """Installs the chart for the test's namespace, takes one verb out of its Role, starts the operator as the
+    chart's ServiceAccount and applies the workload `demo`; yields the operator (stopped afterwards)."""
+    started = []
+
+    def start(resource: str, verb: str) -> OperatorProcess:
+        ns, full = k8s_namespace, f"{release}-hdc-operator"
+        install(k8s_cluster, ns, release, "--set-json", f'watchNamespaces=["{ns}"]')
+        body = get_json(k8s_cluster, "role", full, "-n", ns)
+        rule = next(r for r in body["rules"] if resource in r["resources"])
+        assert verb in rule["verbs"]
+        rule["verbs"].remove(verb)
+        body["rules"] = [r for r in body["rules"] if r["verbs"]]
+        kubectl(k8s_cluster, "replace", "-f", "-", input=json.dumps(body))
+        started.append(operator_as_chart(k8s_cluster, ns, full, tmp_path).start())
+        apply_workload(k8s_cluster, ns, "demo")
+        return started[-1]
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+def test_a_missing_verb_shows_as_a_degraded_condition_and_an_event(k8s_cluster, k8s_namespace, operator_without):
+    """Server-side apply creates children, so it needs `create`: without it on deployments, the workload says so."""
+    ns = k8s_namespace
+    operator = operator_without("deployments", "create")
+
+    def degraded():
+        w = get_json(k8s_cluster, "hdcw", "demo", "-n", ns)
+        for c in (w.get("status") or {}).get("conditions") or ():
+            if c["type"] == "Degraded" and c["status"] == "True":
+                return c
+        return None
+
+    condition = wait_for(degraded, 90, "Degraded condition", operator)
+    assert condition["reason"] == "Forbidden", condition
+    assert "deployments" in condition["message"] and "create" in condition["message"], condition
+    events = get_json(k8s_cluster, "events", "-n", ns, "--field-selector", "involvedObject.name=demo")["items"]
+    assert any(e["type"] == "Warning" and e["reason"] == "Forbidden" for e in events), events
+    assert operator.metric_sum("hdc_operator_reconcile_errors_total", reason="Forbidden") >= 1
+    assert get_json(k8s_cluster, "deployment", "demo", "-n", ns) is None
+    assert get_json(k8s_cluster, "service", "demo", "-n", ns), "the other children are still applied"
+    assert operator.alive()
+
+
+def test_a_missing_status_verb_shows_in_the_log_and_metrics(k8s_cluster, k8s_namespace, operator_without):
+    """Without patch on hdcworkloads/status the operator cannot write a condition; it says so where it can."""
+    operator = operator_without("hdcworkloads/status", "patch")
+    wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason="Forbidden") >= 1, 90,
+             "a Forbidden reconcile error", operator)
+    log = operator.log()
+    refused = [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"child_refused"' in line]
+    assert any(r.get("reason") == "Forbidden" and "hdcworkloads/status" in r.get("error", "") for r in refused), \
+        log[-4000:]
+    assert not (get_json(k8s_cluster, "hdcw", "demo", "-n", k8s_namespace).get("status") or {}).get("conditions")
+    assert operator.alive(), "a refused status write must not stop the operator"
+
+
+def test_two_replicas_one_active_then_the_standby_takes_over(k8s_cluster, k8s_namespace, release, tmp_path):
+    """HA as the chart runs it: two operators as the chart's ServiceAccount share the KopfPeering; the one with
+    the higher priority reconciles, the other stands by and takes over when the first stops."""
+    ns, full = k8s_namespace, f"{release}-hdc-operator"
+    install(k8s_cluster, ns, release, "--set-json", f'watchNamespaces=["{ns}"]')
+    active = operator_as_chart(k8s_cluster, ns, full, tmp_path, "a", HDC_OPERATOR_PRIORITY="200").start()
+    standby = operator_as_chart(k8s_cluster, ns, full, tmp_path, "b", HDC_OPERATOR_PRIORITY="100").start()
+    try:
+        peering = wait_for(lambda: (lambda s: s if {f"{full}-a", f"{full}-b"} <= set(s) else None)(
+            (get_json(k8s_cluster, "kopfpeering", full, "-n", ns).get("status") or {})), 60, "both peers", standby)
+        assert peering[f"{full}-a"]["priority"] == 200 and peering[f"{full}-b"]["priority"] == 100
+        apply_workload(k8s_cluster, ns, "first")
+        wait_for(lambda: reconciled(k8s_cluster, ns, "first"), 90, "first reconciled", active)
+        assert active.writes() > 0 and standby.writes() == 0, (active.writes(), standby.writes())
+        # kopf starts a peer paused and logs when it resumes: only the active one has
+        assert "Resuming operations" in active.log() and "Resuming operations" not in standby.log()
+
+        active.stop()  # a graceful stop removes its keep-alive: the standby resumes
+        wait_for(lambda: "Resuming operations" in standby.log(), 90, "the standby to resume", standby)
+        apply_workload(k8s_cluster, ns, "second")
+        wait_for(lambda: reconciled(k8s_cluster, ns, "second"), 90, "second reconciled by the standby", standby)
+        assert standby.writes() > 0
+    finally:
+        active.stop()
+        standby.stop()
