@@ -8,10 +8,13 @@ TokenRequest API in its kubeconfig (what the pod would get), with the Deployment
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import pathlib
 import subprocess
+import threading
+import urllib.parse
 
 import pytest
 import yaml
@@ -266,3 +269,62 @@ def test_two_replicas_one_active_then_the_standby_takes_over(k8s_cluster, k8s_na
     finally:
         active.stop()
         standby.stop()
+
+
+class _SeriesRecorder(http.server.BaseHTTPRequestHandler):
+    """A stand-in for Prometheus's /api/v1/series that records the match[] selectors asked for."""
+
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        type(self).seen.extend(query.get("match[]", []))
+        body = b'{"status":"success","data":[]}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def run_adapter(cluster, config: str, tmp_path: pathlib.Path, prometheus_url: str) -> subprocess.Popen:
+    from test_chart import tools_bin
+    from worker_process import free_port
+
+    (tmp_path / "config.yaml").write_text(config)
+    return subprocess.Popen(
+        [str(tools_bin() / "prometheus-adapter"), f"--config={tmp_path / 'config.yaml'}",
+         f"--lister-kubeconfig={cluster.kubeconfig}", f"--authentication-kubeconfig={cluster.kubeconfig}",
+         f"--authorization-kubeconfig={cluster.kubeconfig}", f"--prometheus-url={prometheus_url}",
+         f"--secure-port={free_port()}", f"--cert-dir={tmp_path / 'certs'}", "--metrics-relist-interval=1m"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "adapter.log", "wb"))
+
+
+def test_prometheus_adapter_loads_the_charts_rules(k8s_cluster, tmp_path):
+    """The real prometheus-adapter accepts the rendered rules (it rejects unknown fields at start) and asks
+    Prometheus for exactly the chart's series; a misspelt field makes it exit naming the field."""
+    from test_chart import adapter_rules
+
+    rules = adapter_rules()
+    config = yaml.safe_dump({"rules": rules})
+    _SeriesRecorder.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SeriesRecorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    adapter = run_adapter(k8s_cluster, config, tmp_path, f"http://127.0.0.1:{server.server_address[1]}/")
+    try:
+        expected = {r["seriesQuery"] for r in rules}
+        wait_for(lambda: expected <= set(_SeriesRecorder.seen) or adapter.poll() is not None, 60,
+                 "the adapter's series queries")
+        assert adapter.poll() is None, (tmp_path / "adapter.log").read_text()[-3000:]
+        assert expected <= set(_SeriesRecorder.seen), _SeriesRecorder.seen
+    finally:
+        adapter.terminate()
+        adapter.wait(20)
+        server.shutdown()
+
+    broken = run_adapter(k8s_cluster, config.replace("metricsQuery", "metricsQuerx"), tmp_path, "http://127.0.0.1:1/")
+    assert broken.wait(60) != 0
+    assert "field metricsQuerx not found" in (tmp_path / "adapter.log").read_text()
