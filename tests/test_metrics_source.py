@@ -28,6 +28,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def observe(url, workload=NAME, **options):
+    """One observation through a source that is closed afterwards (the operator keeps one open)."""
+    async def go():
+        async with PrometheusMetricsSource(url, **options) as source:
+            return await source.observe(NS, workload)
+    return asyncio.run(go())
+
+
 def wait_for(predicate, timeout=60, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,7 +103,7 @@ def test_demand_and_capacity_from_a_real_prometheus(stack):
     wait_for(lambda: query(prom.url, f"hdc_capacity_ops_per_second{label_selector(NS, NAME)} == {capacity!r}"),
              30, "Prometheus to scrape the settled capacity")
 
-    idle = run(PrometheusMetricsSource(prom.url).observe(NS, NAME))
+    idle = observe(prom.url)
     assert idle.unavailable_reason is None, idle
     assert idle.capacity_ops_per_second == pytest.approx(capacity)
     assert idle.replicas_reporting == 1 and idle.demand_ops_per_second >= 0
@@ -104,7 +112,7 @@ def test_demand_and_capacity_from_a_real_prometheus(stack):
     t = threading.Thread(target=lambda: thread_result.setdefault("sent", load(worker, 25)))
     t.start()
     time.sleep(22)  # the 20 s window is inside the load; the 60 s one partly
-    obs = run(PrometheusMetricsSource(prom.url).observe(NS, NAME))
+    obs = observe(prom.url)
     # The same windows over the request counter: the demand is in hypervectors, 16 per bundle request.
     sel = label_selector(NS, NAME)
     requests_20s = float(query(prom.url, f"sum(rate(hdc_operation_total{sel}[20s]))")[0]["value"][1])
@@ -123,14 +131,14 @@ def test_demand_and_capacity_from_a_real_prometheus(stack):
 
 def test_unknown_workload_has_no_series(stack):
     _, prom = stack
-    obs = run(PrometheusMetricsSource(prom.url).observe(NS, "no-such-workload"))
+    obs = observe(prom.url, "no-such-workload")
     assert obs.unavailable_reason.startswith("no series") and obs.demand_ops_per_second is None
 
 
 def test_stale_samples_are_unavailable(stack):
     _, prom = stack
     # Scrapes happen every second; a source that accepts nothing older than 1 ms sees them as stale.
-    obs = run(PrometheusMetricsSource(prom.url, max_age_seconds=0.001).observe(NS, NAME))
+    obs = observe(prom.url, max_age_seconds=0.001)
     assert obs.unavailable_reason.startswith("stale")
 
 
@@ -154,7 +162,7 @@ def test_silent_prometheus_times_out():
         listener.bind(("127.0.0.1", 0))
         listener.listen(8)
         url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-        obs = run(PrometheusMetricsSource(url, timeout_seconds=0.5).observe(NS, NAME))
+        obs = observe(url, timeout_seconds=0.5)
     assert "did not answer within 0.5 s" in obs.unavailable_reason
 
 
@@ -163,7 +171,7 @@ def test_prometheus_down_holds_replicas(stack, tmp_path):
     url = prom.url
     prom.stop()
     try:
-        obs = run(PrometheusMetricsSource(url, timeout_seconds=2).observe(NS, NAME))
+        obs = observe(url, timeout_seconds=2)
         assert "unreachable" in obs.unavailable_reason
         history = History(recommendations=((time.time() - 30, 7),))
         d = decide(7, obs, ScalerConfig(), history, time.time())
