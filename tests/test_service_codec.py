@@ -96,3 +96,55 @@ def test_map_values_other_than_plus_minus_one_are_refused(dtype):
         with pytest.raises(ApiError) as err:
             _from_storage(arr, "queries", model, 4, 4)
         assert err.value.field == "queries" and "+1 and -1" in err.value.detail
+
+
+def test_plain_archives_take_the_direct_path_and_others_still_read():
+    from hd_compute.service.codec import _stored_members
+
+    raw = npz(q=np.ones((2, 3), dtype=np.int8), k=np.array(3))
+    members = _stored_members(raw)
+    assert members is not None and sorted(name for name, _ in members) == ["k.npy", "q.npy"]
+    # a comment, or compressed members: zipfile reads them, with the same result
+    buf = io.BytesIO(raw)
+    with zipfile.ZipFile(buf, "a") as archive:
+        archive.comment = b"hello"
+    assert _stored_members(buf.getvalue()) is None
+    assert _stored_members(npz(True, q=np.ones(3))) is None
+    for body in (buf.getvalue(), npz(True, q=np.ones((2, 3), dtype=np.int8), k=np.array(3))):
+        got = _read_npz(body, 1 << 20)
+        assert got["q"].tolist() == [[1, 1, 1], [1, 1, 1]] and int(got["k"]) == 3
+
+
+def test_damaged_archives_are_400_never_a_crash():
+    """Every single-byte change and every truncation of a valid body: the same arrays, or a 400/413."""
+    raw = npz(q=np.arange(24, dtype=np.int16).reshape(4, 6), k=np.array(5))
+    rng = np.random.default_rng(0)
+    bodies = [raw[:n] for n in range(0, len(raw), 7)]
+    for pos in range(len(raw)):
+        damaged = bytearray(raw)
+        damaged[pos] = (damaged[pos] + int(rng.integers(1, 256))) % 256
+        bodies.append(bytes(damaged))
+    for body in bodies:
+        try:
+            got = _read_npz(body, 1 << 20)
+        except ApiError as exc:
+            assert exc.status in (400, 413)
+            continue
+        for key, value in got.items():  # an accepted body reads as numpy reads it
+            with np.load(io.BytesIO(body), allow_pickle=False) as expected:
+                assert np.array_equal(value, expected[key])
+
+
+def test_bsc_padding_bits_are_refused():
+    model = get_model("BSC")
+    words = np.zeros((2, 2), dtype=np.int64)  # dimension 100: 64 + 36 bits
+    words[1, 1] = (1 << 35) | 1
+    assert _from_storage(words, "a", model, 100, 100).data.tolist() == words.tolist()
+    for bit in (36, 63):
+        bad = words.copy()
+        bad[0, 1] = np.int64(1 << bit) if bit < 63 else np.int64(-(1 << 63))
+        with pytest.raises(ApiError) as err:
+            _from_storage(bad, "a", model, 100, 100)
+        assert err.value.field == "a" and "padding" in err.value.detail
+    full = np.full((1, 2), -1, dtype=np.int64)  # dimension 128: every bit is a dimension
+    assert _from_storage(full, "a", model, 128, 128).data.tolist() == full.tolist()
