@@ -178,3 +178,14 @@ def test_prometheus_down_holds_replicas(stack, tmp_path):
         assert (d.desired_replicas, d.reason, d.metrics_available) == (7, "MetricsUnavailable", False)
     finally:
         prom.start()  # leaves the stack as it was for any later test
+
+
+def test_every_scrape_failing_is_unavailable(stack):
+    """Last in this module: the worker process is killed, Prometheus keeps scraping it and records up == 0."""
+    worker, prom = stack
+    worker.stop()
+    sel = label_selector(NS, NAME)
+    wait_for(lambda: query(prom.url, f"up{sel} == 0"), 30, "Prometheus to record the failed scrapes")
+    obs = observe(prom.url)
+    assert obs.unavailable_reason == f"no replica of {NS}/{NAME} is up (every scrape fails)"
+    assert obs.replicas_reporting == 0
