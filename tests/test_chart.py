@@ -141,6 +141,7 @@ BAD_VALUES = [
     ({"operator.prometheusUrl": "prometheus:9090"}, "/operator/prometheusUrl", "does not match pattern"),
     ({"operator.workers": 0}, "/operator/workers", "minimum"),
     ({"metrics.port": 70000}, "/metrics/port", "maximum"),
+    ({"peering.lifetimeSeconds": 1}, "/peering/lifetimeSeconds", "minimum"),
     ({"metrics.serviceMonitor.interval": "soon"}, "/metrics/serviceMonitor/interval", "does not match pattern"),
     ({"securityContext.readOnlyRootFilesystem": False}, "/securityContext/readOnlyRootFilesystem", "must be true"),
     ({"podSecurityContext.runAsNonRoot": False}, "/podSecurityContext/runAsNonRoot", "must be true"),
@@ -223,6 +224,19 @@ def test_namespaced_rbac_writes_only_in_the_watched_namespaces():
     assert not find(bare, "ClusterRole") and not find(bare, "ClusterRoleBinding")
 
 
+def test_the_plain_manifests_grant_the_same_namespaced_rules():
+    """deploy/operator/rbac.yaml (for running the operator without Helm) and the chart agree on every namespaced
+    rule (both equal the rules derived from the code); it additionally grants what a namespaced install needs
+    cluster-wide (namespaces, kopfpeerings), the chart only in that mode."""
+    plain = [d for d in yaml.safe_load_all((REPO / "deploy" / "operator" / "rbac.yaml").read_text()) if d]
+    table = rules_table(next(d for d in plain if d["kind"] == "ClusterRole")["rules"])
+    extra = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"), ("kopf.dev", "kopfpeerings"),
+             ("kopf.dev", "clusterkopfpeerings")}
+    assert {k: v for k, v in table.items() if k not in extra} == expected_namespaced_rules()
+    assert all(table[k] == {"list", "watch"} for k in extra if k[0] != "kopf.dev")
+    assert all(table[k] == {"list", "watch", "patch"} for k in extra if k[0] == "kopf.dev")
+
+
 def test_rbac_create_false_renders_no_rbac():
     objects = render({"rbac.create": False, "serviceAccount.create": False, "serviceAccount.name": "mine"})
     assert not [o for o in objects if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding",
@@ -279,12 +293,12 @@ def test_the_operator_reads_the_charts_settings(values, namespaces, peering):
     from hdc_operator.config import load_config
 
     values = {"operator.logLevel": "DEBUG", "operator.resyncIntervalSeconds": 30, "operator.workers": 8,
-              "metrics.port": 9100, "livenessPort": 9101, **values}
+              "metrics.port": 9100, "livenessPort": 9101, "peering.lifetimeSeconds": 20, **values}
     env = container_env(find(render(values), "Deployment")[0])
     assert all(name.startswith("HDC_OPERATOR_") for name in env), env
     cfg = load_config({}, env=env)
     assert (cfg.namespaces, cfg.peering, cfg.log_level, cfg.resync_interval_s, cfg.workers, cfg.metrics_port,
-            cfg.liveness_port) == (namespaces, peering, "DEBUG", 30.0, 8, 9100, 9101)
+            cfg.liveness_port, cfg.peering_lifetime_s) == (namespaces, peering, "DEBUG", 30.0, 8, 9100, 9101, 20)
     peering_objects = [o for o in render(values) if o["kind"] in ("KopfPeering", "ClusterKopfPeering")]
     assert {o["metadata"]["name"] for o in peering_objects} == ({peering} if peering else set())
 

@@ -246,22 +246,25 @@ def test_a_missing_status_verb_shows_in_the_log_and_metrics(k8s_cluster, k8s_nam
 
 def test_two_replicas_one_active_then_the_standby_takes_over(k8s_cluster, k8s_namespace, release, tmp_path):
     """HA as the chart runs it: two operators as the chart's ServiceAccount share the KopfPeering; the one with
-    the higher priority reconciles, the other stands by and takes over when the first stops."""
+    the higher priority reconciles, the other stands by and takes over when the first one dies (SIGKILL: no
+    goodbye, so the standby waits out the chart's peering lifetime)."""
     ns, full = k8s_namespace, f"{release}-hdc-operator"
-    install(k8s_cluster, ns, release, "--set-json", f'watchNamespaces=["{ns}"]')
+    install(k8s_cluster, ns, release, "--set-json", f'watchNamespaces=["{ns}"]', "--set", "peering.lifetimeSeconds=10")
     active = operator_as_chart(k8s_cluster, ns, full, tmp_path, "a", HDC_OPERATOR_PRIORITY="200").start()
     standby = operator_as_chart(k8s_cluster, ns, full, tmp_path, "b", HDC_OPERATOR_PRIORITY="100").start()
     try:
         peering = wait_for(lambda: (lambda s: s if {f"{full}-a", f"{full}-b"} <= set(s) else None)(
             (get_json(k8s_cluster, "kopfpeering", full, "-n", ns).get("status") or {})), 60, "both peers", standby)
         assert peering[f"{full}-a"]["priority"] == 200 and peering[f"{full}-b"]["priority"] == 100
+        assert peering[f"{full}-a"]["lifetime"] == 10, peering  # peering.lifetimeSeconds reached kopf
         apply_workload(k8s_cluster, ns, "first")
         wait_for(lambda: reconciled(k8s_cluster, ns, "first"), 90, "first reconciled", active)
         assert active.writes() > 0 and standby.writes() == 0, (active.writes(), standby.writes())
         # kopf starts a peer paused and logs when it resumes: only the active one has
         assert "Resuming operations" in active.log() and "Resuming operations" not in standby.log()
 
-        active.stop()  # a graceful stop removes its keep-alive: the standby resumes
+        active.proc.kill()  # a crash: its keep-alive stays until it expires
+        active.proc.wait(10)
         wait_for(lambda: "Resuming operations" in standby.log(), 90, "the standby to resume", standby)
         apply_workload(k8s_cluster, ns, "second")
         wait_for(lambda: reconciled(k8s_cluster, ns, "second"), 90, "second reconciled by the standby", standby)

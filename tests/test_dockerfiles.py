@@ -421,7 +421,7 @@ def image_site_packages(target: pathlib.Path) -> pathlib.Path:
 
 IMPORT_PROBE = r'''
 import json, sys
-from hdc_operator import main, handlers, reconcile, apply, status, metrics  # noqa: F401
+from hdc_operator import main, handlers, reconcile, apply, status, metrics, scaling, metrics_source  # noqa: F401
 from hd_compute.monitoring.logging import configure_logging  # what main.run_operator imports
 import kopf, structlog  # noqa: F401
 from hdc_operator.builders import Capabilities, build_children
