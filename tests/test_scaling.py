@@ -367,3 +367,24 @@ def test_status_fields_and_condition():
     spec_cap = ScalerConfig(target_ops_per_replica=250.0)
     d = decide(1, obs(100.0, capacity=None), spec_cap, History(), NOW)
     assert status_fields(d, obs(100.0, capacity=None), 1, "t")["observedCapacityOpsPerSec"] == 250.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), config=configs, demand=demands, capacity=st.floats(1, 1e4), ready=st.integers(1, 60),
+       missing=st.integers(1, 60))
+def test_partial_metrics_never_scale_down(data, config, demand, capacity, ready, missing):
+    """Fewer replicas report than are ready: the demand is a lower bound, so no scale-down from it."""
+    history, current = data.draw(histories(config))
+    current = min(max(current, config.min_replicas), config.max_replicas)
+    reporting = max(0, ready - missing)
+    d = decide(current, obs(demand, capacity, reporting=reporting), config, history, NOW, ready_replicas=ready)
+    assert d.desired_replicas >= current
+
+
+def test_partial_metrics_still_scale_up():
+    cfg = ScalerConfig(max_replicas=50)
+    low = decide(10, obs(100.0, reporting=2), cfg, History(), NOW, ready_replicas=10)
+    assert low.desired_replicas == 10 and "only 2 of 10 ready replicas report" in low.message
+    assert decide(10, obs(100.0, reporting=10), cfg, History(), NOW, ready_replicas=10).desired_replicas == 2
+    high = decide(10, obs(1400.0, reporting=2), cfg, History(), NOW, ready_replicas=10)
+    assert high.desired_replicas == 20

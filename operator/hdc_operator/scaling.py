@@ -436,11 +436,13 @@ def record_scale(history: History, previous: int, new: int, behavior: Behavior, 
 
 
 def decide(current_replicas: int, observation: Observation | None, config: ScalerConfig, history: History,
-           now: float) -> Decision:
+           now: float, *, ready_replicas: int | None = None) -> Decision:
     """Desired replicas for a workload now. Pure: everything it needs comes in, the new history goes out.
 
     The caller scales to `desired_replicas` and keeps `history` for the next call (it already contains the
-    scale event when desired != current).
+    scale event when desired != current). `ready_replicas` (the Deployment's ready pods), when given, guards
+    against partial data: if fewer replicas report metrics than are ready, the summed demand misses some of
+    them, so the recommendation is never below the current replicas (scale-up only).
     """
     if isinstance(current_replicas, bool) or not isinstance(current_replicas, int) or current_replicas < 0:
         raise ValueError(f"current_replicas must be a non-negative integer, got {current_replicas!r}")
@@ -468,6 +470,13 @@ def decide(current_replicas: int, observation: Observation | None, config: Scale
     target = config.per_replica_target(observation.capacity_ops_per_second)
     assert target is not None and target > 0
     raw, within = raw_recommendation(estimate, target, current_replicas, config.tolerance_percent)
+    reporting = observation.replicas_reporting
+    partial = (isinstance(ready_replicas, int) and not isinstance(ready_replicas, bool)
+               and (not _finite(reporting) or reporting < ready_replicas))
+    if partial and raw < current_replicas:
+        raw = current_replicas
+        note = "; ".join(x for x in (note, f"only {reporting} of {ready_replicas} ready replicas report: no scale-down")
+                         if x)
     desired, reason, history = apply_behavior(current_replicas, raw, lo, hi, config.behavior, history, now)
     if reason == "DesiredWithinRange":
         if within:

@@ -172,7 +172,7 @@ def simulate(cfg: SimConfig, trace: Trace, scaler: str, tuning: dict[str, Any] |
                                       * trace.recent_noise[t // cfg.sync_period_s])
                     obs = Observation(rate, last[3] if last[2] else None, float(last[0]), last[2],
                                       recent_demand_ops_per_second=recent)
-                    decision = decide(current, obs, config, history, float(t))
+                    decision = decide(current, obs, config, history, float(t), ready_replicas=len(ready))
                     desired, history = decision.desired_replicas, decision.history
                 else:
                     desired, history = (current, history) if rate is None else _hpa_step(
