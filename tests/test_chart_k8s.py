@@ -156,7 +156,10 @@ def test_operator_reconciles_with_exactly_the_charts_permissions(k8s_cluster, k8
                                                                   scope):
     ns, full = k8s_namespace, f"{release}-hdc-operator"
     args = ["--set-json", f'watchNamespaces=["{ns}"]'] if scope == "namespace" else []
-    install(k8s_cluster, ns, release, *args)
+    notes = install(k8s_cluster, ns, release, *args).stdout
+    assert (f"It reconciles HDCWorkloads in: {ns} (a Role in each)" if scope == "namespace"
+            else "in every namespace") in notes, notes
+    assert "no ServiceMonitor was created" not in notes  # the cluster serves monitoring.coreos.com/v1
     operator = operator_as_chart(k8s_cluster, ns, full, tmp_path).start()
     try:
         apply_workload(k8s_cluster, ns, "demo")
