@@ -26,6 +26,7 @@ KUBE_VERSION = "1.36.0"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 CHART_CORE_SCHEMAS = ("serviceaccount-v1", "clusterrole-rbac-v1", "clusterrolebinding-rbac-v1", "role-rbac-v1",
                       "rolebinding-rbac-v1", "service-v1", "configmap-v1", "deployment-apps-v1",
+                      "poddisruptionbudget-policy-v1",
                       "customresourcedefinition-apiextensions-v1")
 
 
@@ -301,6 +302,14 @@ def test_the_operator_reads_the_charts_settings(values, namespaces, peering):
             cfg.liveness_port, cfg.peering_lifetime_s) == (namespaces, peering, "DEBUG", 30.0, 8, 9100, 9101, 20)
     peering_objects = [o for o in render(values) if o["kind"] in ("KopfPeering", "ClusterKopfPeering")]
     assert {o["metadata"]["name"] for o in peering_objects} == ({peering} if peering else set())
+
+
+def test_pod_disruption_budget_keeps_a_peer_only_when_there_are_two():
+    pdb = find(render({}), "PodDisruptionBudget")[0]
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {
+        "app.kubernetes.io/name": "hdc-operator", "app.kubernetes.io/instance": "hdc"}}}
+    assert not find(render({"replicaCount": 1, "peering.enabled": False}), "PodDisruptionBudget")
+    assert not find(render({"podDisruptionBudget.enabled": False}), "PodDisruptionBudget")
 
 
 def test_service_monitor_only_where_the_api_is_served():

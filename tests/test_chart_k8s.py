@@ -78,6 +78,7 @@ def test_install_upgrade_uninstall(k8s_cluster, k8s_namespace, release):
     assert get_json(k8s_cluster, "clusterkopfpeering", full)
     assert get_json(k8s_cluster, "service", f"{full}-metrics", "-n", ns)
     assert get_json(k8s_cluster, "configmap", f"{full}-dashboards", "-n", ns)
+    assert get_json(k8s_cluster, "poddisruptionbudget", full, "-n", ns)["spec"]["maxUnavailable"] == 1
     # the cluster serves monitoring.coreos.com/v1 (hack/cluster.sh installs the CRDs): the ServiceMonitor exists
     assert get_json(k8s_cluster, "servicemonitor", full, "-n", ns)
     # the ReplicaSet's pods were admitted under the restricted Pod Security Standard
