@@ -141,3 +141,19 @@ def test_cli_refuses_bad_settings_and_missing_kubeconfig(tmp_path):
     none = subprocess.run([sys.executable, "-m", "hdc_operator.main", "--metrics-port", "0"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert none.returncode == 2 and "no usable Kubernetes configuration" in none.stderr
+
+
+def test_peering_rule_matches_kopf():
+    import datetime as dt
+
+    from hdc_operator.reconcile import outranked
+
+    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
+    alive = {"priority": 20, "lifetime": 60, "lastseen": "2026-11-28T11:59:30+00:00"}
+    dead = {"priority": 20, "lifetime": 60, "lastseen": "2026-11-28T11:58:00+00:00"}
+    assert outranked({"me": {"priority": 10}, "other": alive}, "me", 10, now)
+    assert not outranked({"other": alive}, "me", 30, now)
+    assert not outranked({"other": alive}, "me", 20, now)  # equal: kopf warns, both run
+    assert not outranked({"other": dead}, "me", 10, now)
+    assert not outranked({"other": None, "x": {"lastseen": "garbage"}}, "me", 10, now)
+    assert not outranked(None, "me", 10, now)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import pathlib
 import subprocess
 import time
@@ -496,3 +497,19 @@ def test_operator_needs_only_its_rbac(crd_installed, cpu_node, k8s_namespace, ap
         assert "Forbidden" not in log and " 403" not in log, log[-4000:]
     finally:
         proc.stop()
+
+
+def test_deleting_a_namespace_with_workloads_is_not_blocked(crd_installed, cpu_node, api, tmp_path):
+    ns = "t-ns-deletion-" + os.urandom(3).hex()
+    kubectl(crd_installed, "create", "namespace", ns)
+    proc = start_operator(crd_installed, tmp_path, ns)
+    try:
+        apply(crd_installed, workload("short", ns, resources={"gpus": 0}))
+        wait_for(running(api, ns, "short", 1), 60, "short Running", proc)
+        assert not hdcw(api, ns, "short")["metadata"].get("finalizers")
+        kubectl(crd_installed, "delete", "namespace", ns, "--wait=false")
+        wait_for(lambda: api.get("v1", "namespaces", None, ns) is None, 120, "the namespace gone", proc)
+        assert proc.alive()
+    finally:
+        proc.stop()
+        kubectl(crd_installed, "delete", "namespace", ns, "--wait=false", check=False)

@@ -1,19 +1,20 @@
-"""kopf glue only: watch caches (indices), events that queue a reconcile, the resync timer, start and stop.
+"""kopf glue only: watch caches (indices), events that queue a reconcile, start and stop.
 
 Nothing here decides anything: reconcile.py does the work, apply.py the writes, status.py the status.
 Handlers are registered on an explicit registry by `register(registry, config)` so the settings (resync
 interval, scope) are plain arguments instead of import-time globals.
 
-kopf itself writes nothing to an idle object: no create/update/resume handlers (no diff-base annotation, no
-progress storage); the resync timer needs kopf's finalizer (`hdcompute.io/operator`), added once per workload
-and removed on its deletion; kopf's own k8s Event posting is off (the operator posts its own Events).
+kopf itself writes nothing to a workload: there are no create/update/resume handlers (no diff-base annotation,
+no progress storage) and no kopf timers or daemons (they would need a finalizer on every workload, and kopf stops
+serving a namespace once it terminates, so its workloads' finalizers would never be removed). The periodic
+resync is the reconciler's own loop, which follows kopf's peering rule (reconcile.outranked) so that a paused
+replica stays idle. kopf's own k8s Event posting is off (the operator posts its own Events).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import random
+import datetime as dt
 from collections.abc import Mapping
 
 import kopf
@@ -21,8 +22,9 @@ import kopf
 from .apply import (CHILD_KINDS, GROUP, MANAGED_BY, PLURAL, VERSION, WORKLOAD_LABEL, CapabilityCache, KubeApi)
 from .config import OperatorConfig
 from .metrics import OperatorMetrics
-from .reconcile import Caches, Reconciler, controller_uid
+from .reconcile import Caches, Reconciler, controller_uid, outranked
 
+# No handler needs a finalizer; naming kopf's lets it remove the one earlier versions of the operator added.
 FINALIZER = "hdcompute.io/operator"
 MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 
@@ -54,8 +56,9 @@ def slim_pod(body) -> dict:
                           "status": {k: status[k] for k in keep if k in status}})
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client, metrics: OperatorMetrics) -> None:
-    """Registers every handler of the operator on `registry`."""
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client, metrics: OperatorMetrics,
+             identity: str) -> None:
+    """Registers every handler of the operator on `registry`; `identity` is this process's kopf peering id."""
     watched = [kind for kind in CHILD_KINDS if kind.watched]
     child_index_ids = [f"hdc_children_{kind.plural}" for kind in watched]
 
@@ -77,7 +80,25 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         reconciler = Reconciler(api, CapabilityCache(api, ttl_s=config.capability_ttl_s), caches, metrics,
                                 workers=config.workers, backoff_base_s=config.backoff_base_s,
                                 backoff_max_s=config.backoff_max_s)
-        reconciler.start()
+
+        async def paused_namespaces() -> set[str] | None:
+            """Namespaces where a higher-priority peer is active (kopf peering), read from the peering objects."""
+            if not config.peering:
+                return set()
+            now = dt.datetime.now(dt.timezone.utc)
+            if config.clusterwide:
+                obj = await reconciler._io(api.get, "kopf.dev/v1", "clusterkopfpeerings", None, config.peering)
+                if obj is None:
+                    return None
+                return {"*"} if outranked(obj.get("status"), identity, config.priority, now) else set()
+            paused = set()
+            for namespace in config.namespaces:
+                obj = await reconciler._io(api.get, "kopf.dev/v1", "kopfpeerings", namespace, config.peering)
+                if obj is None or outranked(obj.get("status"), identity, config.priority, now):
+                    paused.add(namespace)
+            return paused
+
+        reconciler.start(reconciler.resync_forever(config.resync_interval_s, config.resync_jitter, paused_namespaces))
         memo.reconciler = reconciler
 
     @kopf.on.cleanup(registry=registry)
@@ -128,18 +149,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         if type == "DELETED":
             reconciler.forget((namespace, name))
         else:
-            reconciler.enqueue((namespace, name))
-
-    interval = config.resync_interval_s
-    jitter = config.resync_jitter
-
-    @kopf.timer(GROUP, VERSION, PLURAL, id="hdc_resync", interval=interval,
-                initial_delay=lambda **_: random.uniform(0, interval), registry=registry)
-    async def resync(namespace: str, name: str, memo: kopf.Memo, **_):
-        """Level-based resync: re-reconcile from the caches (writes only when something drifted)."""
-        await asyncio.sleep(random.uniform(0, jitter * interval))
-        reconciler = getattr(memo, "reconciler", None)
-        if reconciler is not None:
             reconciler.enqueue((namespace, name))
 
     @kopf.on.probe(id="reconcile_queue", registry=registry)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
+import socket
 import sys
 from typing import Optional
 
@@ -66,12 +68,13 @@ def run_operator(cfg: OperatorConfig) -> None:
     def login(**kwargs):
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
-    register(registry, cfg, api_client, metrics)
+    identity = f"hdc-operator@{socket.gethostname()}/{os.getpid()}-{secrets.token_hex(3)}"
+    register(registry, cfg, api_client, metrics, identity)
     liveness = f"http://0.0.0.0:{cfg.liveness_port}/healthz" if cfg.liveness_port else None
     log.info("operator_starting", namespaces=list(cfg.namespaces) or "all", metrics_port=metrics_port,
              liveness=liveness, resync_interval_s=cfg.resync_interval_s, peering=cfg.peering or None,
              priority=cfg.priority if cfg.peering else None, prometheus_url=cfg.prometheus_url or None)
-    kwargs = dict(registry=registry, liveness_endpoint=liveness, standalone=not cfg.peering,
+    kwargs = dict(registry=registry, liveness_endpoint=liveness, standalone=not cfg.peering, identity=identity,
                   peering_name=cfg.peering or None, priority=cfg.priority)
     if cfg.namespaces:
         kwargs["namespaces"] = list(cfg.namespaces)

@@ -16,7 +16,7 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -94,6 +94,7 @@ class Reconciler:
         self._written: dict[Key, tuple[str, str, dict]] = {}  # key -> (rv before, rv after, status) of our write
         self._tasks: list[asyncio.Task] = []
         self.known: set[Key] = set()
+        self.paused_namespaces: set[str] = set()
 
     # -- the queue -------------------------------------------------------------------------------------------
     def enqueue(self, key: Key) -> None:
@@ -117,7 +118,38 @@ class Reconciler:
 
     def _fire_retry(self, key: Key) -> None:
         self._retry_at.pop(key, None)
-        if key in self.known:
+        if key in self.known and not self.is_paused(key[0]):
+            self.enqueue(key)
+
+    def is_paused(self, namespace: str) -> bool:
+        return "*" in self.paused_namespaces or namespace in self.paused_namespaces
+
+    async def resync_forever(self, interval_s: float, jitter: float,
+                             paused: Callable[[], Awaitable[set[str] | None]] | None = None) -> None:
+        """Level-based resync: every interval, queue every known workload, each after a random share of
+        jitter * interval (so a thousand workloads do not all reconcile in the same second).
+
+        `paused()` names the namespaces in which a peer with a higher priority is active (kopf peering; "*" for
+        all): their workloads are left to it. None from it means "unknown this time": nothing is queued.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            if paused is not None:
+                try:
+                    found = await paused()
+                except Exception as exc:  # e.g. the API server is away: skip this round, the next one retries
+                    log.info("resync_skipped", error=str(exc))
+                    continue
+                if found is None:
+                    continue
+                self.paused_namespaces = found
+            for key in list(self.known):
+                if not self.is_paused(key[0]):
+                    loop.call_later(random.uniform(0, jitter * interval_s), self._resync_one, key)
+
+    def _resync_one(self, key: Key) -> None:
+        if key in self.known and not self.is_paused(key[0]):
             self.enqueue(key)
 
     def forget(self, key: Key) -> None:
@@ -130,8 +162,10 @@ class Reconciler:
         if handle is not None:
             handle.cancel()
 
-    def start(self) -> None:
+    def start(self, *background) -> None:
+        """Starts the workers, and any extra coroutines (the resync loop) that live as long as they do."""
         self._tasks = [asyncio.create_task(self._worker(), name=f"hdc-reconcile-{i}") for i in range(self.workers)]
+        self._tasks += [asyncio.create_task(coro) for coro in background]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -368,6 +402,25 @@ class Reconciler:
                               f"Deployment {name} scaled {direction} from {old_replicas} to {desired_replicas} replicas")
 
 
+def outranked(peers: Mapping | None, own_identity: str, own_priority: int, now: dt.datetime) -> bool:
+    """kopf's peering rule: a live peer (lastseen + lifetime in the future) with a higher priority is active,
+    so this operator pauses. `peers` is the status of a (Cluster)KopfPeering object: identity -> {priority,
+    lifetime, lastseen}. Equal priorities do not pause (kopf warns and both run)."""
+    for identity, info in (peers or {}).items():
+        if identity == own_identity or not isinstance(info, Mapping):
+            continue
+        try:
+            lastseen = dt.datetime.fromisoformat(str(info["lastseen"]))
+            if lastseen.tzinfo is None:
+                lastseen = lastseen.replace(tzinfo=dt.timezone.utc)
+            alive = lastseen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
+            if alive and int(info.get("priority", 0)) > own_priority:
+                return True
+        except (KeyError, TypeError, ValueError):
+            continue
+    return False
+
+
 def workload_of(labels: Mapping | None) -> str | None:
     """The owning workload's name from a child's or pod's labels."""
     return (labels or {}).get(WORKLOAD_LABEL)
@@ -381,5 +434,5 @@ def controller_uid(meta: Mapping) -> str | None:
     return None
 
 
-__all__ = ["Reconciler", "Caches", "workload_of", "controller_uid"]
+__all__ = ["Reconciler", "Caches", "workload_of", "controller_uid", "outranked"]
 
