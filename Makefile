@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: install tools test test-gpu bench demo demo-engine clean cluster-up cluster-down
+.PHONY: install tools test test-gpu bench bench-operator demo demo-engine clean cluster-up cluster-down
 
 # Installs the package (editable, with the compiled CPU kernels) and its test/bench extras into .venv.
 # torch is large: the first run downloads it once into pip's cache (~/.cache/pip), later runs reuse it.
@@ -50,6 +50,13 @@ test-gpu: install
 bench: install
 	@mkdir -p $(OUT)
 	$(VENV)/bin/hdc-bench --kernels --json $(OUT)/bench.json --plot $(OUT)/bench.png --markdown $(OUT)/bench.md
+
+# The operator on the local control plane: reconcile latency over 100 workloads vs direct applies, then 1,000
+# workloads (time to all Running, operator peak RSS, API writes per idle minute); writes $(OUT)/bench-operator.json.
+bench-operator: install tools
+	@mkdir -p $(OUT)
+	@KUBECONFIG=$$(hack/cluster.sh up | tail -1 | sed 's/^export KUBECONFIG=//') && \
+	$(PY) benchmarks/operator/bench_operator.py --kubeconfig "$$KUBECONFIG" --json $(OUT)/bench-operator.json
 
 # The main job: the local control plane with fake GPU nodes, the operator, one real worker process per pod,
 # Prometheus with the operator's rules, an example HDCWorkload under load, and a live status table (hdcctl dev
