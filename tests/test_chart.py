@@ -175,7 +175,7 @@ def expected_namespaced_rules() -> dict[tuple[str, str], set[str]]:
     from hdc_operator.apply import CHILD_KINDS, GROUP, PLURAL
 
     table: dict[tuple[str, str], set[str]] = {
-        (GROUP, PLURAL): {"list", "watch", "patch"},  # kopf index/events; kopf's finalizer
+        (GROUP, PLURAL): {"list", "watch", "patch"},  # kopf index/events; kopf's finalizer handling
         (GROUP, f"{PLURAL}/status"): {"patch"},  # KubeApi.patch_status
         ("", "pods"): {"list", "watch"},  # the hdc_pods index
         ("", "events"): {"create"},  # KubeApi.post_event
@@ -192,7 +192,7 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_calls():
     objects = render({})
     roles = find(objects, "ClusterRole")
     main = find(objects, "ClusterRole", "hdc-hdc-operator")[0]
-    expected = expected_namespaced_rules() | {("kopf.dev", "clusterkopfpeerings"): {"list", "watch", "patch"}}
+    expected = expected_namespaced_rules() | {("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
     assert rules_table(main["rules"]) == expected
     observer = find(objects, "ClusterRole", "hdc-hdc-operator-observer")[0]
     assert rules_table(observer["rules"]) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
@@ -208,7 +208,7 @@ def test_namespaced_rbac_writes_only_in_the_watched_namespaces():
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert rules_table(role["rules"]) == expected_namespaced_rules() | {
-            ("kopf.dev", "kopfpeerings"): {"list", "watch", "patch"}}
+            ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
     bindings = find(objects, "RoleBinding")
     assert sorted((b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in bindings) == [
         ("team-a", "Role"), ("team-b", "Role")]
@@ -235,7 +235,7 @@ def test_the_plain_manifests_grant_the_same_namespaced_rules():
              ("kopf.dev", "clusterkopfpeerings")}
     assert {k: v for k, v in table.items() if k not in extra} == expected_namespaced_rules()
     assert all(table[k] == {"list", "watch"} for k in extra if k[0] != "kopf.dev")
-    assert all(table[k] == {"list", "watch", "patch"} for k in extra if k[0] == "kopf.dev")
+    assert all(table[k] == {"get", "list", "watch", "patch"} for k in extra if k[0] == "kopf.dev")
 
 
 def test_rbac_create_false_renders_no_rbac():
@@ -273,8 +273,6 @@ def test_operator_deployment_shape():
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8081, "healthz": 8082}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
-    pod_id = next(e for e in container["env"] if e["name"] == "POD_ID")
-    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # kopf's peer identity
     # the Service and ServiceMonitor reach the metrics port
     service = find(objects, "Service")[0]
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -295,8 +293,9 @@ def test_the_operator_reads_the_charts_settings(values, namespaces, peering):
 
     values = {"operator.logLevel": "DEBUG", "operator.resyncIntervalSeconds": 30, "operator.workers": 8,
               "metrics.port": 9100, "livenessPort": 9101, "peering.lifetimeSeconds": 20, **values}
+    container = find(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     env = container_env(find(render(values), "Deployment")[0])
-    assert all(name.startswith("HDC_OPERATOR_") for name in env), env
+    assert all(e["name"].startswith("HDC_OPERATOR_") for e in container["env"]), container["env"]
     cfg = load_config({}, env=env)
     assert (cfg.namespaces, cfg.peering, cfg.log_level, cfg.resync_interval_s, cfg.workers, cfg.metrics_port,
             cfg.liveness_port, cfg.peering_lifetime_s) == (namespaces, peering, "DEBUG", 30.0, 8, 9100, 9101, 20)

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import pathlib
+import re
 import subprocess
 import threading
 import urllib.parse
@@ -21,7 +22,7 @@ import yaml
 
 from operator_process import OperatorProcess
 from test_chart import CHART, helm
-from test_operator_k8s import kubectl, wait_for
+from test_operator_k8s import kubectl, kubectl_bin, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -133,10 +134,15 @@ def operator_as_chart(cluster, namespace: str, full: str, tmp_path: pathlib.Path
     """The operator with the chart's Deployment environment, authenticated as the chart's ServiceAccount."""
     chart_env = deployment_env(get_json(cluster, "deployment", full, "-n", namespace))
     kubeconfig = service_account_kubeconfig(cluster, namespace, full, tmp_path / f"sa-{pod}.kubeconfig")
-    chart_env.update({"POD_ID": f"{full}-{pod}", "HDC_OPERATOR_RESYNC_INTERVAL": "5", **env})
+    chart_env.update({"HDC_OPERATOR_RESYNC_INTERVAL": "5", **env})
     workdir = tmp_path / pod
     workdir.mkdir()
     return OperatorProcess(str(kubeconfig), workdir, **chart_env)
+
+
+def peer_of(operator: OperatorProcess, peers: dict) -> dict | None:
+    """The keep-alive of this operator process in a peering object's status (identity: hdc-operator@host/pid-...)."""
+    return next((v for k, v in peers.items() if f"/{operator.proc.pid}-" in k), None)
 
 
 def apply_workload(cluster, namespace: str, name: str) -> None:
@@ -168,16 +174,15 @@ def test_operator_reconciles_with_exactly_the_charts_permissions(k8s_cluster, k8
         for kind in CHILD_KINDS:
             assert get_json(k8s_cluster, kind, "demo", "-n", ns), f"{kind} demo was not created"
         assert get_json(k8s_cluster, "configmap", "demo-dashboards", "-n", ns)
-        assert "hdcompute.io/operator" in w["metadata"].get("finalizers", []), "kopf's finalizer (patch) missing"
         assert w["status"]["selector"]
         # kopf peering works with these permissions: our keep-alive is in the chart's peering object
         peering = (get_json(k8s_cluster, "kopfpeering", full, "-n", ns) if scope == "namespace"
                    else get_json(k8s_cluster, "clusterkopfpeering", full))
-        assert f"{full}-local" in (peering.get("status") or {}), peering
+        assert peer_of(operator, peering.get("status") or {}), peering
         # drift: a child deleted by hand comes back (delete + create through the chart's Role)
         kubectl(k8s_cluster, "delete", "service", "demo", "-n", ns)
         wait_for(lambda: get_json(k8s_cluster, "service", "demo", "-n", ns), 60, "service restored", operator)
-        # deleting the workload: kopf removes its finalizer (patch) and the workload goes
+        # deleting the workload: it goes (with kopf's finalizer, which kopf removes by a patch, if it has one)
         kubectl(k8s_cluster, "delete", "hdcw", "demo", "-n", ns, "--wait=false")
         wait_for(lambda: get_json(k8s_cluster, "hdcw", "demo", "-n", ns) is None, 60, "workload deleted", operator)
         assert operator.alive()
@@ -257,10 +262,10 @@ def test_two_replicas_one_active_then_the_standby_takes_over(k8s_cluster, k8s_na
     active = operator_as_chart(k8s_cluster, ns, full, tmp_path, "a", HDC_OPERATOR_PRIORITY="200").start()
     standby = operator_as_chart(k8s_cluster, ns, full, tmp_path, "b", HDC_OPERATOR_PRIORITY="100").start()
     try:
-        peering = wait_for(lambda: (lambda s: s if {f"{full}-a", f"{full}-b"} <= set(s) else None)(
+        peering = wait_for(lambda: (lambda s: s if peer_of(active, s) and peer_of(standby, s) else None)(
             (get_json(k8s_cluster, "kopfpeering", full, "-n", ns).get("status") or {})), 60, "both peers", standby)
-        assert peering[f"{full}-a"]["priority"] == 200 and peering[f"{full}-b"]["priority"] == 100
-        assert peering[f"{full}-a"]["lifetime"] == 10, peering  # peering.lifetimeSeconds reached kopf
+        assert peer_of(active, peering)["priority"] == 200 and peer_of(standby, peering)["priority"] == 100
+        assert peer_of(active, peering)["lifetime"] == 10, peering  # peering.lifetimeSeconds reached kopf
         apply_workload(k8s_cluster, ns, "first")
         wait_for(lambda: reconciled(k8s_cluster, ns, "first"), 90, "first reconciled", active)
         assert active.writes() > 0 and standby.writes() == 0, (active.writes(), standby.writes())
@@ -335,3 +340,127 @@ def test_prometheus_adapter_loads_the_charts_rules(k8s_cluster, tmp_path):
     broken = run_adapter(k8s_cluster, config.replace("metricsQuery", "metricsQuerx"), tmp_path, "http://127.0.0.1:1/")
     assert broken.wait(60) != 0
     assert "field metricsQuerx not found" in (tmp_path / "adapter.log").read_text()
+
+
+# --- every granted verb is used: the operator's API calls recorded through kubectl proxy --------------------------
+
+RESPONSE_LINE = re.compile(r'"Response" verb="(\w+)" url="([^"]+)" status="(\d+)')
+
+
+def api_call(method: str, url: str, status: int) -> list[tuple[str, str, str]]:
+    """A recorded request -> the (apiGroup, resource, verb) RBAC checked for it ([] for discovery and the like)."""
+    parsed = urllib.parse.urlparse(url)
+    parts = parsed.path.strip("/").split("/")
+    if parts[0] == "api" and len(parts) >= 3:
+        group, rest = "", parts[2:]
+    elif parts[0] == "apis" and len(parts) >= 4:
+        group, rest = parts[1], parts[3:]
+    else:
+        return []  # /api, /apis, /version, /apis/<group>/<version>: discovery, allowed to everyone
+    if rest[0] == "namespaces" and len(rest) >= 3:
+        rest = rest[2:]  # a namespaced resource (a bare namespaces/<name> is the namespace itself)
+    resource, name = rest[0], rest[1] if len(rest) > 1 else None
+    if len(rest) > 2:
+        resource = f"{resource}/{rest[2]}"
+    watch = "watch=true" in parsed.query or "watch=1" in parsed.query
+    verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PUT": "update",
+            "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}[method]
+    calls = [(group, resource, verb)]
+    if method == "PATCH" and status == 201:  # a server-side apply that created the object: RBAC checked create
+        calls.append((group, resource, "create"))
+    return calls
+
+
+def test_api_call_mapping():
+    assert api_call("GET", "https://h/apis/apps/v1/namespaces/n/deployments?labelSelector=x&watch=true", 200) == [
+        ("apps", "deployments", "watch")]
+    assert api_call("PATCH", "https://h/api/v1/namespaces/n/services/w?fieldManager=x", 201) == [
+        ("", "services", "patch"), ("", "services", "create")]
+    assert api_call("PATCH", "https://h/apis/hdcompute.io/v1alpha1/namespaces/n/hdcworkloads/w/status", 200) == [
+        ("hdcompute.io", "hdcworkloads/status", "patch")]
+    assert api_call("GET", "https://h/api/v1/namespaces", 200) == [("", "namespaces", "list")]
+    assert api_call("GET", "https://h/apis/monitoring.coreos.com/v1", 200) == []
+
+
+def granted(cluster, namespace: str, full: str) -> set[tuple[str, str, str]]:
+    roles = [get_json(cluster, "role", full, "-n", namespace), get_json(cluster, "clusterrole", f"{full}-observer")]
+    return {(g, r, v) for role in roles for rule in role["rules"] for g in rule["apiGroups"]
+            for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_path):
+    """Least privilege, measured: the operator, as the chart's ServiceAccount, talks to the API server through a
+    `kubectl proxy` that logs every request. Over a workload's life (created with every kind of child, edited by
+    hand, its children pruned one kind after another, deleted) it uses every verb the chart grants, except
+    `delete` of Deployments and Services: the builders always want those two, so pruning (which is per kind in
+    the code) never reaches them."""
+    from worker_process import free_port
+
+    ns, full = k8s_namespace, f"{release}-hdc-operator"
+    install(k8s_cluster, ns, release, "--set-json", f'watchNamespaces=["{ns}"]')
+    sa_kubeconfig = service_account_kubeconfig(k8s_cluster, ns, full, tmp_path / "sa.kubeconfig")
+    port = free_port()
+    proxy_log = tmp_path / "proxy.log"
+    proxy = subprocess.Popen([kubectl_bin(), "--kubeconfig", str(sa_kubeconfig), "proxy", f"--port={port}", "-v=6"],
+                             stdout=subprocess.DEVNULL, stderr=open(proxy_log, "wb"))
+    operator = None
+    try:
+        plain = tmp_path / "proxy.kubeconfig"
+        plain.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "proxy",
+            "clusters": [{"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+            "users": [{"name": "proxy", "user": {}}],
+            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}]}))
+        wait_for(lambda: kubectl(k8s_cluster, "--kubeconfig", str(plain), "get", "hdcw", "-n", ns,
+                                 check=False).returncode == 0, 30, "kubectl proxy")
+        env = deployment_env(get_json(k8s_cluster, "deployment", full, "-n", ns))
+        env.update({"HDC_OPERATOR_RESYNC_INTERVAL": "3"})
+        (tmp_path / "op").mkdir()
+        operator = OperatorProcess(str(plain), tmp_path / "op", **env).start()
+
+        name = "full"
+        body = {**WORKLOAD, "metadata": {"name": name, "namespace": ns}}
+        body["spec"] = {**body["spec"], "persistence": {"enabled": True, "size": "1Gi"},
+                        "autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}}
+        kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(body))
+        kinds = ("deployment", "service", "configmap", "persistentvolumeclaim", "poddisruptionbudget",
+                 "horizontalpodautoscaler", "servicemonitor", "prometheusrule")
+        names = {"configmap": f"{name}-dashboards", "persistentvolumeclaim": f"{name}-state"}
+        wait_for(lambda: reconciled(k8s_cluster, ns, name), 90, "first reconcile", operator)
+        claims = get_json(k8s_cluster, "persistentvolumeclaims", "-n", ns)["items"]
+        assert claims, "no PersistentVolumeClaim was created"
+        names["persistentvolumeclaim"] = claims[0]["metadata"]["name"]
+        # drift: a label of ours removed by hand from every child is restored (a patch of each kind)
+        label = "app.kubernetes.io/component"
+        for kind in kinds:
+            kubectl(k8s_cluster, "label", kind, names.get(kind, name), "-n", ns, f"{label}-")
+        for kind in kinds:
+            wait_for(lambda: label in get_json(k8s_cluster, kind, names.get(kind, name), "-n", ns)["metadata"]
+                     ["labels"], 60, f"{kind} label restored", operator)
+        # pruning: every optional child turned off
+        kubectl(k8s_cluster, "patch", "hdcw", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {
+            "autoscaling": {"mode": "none"}, "podDisruptionBudget": {"enabled": False},
+            "monitoring": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False},
+                           "dashboards": {"enabled": False}}}}))
+        for kind in ("horizontalpodautoscaler", "poddisruptionbudget", "servicemonitor", "prometheusrule"):
+            wait_for(lambda: get_json(k8s_cluster, kind, name, "-n", ns) is None, 60, f"{kind} pruned", operator)
+        wait_for(lambda: get_json(k8s_cluster, "configmap", f"{name}-dashboards", "-n", ns) is None, 60,
+                 "dashboards pruned", operator)
+        # deletion, with kopf's finalizer on the workload (earlier operator versions added it): kopf removes it
+        kubectl(k8s_cluster, "patch", "hdcw", name, "-n", ns, "--type=merge", "-p",
+                '{"metadata":{"finalizers":["hdcompute.io/operator"]}}')
+        kubectl(k8s_cluster, "delete", "hdcw", name, "-n", ns, "--wait=false")
+        wait_for(lambda: get_json(k8s_cluster, "hdcw", name, "-n", ns) is None, 60, "workload deleted", operator)
+        assert "Forbidden" not in operator.log()
+    finally:
+        if operator is not None:
+            operator.stop()
+        proxy.terminate()
+        proxy.wait(10)
+
+    used = {call for match in RESPONSE_LINE.finditer(proxy_log.read_text())
+            for call in api_call(match.group(1), match.group(2), int(match.group(3)))}
+    assert used, "the proxy recorded no request"
+    grants = granted(k8s_cluster, ns, full)
+    assert used - grants == set(), f"calls the chart does not grant: {sorted(used - grants)}"
+    assert grants - used == {("apps", "deployments", "delete"), ("", "services", "delete")}, sorted(grants - used)

@@ -46,7 +46,7 @@ app.kubernetes.io/part-of: hd-compute-toolkit
 The operator's namespaced permissions: every API call it makes, and nothing else (derived from the code;
 tests/test_chart.py derives the child kinds' rules from hdc_operator.apply.CHILD_KINDS and fails when they differ).
   kopf watch caches and events (handlers.py: kopf.index / kopf.on.event)      -> list, watch
-  kopf's finalizer hdcompute.io/operator on each HDCWorkload (resync timer)   -> patch hdcworkloads
+  kopf's finalizer handling (hdcompute.io/operator; kopf removes it on delete) -> patch hdcworkloads
   status (apply.KubeApi.patch_status, merge patch of the status subresource)  -> patch hdcworkloads/status
   children (apply.KubeApi.apply: server-side apply, which creates when absent) -> create, patch
   pruning (apply.KubeApi.delete; PersistentVolumeClaims are never pruned)     -> delete
@@ -54,7 +54,7 @@ tests/test_chart.py derives the child kinds' rules from hdc_operator.apply.CHILD
   pods: read for status (InsufficientGPU, ImagePullBackOff...)                -> list, watch
   Events (apply.KubeApi.post_event; kopf's own event posting is off)          -> create events
   kopf peering keep-alives: KopfPeering of each served namespace (ClusterKopfPeering when cluster-wide, in
-    the ClusterRole of rbac.yaml)                                            -> list, watch, patch
+    the ClusterRole of rbac.yaml); the resync loop reads it to stay idle while paused -> get, list, watch, patch
 */}}
 {{- define "hdc-operator.namespacedRules" -}}
 - apiGroups: [hdcompute.io]
@@ -90,6 +90,6 @@ tests/test_chart.py derives the child kinds' rules from hdc_operator.apply.CHILD
 {{- if and .Values.peering.enabled .Values.watchNamespaces }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
-  verbs: [list, watch, patch]
+  verbs: [get, list, watch, patch]
 {{- end }}
 {{- end }}
