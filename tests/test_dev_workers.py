@@ -12,7 +12,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -112,24 +111,6 @@ def test_write_atomic_replaces_the_whole_file(tmp_path):
 
 # --- the real thing ---------------------------------------------------------------------------------------------
 
-WAIT_S = 120
-
-
-def wait_for(fn, what: str, timeout_s: float = WAIT_S, logs=()):
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except Exception as exc:  # Prometheus or the API server not answering yet
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.5)
-    tails = "".join(f"\n--- {p}:\n{pathlib.Path(p).read_text(errors='replace')[-3000:]}"
-                    for p in logs if pathlib.Path(p).exists())
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}{tails}")
-
 
 def kubectl(cluster, *args, input=None):
     out = subprocess.run([prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args], capture_output=True,
@@ -146,130 +127,121 @@ def process_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def hdcctl(*args, log: pathlib.Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hdc_operator.cli", *args], stdout=open(log, "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @pytest.mark.k8s
 def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluster, k8s_namespace, tmp_path):
     from kubernetes import client
 
+    from dev_harness import LocalMonitoring
     from operator_process import OperatorProcess
 
     ns, name = k8s_namespace, "mirror"
     core = client.CoreV1Api(k8s_cluster.api)
     kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    wait_for(lambda: kubectl(k8s_cluster, "wait", "--for", "condition=Established", "--timeout=30s",
-                             "crd/hdcworkloads.hdcompute.io") is not None, "the CRD Established")
-
-    operator = OperatorProcess(k8s_cluster.kubeconfig, tmp_path, "--namespace", ns, "--resync-interval", "5").start()
-    sd, status_file = tmp_path / "workers.json", tmp_path / "mirror" / "status.json"
-    prom_port = prom.free_port()
-    mirror = hdcctl("dev", "workers", "--kubeconfig", k8s_cluster.kubeconfig, "--file-sd", str(sd), "-n", ns,
-                    "--work-dir", str(tmp_path / "mirror"), log=tmp_path / "mirror.log")
-    prometheus = hdcctl("dev", "prometheus", "--kubeconfig", k8s_cluster.kubeconfig, "--file-sd", str(sd), "-n", ns,
-                        "--port", str(prom_port), "--data-dir", str(tmp_path / "prom"), "--scrape-interval", "1s",
-                        log=tmp_path / "prometheus.log")
-    url = f"http://127.0.0.1:{prom_port}"
-    logs = [tmp_path / "mirror.log", tmp_path / "prometheus.log", operator.log_path]
+    operator = OperatorProcess(k8s_cluster.kubeconfig, tmp_path, "--namespace", ns, "--resync-interval", "5")
+    mon = LocalMonitoring(k8s_cluster.kubeconfig, tmp_path, ns)
     workload = {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
                 "metadata": {"name": name, "namespace": ns},
                 "spec": {"replicas": 2, "hdc": {"dimension": 1024},
                          "continuousBenchmark": {"enabled": False}}}
     try:
+        # (kubectl wait fails at once while a new CRD has no status.conditions yet: hence wait around it)
+        mon.wait(lambda: kubectl(k8s_cluster, "wait", "--for", "condition=Established", "--timeout=30s",
+                                 "crd/hdcworkloads.hdcompute.io") is not None, "the CRD Established")
+        operator.start()
+        mon.start()
         kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(workload))
 
         def api_pods() -> set[str]:
-            return {p.metadata.name for p in core.list_namespaced_pod(ns, label_selector=f"hdcompute.io/workload={name}").items
-                    if p.metadata.deletion_timestamp is None and p.spec.node_name}
-
-        def workers() -> list[dict]:
-            return json.loads(status_file.read_text())["workers"]
+            return {p.metadata.name for p in core.list_namespaced_pod(
+                ns, label_selector=f"hdcompute.io/workload={name}").items
+                if p.metadata.deletion_timestamp is None and p.spec.node_name}
 
         def mirrored(n: int):
-            def check():
-                ws, pods = workers(), api_pods()
-                return ws if len(ws) == n == len(pods) and {w["pod"] for w in ws} == pods and \
-                    all(w["ready"] and w["pid"] for w in ws) else None
-            return check
+            return mon.wait_workers(n, api_pods)
 
-        def scraped(n: int):
-            def check():
-                up = prom.query(url, f'up{{namespace="{ns}",workload="{name}"}} == 1')
-                return up if len(up) == n and {s["metric"]["pod"] for s in up} == api_pods() else None
-            return check
+        seen = {}
 
-        ws = wait_for(mirrored(2), "2 ready worker processes for 2 pods", logs=logs)
-        for w in ws:
+        def scraped(n: int, since: float | None = None):
+            """n targets up, exactly the pods'; `since`: each scraped after that time (a restarted Prometheus
+            serves the previous run's last samples for its 5-minute lookback until it scrapes again)."""
+            def check():
+                sel = f'up{{namespace="{ns}",workload="{name}"}}'
+                up = mon.query(sel if since is None else f"{sel} and timestamp({sel}) > {since}")
+                seen["up"], seen["pods"] = [(s["metric"]["pod"], s["value"][1]) for s in up], api_pods()
+                return up if len(up) == n and {s["metric"]["pod"] for s in up} == api_pods() and \
+                    all(s["value"][1] == "1" for s in up) else None
+            try:
+                return mon.wait(check, f"Prometheus scraping {n} targets with the pods' labels")
+            except AssertionError as exc:
+                import urllib.request
+                with urllib.request.urlopen(f"{mon.url}/api/v1/targets", timeout=5) as resp:
+                    targets = [(t["labels"].get("pod"), t["health"], t.get("lastScrape")) for t in
+                               json.load(resp)["data"]["activeTargets"]]
+                raise AssertionError(f"{exc}\nlast up: {seen}\nactive targets: {targets}\n"
+                                     f"file_sd: {mon.file_sd.read_text()}") from None
+
+        for w in mirrored(2):
             assert w["workload"] == name and w["namespace"] == ns
-            # a real worker answers on the port the mirror gave it, configured from the pod's environment
+            # a real worker, configured from the pod's environment and the local overrides
             env = pathlib.Path(f"/proc/{w['pid']}/environ").read_bytes().split(b"\0")
             assert f"POD_NAME={w['pod']}".encode() in env and b"HDC_DIMENSION=1024" in env
             assert b"HDC_DEVICE=cpu" in env and f"HDC_PORT={w['port']}".encode() in env
-        up = wait_for(scraped(2), "Prometheus scraping 2 targets with the pods' labels", logs=logs)
-        for series in up:
+        for series in scraped(2):
             assert series["metric"]["job"] == name and series["metric"]["namespace"] == ns
 
         # the operator's PrometheusRule reached Prometheus
         def rule_groups():
             import urllib.request
-            with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=5) as resp:
+            with urllib.request.urlopen(f"{mon.url}/api/v1/rules", timeout=5) as resp:
                 names = {g["name"] for g in json.load(resp)["data"]["groups"]}
             return names if f"hdc.{ns}.{name}.alerts" in names else None
-        wait_for(rule_groups, "the workload's rule groups loaded in Prometheus", logs=logs)
+        mon.wait(rule_groups, "the workload's rule groups loaded in Prometheus")
 
         # scale up: 3 pods -> 3 processes, 3 targets
         kubectl(k8s_cluster, "scale", "hdcw", name, "-n", ns, "--replicas=3")
-        wait_for(mirrored(3), "3 worker processes after scaling to 3", logs=logs)
-        wait_for(scraped(3), "3 targets after scaling to 3", logs=logs)
+        mirrored(3)
+        scraped(3)
 
         # a worker dies: it is restarted on the same port and counted
-        victim = workers()[0]
+        victim = mon.workers()[0]
         os.kill(victim["pid"], signal.SIGKILL)
-        restarted = wait_for(lambda: next((w for w in workers() if w["pod"] == victim["pod"] and w["restarts"] == 1
-                                           and w["ready"] and w["pid"] not in (None, victim["pid"])), None),
-                             "the killed worker restarted", logs=logs)
+        restarted = mon.wait(lambda: next((w for w in mon.workers() if w["pod"] == victim["pod"] and
+                                           w["restarts"] == 1 and w["ready"] and
+                                           w["pid"] not in (None, victim["pid"])), None), "the killed worker restarted")
         assert restarted["last_exit"] == -signal.SIGKILL and restarted["port"] == victim["port"]
 
         # a pod deleted: its process stops, the ReplicaSet's new pod gets one
-        gone = workers()[1]
+        gone = mon.workers()[1]
         core.delete_namespaced_pod(gone["pod"], ns)
-        wait_for(lambda: not process_alive(gone["pid"]), f"the process of deleted pod {gone['pod']} stopped", logs=logs)
-        after = wait_for(mirrored(3), "3 processes again after a pod deletion", logs=logs)
-        assert gone["pod"] not in {w["pod"] for w in after}
+        mon.wait(lambda: not process_alive(gone["pid"]), f"the process of deleted pod {gone['pod']} stopped")
+        assert gone["pod"] not in {w["pod"] for w in mirrored(3)}
 
-        # scale down: processes of removed pods stop, targets follow
-        before = {w["pod"]: w["pid"] for w in workers()}
+        # Prometheus stopped and started again (same port and TSDB): the targets come back
+        assert mon.stop_prometheus() == 0
+        with pytest.raises(OSError):
+            mon.query("up")
+        restarted_at = time.time()
+        mon.start_prometheus()
+        scraped(3, since=restarted_at)
+
+        # scale down: processes of removed pods stop (SIGTERM, at most the grace period), targets follow
+        before = {w["pod"]: w["pid"] for w in mon.workers()}
         kubectl(k8s_cluster, "scale", "hdcw", name, "-n", ns, "--replicas=1")
-        left = wait_for(mirrored(1), "1 worker process after scaling to 1", logs=logs)
+        left = mirrored(1)
         for pod_name, pid in before.items():
-            if pod_name != left[0]["pod"]:  # SIGTERM, then at most the grace period (capped at 10 s)
-                wait_for(lambda: not process_alive(pid), f"process {pid} of removed pod {pod_name} stopped", 20,
-                         logs=logs)
-        wait_for(scraped(1), "1 target after scaling to 1", logs=logs)
-        assert len(json.loads(sd.read_text())) == 1
+            if pod_name != left[0]["pod"]:
+                mon.wait(lambda: not process_alive(pid), f"process {pid} of removed pod {pod_name} stopped", 20)
+        scraped(1)
+        assert len(json.loads(mon.file_sd.read_text())) == 1
     finally:
         subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "delete", "hdcw", name, "-n",
                         ns, "--wait=true", "--timeout=60s"], capture_output=True, timeout=90)
-        last = [w["pid"] for w in json.loads(status_file.read_text())["workers"]] if status_file.exists() else []
-        stop(mirror)
-        stop(prometheus)
+        last = [w["pid"] for w in mon.workers()]
+        codes = mon.stop()
         operator.stop()
-    assert mirror.returncode == 0, (tmp_path / "mirror.log").read_text()[-3000:]
-    assert prometheus.returncode == 0, (tmp_path / "prometheus.log").read_text()[-3000:]
+    assert codes == (0, 0), mon.log_tails()
     assert not [pid for pid in last if pid and process_alive(pid)], "the mirror left worker processes behind"
-    assert json.loads(sd.read_text()) == []
+    assert json.loads(mon.file_sd.read_text()) == []
 
 
 @pytest.mark.parametrize("command", ["workers", "prometheus"])
