@@ -462,6 +462,16 @@ def test_the_operator_runs_with_only_its_image_requirements_and_never_imports_to
     assert help_text.returncode == 0 and "Usage" in help_text.stdout, help_text.stderr[-3000:]
 
 
+def test_the_operator_leaves_torch_unimported_even_where_it_is_installed():
+    """In this environment torch is installed: the operator's modules, its builders and the logging set-up still
+    do not load it (a guarded `import torch` would pass the image check above but fail here)."""
+    result = subprocess.run([sys.executable, "-c", IMPORT_PROBE], env=PACKAGE_ENV, capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["torch"] is False, "the operator imported torch"
+    assert importlib.util.find_spec("torch") is not None  # the check means something only where torch exists
+
+
 def test_the_image_environment_would_catch_torch(image_site):
     """The check is real: the worker's kernels (which need torch) cannot be imported there."""
     result = run_in_image_environment("import hd_compute.functional", image_site)
