@@ -107,7 +107,9 @@ def test_install_upgrade_uninstall(k8s_cluster, k8s_namespace, release):
     helm("uninstall", release, "-n", ns, "--wait", kubeconfig=k8s_cluster.kubeconfig)
     for args in (("deployment", full, "-n", ns), ("serviceaccount", full, "-n", ns), ("clusterrole", full),
                  ("clusterrolebinding", full), ("clusterrole", f"{full}-observer"), ("clusterkopfpeering", full),
-                 ("service", f"{full}-metrics", "-n", ns), ("servicemonitor", full, "-n", ns)):
+                 ("service", f"{full}-metrics", "-n", ns), ("servicemonitor", full, "-n", ns),
+                 ("poddisruptionbudget", full, "-n", ns), ("configmap", f"{full}-dashboards", "-n", ns),
+                 ("configmap", f"{full}-prometheus-adapter", "-n", ns)):
         assert get_json(k8s_cluster, *args) is None, f"{args} survived helm uninstall"
     assert get_json(k8s_cluster, "crd", "hdcworkloads.hdcompute.io"), "helm uninstall must keep the CRD"
 
