@@ -228,6 +228,9 @@ def test_kubectl_scale_gives_three_replicas(operator, k8s_namespace, api, crd_in
     assert w["status"]["replicas"] == 3
     assert any(e["reason"] == "Scaled" and "from 1 to 3" in e["message"] for e in events(api, ns, "scaly"))
     assert operator.metric_sum("hdc_operator_scale_decisions_total", direction="up") >= 1
+    assert operator.metric_sum("hdc_operator_desired_replicas", namespace=ns, workload="scaly") == 3
+    wait_for(lambda: operator.metric_sum("hdc_operator_replicas", namespace=ns, workload="scaly") == 3, 30,
+             "hdc_operator_replicas at 3", operator)
     scale = kubectl(crd_installed, "get", "hdcw", "scaly", "-n", ns, "--subresource=scale", "-o", "json").stdout
     assert json.loads(scale)["status"]["replicas"] == 3
 

@@ -36,6 +36,12 @@ class OperatorMetrics:
         self.api_writes = Counter("hdc_operator_api_writes_total",
                                   "Write calls the operator made to the Kubernetes API, by verb and kind.",
                                   ["verb", "kind"], registry=r)
+        # Per workload, for the dashboards' "desired vs actual replicas" panel (hdc_operator.dashboards).
+        self.desired_replicas = Gauge("hdc_operator_desired_replicas",
+                                      "Replicas the operator applied to a workload's Deployment.",
+                                      ["namespace", "workload"], registry=r)
+        self.replicas = Gauge("hdc_operator_replicas", "Pods a workload's Deployment has.", ["namespace", "workload"],
+                              registry=r)
         self.queue_depth = Gauge("hdc_operator_queue_depth", "Workloads waiting for a reconcile.", registry=r)
 
     @contextlib.contextmanager
@@ -45,6 +51,19 @@ class OperatorMetrics:
             yield
         finally:
             self.reconcile_duration.observe(time.perf_counter() - start)
+
+    def observe_workload(self, namespace: str, name: str, desired: int | None, replicas: int | None) -> None:
+        if desired is not None:
+            self.desired_replicas.labels(namespace=namespace, workload=name).set(desired)
+        if replicas is not None:
+            self.replicas.labels(namespace=namespace, workload=name).set(replicas)
+
+    def forget_workload(self, namespace: str, name: str) -> None:
+        for gauge in (self.desired_replicas, self.replicas):
+            try:
+                gauge.remove(namespace, name)
+            except KeyError:
+                pass
 
     def count_write(self, verb: str, kind: str) -> None:
         self.api_writes.labels(verb=verb, kind=kind).inc()

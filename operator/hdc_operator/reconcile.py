@@ -156,6 +156,7 @@ class Reconciler:
         """The workload is gone: stop retrying it (the garbage collector removes its children)."""
         self.known.discard(key)
         self.metrics.managed_workloads.set(len(self.known))
+        self.metrics.forget_workload(*key)
         self._failures.pop(key, None)
         self._written.pop(key, None)
         handle = self._retry_at.pop(key, None)
@@ -360,6 +361,7 @@ class Reconciler:
 
     async def _write_status(self, key: Key, body: Mapping, stored: Mapping, observed: Observation) -> None:
         new = compute_status(observed, stored, _now())
+        self.metrics.observe_workload(key[0], key[1], new.get("desiredReplicas"), new.get("replicas"))
         if not status_changed(stored, new):
             return
         result = await self._io(self.api.patch_status, key[0], key[1], new)
