@@ -224,6 +224,19 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
         mon.start_prometheus()
         scraped(3, since=restarted_at)
 
+        # the API server stopped: the mirror keeps its processes (ready, same pids) and carries on after
+        if k8s_cluster.local:
+            pids = {w["pod"]: w["pid"] for w in mon.workers()}
+            k8s_cluster.stop_component("kube-apiserver")
+            try:
+                mon.wait(lambda: "listing pods failed, keeping 3 processes" in mon.mirror_log.read_text(),
+                         "the mirror to notice the API server is down", 60)
+                assert {w["pod"]: w["pid"] for w in mon.workers()} == pids
+                assert all(w["ready"] for w in mon.workers())
+            finally:
+                k8s_cluster.start_component("kube-apiserver")
+            assert {w["pod"]: w["pid"] for w in mirrored(3)} == pids
+
         # scale down: processes of removed pods stop (SIGTERM, at most the grace period), targets follow
         before = {w["pod"]: w["pid"] for w in mon.workers()}
         kubectl(k8s_cluster, "scale", "hdcw", name, "-n", ns, "--replicas=1")

@@ -114,6 +114,12 @@ class Proc:
             self.proc.wait(10)
 
 
+def _command(script: str, module: str) -> list[str]:
+    """The console script next to this Python (the venv's), else `python -m module`."""
+    path = pathlib.Path(sys.executable).parent / script
+    return [str(path)] if path.exists() else [sys.executable, "-m", module]
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -259,7 +265,6 @@ class Demo:
         self.temp_work = settings.work_dir is None
         self.work = settings.work_dir or pathlib.Path(tempfile.mkdtemp(prefix="hdc-demo-"))
         self.work.mkdir(parents=True, exist_ok=True)
-        self.scripts = pathlib.Path(sys.executable).parent
 
     def step(self, text: str) -> None:
         self.console.print(f"[dim]{time.monotonic() - self.started:6.1f} s[/dim]  {text}")
@@ -304,17 +309,17 @@ class Demo:
         metrics_port, liveness_port, self.prom_port = prom.free_port(), prom.free_port(), prom.free_port()
         self.prom_url = f"http://127.0.0.1:{self.prom_port}"
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        self.operator = self.spawn("operator", [str(self.scripts / "hdc-operator"), "--namespace", ns,
+        self.operator = self.spawn("operator", [*_command("hdc-operator", "hdc_operator.main"), "--namespace", ns,
                                                 "--metrics-port", str(metrics_port), "--liveness-port",
                                                 str(liveness_port), "--prometheus-url", self.prom_url,
                                                 "--resync-interval", "10"], env)
         self.file_sd, self.mirror_status = self.work / "workers.json", self.work / "workers" / "status.json"
-        hdcctl = str(self.scripts / "hdcctl")
-        self.mirror = self.spawn("workers", [hdcctl, "dev", "workers", "--kubeconfig", self.kubeconfig,
+        hdcctl = _command("hdcctl", "hdc_operator.cli")
+        self.mirror = self.spawn("workers", [*hdcctl, "dev", "workers", "--kubeconfig", self.kubeconfig,
                                              "--file-sd", str(self.file_sd), "-n", ns,
                                              "--work-dir", str(self.work / "workers")])
         self.prometheus = self.spawn("prometheus", [
-            hdcctl, "dev", "prometheus", "--kubeconfig", self.kubeconfig, "--file-sd", str(self.file_sd), "-n", ns,
+            *hdcctl, "dev", "prometheus", "--kubeconfig", self.kubeconfig, "--file-sd", str(self.file_sd), "-n", ns,
             "--port", str(self.prom_port), "--data-dir", str(self.work / "prometheus"),
             "--operator-metrics", f"127.0.0.1:{metrics_port}"])
         wait_until(lambda: _http_ok(f"http://127.0.0.1:{liveness_port}/healthz"), "the operator's /healthz", 90,
