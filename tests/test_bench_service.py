@@ -36,6 +36,10 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
             assert r["service_qps"] > 0 and r["in_process_qps"] > 0 and r["ratio"] > 0
             assert 0 < r["p50_ms"] <= r["p99_ms"]
             assert r["kernel_calls"] > 0 and r["mean_batch_rows"] >= 1
+            # CPU time per query (the worker's is counted in clock ticks: it can round to 0 on such short runs)
+            assert r["cpu_us_per_query"] >= r["worker_cpu_us_per_query"] >= 0 and r["in_process_cpu_us_per_query"] > 0
+            if r["cpu_us_per_query"]:
+                assert r["cpu_ratio"] == pytest.approx(r["in_process_cpu_us_per_query"] / r["cpu_us_per_query"])
         unbatched = next(r for r in mine if not r["batching"])
         assert unbatched["mean_batch_rows"] == 1.0  # HDC_BATCH_MAX_SIZE=1: one kernel call per request
         single = next(r for r in mine if r["queries_per_request"] == 1 and r["batching"] and r["observability"])
@@ -60,7 +64,7 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
     assert len(report["machine"]["load_average"]["start"]) == 3 and "in_process" in report["machine"]["omp_wait_policy"]
     text = service_markdown(report)
     assert "| MAP | single query | batching off, observability on |" in text and "overhead" in text
-    assert "vs batched in-process" in text and "Load average" in text
+    assert "vs batched in-process" in text and "Load average" in text and "CPU µs/query" in text
     json.dumps(report)  # --json writes it as is
 
 

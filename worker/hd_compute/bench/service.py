@@ -140,6 +140,11 @@ class ServiceWorker:
         total = re.search(r"^hdc_batch_size_distribution_sum(?:\{[^}]*\})? (\S+)$", text, re.M)
         return (float(count.group(1)) if count else 0.0, float(total.group(1)) if total else 0.0)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the worker process so far (all its threads)."""
+        fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-3000:]
@@ -241,8 +246,12 @@ async def _drive(port: int, path: str, bodies: list[bytes], queries_per_request:
 def drive(worker: ServiceWorker, dataset: Dataset, bodies: list[bytes], queries_per_request: int, clients: int,
           cfg: ServiceConfig) -> dict:
     calls_before, rows_before = worker.batch_counts()
+    worker_cpu, client_cpu = worker.cpu_seconds(), time.process_time()
     result = asyncio.run(_drive(worker.port, f"/v1/memories/{dataset.name}/query?k=1", bodies, queries_per_request,
                                 clients, cfg.seconds, cfg.max_requests, warmup=2 * clients))
+    # CPU seconds of the worker and of the clients (this process) over the run, warm-up requests included.
+    result["worker_cpu_s"] = worker.cpu_seconds() - worker_cpu
+    result["client_cpu_s"] = time.process_time() - client_cpu
     calls_after, rows_after = worker.batch_counts()
     result["kernel_calls"] = calls_after - calls_before
     result["kernel_rows"] = rows_after - rows_before
@@ -286,20 +295,32 @@ def check_answers(worker: ServiceWorker, dataset: Dataset, cfg: ServiceConfig, s
 
 def in_process_qps(dataset: Dataset, queries_per_call: int, cfg: ServiceConfig) -> float:
     """Queries/s of ItemMemory.search(k=1) on `queries_per_call` queries per call, in this process."""
+    return in_process_cost(dataset, queries_per_call, cfg)[0]
+
+
+def in_process_cost(dataset: Dataset, queries_per_call: int, cfg: ServiceConfig) -> tuple[float, float]:
+    """(queries/s, CPU µs per query) of ItemMemory.search(k=1) on `queries_per_call` queries per call, here.
+
+    Queries/s from the median call (time_call); CPU from this process's CPU time over all those calls.
+    """
     device = torch.device(cfg.device)
     data = dataset.queries.data
     if queries_per_call == 1:  # one query per call, as the unbatched requests ask for; 16 calls per sample
         singles = [Hypervectors(data[i : i + 1], dataset.memory.vsa, cfg.dimension) for i in range(16)]
-        seconds = time_call(lambda: [dataset.memory.search(q, k=1) for q in singles], device, repeats=cfg.repeats)
-        return 16 / seconds
-    q = Hypervectors(data[:queries_per_call], dataset.memory.vsa, cfg.dimension)
-    return queries_per_call / time_call(lambda: dataset.memory.search(q, k=1), device, repeats=cfg.repeats)
+        fn, per_sample = (lambda: [dataset.memory.search(q, k=1) for q in singles]), 16
+    else:
+        q = Hypervectors(data[:queries_per_call], dataset.memory.vsa, cfg.dimension)
+        fn, per_sample = (lambda: dataset.memory.search(q, k=1)), queries_per_call
+    cpu = time.process_time()
+    seconds = time_call(fn, device, repeats=cfg.repeats)
+    cpu_us = (time.process_time() - cpu) / (per_sample * (cfg.repeats + 1)) * 1e6  # + 1: time_call's warm-up
+    return per_sample / seconds, cpu_us
 
 
 PASSIVE_CHILD = """
 import json, sys
 import torch
-from hd_compute.bench.service import Dataset, ServiceConfig, in_process_qps
+from hd_compute.bench.service import Dataset, ServiceConfig, in_process_cost
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.service.state import StateStore
 args = json.loads(sys.argv[1])
@@ -309,12 +330,12 @@ memories, _ = StateStore(args["state_dir"]).load_all(torch.device(cfg.device))
 memory = memories[args["name"]].memory
 queries = Hypervectors(torch.load(args["queries"], weights_only=True), memory.vsa, cfg.dimension)
 dataset = Dataset(args["vsa"], memory, queries, torch.zeros(0))
-print(json.dumps({str(q): in_process_qps(dataset, q, cfg) for q in args["per_call"]}))
+print(json.dumps({str(q): in_process_cost(dataset, q, cfg) for q in args["per_call"]}))
 """
 
 
-def in_process_qps_passive(dataset: Dataset, per_call: list[int], cfg: ServiceConfig, state_dir: pathlib.Path,
-                           work_dir: pathlib.Path) -> dict[int, float]:
+def in_process_cost_passive(dataset: Dataset, per_call: list[int], cfg: ServiceConfig, state_dir: pathlib.Path,
+                            work_dir: pathlib.Path) -> dict[int, tuple[float, float]]:
     """The same in-process figures in a child process with OMP_WAIT_POLICY=PASSIVE, the workers' policy.
 
     libgomp reads the policy once, when torch loads, so this process cannot switch; on a busy machine the
@@ -332,7 +353,7 @@ def in_process_qps_passive(dataset: Dataset, per_call: list[int], cfg: ServiceCo
                          text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"in-process baseline (OMP_WAIT_POLICY=PASSIVE) failed:\n{out.stderr[-3000:]}")
-    return {int(q): v for q, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    return {int(q): tuple(v) for q, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,6 +374,8 @@ def _row(vsa: str, scenario: str, worker: str, queries_per_request: int, clients
     seconds = sum(r["seconds"] for r in runs)
     latencies = [x for r in runs for x in r["latencies"]]
     calls = sum(r["kernel_calls"] for r in runs)
+    worker_cpu = sum(r["worker_cpu_s"] for r in runs)
+    client_cpu = sum(r["client_cpu_s"] for r in runs)
     rows = sum(r["kernel_rows"] for r in runs)
     qps = queries / seconds if seconds > 0 else 0.0
     ratio = qps / baseline_qps if baseline_qps > 0 else float("nan")
@@ -363,6 +386,9 @@ def _row(vsa: str, scenario: str, worker: str, queries_per_request: int, clients
         "ratio": ratio, "floor": floor, "meets_floor": None if floor is None else ratio >= floor,
         "p50_ms": _percentile(latencies, 50) * 1e3, "p99_ms": _percentile(latencies, 99) * 1e3,
         "batched_in_process_qps": None, "ratio_vs_batched": None,
+        "cpu_us_per_query": (worker_cpu + client_cpu) / queries * 1e6 if queries else None,
+        "worker_cpu_us_per_query": worker_cpu / queries * 1e6 if queries else None,
+        "in_process_cpu_us_per_query": None, "cpu_ratio": None,
         "mean_batch_rows": rows / calls if calls else None, "kernel_calls": calls,
         "per_round_qps": [r["queries"] / r["seconds"] for r in runs if r["seconds"] > 0],
     }
@@ -410,7 +436,9 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
             data = dataset.queries.data
             single_bodies = [npz_body(data[i : i + 1]) for i in range(data.shape[0])]
             batch_bodies = {q: [npz_body(data[:q]), npz_body(torch.roll(data, q // 2, 0)[:q])] for q in cfg.batch_sizes}
-            baselines = {q: in_process_qps(dataset, q, cfg) for q in sorted({1, *cfg.batch_sizes})}
+            costs = {q: in_process_cost(dataset, q, cfg) for q in sorted({1, *cfg.batch_sizes})}
+            baselines = {q: qps for q, (qps, _) in costs.items()}
+            cpu_baselines = {q: cpu for q, (_, cpu) in costs.items()}
             log(f"{vsa}: in-process queries/s " + ", ".join(f"{q}/call {v:,.0f}" for q, v in baselines.items()))
 
             # Observability on vs off, alternating, on the single-query load and the first batched load.
@@ -454,14 +482,16 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
             rows.append(single_off)
             # The in-process figures again, after the service runs, and with the workers' OpenMP wait policy:
             # the largest is the baseline (a busy moment on a shared machine must not flatter the service).
-            for q in baselines:
-                baselines[q] = max(baselines[q], in_process_qps(dataset, q, cfg))
+            measured = {q: [in_process_cost(dataset, q, cfg)] for q in baselines}
             if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-                passive = in_process_qps_passive(dataset, sorted(baselines), cfg, first, root)
+                passive = in_process_cost_passive(dataset, sorted(baselines), cfg, first, root)
                 log(f"{vsa}: in-process queries/s with OMP_WAIT_POLICY=PASSIVE "
-                    + ", ".join(f"{q}/call {v:,.0f}" for q, v in passive.items()))
+                    + ", ".join(f"{q}/call {v[0]:,.0f}" for q, v in passive.items()))
                 for q in baselines:
-                    baselines[q] = max(baselines[q], passive[q])
+                    measured[q].append(passive[q])
+            for q in baselines:  # the fastest and the cheapest in-process figures are the baselines
+                baselines[q] = max([baselines[q]] + [qps for qps, _ in measured[q]])
+                cpu_baselines[q] = min([cpu_baselines[q]] + [cpu for _, cpu in measured[q]])
             log(f"{vsa}: in-process queries/s (best of before/after/passive) "
                 + ", ".join(f"{q}/call {v:,.0f}" for q, v in baselines.items()))
             best_batched = max(v for q, v in baselines.items() if q > 1)
@@ -471,6 +501,9 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                     row["ratio"] = row["service_qps"] / row["in_process_qps"]
                     if row["floor"] is not None:
                         row["meets_floor"] = row["ratio"] >= row["floor"]
+                    row["in_process_cpu_us_per_query"] = cpu_baselines[row["queries_per_request"]]
+                    row["cpu_ratio"] = (row["in_process_cpu_us_per_query"] / row["cpu_us_per_query"]
+                                        if row["cpu_us_per_query"] else None)
                     if row["queries_per_request"] == 1:
                         row["batched_in_process_qps"] = best_batched
                         row["ratio_vs_batched"] = row["service_qps"] / best_batched
@@ -519,7 +552,8 @@ def print_service_report(report: dict, console) -> None:
                   f"policy: in-process {_omp(machine, 'in_process')}, workers {_omp(machine, 'workers')}")
     table = Table(title="hdc-bench --service: memory query (k=1) over HTTP vs ItemMemory.search in-process")
     for column in ("VSA", "load", "worker", "clients", "requests", "service q/s", "in-process q/s", "ratio", "floor",
-                   "vs batched in-process", "p50 ms", "p99 ms", "rows/kernel call", "batching gain"):
+                   "vs batched in-process", "p50 ms", "p99 ms", "rows/kernel call", "batching gain",
+                   "CPU µs/query service / in-process"):
         table.add_column(column, justify="left" if column in ("VSA", "load", "worker") else "right")
     for r in report["rows"]:
         gain = r.get("batching_gain")
@@ -527,7 +561,7 @@ def print_service_report(report: dict, console) -> None:
                       f"{r['service_qps']:,.0f}", f"{r['in_process_qps']:,.0f}", f"{r['ratio']:.0%}", _floor_text(r),
                       _vs_batched_text(r), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}",
                       "" if r["mean_batch_rows"] is None else f"{r['mean_batch_rows']:.1f}",
-                      "" if gain is None else f"{gain:.1f}x")
+                      "" if gain is None else f"{gain:.1f}x", _cpu_text(r))
     console.print(table)
     table = Table(title="Observability (metrics + tracing + logging) on vs off, measured alternately")
     for column in ("VSA", "load", "clients", "q/s on", "q/s off", "overhead", "ceiling", "paired rounds (median)",
@@ -547,6 +581,12 @@ def print_service_report(report: dict, console) -> None:
     if missed:
         console.print(f"[yellow]{len(missed)} service floor(s) missed (reported, not an error: timings on a shared "
                       f"machine vary)[/]")
+
+
+def _cpu_text(row: dict) -> str:
+    if row.get("cpu_us_per_query") is None or row.get("in_process_cpu_us_per_query") is None:
+        return ""
+    return f"{row['cpu_us_per_query']:,.0f} / {row['in_process_cpu_us_per_query']:,.0f}"
 
 
 def _paired_text(o: dict) -> str:
@@ -582,12 +622,14 @@ def service_markdown(report: dict) -> str:
         f"measurement (observability on/off: {cfg['rounds']} alternating rounds each). Ratio = service queries/s / "
         f"in-process `ItemMemory.search` queries/s on the same queries per call (single-query requests: one query "
         f"per call); \"vs batched in-process\" = single-query service queries/s / the best batched in-process "
-        f"queries/s of the run. Load average (1, 5, 15 min) at start {_load(machine, 'start')}, at end "
+        f"queries/s of the run. CPU µs/query: worker + client CPU time per query over the service runs, and the "
+        f"cheapest in-process figure (less affected by other load than throughput). Load average (1, 5, 15 min) at "
+        f"start {_load(machine, 'start')}, at end "
         f"{_load(machine, 'end')}; OpenMP wait policy: in-process {_omp(machine, 'in_process')}, workers "
         f"{_omp(machine, 'workers')}.",
         "",
-        "| VSA | load | worker | clients | requests | service q/s | in-process q/s | ratio | floor | vs batched in-process | p50 ms | p99 ms | rows/kernel call | batching gain |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| VSA | load | worker | clients | requests | service q/s | in-process q/s | ratio | floor | vs batched in-process | p50 ms | p99 ms | rows/kernel call | batching gain | CPU µs/query service / in-process |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         gain = r.get("batching_gain")
@@ -596,7 +638,7 @@ def service_markdown(report: dict) -> str:
             f"{r['service_qps']:,.0f} | {r['in_process_qps']:,.0f} | {r['ratio']:.0%} | {_floor_text(r, True)} | "
             f"{_vs_batched_text(r)} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{'' if r['mean_batch_rows'] is None else format(r['mean_batch_rows'], '.1f')} | "
-            f"{'' if gain is None else format(gain, '.1f') + '×'} |")
+            f"{'' if gain is None else format(gain, '.1f') + '×'} | {_cpu_text(r)} |")
     lines += ["", "| VSA | load | clients | q/s observability on | q/s off | overhead | ceiling | paired rounds (median) |",
               "|---|---|---:|---:|---:|---:|---|---|"]
     for o in report["overheads"]:
