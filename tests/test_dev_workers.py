@@ -109,6 +109,60 @@ def test_write_atomic_replaces_the_whole_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temporary left
 
 
+def test_a_crashing_process_is_restarted_with_back_off_and_reported(tmp_path):
+    import sys
+
+    from hdc_operator.dev.workers import PodMirror
+
+    lines = []
+    crash = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    mirror = PodMirror(lambda: [pod()], tmp_path / "sd.json", tmp_path / "work", command=crash, log=lines.append)
+    try:
+        mirror.sync()
+        first = mirror.workers[("ns", "w-abc", "uid-w-abc")]
+        first.proc.wait(30)
+        mirror.sync()  # sees the exit: counted, restart scheduled in 1 s
+        assert first.restarts == 1 and first.last_exit == 3 and not first.ready
+        status = json.loads((tmp_path / "work" / "status.json").read_text())["workers"]
+        assert status[0]["restarts"] == 1 and status[0]["last_exit"] == 3 and status[0]["pid"] is None
+        assert json.loads((tmp_path / "sd.json").read_text()) == []  # no target while it is down
+        assert any("exited with 3; restart 1 in 1 s" in line for line in lines)
+        deadline = time.monotonic() + 30
+        while first.restarts < 2 and time.monotonic() < deadline:
+            mirror.sync()
+            time.sleep(0.1)
+        assert first.restarts == 2 and any("restart 2 in 2 s" in line for line in lines)
+    finally:
+        mirror.close()
+
+
+def test_mirror_starts_a_real_worker_and_stops_it_with_its_pod(tmp_path):
+    from hdc_operator.dev.workers import PodMirror
+
+    pods = [pod(env=[{"name": "HDC_DIMENSION", "value": "256"}, {"name": "HDC_BENCHMARK_ENABLED", "value": "false"},
+                     {"name": "HDC_SHUTDOWN_GRACE_SECONDS", "value": "2"}])]
+    mirror = PodMirror(lambda: pods, tmp_path / "sd.json", tmp_path / "work", log=lambda line: None)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            mirror.sync()
+            (mw,) = mirror.workers.values()
+            if mw.ready:
+                break
+            time.sleep(0.3)
+        assert mw.ready, (tmp_path / "work" / "ns" / "w-abc" / "worker.log").read_text()[-3000:]
+        groups = json.loads((tmp_path / "sd.json").read_text())
+        assert groups == [{"targets": [f"127.0.0.1:{mw.port}"], "labels": {"namespace": "ns", "pod": "w-abc",
+                                                                           "workload": "mirror", "job": "mirror"}}]
+        pods[0]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"  # the pod starts terminating
+        mirror.sync()
+        assert mirror.workers == {} and json.loads((tmp_path / "sd.json").read_text()) == []
+        mw.proc.wait(15)  # SIGTERM: the worker shuts down within its grace period
+        assert mw.proc.returncode == 0
+    finally:
+        mirror.close()
+
+
 # --- the real thing ---------------------------------------------------------------------------------------------
 
 
