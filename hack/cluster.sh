@@ -124,6 +124,7 @@ up() {
         log "creating cluster '$NAME' (kwokctl binary runtime, $("$BIN/kube-apiserver" --version))"
         # Secure defaults: TLS with client certificates, RBAC and admission on; every component listens on
         # 127.0.0.1 only (hack/cluster/kwokctl.yaml); nothing is downloaded, every binary is local.
+        # Service IPs from a /16 (65k): kube-apiserver's default /24 runs out at ~250 Services (1,000 workloads).
         kwokctl create cluster \
             --config "$HACK/cluster/kwokctl.yaml" \
             --runtime binary \
@@ -136,6 +137,7 @@ up() {
             --kube-controller-manager-binary "$BIN/kube-controller-manager" \
             --kube-scheduler-binary "$BIN/kube-scheduler" \
             --kwok-controller-binary "$BIN/kwok" \
+            --extra-args "kube-apiserver=service-cluster-ip-range=10.96.0.0/16" \
             --wait 60s >&2
         chmod 0600 "$KUBECONFIG_PATH"
     fi

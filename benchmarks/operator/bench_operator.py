@@ -139,7 +139,7 @@ def delete_namespace(core, name, timeout_s=600):
 
 def latency_part(args, api_client, tmp) -> dict:
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
-    ns_op, ns_floor = "bench-op-latency", "bench-op-floor"
+    ns_op, ns_floor = f"bench-op-latency-{os.getpid()}", f"bench-op-floor-{os.getpid()}"
     for ns in (ns_op, ns_floor):
         ensure_namespace(core, ns)
     (tmp / "latency").mkdir(exist_ok=True)
@@ -200,7 +200,7 @@ def scale_part(args, api_client, tmp) -> dict:
     for node in cpu_nodes(nodes):  # raw server-side apply: the typed client insists on every nodeInfo field
         kube._checked("PATCH", f"/api/v1/nodes/{node['metadata']['name']}", body=node,
                       content_type="application/apply-patch+yaml", query=[("fieldManager", "bench"), ("force", "true")])
-    ns = "bench-op-scale"
+    ns = f"bench-op-scale-{os.getpid()}"  # a fresh one: a namespace still terminating refuses new objects
     ensure_namespace(core, ns)
     (tmp / "scale").mkdir(exist_ok=True)
     proc = OperatorProcess(args.kubeconfig, tmp / "scale", "--namespace", ns, "--log-level", "WARNING",
@@ -252,6 +252,23 @@ def scale_part(args, api_client, tmp) -> dict:
             "resync_interval_s": args.resync_interval}
 
 
+def install_crd(kube: KubeApi) -> None:
+    """crds/hdcworkload.yaml, server-side applied, then waited on until Established."""
+    import yaml
+
+    crd = yaml.safe_load((REPO / "crds" / "hdcworkload.yaml").read_text())
+    path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
+    kube._checked("PATCH", path, body=crd, content_type="application/apply-patch+yaml",
+                  query=[("fieldManager", "bench"), ("force", "true")])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        conditions = (kube._checked("GET", path).get("status") or {}).get("conditions") or ()
+        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the HDCWorkload CRD was not Established within 60 s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
@@ -266,6 +283,7 @@ def main() -> int:
     if not args.kubeconfig:
         parser.error("--kubeconfig (or KUBECONFIG) is required: hack/cluster.sh up prints it")
     api_client = config.new_client_from_config(config_file=args.kubeconfig)
+    install_crd(KubeApi(api_client))
     tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-operator-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
     result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
