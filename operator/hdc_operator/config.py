@@ -9,6 +9,7 @@
 | --prometheus-url        | HDC_OPERATOR_PROMETHEUS_URL        | "" (none)               |
 | --resync-interval       | HDC_OPERATOR_RESYNC_INTERVAL       | 60 (seconds)            |
 | --resync-jitter         | HDC_OPERATOR_RESYNC_JITTER         | 0.1 (+0..10% a cycle)   |
+| --autoscale-interval    | HDC_OPERATOR_AUTOSCALE_INTERVAL    | 15 (s, scaler tick of mode operator) |
 | --peering NAME          | HDC_OPERATOR_PEERING               | "" (standalone)         |
 | --priority N            | HDC_OPERATOR_PRIORITY              | random 1..10^6          |
 | --workers N             | HDC_OPERATOR_WORKERS               | 4                       |
@@ -42,6 +43,7 @@ class OperatorConfig:
     prometheus_url: str = ""
     resync_interval_s: float = 60.0
     resync_jitter: float = 0.1
+    autoscale_interval_s: float = 15.0
     peering: str = ""
     priority: int = field(default_factory=lambda: random.randint(1, 1_000_000))
     workers: int = 4
@@ -128,6 +130,8 @@ def load_config(overrides: Mapping[str, object] | None = None, env: Mapping[str,
     values["resync_interval_s"] = _float(src, v, 1.0, 86400.0)
     v, src = pick("resync_jitter", 0.1)
     values["resync_jitter"] = _float(src, v, 0.0, 1.0)
+    v, src = pick("autoscale_interval", 15.0)
+    values["autoscale_interval_s"] = _float(src, v, 1.0, 3600.0)
     v, src = pick("peering", "")
     peering = str(v)
     if peering and not _DNS_LABEL.match(peering):

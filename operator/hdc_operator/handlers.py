@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import kopf
 
+from .autoscaler import Autoscaler
 from .apply import (CHILD_KINDS, GROUP, MANAGED_BY, PLURAL, VERSION, WORKLOAD_LABEL, CapabilityCache, KubeApi)
 from .config import OperatorConfig
 from .metrics import OperatorMetrics
@@ -80,6 +81,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         reconciler = Reconciler(api, CapabilityCache(api, ttl_s=config.capability_ttl_s), caches, metrics,
                                 workers=config.workers, backoff_base_s=config.backoff_base_s,
                                 backoff_max_s=config.backoff_max_s)
+        reconciler.autoscaler = Autoscaler(api, metrics, config.prometheus_url, io=reconciler._io)
 
         async def paused_namespaces() -> set[str] | None:
             """Namespaces where a higher-priority peer is active (kopf peering), read from the peering objects."""
@@ -98,7 +100,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
                     paused.add(namespace)
             return paused
 
-        reconciler.start(reconciler.resync_forever(config.resync_interval_s, config.resync_jitter, paused_namespaces))
+        def operator_mode_keys() -> list:
+            return [key for key in list(reconciler.known) if not reconciler.is_paused(key[0])
+                    and (((caches.workload(key) or {}).get("spec") or {}).get("autoscaling") or {}).get("mode")
+                    == "operator"]
+
+        reconciler.start(reconciler.resync_forever(config.resync_interval_s, config.resync_jitter, paused_namespaces),
+                         reconciler.autoscaler.tick_forever(config.autoscale_interval_s, operator_mode_keys,
+                                                            reconciler.enqueue))
         memo.reconciler = reconciler
 
     @kopf.on.cleanup(registry=registry)
@@ -106,6 +115,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         reconciler = getattr(memo, "reconciler", None)
         if reconciler is not None:
             await reconciler.stop()
+            await reconciler.autoscaler.close()
 
     # -- watch caches ------------------------------------------------------------------------------------
     @kopf.index(GROUP, VERSION, PLURAL, id="hdc_workloads", registry=registry)

@@ -97,6 +97,8 @@ def main(
     prometheus_url: Optional[str] = typer.Option(None, help="Prometheus the autoscaler queries."),
     resync_interval: Optional[float] = typer.Option(None, help="Seconds between level-based resyncs. Default 60."),
     resync_jitter: Optional[float] = typer.Option(None, help="Extra random delay per resync, as a fraction."),
+    autoscale_interval: Optional[float] = typer.Option(
+        None, help="Seconds between evaluations of the scaler (autoscaling.mode operator). Default 15."),
     peering: Optional[str] = typer.Option(None, help="KopfPeering name for HA (empty: standalone)."),
     priority: Optional[int] = typer.Option(None, help="Peering priority (highest live peer is active)."),
     workers: Optional[int] = typer.Option(None, help="Concurrent reconciles. Default 4."),
@@ -108,7 +110,8 @@ def main(
         cfg = load_config({"namespaces": tuple(namespace) if namespace else None, "all_namespaces": all_namespaces,
                            "metrics_port": metrics_port, "liveness_port": liveness_port,
                            "prometheus_url": prometheus_url, "resync_interval": resync_interval,
-                           "resync_jitter": resync_jitter, "peering": peering, "priority": priority,
+                           "resync_jitter": resync_jitter,
+                           "autoscale_interval": autoscale_interval, "peering": peering, "priority": priority,
                            "workers": workers, "log_level": log_level, "log_format": log_format})
     except ConfigError as exc:
         typer.echo(f"hdc-operator: {exc}", err=True)

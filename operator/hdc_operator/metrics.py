@@ -33,6 +33,14 @@ class OperatorMetrics:
         self.scale_decisions = Counter("hdc_operator_scale_decisions_total",
                                        "Changes of a workload's Deployment replica count, by direction (up, down).",
                                        ["direction"], registry=r)
+        self.autoscaler_decisions = Counter(
+            "hdc_operator_autoscaler_decisions_total",
+            "Evaluations of the operator's scaler (autoscaling.mode operator), by the decision's reason "
+            "(MetricsUnavailable, WithinTolerance, DemandAboveTarget, ScaleDownStabilized, ...).", ["reason"],
+            registry=r)
+        self.autoscaler_scales = Counter("hdc_operator_autoscaler_scales_total",
+                                         "Changes of a workload's spec.replicas by the operator's scaler, by "
+                                         "direction (up, down).", ["direction"], registry=r)
         self.api_writes = Counter("hdc_operator_api_writes_total",
                                   "Write calls the operator made to the Kubernetes API, by verb and kind.",
                                   ["verb", "kind"], registry=r)

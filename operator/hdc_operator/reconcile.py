@@ -72,7 +72,7 @@ class Reconciler:
                  workers: int = 4, backoff_base_s: float = 1.0, backoff_max_s: float = 300.0,
                  parse: Callable | None = None, build: Callable | None = None,
                  invalid_spec: type[Exception] | None = None,
-                 executor: concurrent.futures.Executor | None = None):
+                 executor: concurrent.futures.Executor | None = None, autoscaler=None):
         if parse is None or build is None or invalid_spec is None:
             from .builders import build_children
             from .spec import InvalidSpec, parse_workload
@@ -81,6 +81,7 @@ class Reconciler:
         self.invalid_spec = invalid_spec
         self.api, self.capabilities, self.caches, self.metrics = api, capabilities, caches, metrics
         self.parse, self.build = parse, build
+        self.autoscaler = autoscaler  # autoscaler.Autoscaler: mode operator's scaler, run on every reconcile
         self.workers = workers
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max(2, workers * 2),
@@ -159,6 +160,8 @@ class Reconciler:
         self.metrics.forget_workload(*key)
         self._failures.pop(key, None)
         self._written.pop(key, None)
+        if self.autoscaler is not None:
+            self.autoscaler.forget(key)
         handle = self._retry_at.pop(key, None)
         if handle is not None:
             handle.cancel()
@@ -294,8 +297,14 @@ class Reconciler:
                                monitoring_wanted=sm_wanted or pr_wanted)
 
         await self._events(body, stored, generation, applied, pruned, live_deployment, desired_replicas)
+        scale_step = None
+        if self.autoscaler is not None:
+            try:
+                scale_step = await self.autoscaler.step(key, body, spec, deployment)
+            except ApiError as exc:
+                errors.append(exc)
         try:
-            await self._write_status(key, body, stored, observed)
+            await self._write_status(key, body, stored, observed, scale_step)
         except ApiError as exc:
             errors.append(exc)
         if errors:
@@ -359,10 +368,15 @@ class Reconciler:
             return dict(written[2])
         return status
 
-    async def _write_status(self, key: Key, body: Mapping, stored: Mapping, observed: Observation) -> None:
+    async def _write_status(self, key: Key, body: Mapping, stored: Mapping, observed: Observation,
+                            scale_step=None) -> None:
         new = compute_status(observed, stored, _now())
+        scaling_changed = False
+        if scale_step is not None:
+            from .autoscaler import merge_status
+            new, scaling_changed = merge_status(new, stored, scale_step, _now())
         self.metrics.observe_workload(key[0], key[1], new.get("desiredReplicas"), new.get("replicas"))
-        if not status_changed(stored, new):
+        if not status_changed(stored, new) and not scaling_changed:
             return
         result = await self._io(self.api.patch_status, key[0], key[1], new)
         rv_after = ((result or {}).get("metadata") or {}).get("resourceVersion", "")
