@@ -228,3 +228,22 @@ def test_worker_shortens_the_gil_switch_interval():
         assert server.GIL_SWITCH_INTERVAL_SECONDS < before
     finally:
         sys.setswitchinterval(before)
+
+
+@pytest.mark.asyncio
+async def test_heap_is_frozen_once_the_worker_is_ready(tmp_path):
+    import gc
+
+    from hd_compute.service import server
+    from hd_compute.service.app import WORKER
+
+    settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False)
+    app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
+    async with TestClient(TestServer(app)) as c:
+        worker = c.server.app[WORKER]
+        frozen = await asyncio.wait_for(server.freeze_heap_when_ready(worker, poll_seconds=0.01), 60)
+        assert frozen and worker.ready and gc.get_freeze_count() > 0
+        assert (await c.get("/livez")).status == 200
+    gc.unfreeze()
+    worker.shutting_down = True  # a worker that stops before it is ready is never frozen
+    assert await server.freeze_heap_when_ready(worker, poll_seconds=0.01) is False

@@ -11,6 +11,7 @@ previous snapshots, written after every mutating request, are intact).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -94,6 +95,7 @@ async def serve_async(settings: WorkerSettings) -> int:
     port = sockets[0].getsockname()[1] if sockets else settings.port
     log().info("worker_listening", host=settings.host, port=port, vsa=settings.vsa, dimension=settings.dimension,
                device=str(worker.device), state_dir=worker.store.state_dir, pid=os.getpid())
+    freeze_task = asyncio.get_running_loop().create_task(freeze_heap_when_ready(worker))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,6 +114,7 @@ async def serve_async(settings: WorkerSettings) -> int:
                grace_seconds=grace)
     # 1. Stop accepting: close the listening sockets (open connections stay up) and fail /readyz.
     worker.shutting_down = True
+    freeze_task.cancel()
     for site in list(runner.sites):
         await site.stop()
     # 2. Let the requests in flight finish, including those whose body is still arriving (aiohttp's own
@@ -149,6 +152,19 @@ def serve(settings: WorkerSettings) -> int:
     os.makedirs(settings.state_dir, exist_ok=True)
     share_the_gil_quickly()
     return asyncio.run(serve_async(settings))
+
+
+async def freeze_heap_when_ready(worker: Worker, poll_seconds: float = 0.2) -> bool:
+    """Once the worker is ready, moves every object alive then (modules, torch, the loaded state: some 200,000)
+    out of the garbage collector's sight with gc.freeze(): a full collection had to walk them all, about
+    100 ms on the machine of docs/benchmarks.md, in the middle of serving. Returns whether it froze."""
+    while not worker.ready:
+        if worker.shutting_down or worker.startup_error:
+            return False
+        await asyncio.sleep(poll_seconds)
+    gc.collect()
+    gc.freeze()
+    return True
 
 
 # How long a thread that wants the GIL waits before it makes the holder let go (CPython's default: 5 ms).
