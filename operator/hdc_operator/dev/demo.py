@@ -36,6 +36,8 @@ from rich.table import Table
 from . import prometheus as prom
 from .load import LoadGenerator
 from .workers import _die_with_parent
+from ..live_metrics import fetch_live_metrics
+from ..live_metrics import fmt as _fmt
 
 REPO = prom.REPO
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -173,11 +175,7 @@ class Snapshot:
     client_last_error: str = ""
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None or seconds != seconds else seconds * 1000.0  # NaN: no samples
-
-
-def collect(prom_url: str, sel: str, workload_obj: dict | None, mirror_status: pathlib.Path,
+def collect(prom_url: str, namespace: str, name: str, workload_obj: dict | None, mirror_status: pathlib.Path,
             load: LoadGenerator | None) -> Snapshot:
     snap = Snapshot()
     st = (workload_obj or {}).get("status") or {}
@@ -190,31 +188,15 @@ def collect(prom_url: str, sel: str, workload_obj: dict | None, mirror_status: p
     snap.workers = len(workers)
     snap.workers_ready = sum(1 for w in workers if w.get("ready"))
     snap.restarts = sum(w.get("restarts", 0) for w in workers)
-    q = lambda e, d=None: prom.scalar(prom_url, e, d)  # noqa: E731
-    with contextlib.suppress(Exception):
-        snap.targets_up = int(q(f"count(up{{{sel}}} == 1)", 0))
-        snap.throughput = q(f"sum(rate(hdc_operation_total{{{sel}}}[{WINDOW}]))")
-        snap.errors_per_s = q(f"sum(rate(hdc_operation_errors_total{{{sel}}}[{WINDOW}]))", 0.0)
-        buckets = f"sum by (le) (rate(hdc_operation_duration_seconds_bucket{{{sel}}}[{WINDOW}]))"
-        snap.p50_ms, snap.p95_ms, snap.p99_ms = (_ms(q(f"histogram_quantile({p}, {buckets})")) for p in
-                                                 (0.5, 0.95, 0.99))
-        rates = {r["metric"].get("operation", "?"): float(r["value"][1]) for r in prom.query(
-            prom_url, f"sum by (operation) (rate(hdc_operation_total{{{sel}}}[{WINDOW}]))")}
-        p95 = {r["metric"].get("operation", "?"): _ms(float(r["value"][1])) for r in prom.query(
-            prom_url, f"histogram_quantile(0.95, sum by (operation, le) "
-                      f"(rate(hdc_operation_duration_seconds_bucket{{{sel}}}[{WINDOW}])))")}
-        snap.by_operation = {op: (rate, p95.get(op)) for op, rate in sorted(rates.items())}
-        alerts = prom.query(prom_url, f'ALERTS{{{sel}}}')
-        snap.firing = sorted({a["metric"]["alertname"] for a in alerts if a["metric"].get("alertstate") == "firing"})
-        snap.pending = sorted({a["metric"]["alertname"] for a in alerts if a["metric"].get("alertstate") == "pending"})
+    with contextlib.suppress(Exception):  # Prometheus not ready yet: the table shows "-"
+        live = fetch_live_metrics(prom_url, namespace, name, WINDOW)
+        snap.targets_up, snap.throughput, snap.errors_per_s = live.targets_up, live.requests_per_s, live.errors_per_s
+        snap.p50_ms, snap.p95_ms, snap.p99_ms = live.p50_ms, live.p95_ms, live.p99_ms
+        snap.by_operation, snap.firing, snap.pending = live.by_operation, live.firing, live.pending
     if load is not None:
         snap.client_rate, snap.client_errors = load.stats.rate(), load.stats.errors
         snap.client_last_error = load.stats.last_error
     return snap
-
-
-def _fmt(value: float | None, unit: str = "", digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}{unit}"
 
 
 def render(snap: Snapshot, title: str, elapsed_s: float) -> Group:
@@ -367,10 +349,9 @@ class Demo:
         self.load = LoadGenerator(self.mirror_status, self.s.namespace, self.name, vsa, dimension,
                                   self.s.clients).start()
         self.step(f"load: {self.s.clients} clients, bind/bundle/similarity {vsa} D={dimension} (.npz bodies)")
-        sel = f'namespace="{self.s.namespace}",workload="{self.name}"'
-        return self.watch(sel)
+        return self.watch()
 
-    def watch(self, sel: str) -> int:
+    def watch(self) -> int:
         interactive = self.console.is_terminal and self.s.seconds is None
         deadline = None if self.s.seconds is None else time.monotonic() + self.s.seconds
         title = f"HDCWorkload {self.s.namespace}/{self.name}"
@@ -385,7 +366,7 @@ class Demo:
                   auto_refresh=interactive, transient=False) as live:
             while deadline is None or time.monotonic() < deadline:
                 self.check_alive()
-                snap = collect(self.prom_url, sel, self.workload_obj(), self.mirror_status, self.load)
+                snap = collect(self.prom_url, self.s.namespace, self.name, self.workload_obj(), self.mirror_status, self.load)
                 if snap.throughput and snap.throughput > 0:
                     peak = max(peak, snap.throughput)
                     if first_throughput is None:
