@@ -12,7 +12,7 @@
 | --autoscale-interval    | HDC_OPERATOR_AUTOSCALE_INTERVAL    | 15 (s, scaler tick of mode operator) |
 | --peering NAME          | HDC_OPERATOR_PEERING               | "" (standalone)         |
 | --priority N            | HDC_OPERATOR_PRIORITY              | random 1..10^6          |
-| --workers N             | HDC_OPERATOR_WORKERS               | 4                       |
+| --workers N             | HDC_OPERATOR_WORKERS               | 8                       |
 | --log-level, --log-format | HDC_OPERATOR_LOG_LEVEL / _FORMAT | INFO, json              |
 |                         | HDC_OPERATOR_PEERING_LIFETIME      | 60 (s a peer counts as alive) |
 |                         | HDC_OPERATOR_CAPABILITY_TTL        | 30 (s between CRD discovery) |
@@ -46,7 +46,7 @@ class OperatorConfig:
     autoscale_interval_s: float = 15.0
     peering: str = ""
     priority: int = field(default_factory=lambda: random.randint(1, 1_000_000))
-    workers: int = 4
+    workers: int = 8
     log_level: str = "INFO"
     log_format: str = "json"
     capability_ttl_s: float = 30.0
@@ -140,7 +140,7 @@ def load_config(overrides: Mapping[str, object] | None = None, env: Mapping[str,
     v, src = pick("priority", None)
     if v is not None:
         values["priority"] = _int(src, v, 0, 2**31 - 1)
-    v, src = pick("workers", 4)
+    v, src = pick("workers", 8)
     values["workers"] = _int(src, v, 1, 64)
     v, src = pick("log_level", "INFO")
     level = str(v).upper()

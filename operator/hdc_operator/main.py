@@ -23,15 +23,19 @@ from .config import ConfigError, OperatorConfig, load_config
 app = typer.Typer(add_completion=False, help=__doc__.split("\n")[0])
 
 
-def kubernetes_client():
-    """An ApiClient from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
+def kubernetes_client(pool_size: int = 32):
+    """An ApiClient from the in-cluster service account, else from KUBECONFIG / ~/.kube/config, with a connection
+    pool as large as the reconciler's thread pool (the client's default is 5 per CPU)."""
     from kubernetes import client, config
 
+    configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
             "/var/run/secrets/kubernetes.io/serviceaccount/token"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
+    configuration.connection_pool_maxsize = pool_size
+    return client.ApiClient(configuration)
 
 
 def run_operator(cfg: OperatorConfig) -> None:
@@ -51,7 +55,7 @@ def run_operator(cfg: OperatorConfig) -> None:
     log = structlog.get_logger("hdc_operator")
 
     try:
-        api_client = kubernetes_client()
+        api_client = kubernetes_client(pool_size=max(8, cfg.workers * 4))
     except Exception as exc:  # kubernetes.config.ConfigException, a bad file, ...
         typer.echo(f"hdc-operator: no usable Kubernetes configuration (KUBECONFIG, ~/.kube/config or the in-cluster "
                    f"service account): {exc}", err=True)
@@ -101,7 +105,7 @@ def main(
         None, help="Seconds between evaluations of the scaler (autoscaling.mode operator). Default 15."),
     peering: Optional[str] = typer.Option(None, help="KopfPeering name for HA (empty: standalone)."),
     priority: Optional[int] = typer.Option(None, help="Peering priority (highest live peer is active)."),
-    workers: Optional[int] = typer.Option(None, help="Concurrent reconciles. Default 4."),
+    workers: Optional[int] = typer.Option(None, help="Concurrent reconciles. Default 8."),
     log_level: Optional[str] = typer.Option(None, help="DEBUG, INFO, WARNING, ERROR."),
     log_format: Optional[str] = typer.Option(None, help="json or console."),
 ) -> None:

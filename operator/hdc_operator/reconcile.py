@@ -84,7 +84,7 @@ class Reconciler:
         self.autoscaler = autoscaler  # autoscaler.Autoscaler: mode operator's scaler, run on every reconcile
         self.workers = workers
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
-        self.executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max(2, workers * 2),
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max(4, workers * 4),
                                                                            thread_name_prefix="hdc-api")
         self.memo = ApplyMemo()
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
@@ -257,21 +257,25 @@ class Reconciler:
         plan = plan_children(namespace, desired, live, uid, self.memo)
         applied: dict[tuple[str, str], dict] = {}
         errors: list[ApiError] = []
-        for manifest in plan.apply:
-            try:
-                obj = await self._io(self.api.apply, manifest)
-            except ApiError as exc:
-                errors.append(exc)
-                continue
-            self.memo.remember(namespace, obj, manifest_hash(manifest))
-            applied[child_key(obj)] = obj
+        # The children are independent objects: apply (and prune) them concurrently.
+        results = await asyncio.gather(*(self._io(self.api.apply, m) for m in plan.apply), return_exceptions=True)
+        for manifest, result in zip(plan.apply, results):
+            if isinstance(result, ApiError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self.memo.remember(namespace, result, manifest_hash(manifest))
+                applied[child_key(result)] = result
         pruned = []
-        for obj in plan.prune:
-            try:
-                await self._io(self.api.delete, obj)
+        results = await asyncio.gather(*(self._io(self.api.delete, o) for o in plan.prune), return_exceptions=True)
+        for obj, result in zip(plan.prune, results):
+            if isinstance(result, ApiError):
+                errors.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
                 pruned.append(obj)
-            except ApiError as exc:
-                errors.append(exc)
         self.memo.forget_namespace_name(namespace, [child_key(o) for o in pruned])
 
         desired_deployment = next((m for m in desired if m["kind"] == "Deployment"), None)
@@ -323,15 +327,11 @@ class Reconciler:
 
     async def _unwatched_children(self, namespace: str, name: str, caps) -> list[dict]:
         """The children of kinds the operator does not watch (apply.ChildKind.watched), by GET of their name."""
-        found = []
-        for kind in CHILD_KINDS:
-            served = {"ServiceMonitor": caps.service_monitor, "PrometheusRule": caps.prometheus_rule}.get(kind.kind)
-            if kind.watched or not served:
-                continue
-            obj = await self._io(self.api.get, kind.api_version, kind.plural, namespace, name)
-            if obj is not None:
-                found.append(obj)
-        return found
+        kinds = [k for k in CHILD_KINDS if not k.watched and {"ServiceMonitor": caps.service_monitor,
+                                                             "PrometheusRule": caps.prometheus_rule}.get(k.kind)]
+        found = await asyncio.gather(*(self._io(self.api.get, k.api_version, k.plural, namespace, name)
+                                       for k in kinds))
+        return [obj for obj in found if obj is not None]
 
     async def _failed(self, key, body, stored, exc: ApiError, deployment, pods, generation) -> bool:
         self.metrics.reconcile_errors.labels(reason=exc.reason).inc()
