@@ -237,7 +237,7 @@ def _print(console, report: Report, all_namespaces: bool, output: str) -> None:
         sys.stdout.flush()
     else:
         console.print(_renderable(report, all_namespaces))
-    if report.prometheus_error:
+    if report.prometheus_error and output == "json":  # the table shows it in place
         typer.echo(f"hdcctl: warning: {report.prometheus_error}; live metrics left out, the cluster's view is shown",
                    err=True)
 
@@ -249,7 +249,7 @@ def _renderable(report: Report, all_namespaces: bool):
         return f"No HDCWorkloads in {report.scope}."
     parts = [render_table(report, all_namespaces)]
     if report.prometheus_url and report.prometheus_error:
-        parts.append(f"[yellow]Prometheus: {report.prometheus_error}[/yellow]")
+        parts.append(f"[yellow]warning: {report.prometheus_error}; live metrics left out[/yellow]")
     return Group(*parts)
 
 
