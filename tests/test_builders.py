@@ -291,7 +291,7 @@ def test_hpa_metric():
     assert by_capacity["type"] == "Pods"
     assert by_capacity["pods"]["target"] == {"type": "AverageValue", "averageValue": "70"}
     (by_ops,) = hpa_metrics(workload({"autoscaling": {"targetUtilizationPercent": 50, "targetOpsPerReplica": 701}}))
-    assert by_ops["pods"]["metric"]["name"] == "hdc_throughput_ops_per_second"
+    assert by_ops["pods"]["metric"]["name"] == "hdc_hypervector_operations_per_second"
     assert by_ops["pods"]["target"]["averageValue"] == "350500m"
     assert (quantity(2), quantity(0.5), quantity(1000.0)) == ("2", "500m", "1000")
 

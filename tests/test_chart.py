@@ -175,8 +175,9 @@ def expected_namespaced_rules() -> dict[tuple[str, str], set[str]]:
     from hdc_operator.apply import CHILD_KINDS, GROUP, PLURAL
 
     table: dict[tuple[str, str], set[str]] = {
-        (GROUP, PLURAL): {"list", "watch", "patch"},  # kopf index/events; kopf's finalizer handling
+        (GROUP, PLURAL): {"list", "watch", "patch"},  # kopf index/events; kopf's finalizer handling; autoscaler.patch_annotation
         (GROUP, f"{PLURAL}/status"): {"patch"},  # KubeApi.patch_status
+        (GROUP, f"{PLURAL}/scale"): {"patch"},  # autoscaler.patch_scale (autoscaling mode operator)
         ("", "pods"): {"list", "watch"},  # the hdc_pods index
         ("", "events"): {"create"},  # KubeApi.post_event
     }

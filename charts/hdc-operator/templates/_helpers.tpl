@@ -48,6 +48,8 @@ tests/test_chart.py derives the child kinds' rules from hdc_operator.apply.CHILD
   kopf watch caches and events (handlers.py: kopf.index / kopf.on.event)      -> list, watch
   kopf's finalizer handling (hdcompute.io/operator; kopf removes it on delete) -> patch hdcworkloads
   status (apply.KubeApi.patch_status, merge patch of the status subresource)  -> patch hdcworkloads/status
+  autoscaling mode operator (autoscaler.patch_scale / patch_annotation: spec.replicas through the scale
+  subresource, the scaler's history annotation)                                -> patch hdcworkloads/scale, hdcworkloads
   children (apply.KubeApi.apply: server-side apply, which creates when absent) -> create, patch
   pruning (apply.KubeApi.delete; PersistentVolumeClaims are never pruned)     -> delete
   ServiceMonitor/PrometheusRule are not watched (their CRDs may vanish): read by name (reconcile.py)   -> get
@@ -61,7 +63,7 @@ tests/test_chart.py derives the child kinds' rules from hdc_operator.apply.CHILD
   resources: [hdcworkloads]
   verbs: [list, watch, patch]
 - apiGroups: [hdcompute.io]
-  resources: [hdcworkloads/status]
+  resources: [hdcworkloads/status, hdcworkloads/scale]
   verbs: [patch]
 - apiGroups: [apps]
   resources: [deployments]

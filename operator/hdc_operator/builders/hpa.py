@@ -9,8 +9,9 @@ from __future__ import annotations
 from hdc_operator.builders.common import metadata
 from hdc_operator.spec import API_VERSION, KIND, Workload
 
-THROUGHPUT_METRIC = "hdc_throughput_ops_per_second"  # per pod, from the worker
-UTILIZATION_METRIC = "hdc_capacity_utilization_percent"  # per pod: throughput / capacity * 100 (adapter rule)
+# The scaler's demand unit, per pod (prometheus-adapter rules in charts/hdc-operator/values.yaml):
+THROUGHPUT_METRIC = "hdc_hypervector_operations_per_second"  # rate(hdc_hypervector_operations_total[1m])
+UTILIZATION_METRIC = "hdc_capacity_utilization_percent"  # 100 * that rate / hdc_capacity_ops_per_second
 
 
 def quantity(value: float) -> str:
@@ -23,7 +24,8 @@ def quantity(value: float) -> str:
 def hpa_metrics(workload: Workload) -> list[dict]:
     """The HPA's metric: a Pods metric per replica. With targetOpsPerReplica the target is that many operations
     per second times the target utilization; without it, the replicas' measured share of their capacity
-    (a prometheus-adapter rule divides hdc_throughput_ops_per_second by hdc_capacity_ops_per_second)."""
+    (a prometheus-adapter rule divides the rate of hdc_hypervector_operations_total by hdc_capacity_ops_per_second).
+    Either way it is the operator scaler's formula: ceil(sum of demand / (capacity x utilization))."""
     scaling = workload.spec["autoscaling"]
     utilization = scaling["targetUtilizationPercent"]
     if scaling["targetOpsPerReplica"] is not None:
