@@ -155,6 +155,9 @@ class Autoscaler:
         self.min_interval_s = min_interval_s
         self._history: dict[Key, tuple[str | None, History]] = {}  # key -> (annotation it came from, history)
         self._last: dict[Key, tuple[float, int, str, Step]] = {}  # key -> (time, generation, rv, last step)
+        # key -> lastScaleTime/lastScaleReason of our last scale: the reconcile after our scale patch may read a
+        # watch-cache body whose status predates our status write, and must not write the older values back.
+        self._last_scale: dict[Key, dict] = {}
 
     async def close(self) -> None:
         if self.source is not None:
@@ -163,6 +166,7 @@ class Autoscaler:
     def forget(self, key: Key) -> None:
         self._history.pop(key, None)
         self._last.pop(key, None)
+        self._last_scale.pop(key, None)
 
     def history(self, key: Key, body: Mapping) -> History:
         annotation = ((body.get("metadata") or {}).get("annotations") or {}).get(HISTORY_ANNOTATION)
@@ -200,8 +204,8 @@ class Autoscaler:
         history = self.history(key, body)
         decision, current = evaluate(body, spec, history, observation, now, ready)
         self.metrics.autoscaler_decisions.labels(reason=decision.reason).inc()
-        step = Step(status_fields(decision, observation, current, _now_iso(now)), scaling_active_condition(decision),
-                    decision)
+        fields = {**self._last_scale.get(key, {}), **status_fields(decision, observation, current, _now_iso(now))}
+        step = Step(fields, scaling_active_condition(decision), decision)
         if decision.desired_replicas != current:
             annotation = history_annotation(decision.history)
             await self.io(patch_scale, self.api, key[0], key[1], decision.desired_replicas)
@@ -216,6 +220,7 @@ class Autoscaler:
                 log.info("autoscaler_history_not_saved", namespace=key[0], name=key[1], error=str(exc))
                 self._history[key] = (self._history.get(key, (None,))[0], decision.history)
             step = Step(step.fields, step.condition, decision, scaled_from=current)
+            self._last_scale[key] = {k: fields[k] for k in ("lastScaleTime", "lastScaleReason")}
             await self.io(self.api.post_event, body, "Normal", "Autoscaled",
                           f"scaled {direction} from {current} to {decision.desired_replicas} replicas: "
                           f"{decision.reason}: {decision.message}")
