@@ -393,7 +393,8 @@ def granted(cluster, namespace: str, full: str) -> set[tuple[str, str, str]]:
 def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_path):
     """Least privilege, measured: the operator, as the chart's ServiceAccount, talks to the API server through a
     `kubectl proxy` that logs every request. Over a workload's life (created with every kind of child, edited by
-    hand, its children pruned one kind after another, deleted) it uses every verb the chart grants, except
+    hand, scaled by the operator's scaler in mode operator, its children pruned one kind after another, deleted)
+    it uses every verb the chart grants, except
     `delete` of Deployments and Services: the builders always want those two, so pruning (which is per kind in
     the code) never reaches them."""
     from worker_process import free_port
@@ -439,6 +440,12 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
         for kind in kinds:
             wait_for(lambda: label in get_json(k8s_cluster, kind, names.get(kind, name), "-n", ns)["metadata"]
                      ["labels"], 60, f"{kind} label restored", operator)
+        # autoscaling mode operator without a Prometheus: the scaler holds, but moves spec.replicas (1) into
+        # [minReplicas, maxReplicas] through the scale subresource and saves its history annotation
+        kubectl(k8s_cluster, "patch", "hdcw", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {
+            "autoscaling": {"mode": "operator", "minReplicas": 2, "maxReplicas": 3}}}))
+        wait_for(lambda: get_json(k8s_cluster, "hdcw", name, "-n", ns)["spec"]["replicas"] == 2, 60,
+                 "spec.replicas moved to minReplicas by the scaler", operator)
         # pruning: every optional child turned off
         kubectl(k8s_cluster, "patch", "hdcw", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {
             "autoscaling": {"mode": "none"}, "podDisruptionBudget": {"enabled": False},
