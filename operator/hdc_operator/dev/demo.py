@@ -395,7 +395,7 @@ class Demo:
         delete_cluster = self.cluster_created and not self.s.keep_cluster
         operator = getattr(self, "operator", None)
         if self.workload_applied and not delete_cluster and operator is not None and operator.alive():
-            # The workload carries the operator's finalizer: delete it while the operator runs.
+            # Delete the workload on a kept cluster; the garbage collector removes its children (no finalizer).
             self.kubectl("delete", "hdcw", self.name, "-n", self.s.namespace, "--wait=true", "--timeout=60s",
                          check=False)
         for proc in reversed(self.procs):  # Prometheus, then the mirror (which stops the workers), the operator
