@@ -69,9 +69,9 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
     def scaling_condition() -> dict:
         return next((c for c in hdcw().get("status", {}).get("conditions", []) if c["type"] == "ScalingActive"), {})
 
-    def autoscaled_events() -> list[str]:
-        out = json.loads(kubectl(k8s_cluster, "get", "events", "-n", ns, "--field-selector", "reason=Autoscaled",
-                                 "-o", "json"))
+    def autoscaled_events(reason: str = "Autoscaled", type_: str = "Normal") -> list[str]:
+        out = json.loads(kubectl(k8s_cluster, "get", "events", "-n", ns, "--field-selector",
+                                 f"reason={reason},type={type_}", "-o", "json"))
         return [e["message"] for e in out["items"]]
 
     def wait_replicas(n: int, timeout_s: float) -> float:
@@ -129,6 +129,7 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
         mon.wait(lambda: scaling_condition().get("reason") == "MetricsUnavailable", "ScalingActive=False", 60)
         assert scaling_condition()["status"] == "False"
         numbers["metrics_unavailable_after_s"] = time.monotonic() - down_at
+        mon.wait(lambda: autoscaled_events("MetricsUnavailable", "Warning"), "a Warning Event MetricsUnavailable", 30)
         while time.monotonic() - down_at < SCALE_DOWN_WINDOW_S + 3 * TICK_S:
             assert replicas() == 3, "scaled while Prometheus was down"
             time.sleep(2)
@@ -137,6 +138,8 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
         back = time.monotonic()
         mon.wait(lambda: scaling_condition().get("status") == "True", "ScalingActive=True again", 90)
         numbers["recovered_after_s"] = time.monotonic() - back
+        mon.wait(lambda: autoscaled_events("ScalingResumed"), "an Event ScalingResumed", 30)
+        assert len(autoscaled_events("MetricsUnavailable", "Warning")) == 1  # one per transition, not per tick
         wait_replicas(1, 180)
         numbers["scale_down_after_restart_s"] = time.monotonic() - back
         # idle in mode operator (no load, the 60 s rate window drained): evaluations go on, API writes do not

@@ -158,6 +158,8 @@ class Autoscaler:
         # key -> lastScaleTime/lastScaleReason of our last scale: the reconcile after our scale patch may read a
         # watch-cache body whose status predates our status write, and must not write the older values back.
         self._last_scale: dict[Key, dict] = {}
+        self._active: dict[Key, str] = {}  # key -> ScalingActive status last seen ("True"/"False")
+        self._warned: set[Key] = set()  # workloads whose metrics loss got a Warning Event
 
     async def close(self) -> None:
         if self.source is not None:
@@ -167,6 +169,8 @@ class Autoscaler:
         self._history.pop(key, None)
         self._last.pop(key, None)
         self._last_scale.pop(key, None)
+        self._active.pop(key, None)
+        self._warned.discard(key)
 
     def history(self, key: Key, body: Mapping) -> History:
         annotation = ((body.get("metadata") or {}).get("annotations") or {}).get(HISTORY_ANNOTATION)
@@ -227,8 +231,32 @@ class Autoscaler:
         else:
             annotation = self._history.get(key, (None,))[0]
             self._history[key] = (annotation, decision.history)
+        await self._condition_event(key, body, step.condition)
         self._last[key] = (now, generation, rv, step)
         return step
+
+    async def _condition_event(self, key: Key, body: Mapping, condition: Mapping) -> None:
+        """A Warning Event when ScalingActive turns from True to False (metrics lost), and a Normal
+        ScalingResumed when it turns back after such a Warning. A new workload whose replicas are not scraped
+        yet (False from the start) gets no Warning."""
+        before = self._active.get(key)
+        if before is None:  # first sight since the operator started: what the workload's status says
+            stored = next((c for c in (body.get("status") or {}).get("conditions") or ()
+                           if c.get("type") == CONDITION), None)
+            before = stored.get("status") if stored else None
+        self._active[key] = condition["status"]
+        if before == "True" and condition["status"] == "False":
+            self._warned.add(key)
+            type_, reason, message = "Warning", condition["reason"], f"scaling paused: {condition['message']}"
+        elif condition["status"] == "True" and key in self._warned:
+            self._warned.discard(key)
+            type_, reason, message = "Normal", "ScalingResumed", f"metrics available again: {condition['message']}"
+        else:
+            return
+        try:
+            await self.io(self.api.post_event, body, type_, reason, message)
+        except Exception as exc:  # an Event is best effort
+            log.info("event_not_posted", reason=reason, error=str(exc))
 
     async def tick_forever(self, interval_s: float, keys: Callable[[], list[Key]], enqueue: Callable[[Key], None]
                            ) -> None:
