@@ -95,6 +95,7 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
         mon.wait_workers(3)
         status = hdcw()["status"]
         assert status["desiredReplicas"] == 3 and status["observedDemandOpsPerSec"] > 1.5
+        assert status["throughputOpsPerSec"] > 1.5
         # TooManyReplicas: the recommendation (hundreds) was cut to maxReplicas
         assert status["lastScaleReason"].split(":")[0] in ("TooManyReplicas", "ScaleUpLimit"), autoscaled_events()
         assert any(m.startswith("scaled up from 1 to 3 replicas") for m in autoscaled_events()), autoscaled_events()

@@ -357,6 +357,7 @@ def test_status_fields_and_condition():
     assert fields["desiredReplicas"] == 6 and fields["lastScaleTime"] == "2026-11-28T13:00:00Z"
     assert fields["lastScaleReason"].startswith("ScaleUpLimit: demand 1400 ops/s")
     assert fields["observedDemandOpsPerSec"] == 1400.0 and fields["observedCapacityOpsPerSec"] == 100.0
+    assert fields["throughputOpsPerSec"] == 1400.0  # the THROUGHPUT printer column
     assert scaling_active_condition(d) == {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound",
                                            "message": d.message}
     down = Observation(None, None, None, None, unavailable_reason="Prometheus at http://p:9090 is unreachable")

@@ -500,14 +500,15 @@ def status_fields(decision: Decision, observation: Observation | None, current_r
                   now_iso: str) -> dict:
     """HDCWorkload status fields of one decision (camelCase, as in crds/hdcworkload.yaml).
 
-    lastScaleTime/lastScaleReason only when the replicas change; the observed values only when measured.
+    lastScaleTime/lastScaleReason only when the replicas change; the observed values only when measured. The
+    observed demand is also the workload's throughput (hypervector ops/s over all replicas, the THROUGHPUT column).
     """
     out: dict[str, Any] = {"desiredReplicas": decision.desired_replicas}
     if decision.desired_replicas != current_replicas:
         out["lastScaleTime"] = now_iso
         out["lastScaleReason"] = f"{decision.reason}: {decision.message}"
     if decision.metrics_available and observation is not None:
-        out["observedDemandOpsPerSec"] = float(observation.demand_ops_per_second)
+        out["observedDemandOpsPerSec"] = out["throughputOpsPerSec"] = float(observation.demand_ops_per_second)
         out["observedCapacityOpsPerSec"] = decision.capacity_ops_per_second
     return {k: v for k, v in out.items() if v is not None}
 
