@@ -43,7 +43,8 @@ log = structlog.get_logger("hdc_operator.autoscaler")
 HISTORY_ANNOTATION = "hdcompute.io/autoscaler-history"
 CONDITION = "ScalingActive"
 AUTOSCALER_KEYS = ("desiredReplicas", "lastScaleTime", "lastScaleReason", "observedDemandOpsPerSec",
-                   "observedCapacityOpsPerSec")
+                   "observedCapacityOpsPerSec", "throughputOpsPerSec")
+OBSERVED_KEYS = ("observedDemandOpsPerSec", "observedCapacityOpsPerSec", "throughputOpsPerSec")
 OBSERVED_CHANGE = 0.05  # observed demand/capacity rewritten in status when they move by more than 5 %
 MIN_EVALUATION_INTERVAL_S = 5.0  # a burst of pod events does not query Prometheus on each reconcile
 NO_PROMETHEUS = "no Prometheus URL configured (--prometheus-url / HDC_OPERATOR_PROMETHEUS_URL)"
@@ -110,7 +111,7 @@ def merge_status(new: Mapping, stored: Mapping, step: Step | None, now_iso: str)
                 out[key] = stored[key]  # e.g. the last measured demand while metrics are unavailable
             continue
         value = step.fields[key]
-        if key.startswith("observed"):
+        if key in OBSERVED_KEYS:
             if _moved(stored.get(key), value):
                 out[key], changed = value, True
             elif key in stored:
