@@ -124,9 +124,12 @@ up() {
         log "creating cluster '$NAME' (kwokctl binary runtime, $("$BIN/kube-apiserver" --version))"
         # Secure defaults: TLS with client certificates, RBAC and admission on; every component listens on
         # 127.0.0.1 only (hack/cluster/kwokctl.yaml); nothing is downloaded, every binary is local.
+        # kwok's Stages come from hack/cluster/kwok-stages.yaml: its defaults plus two that fake a bad image and a
+        # crash loop for marker images (the operator's Degraded reasons are tested against them).
         # Service IPs from a /16 (65k): kube-apiserver's default /24 runs out at ~250 Services (1,000 workloads).
         kwokctl create cluster \
             --config "$HACK/cluster/kwokctl.yaml" \
+            --config "$HACK/cluster/kwok-stages.yaml" \
             --runtime binary \
             --kubeconfig "$KUBECONFIG_PATH" \
             --secure-port=true \

@@ -217,6 +217,39 @@ def test_more_gpus_than_any_node_is_insufficient_gpu(operator, k8s_namespace, ap
                                                                                              "greedy"))
 
 
+# hack/cluster/kwok-stages.yaml gives pods with these images what a kubelet reports for them.
+POD_FAILURES = [("hdc-test.invalid/image-pull-backoff:never", "ImagePullBackOff", "Back-off pulling image"),
+                ("hdc-test.invalid/crash-loop-backoff:always", "CrashLoopBackOff", "back-off")]
+
+
+@pytest.mark.parametrize("image,reason,message", POD_FAILURES, ids=[r for _, r, _ in POD_FAILURES])
+def test_failing_pods_make_the_workload_degraded_until_the_image_is_fixed(operator, k8s_namespace, api,
+                                                                          crd_installed, image, reason, message):
+    ns, name = k8s_namespace, "broken"
+    apply(crd_installed, workload(name, ns, image=image, replicas=2, resources={"gpus": 0}))
+
+    def degraded():
+        w = hdcw(api, ns, name)
+        return w if cond(w, "Degraded").get("reason") == reason else None
+    w = wait_for(degraded, 60, f"Degraded/{reason}", operator)
+    pods = api.list("v1", "pods", ns, f"hdcompute.io/workload={name}")
+    waiting = [cs["state"]["waiting"]["reason"] for p in pods for cs in p["status"].get("containerStatuses", [])
+               if "waiting" in cs.get("state", {})]
+    assert waiting and set(waiting) == {reason}, waiting  # the kubelet-like state came from the Stage, not a mock
+    assert w["status"]["phase"] == "Degraded" and cond(w, "Degraded")["status"] == "True"
+    assert message in cond(w, "Degraded")["message"]
+    assert cond(w, "Ready")["status"] == "False" and w["status"].get("readyReplicas", 0) == 0
+    assert any(e["type"] == "Warning" and e["reason"] == reason for e in events(api, ns, name))
+    table = kubectl(crd_installed, "get", "hdcw", name, "-n", ns, "--no-headers").stdout.split()
+    assert "Degraded" in table
+
+    # The user fixes the image: new pods come up, the condition clears, the workload runs.
+    apply(crd_installed, workload(name, ns, image="ghcr.io/hd-compute/hdc-worker:0.1.0", replicas=2,
+                                  resources={"gpus": 0}))
+    w = wait_for(running(api, ns, name, 2), 90, "Running after the image was fixed", operator)
+    assert cond(w, "Degraded")["status"] == "False" and cond(w, "Ready")["status"] == "True"
+
+
 def test_kubectl_scale_gives_three_replicas(operator, k8s_namespace, api, crd_installed):
     ns = k8s_namespace
     apply(crd_installed, workload("scaly", ns, resources={"gpus": 0}))
