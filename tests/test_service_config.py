@@ -112,6 +112,41 @@ async def test_server_span_continues_the_callers_w3c_trace(tmp_path, monkeypatch
 
 
 @pytest.mark.asyncio
+async def test_a_micro_batch_gets_one_kernel_span_linked_to_every_request(tmp_path, monkeypatch):
+    """Concurrent similarity requests against the same operands become one kernel call, and one kernel span:
+    a child of the first request's span, linked to all of them, hdc.input_count = the rows it computed."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_provider", provider)
+    settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False,
+                              batch_max_wait_ms=500.0)
+    app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
+    others = [[1] * 64, [-1] * 64]
+    async with TestClient(TestServer(app)) as c:
+        async def one(i: int):
+            resp = await c.post("/v1/ops/similarity", json={"queries": [[1] * 64] * (i + 1), "others": others},
+                                headers={"X-Correlation-ID": f"batch-{i}"})
+            assert resp.status == 200, await resp.text()
+        await asyncio.gather(*(one(i) for i in range(4)))
+        await asyncio.sleep(0)
+    finished = exporter.get_finished_spans()
+    servers = {s.context.span_id: s for s in finished if s.name == "POST /v1/ops/similarity"}
+    kernels = [s for s in finished if s.name == "hdc_similarity_operation"]
+    assert len(servers) == 4
+    assert len(kernels) == 1, [k.attributes for k in kernels]  # one kernel call for the four requests
+    (kernel,) = kernels
+    assert {link.context.span_id for link in kernel.links} == set(servers)
+    assert kernel.parent.span_id in servers
+    assert kernel.attributes["hdc.input_count"] == 1 + 2 + 3 + 4
+    assert kernel.attributes["hdc.batch_requests"] == 4 and kernel.attributes["hdc.success"] is True
+
+
+@pytest.mark.asyncio
 async def test_observability_off_skips_metrics_spans_and_log_lines(tmp_path, monkeypatch, capsys):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import ContextManager, Iterator, Mapping, MutableMapping
+from typing import ContextManager, Iterator, Mapping, MutableMapping, Sequence
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -35,11 +35,11 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 __all__ = [
     "configure_tracing", "shutdown_tracing", "get_tracer", "kernel_span", "server_span",
-    "extract_context", "inject_context", "current_trace_id", "TRACER_NAME",
+    "extract_context", "inject_context", "current_trace_id", "records_spans", "TRACER_NAME",
 ]
 
 TRACER_NAME = "hd_compute"
@@ -125,10 +125,13 @@ def _check(field: str, value: object) -> None:
 
 
 def kernel_span(operation: str, input_count: int, dimension: int, *,
-                attributes: Mapping[str, object] | None = None) -> ContextManager[Span]:
+                attributes: Mapping[str, object] | None = None, parent: SpanContext | None = None,
+                links: Sequence[SpanContext] = ()) -> ContextManager[Span]:
     """Span `hdc_<operation>_operation` with hdc.operation, hdc.input_count, hdc.dimension and hdc.success.
 
     An exception inside sets hdc.success False, records the exception, marks the span ERROR and propagates.
+    `parent` makes it a child of that span instead of the current one, and `links` point at the spans it also
+    served (one kernel call of the micro-batcher computes the queries of several requests).
     """
     if not isinstance(operation, str) or not operation:
         raise ValueError(f"operation must be a non-empty string, got {operation!r}")
@@ -139,13 +142,16 @@ def kernel_span(operation: str, input_count: int, dimension: int, *,
         return _LightSpan(light, f"hdc_{operation}_operation", None, SpanKind.INTERNAL)
     attrs = {"hdc.operation": operation, "hdc.input_count": input_count, "hdc.dimension": dimension}
     attrs.update(attributes or {})
-    return _recorded_kernel_span(f"hdc_{operation}_operation", attrs)
+    context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None and parent.is_valid else None
+    return _recorded_kernel_span(f"hdc_{operation}_operation", attrs, context,
+                                 [Link(sc) for sc in links if sc.is_valid])
 
 
 @contextlib.contextmanager
-def _recorded_kernel_span(name: str, attrs: dict) -> Iterator[Span]:
-    with get_tracer().start_as_current_span(name, attributes=attrs, record_exception=False,
-                                            set_status_on_exception=False) as span:
+def _recorded_kernel_span(name: str, attrs: dict, context: otel_context.Context | None = None,
+                          links: Sequence[Link] = ()) -> Iterator[Span]:
+    with get_tracer().start_as_current_span(name, context=context, attributes=attrs, links=links,
+                                            record_exception=False, set_status_on_exception=False) as span:
         try:
             yield span
         except BaseException as exc:
@@ -154,6 +160,17 @@ def _recorded_kernel_span(name: str, attrs: dict) -> Iterator[Span]:
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             raise
         span.set_attribute("hdc.success", True)
+
+
+def records_spans() -> bool:
+    """Whether spans go anywhere: False on the light path (no span processor) and with OTEL_SDK_DISABLED=true.
+
+    Work done only to build a span (e.g. the micro-batcher's kernel span for a batch of requests) is skipped
+    when this is False."""
+    provider = _provider
+    if isinstance(provider, WorkerTracerProvider):
+        return provider.enabled and provider.has_processors
+    return True
 
 
 def server_span(name: str, headers: Mapping[str, str] | None = None, *,

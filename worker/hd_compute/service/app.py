@@ -23,6 +23,7 @@ from typing import Any, Awaitable, Callable
 
 import torch
 from aiohttp import web
+from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 import hd_compute.functional as F
@@ -32,7 +33,7 @@ from hd_compute.models import Centroid
 from hd_compute.monitoring.health import HealthChecker, HealthThresholds, http_status
 from hd_compute.monitoring.logging import bind_request_context, clear_request_context, get_logger
 from hd_compute.monitoring.metrics import MetricsCollector
-from hd_compute.monitoring.tracing import current_trace_id, kernel_span, server_span
+from hd_compute.monitoring.tracing import kernel_span, records_spans, server_span
 from hd_compute.structures import ItemMemory
 from hd_compute.vsa import get_model
 
@@ -65,7 +66,8 @@ class Worker:
             require_cuda=self.device.type == "cuda")
         self.runner = KernelRunner()
         self.batcher = MicroBatcher(self.runner, max_size=settings.batch_max_size,
-                                    max_wait=settings.batch_max_wait_seconds, on_batch=self.metrics.observe_batch_size)
+                                    max_wait=settings.batch_max_wait_seconds, on_batch=self.metrics.observe_batch_size,
+                                    around_batch=_batch_span)
         self.store = StateStore(settings.state_dir)
         self.memories: dict[str, MemoryEntry] = {}
         self.classifiers: dict[str, ClassifierEntry] = {}
@@ -218,8 +220,12 @@ class Op:
             return await self.worker.runner.run(fn, *args)
 
     async def batched(self, key: Any, rows: int, item: Any, run_batch: Callable[[list], list]) -> Any:
-        with self._span():
-            return await self.worker.batcher.submit(key, rows, item, run_batch)
+        # One kernel call serves every request of its batch: its span is opened once per call (_batch_span),
+        # not once per request, and only when spans are recorded (an exporter is configured).
+        tag = None
+        if self.worker.settings.observability and records_spans():
+            tag = (self.name, self.dimension or 0, trace.get_current_span().get_span_context())
+        return await self.worker.batcher.submit(key, rows, item, run_batch, tag)
 
     def respond(self, fields: dict[str, Any], status: int = 200) -> web.Response:
         return respond(self.request, self.payload, fields, status=status)
@@ -260,6 +266,18 @@ def operation(name: str) -> Callable[[Callable[[Op], Awaitable[web.Response]]], 
         return handler
 
     return decorate
+
+
+def _batch_span(tags: list, rows: int):
+    """The kernel span of one micro-batched kernel call: a child of the first request's span, linked to the
+    spans of all the requests it computed, with hdc.input_count = the rows of the call. None without tags
+    (observability off, or no exporter: nothing would record it)."""
+    first = tags[0]
+    if first is None:
+        return contextlib.nullcontext()
+    operation, dimension, parent = first
+    return kernel_span(operation, rows, dimension, parent=parent, links=[t[2] for t in tags if t is not None],
+                       attributes={"hdc.batch_requests": len(tags)})
 
 
 def _failed(op: Op, started: float, status: int, error: str, detail: str, *, log_it: bool = True) -> web.Response:
@@ -319,7 +337,7 @@ async def observability_middleware(request: web.Request, handler):
     try:
         attributes = {"http.request.method": request.method, "http.route": route, "hdc.correlation_id": cid}
         with server_span(f"{request.method} {route}", request.headers, attributes=attributes) as span:
-            bind_request_context(cid, current_trace_id())
+            bind_request_context(cid)  # the log lines take trace_id/span_id from the current span
             response = await _handle(request, handler)
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:

@@ -10,17 +10,20 @@ a similarity request) wait at most `max_wait` seconds for company; a group is fl
 together when it finishes, so a busy worker batches more. `run_batch(items)` runs on the kernel thread and
 returns one result per item; `on_batch(rows)` is called once per kernel call with the number of rows
 (queries) it computed — the worker passes MetricsCollector.observe_batch_size (hdc_batch_size_distribution).
-An exception in a kernel call is delivered to every request of that group.
+`around_batch(tags, rows)`, when given, returns a context manager held around each kernel call, with the
+`tag` every request of the group passed to `submit` (the worker opens one kernel span per call there, linked
+to the requests' spans). An exception in a kernel call is delivered to every request of that group.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
+from typing import Any, Callable, ContextManager, Hashable
 
 
 class KernelRunner:
@@ -45,13 +48,15 @@ class KernelRunner:
 @dataclass
 class _Group:
     items: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
+    tags: list[Any] = field(default_factory=list)
     rows: int = 0
     timer: asyncio.TimerHandle | None = None
 
 
 class MicroBatcher:
     def __init__(self, runner: KernelRunner, *, max_size: int, max_wait: float,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+                 on_batch: Callable[[int], None] | None = None,
+                 around_batch: Callable[[list, int], ContextManager] | None = None) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         if max_wait < 0:
@@ -60,20 +65,24 @@ class MicroBatcher:
         self.max_size = max_size
         self.max_wait = max_wait
         self.on_batch = on_batch
+        self.around_batch = around_batch
         self._pending: dict[Hashable, _Group] = {}
         self._run_fns: dict[Hashable, Callable[[list], list]] = {}
         self._running: set[Hashable] = set()
         self._tasks: set[asyncio.Task] = set()
         self.kernel_calls = 0  # for tests and the benchmark: how many kernel calls the batcher made
 
-    async def submit(self, key: Hashable, rows: int, item: Any, run_batch: Callable[[list], list]) -> Any:
-        """Queues `item` (which holds `rows` queries) with the others of `key`; returns its own result."""
+    async def submit(self, key: Hashable, rows: int, item: Any, run_batch: Callable[[list], list],
+                     tag: Any = None) -> Any:
+        """Queues `item` (which holds `rows` queries) with the others of `key`; returns its own result.
+        `tag` goes to `around_batch` with those of the other requests of the same kernel call."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         group = self._pending.get(key)
         if group is None:
             group = self._pending[key] = _Group()
         group.items.append((item, future))
+        group.tags.append(tag)
         group.rows += rows
         self._run_fns[key] = run_batch
         if group.rows >= self.max_size:
@@ -103,7 +112,9 @@ class MicroBatcher:
             self.kernel_calls += 1
             if self.on_batch is not None:
                 self.on_batch(group.rows)
-            results = await self.runner.run(run_batch, items)
+            around = self.around_batch(group.tags, group.rows) if self.around_batch else contextlib.nullcontext()
+            with around:
+                results = await self.runner.run(run_batch, items)
             for (_, future), result in zip(group.items, results, strict=True):
                 if not future.done():
                     future.set_result(result)
