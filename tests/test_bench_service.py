@@ -55,16 +55,27 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
             else:
                 assert r["ratio_vs_batched"] is None
         assert next(r for r in mine if r["queries_per_request"] == 64 and r["observability"])["floor"] == 0.7
+        # rows with a floor are paired round by round with an in-process measurement taken right after them,
+        # and the verdict is on the median of those ratios
+        for r in mine:
+            if r["floor"] is None:
+                assert r.get("paired_ratio") is None
+                continue
+            assert len(r["in_process_qps_rounds"]) == len(r["per_round_qps"]) == 1
+            assert r["paired_ratio"] == pytest.approx(r["per_round_qps"][0] / r["in_process_qps_rounds"][0])
+            assert r["meets_floor"] == (r["paired_ratio"] >= r["floor"])
     assert {(o["vsa"], o["queries_per_request"]) for o in report["overheads"]} == \
         {(v, q) for v in ("MAP", "BSC") for q in (1, 64)}
     for o in report["overheads"]:
         assert o["qps_on"] > 0 and o["qps_off"] > 0 and o["ceiling"] == 0.05
         assert len(o["overhead_paired"]) == 1 and o["overhead_paired_median"] == o["overhead_paired"][0]
+        assert o["meets_ceiling"] == (o["overhead_paired_median"] <= o["ceiling"])
 
     assert len(report["machine"]["load_average"]["start"]) == 3 and "in_process" in report["machine"]["omp_wait_policy"]
     text = service_markdown(report)
     assert "| MAP | single query | batching off, observability on |" in text and "overhead" in text
     assert "vs batched in-process" in text and "Load average" in text and "CPU µs/query" in text
+    assert "paired ratio: median (rounds)" in text
     json.dumps(report)  # --json writes it as is
 
 
