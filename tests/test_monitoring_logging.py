@@ -153,3 +153,19 @@ def test_stdout_of_a_real_process_is_json_lines():
     assert entry == {**entry, "event": "hypervector_operation_completed", "correlation_id": "c-1", "trace_id": "abc",
                      "operation": "bind", "logger": "w", "level": "info"}
     assert hdc_logging.FILE_BACKUP_COUNT == 5
+
+
+def test_logger_cache_binds_once_and_follows_a_new_set_up(capsys):
+    from hd_compute.monitoring.logging import LoggerCache
+
+    configure_logging("INFO", "json")
+    log = LoggerCache("cached")
+    assert log() is log()  # bound once
+    log().info("first")
+    log().debug("hidden")
+    configure_logging("DEBUG", "json")  # a new set-up: the cache binds again and sees the new level
+    log().debug("shown")
+    entries = lines(capsys.readouterr().out)
+    assert [e["event"] for e in entries] == ["first", "shown"]
+    assert all(e["logger"] == "cached" for e in entries)
+    configure_logging("INFO", "json")

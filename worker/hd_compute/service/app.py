@@ -31,7 +31,7 @@ from hd_compute.device import resolve_device
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.models import Centroid
 from hd_compute.monitoring.health import HealthChecker, HealthThresholds, http_status
-from hd_compute.monitoring.logging import bind_request_context, clear_request_context, get_logger
+from hd_compute.monitoring.logging import LoggerCache, bind_request_context, clear_request_context
 from hd_compute.monitoring.metrics import MetricsCollector
 from hd_compute.monitoring.tracing import kernel_span, records_spans, server_span
 from hd_compute.structures import ItemMemory
@@ -48,8 +48,7 @@ CORRELATION_HEADER = "X-Correlation-ID"
 _CID_RE = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
-def log():
-    return get_logger("hd_compute.service")
+log = LoggerCache("hd_compute.service")  # log().info(...): bound once per logging set-up
 
 
 class Worker:
