@@ -249,6 +249,10 @@ def test_hpa_mode_scales_through_prometheus_adapter(k8s_cluster, k8s_namespace, 
         print("\nhpa e2e:", json.dumps({k: round(v, 1) for k, v in numbers.items()}))
     except AssertionError:
         print(adapter_log.read_text(errors="replace")[-3000:] if adapter_log.exists() else "", operator.log()[-2000:])
+        # what the HPA controller saw last (conditions: AbleToScale, ScalingActive, ScalingLimited; metrics)
+        hpa_now = subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "get", "hpa", "-n", ns,
+                                  "-o", "jsonpath={.items[*].status}"], capture_output=True, text=True, timeout=60)
+        print("HPA status:", hpa_now.stdout[-4000:], hpa_now.stderr[-500:])
         raise
     finally:
         if load is not None:
