@@ -474,7 +474,7 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                 ab_rows[scenario] = (on, off)
                 overhead = 1 - on["service_qps"] / off["service_qps"] if off["service_qps"] else float("nan")
                 # Each round's pair (on, then off right after) shares that moment's load; their median is
-                # reported next to the pooled figure (the verdict stays on the pooled one).
+                # the verdict, reported next to the pooled figure.
                 paired = [1 - a / b for a, b in zip(on["per_round_qps"], off["per_round_qps"]) if b > 0]
                 paired_median = statistics.median(paired) if paired else float("nan")
                 overheads.append({"vsa": vsa, "scenario": scenario, "queries_per_request": q, "clients": clients,
