@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker_process import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# What a refusal by RBAC looks like in the operator's log: the API's reason (kopf's APIForbiddenError, our
+# reconcile errors), kopf's own warning for a resource it may not watch, or a 403 as a status code. Not any
+# "403" in the text: timestamps and ports hold those digits too.
+PERMISSION_DENIAL = re.compile(r"forbidden|not enough permissions|[\"']code[\"']:\s*403\b|\bHTTP/1\.1\\?\"? 403\b",
+                               re.IGNORECASE)
 
 
 class OperatorProcess:
@@ -59,6 +66,10 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def permission_denials(self) -> list[str]:
+        """The log lines that say the API server refused the operator something (see PERMISSION_DENIAL)."""
+        return [line for line in self.log().splitlines() if PERMISSION_DENIAL.search(line)]
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         """Every sample of /metrics: (name, sorted label items) -> value."""
