@@ -90,6 +90,9 @@ def test_memo_stops_reapplying_what_the_server_normalises_differently():
 @pytest.mark.parametrize("status,message,reason", [
     (403, 'deployments.apps "w" is forbidden: exceeded quota: q, requested: count/deployments.apps=1', "QuotaExceeded"),
     (400, 'admission webhook "deny.example.com" denied the request: no', "AdmissionDenied"),
+    (422, 'deployments.apps "w" is forbidden: ValidatingAdmissionPolicy \'p\' with binding \'b\' denied request: no',
+     "AdmissionDenied"),
+    (403, 'deployments.apps "w" is forbidden: ValidatingAdmissionPolicy \'p\' denied request: no', "AdmissionDenied"),
     (403, 'deployments.apps is forbidden: User "x" cannot patch', "Forbidden"),
     (422, "Deployment.apps \"w\" is invalid: spec.replicas: Invalid value", "Invalid"),
     (400, "bad request", "ApiRefused"),

@@ -187,6 +187,17 @@ def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_n
                                   for p in pods)
     assert any(e["reason"] == "Created" for e in events(api, ns, "alpha"))
     assert operator.metric_sum("hdc_operator_managed_workloads") == 1
+    # a spec edit: applied to the Deployment, an Updated Event names the generation, status catches up
+    kubectl(crd_installed, "patch", "hdcw", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"hdc":{"dimension":4096}}}')
+
+    def dimension_applied():
+        env = api.get("apps/v1", "deployments", ns, "alpha")["spec"]["template"]["spec"]["containers"][0]["env"]
+        return {e["name"]: e.get("value") for e in env}.get("HDC_DIMENSION") == "4096"
+    wait_for(dimension_applied, 30, "HDC_DIMENSION=4096 in the Deployment", operator)
+    wait_for(lambda: any(e["reason"] == "Updated" and "generation 2" in e["message"] for e in events(api, ns, "alpha")),
+             30, "an Updated Event", operator)
+    wait_for(lambda: hdcw(api, ns, "alpha")["status"].get("observedGeneration") == 2, 30, "observedGeneration 2",
+             operator)
 
 
 def test_examples_reconcile(operator, k8s_namespace, api, crd_installed):
@@ -375,6 +386,55 @@ def test_quota_refusal_is_a_condition_and_is_retried(operator, k8s_namespace, ap
     w = wait_for(running(api, ns, "quota", 1), 60, "Running once the quota is lifted", operator)
     assert cond(w, "Degraded")["status"] == "False"
     assert any(e["reason"] == "Recovered" for e in events(api, ns, "quota"))
+
+
+def test_admission_policy_refusal_is_a_condition_and_is_retried(operator, k8s_namespace, api, crd_installed):
+    """A ValidatingAdmissionPolicy (the API server's own CEL admission, no webhook) refuses the Deployment:
+    Degraded/AdmissionDenied with the policy's message, a Warning Event, retries; Running once it is lifted."""
+    ns = k8s_namespace
+    policy_name = f"hdc-test-no-deployments-{ns}"  # cluster-scoped: a DNS subdomain, up to 253 characters
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": policy_name},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                                                               "operations": ["CREATE", "UPDATE"],
+                                                               "resources": ["deployments"]}]},
+                       "validations": [{"expression": "object.metadata.name != 'admission'",
+                                        "message": "no Deployment named admission in this namespace"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": policy_name},
+               "spec": {"policyName": policy_name, "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}}
+    try:
+        apply(crd_installed, policy)
+        apply(crd_installed, binding)
+
+        def policy_in_force():  # the API server compiles and loads a policy a moment after it is stored
+            out = kubectl(crd_installed, "create", "deployment", "admission", "--image=x", "-n", ns,
+                          "--dry-run=server", check=False)
+            return out.returncode != 0 and "denied request" in out.stderr
+        wait_for(policy_in_force, 60, "the admission policy in force")
+        apply(crd_installed, workload("admission", ns, resources={"gpus": 0}))
+
+        def refused():
+            w = hdcw(api, ns, "admission")
+            return w if cond(w, "Degraded").get("reason") == "AdmissionDenied" else None
+        w = wait_for(refused, 60, "Degraded/AdmissionDenied", operator)
+        assert "no Deployment named admission" in cond(w, "Degraded")["message"], cond(w, "Degraded")
+        assert w["status"]["phase"] == "Degraded"
+        assert api.get("apps/v1", "deployments", ns, "admission") is None
+        assert api.get("v1", "services", ns, "admission")  # the other children are applied all the same
+        assert any(e["type"] == "Warning" and e["reason"] == "AdmissionDenied" for e in events(api, ns, "admission"))
+        errors_before = operator.metric_sum("hdc_operator_reconcile_errors_total", reason="AdmissionDenied")
+        wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason="AdmissionDenied")
+                 > errors_before, 30, "a retry", operator)
+    finally:
+        kubectl(crd_installed, "delete", "validatingadmissionpolicybinding", policy_name, "--ignore-not-found",
+                check=False)
+        kubectl(crd_installed, "delete", "validatingadmissionpolicy", policy_name, "--ignore-not-found", check=False)
+    w = wait_for(running(api, ns, "admission", 1), 90, "Running once the policy is lifted", operator)
+    assert cond(w, "Degraded")["status"] == "False"
+    assert any(e["reason"] == "Recovered" for e in events(api, ns, "admission"))
 
 
 def test_idle_operator_writes_nothing(operator, k8s_namespace, api, crd_installed):

@@ -101,7 +101,9 @@ def classify_refusal(status: int, body: Mapping | None) -> str:
     lowered = message.lower()
     if "exceeded quota" in lowered or "forbidden: exceeded" in lowered:
         return "QuotaExceeded"
-    if "admission webhook" in lowered or "denied the request" in lowered:
+    # a webhook ("admission webhook ... denied the request") or a ValidatingAdmissionPolicy ("... with binding
+    # '...' denied request: ..."; HTTP 422 by default, 403 when the policy says reason Forbidden: not RBAC)
+    if "admission webhook" in lowered or "denied the request" in lowered or "denied request" in lowered:
         return "AdmissionDenied"
     if status == 403:
         return "Forbidden"
