@@ -362,6 +362,29 @@ def test_missing_monitoring_crds_give_a_condition_not_a_crash(operator, k8s_name
     assert operator.alive()
 
 
+def assert_deployment_refused_and_retried(operator, api, ns: str, name: str, reason: str, message_part: str) -> None:
+    """The API server refuses the workload's Deployment: Degraded/<reason> naming the cause, the other children
+    applied all the same, a Warning Event, and a retry (the reconcile error counter moves)."""
+    def refused():
+        w = hdcw(api, ns, name)
+        return w if cond(w, "Degraded").get("reason") == reason else None
+    w = wait_for(refused, 60, f"Degraded/{reason}", operator)
+    assert message_part in cond(w, "Degraded")["message"], cond(w, "Degraded")
+    assert w["status"]["phase"] == "Degraded"
+    assert api.get("apps/v1", "deployments", ns, name) is None
+    assert api.get("v1", "services", ns, name)
+    assert any(e["type"] == "Warning" and e["reason"] == reason for e in events(api, ns, name))
+    errors_before = operator.metric_sum("hdc_operator_reconcile_errors_total", reason=reason)
+    wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason=reason) > errors_before, 30,
+             "a retry", operator)
+
+
+def assert_recovered(operator, api, ns: str, name: str, what: str) -> None:
+    w = wait_for(running(api, ns, name, 1), 90, what, operator)
+    assert cond(w, "Degraded")["status"] == "False"
+    assert any(e["reason"] == "Recovered" for e in events(api, ns, name))
+
+
 def test_quota_refusal_is_a_condition_and_is_retried(operator, k8s_namespace, api, crd_installed):
     ns = k8s_namespace
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-deployments", "namespace": ns},
@@ -370,22 +393,9 @@ def test_quota_refusal_is_a_condition_and_is_retried(operator, k8s_namespace, ap
     wait_for(lambda: (api.get("v1", "resourcequotas", ns, "no-deployments") or {}).get("status", {}).get("hard"), 30,
              "quota observed by the quota controller")
     apply(crd_installed, workload("quota", ns, resources={"gpus": 0}))
-
-    def refused():
-        w = hdcw(api, ns, "quota")
-        return w if cond(w, "Degraded").get("reason") == "QuotaExceeded" else None
-    w = wait_for(refused, 60, "Degraded/QuotaExceeded", operator)
-    assert "exceeded quota" in cond(w, "Degraded")["message"] and w["status"]["phase"] == "Degraded"
-    assert api.get("apps/v1", "deployments", ns, "quota") is None
-    assert api.get("v1", "services", ns, "quota")  # the other children are applied all the same
-    assert any(e["type"] == "Warning" and e["reason"] == "QuotaExceeded" for e in events(api, ns, "quota"))
-    errors_before = operator.metric_sum("hdc_operator_reconcile_errors_total", reason="QuotaExceeded")
-    wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason="QuotaExceeded")
-             > errors_before, 30, "a retry", operator)
+    assert_deployment_refused_and_retried(operator, api, ns, "quota", "QuotaExceeded", "exceeded quota")
     kubectl(crd_installed, "delete", "resourcequota", "no-deployments", "-n", ns)
-    w = wait_for(running(api, ns, "quota", 1), 60, "Running once the quota is lifted", operator)
-    assert cond(w, "Degraded")["status"] == "False"
-    assert any(e["reason"] == "Recovered" for e in events(api, ns, "quota"))
+    assert_recovered(operator, api, ns, "quota", "Running once the quota is lifted")
 
 
 def test_admission_policy_refusal_is_a_condition_and_is_retried(operator, k8s_namespace, api, crd_installed):
@@ -415,26 +425,13 @@ def test_admission_policy_refusal_is_a_condition_and_is_retried(operator, k8s_na
             return out.returncode != 0 and "denied request" in out.stderr
         wait_for(policy_in_force, 60, "the admission policy in force")
         apply(crd_installed, workload("admission", ns, resources={"gpus": 0}))
-
-        def refused():
-            w = hdcw(api, ns, "admission")
-            return w if cond(w, "Degraded").get("reason") == "AdmissionDenied" else None
-        w = wait_for(refused, 60, "Degraded/AdmissionDenied", operator)
-        assert "no Deployment named admission" in cond(w, "Degraded")["message"], cond(w, "Degraded")
-        assert w["status"]["phase"] == "Degraded"
-        assert api.get("apps/v1", "deployments", ns, "admission") is None
-        assert api.get("v1", "services", ns, "admission")  # the other children are applied all the same
-        assert any(e["type"] == "Warning" and e["reason"] == "AdmissionDenied" for e in events(api, ns, "admission"))
-        errors_before = operator.metric_sum("hdc_operator_reconcile_errors_total", reason="AdmissionDenied")
-        wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason="AdmissionDenied")
-                 > errors_before, 30, "a retry", operator)
+        assert_deployment_refused_and_retried(operator, api, ns, "admission", "AdmissionDenied",
+                                              "no Deployment named admission")
     finally:
         kubectl(crd_installed, "delete", "validatingadmissionpolicybinding", policy_name, "--ignore-not-found",
                 check=False)
         kubectl(crd_installed, "delete", "validatingadmissionpolicy", policy_name, "--ignore-not-found", check=False)
-    w = wait_for(running(api, ns, "admission", 1), 90, "Running once the policy is lifted", operator)
-    assert cond(w, "Degraded")["status"] == "False"
-    assert any(e["reason"] == "Recovered" for e in events(api, ns, "admission"))
+    assert_recovered(operator, api, ns, "admission", "Running once the policy is lifted")
 
 
 def test_idle_operator_writes_nothing(operator, k8s_namespace, api, crd_installed):
