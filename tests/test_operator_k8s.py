@@ -373,7 +373,9 @@ def assert_deployment_refused_and_retried(operator, api, ns: str, name: str, rea
     assert w["status"]["phase"] == "Degraded"
     assert api.get("apps/v1", "deployments", ns, name) is None
     assert api.get("v1", "services", ns, name)
-    assert any(e["type"] == "Warning" and e["reason"] == reason for e in events(api, ns, name))
+    # the Event is posted after the status write: wait for it rather than race it
+    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == reason for e in events(api, ns, name)), 30,
+             f"a Warning Event {reason}", operator)
     errors_before = operator.metric_sum("hdc_operator_reconcile_errors_total", reason=reason)
     wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason=reason) > errors_before, 30,
              "a retry", operator)

@@ -220,6 +220,23 @@ async def test_probes_health_metrics_openapi(client):
     assert resp.headers["X-Correlation-ID"] == "abc-123"
 
 
+@pytest.mark.asyncio
+async def test_an_idle_worker_exports_its_operation_series_at_zero(client):
+    """Before any request every operation's counters exist at 0: an HPA on their per-pod rate gets 0 for a fresh
+    or idle replica instead of "metric not found" (which blocks scaling down)."""
+    from hd_compute.service.app import OPERATIONS
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = await (await client.get("/metrics")).text()
+    samples = {(s.name, s.labels.get("operation")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert {"random", "memory_query", "classifier_predict"} <= set(OPERATIONS)
+    for op in OPERATIONS:
+        assert samples[("hdc_hypervector_operations_total", op)] == 0, op
+        assert samples[("hdc_operation_total", op)] == 0, op
+        assert samples[("hdc_operation_duration_seconds_count", op)] == 0, op
+
+
 # --- micro-batching ------------------------------------------------------------------------------------------
 
 

@@ -220,6 +220,22 @@ class MetricsCollector:
         self._labelled(metric, name, labels).set(_check_number("value", value, minimum=None))
 
     # --- the worker's API -------------------------------------------------------------------------------------
+    def _operation_children(self, operation: str) -> tuple:
+        # labels() takes a lock and builds a key: once per operation, not per request
+        children = self._children[operation] = (self.operation_duration_seconds.labels(operation),
+                                                self.operation_total.labels(operation),
+                                                self.hypervector_operations_total.labels(operation))
+        return children
+
+    def declare_operations(self, operations: Iterable[str]) -> None:
+        """Exports the per-operation series at zero before the first request, so an idle replica (a fresh one,
+        or one that never got traffic) has a throughput of 0 rather than no series: an HPA on their rate needs
+        a value for every pod to scale down."""
+        for operation in operations:
+            _check_label("operation", operation)
+            if operation not in self._children:
+                self._operation_children(operation)
+
     def observe_operation(self, operation: str, seconds: float, *, hypervectors: int = 1,
                           error: str | None = None) -> None:
         """One completed request or kernel: duration, counts, errors, and the sliding window."""
@@ -229,12 +245,7 @@ class MetricsCollector:
             raise ValueError(f"hypervectors must be a non-negative integer, got {hypervectors!r}")
         if error is not None:
             _check_label("error", error)
-        children = self._children.get(operation)
-        if children is None:  # labels() takes a lock and builds a key: once per operation, not per request
-            children = self._children[operation] = (self.operation_duration_seconds.labels(operation),
-                                                    self.operation_total.labels(operation),
-                                                    self.hypervector_operations_total.labels(operation))
-        duration, total, hypervector_total = children
+        duration, total, hypervector_total = self._children.get(operation) or self._operation_children(operation)
         duration.observe(seconds)
         total.inc()
         if error is not None:

@@ -59,6 +59,7 @@ class Worker:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.metrics = metrics if metrics is not None else MetricsCollector()
+        self.metrics.declare_operations(OPERATIONS)
         self.health = health if health is not None else HealthChecker(
             HealthThresholds(cuda_memory_mb=settings.health_cuda_memory_mb, memory_percent=settings.health_memory_percent,
                              disk_percent=settings.health_disk_percent, disk_path=_existing_parent(settings.state_dir)),
@@ -230,7 +231,12 @@ class Op:
         return respond(self.request, self.payload, fields, status=status)
 
 
+OPERATIONS: list[str] = []  # every operation() name: their metric series are exported at zero from the start
+
+
 def operation(name: str) -> Callable[[Callable[[Op], Awaitable[web.Response]]], Callable[[web.Request], Awaitable[web.Response]]]:
+    OPERATIONS.append(name)
+
     def decorate(fn):
         @functools.wraps(fn)
         async def handler(request: web.Request) -> web.Response:
