@@ -13,8 +13,8 @@ import structlog
 
 from hd_compute.monitoring import logging as hdc_logging
 from hd_compute.monitoring.logging import (
-    CUDA_MEMORY_ALLOCATION_FAILED, OPERATION_COMPLETED, PERFORMANCE_MEASUREMENT, bind_request_context,
-    clear_request_context, configure_logging, get_logger,
+    CUDA_MEMORY_ALLOCATION_FAILED, OPERATION_COMPLETED, PERFORMANCE_MEASUREMENT, REQUEST_SCOPE, RequestScope,
+    bind_request_context, clear_request_context, configure_logging, flush_logs, get_logger, log_request_line,
 )
 
 WORKER = pathlib.Path(__file__).resolve().parent.parent / "worker"
@@ -169,3 +169,76 @@ def test_logger_cache_binds_once_and_follows_a_new_set_up(capsys):
     assert [e["event"] for e in entries] == ["first", "shown"]
     assert all(e["logger"] == "cached" for e in entries)
     configure_logging("INFO", "json")
+
+
+ISO_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
+
+
+def test_the_request_line_is_the_structlog_line_built_directly(capsys):
+    """log_request_line (the worker's per-request line) writes what get_logger().info() writes, with the request
+    scope's correlation id and trace ids; it follows the level and the format of the set-up."""
+    import re
+
+    configure_logging("INFO", "json")
+    fields = {"operation": "memory_query", "dimension": 10000, "input_count": 1, "duration_ms": 1.25,
+              "device": "cpu", "status": 200}
+    token = REQUEST_SCOPE.set(RequestScope("c-7", "ab" * 16, "cd" * 8))
+    try:
+        get_logger("hd_compute.service").info(OPERATION_COMPLETED, **fields)
+        log_request_line("hd_compute.service", OPERATION_COMPLETED, fields)
+    finally:
+        REQUEST_SCOPE.reset(token)
+    log_request_line("hd_compute.service", "outside_a_request", {})
+    slow, fast, outside = lines(capsys.readouterr().out)
+    assert re.match(ISO_Z, slow.pop("timestamp")) and re.match(ISO_Z, fast.pop("timestamp"))
+    assert fast == slow == {**fields, "event": OPERATION_COMPLETED, "correlation_id": "c-7", "trace_id": "ab" * 16,
+                            "span_id": "cd" * 8, "level": "info", "logger": "hd_compute.service"}
+    assert "correlation_id" not in outside and "trace_id" not in outside
+
+    configure_logging("WARNING", "json")
+    log_request_line("hd_compute.service", OPERATION_COMPLETED, fields)
+    assert capsys.readouterr().out == ""
+    configure_logging("INFO", "console")
+    log_request_line("hd_compute.service", OPERATION_COMPLETED, fields)
+    text = capsys.readouterr().out
+    assert OPERATION_COMPLETED in text and not text.lstrip().startswith("{")
+
+
+def test_lines_on_an_event_loop_are_written_once_per_iteration_and_in_order(capsys):
+    import asyncio
+    import threading
+
+    configure_logging("INFO", "json")
+    log = get_logger("loop")
+    writes = []
+    handler = hdc_logging._SINKS[0][0]
+    original = handler.handle
+    handler.handle = lambda record: (writes.append(record.getMessage().count("\n") + 1), original(record))[1]
+
+    def events():
+        return [e["event"] for e in lines(capsys.readouterr().out)]
+
+    async def main():
+        log.info("one")
+        log_request_line("loop", "two", {})
+        assert events() == []  # waiting for the end of this loop iteration
+        await asyncio.sleep(0)
+        assert events() == ["one", "two"] and writes == [2]  # one write for both
+        log.info("three")
+        log.warning("four")  # a warning writes what waits first, then itself
+        assert events() == ["three", "four"]
+        log.info("five")
+        thread = threading.Thread(target=lambda: log.info("from a thread"))  # no loop there: written at once,
+        thread.start()                                                     # after what waited
+        thread.join()
+        assert events() == ["five", "from a thread"]
+        log.info("five and a half")
+        flush_logs()
+        assert events() == ["five and a half"]
+        log.info("six")
+
+    try:
+        asyncio.run(main())
+        assert events() == ["six"]  # the loop's last iterations write what waits
+    finally:
+        handler.handle = original

@@ -229,3 +229,38 @@ def test_two_collectors_do_not_collide(clock):
     a, b = MetricsCollector(clock=clock), MetricsCollector(clock=clock)
     a.observe_operation("bundle", 0.001)
     assert b.registry.get_sample_value("hdc_operation_total", {"operation": "bundle"}) is None
+
+
+def test_observations_are_applied_when_read_even_from_many_threads(monkeypatch):
+    """observe_operation only queues its record; every reader (exposition, the registry, the window) applies the
+    queue first, nothing is lost or counted twice under concurrent writers and readers, and a worker that is
+    never scraped keeps the queue bounded."""
+    import threading
+
+    from hd_compute.monitoring import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "_APPLY_AFTER", 500)
+    m = MetricsCollector()
+    m.observe_operation("bind", 0.002, hypervectors=3)
+    assert m.registry.get_sample_value("hdc_operation_total", {"operation": "bind"}) == 1
+    assert m.registry.get_sample_value("hdc_hypervector_operations_total", {"operation": "bind"}) == 3
+
+    def write():
+        for _ in range(2_000):
+            m.observe_operation("bind", 0.001, hypervectors=1)
+
+    def read():
+        for _ in range(50):
+            m.exposition(update_system=False)
+            m.window_snapshot()
+
+    threads = [threading.Thread(target=write) for _ in range(4)] + [threading.Thread(target=read) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(m._observations) < 500  # bounded without a reader
+    assert m.registry.get_sample_value("hdc_operation_total", {"operation": "bind"}) == 8_001
+    assert m.registry.get_sample_value("hdc_operation_duration_seconds_count", {"operation": "bind"}) == 8_001
+    assert m.registry.get_sample_value("hdc_hypervector_operations_total", {"operation": "bind"}) == 8_003
+    assert m.window_snapshot()["bind"][1] > 0

@@ -194,3 +194,29 @@ def test_sampler_decides_the_flags_of_light_spans(monkeypatch):
     with server_span("GET /x", {}):
         assert current_trace_id() is not None
         assert inject_context({})["traceparent"].endswith("-00")
+
+
+def test_light_span_ids_continue_the_callers_trace_without_a_span():
+    """The worker's request path without an exporter: only the ids its log lines carry, no span object."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from hd_compute.monitoring.tracing import light_span_ids
+
+    provider = configure_tracing(set_global=False)
+    trace_id, span_id = light_span_ids({"TraceParent": PARENT, "tracestate": "vendor=1"})
+    assert trace_id == TRACE_ID and len(span_id) == 16 and span_id not in ("0" * 16, "b7ad6b7169203331")
+    assert light_span_ids(CIMultiDictProxy(CIMultiDict({"traceparent": PARENT})))[0] == TRACE_ID
+    new_trace, new_span = light_span_ids({"Accept": "application/json"})
+    assert len(new_trace) == 32 and new_trace not in ("0" * 32, TRACE_ID) and new_span != span_id
+    assert light_span_ids({"traceparent": "garbage"})[0] not in (TRACE_ID, "0" * 32)  # unreadable: a new trace
+    assert current_trace_id() is None  # nothing was attached
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    assert light_span_ids({"traceparent": PARENT}) is None  # spans are recorded now: open server_span instead
+
+
+def test_light_span_ids_are_none_when_tracing_is_disabled(monkeypatch):
+    from hd_compute.monitoring.tracing import light_span_ids
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    configure_tracing(set_global=False)
+    assert light_span_ids({"traceparent": PARENT}) is None

@@ -220,16 +220,25 @@ async def test_light_tracing_logs_the_callers_trace_id(tmp_path, monkeypatch, ca
             assert resp.status == 200 and resp.headers["X-Correlation-ID"] == "c-42"
             resp = await c.post("/v1/hypervectors/random", json={"num": 1})
             assert resp.status == 200
+            resp = await c.post("/v1/hypervectors/random", json={"num": -1},
+                                headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "X-Correlation-ID": "c-43"})
+            assert resp.status == 400
+            await asyncio.sleep(0)
             out = capsys.readouterr().out
     finally:
         tracing.shutdown_tracing()
-    done = [json.loads(line) for line in out.splitlines() if "hypervector_operation_completed" in line]
+    entries = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    done = [e for e in entries if e["event"] == "hypervector_operation_completed"]
     assert len(done) == 2
     first, second = done
     assert first["trace_id"] == trace_id and first["correlation_id"] == "c-42"
     assert len(first["span_id"]) == 16 and first["span_id"] not in ("0" * 16, parent_id)
     assert len(second["trace_id"]) == 32 and second["trace_id"] not in ("0" * 32, trace_id)  # a new trace
     assert second["correlation_id"] != "c-42"
+    # any other line of a request (here the warning of a bad one) carries the same context
+    (failed,) = [e for e in entries if e["event"] == "request_failed"]
+    assert failed["correlation_id"] == "c-43" and failed["trace_id"] == trace_id
+    assert failed["span_id"] not in (first["span_id"], parent_id)
 
 
 def test_worker_prefers_passive_openmp_waits_unless_told_otherwise():

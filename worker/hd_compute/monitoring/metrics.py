@@ -41,6 +41,7 @@ QUANTILES = (0.5, 0.95, 0.99)
 DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_APPLY_AFTER = 10_000  # observe_operation records waiting at most (a worker nobody scrapes stays bounded)
 
 # increment_counter names (the seed's, without "hdc_") -> attribute; "operations_total" is the seed's example.
 _COUNTER_NAMES = {
@@ -89,15 +90,17 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 class _WithoutCreated:
-    """Exposes another registry's metrics without the `_created` samples prometheus_client adds."""
+    """Exposes another registry's metrics without the `_created` samples prometheus_client adds, after applying
+    the observations waiting in the owner's queue."""
 
-    def __init__(self, inner: CollectorRegistry):
-        self._inner = inner
+    def __init__(self, owner: "MetricsCollector", inner: CollectorRegistry):
+        self._owner, self._inner = owner, inner
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterable[Metric]:
+        self._owner.apply_observations()
         for family in self._inner.collect():
             family.samples = [s for s in family.samples if not s.name.endswith("_created")]
             yield family
@@ -152,6 +155,9 @@ class MetricsCollector:
         self._cpu_sample: tuple[float, float] | None = None  # (wall time, process cpu seconds)
         self._nvml_handles: list | None = None  # None: not tried yet; []: no GPU
         self._children: dict[str, tuple] = {}  # operation -> its labelled duration/total/hypervector children
+        # observe_operation's records, applied to the metrics when they are read (deque: appends and pops are
+        # atomic, so the request path takes no lock)
+        self._observations: deque[tuple[str, float, int, str | None, float]] = deque()
 
         inner = CollectorRegistry()
         r = {"registry": inner}
@@ -183,7 +189,7 @@ class MetricsCollector:
                                                  **r)
         self.active_hypervectors = Gauge("hdc_active_hypervectors", "Hypervectors held by the worker", **r)
 
-        self.registry.register(_WithoutCreated(inner))
+        self.registry.register(_WithoutCreated(self, inner))
         self.registry.register(_WindowCollector(self))
 
     # --- the seed's API ---------------------------------------------------------------------------------------
@@ -245,15 +251,37 @@ class MetricsCollector:
             raise ValueError(f"hypervectors must be a non-negative integer, got {hypervectors!r}")
         if error is not None:
             _check_label("error", error)
-        duration, total, hypervector_total = self._children.get(operation) or self._operation_children(operation)
-        duration.observe(seconds)
-        total.inc()
-        if error is not None:
-            self.operation_errors_total.labels(operation, error).inc()
-            hypervectors = 0  # failed work is not throughput
-        elif hypervectors:
-            hypervector_total.inc(hypervectors)
-        self._remember(operation, seconds * 1000.0, hypervectors)
+        self._observations.append((operation, seconds, hypervectors, error, self._clock()))
+        if len(self._observations) >= _APPLY_AFTER:
+            self.apply_observations()
+
+    def apply_observations(self) -> None:
+        """Applies the recorded observe_operation calls to the histogram, counters and window. Reading the
+        metrics (exposition, the registry's collect, window_snapshot) calls it first, so a reader never sees the
+        difference; the request path pays for an append instead of three metric updates and a lock."""
+        queue = self._observations
+        touched: set[str] = set()
+        while queue:
+            try:
+                operation, seconds, hypervectors, error, at = queue.popleft()
+            except IndexError:  # another thread took the last one
+                break
+            duration, total, hypervector_total = self._children.get(operation) or self._operation_children(operation)
+            duration.observe(seconds)
+            total.inc()
+            if error is not None:
+                self.operation_errors_total.labels(operation, error).inc()
+                hypervectors = 0  # failed work is not throughput
+            elif hypervectors:
+                hypervector_total.inc(hypervectors)
+            with self._lock:
+                self._window.setdefault(operation, deque()).append((at, seconds * 1000.0, hypervectors))
+            touched.add(operation)
+        if touched:
+            now = self._clock()
+            with self._lock:
+                for operation in touched:
+                    self._expire(self._window[operation], now)
 
     def observe_batch_size(self, size: int) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -298,6 +326,7 @@ class MetricsCollector:
 
     def window_snapshot(self) -> dict[str, tuple[dict[float, float], float]]:
         """operation -> ({quantile: latency ms}, hypervector ops per second) over the sliding window."""
+        self.apply_observations()
         now = self._clock()
         span = max(1.0, min(self.latency_window_seconds, now - self._started))
         out = {}

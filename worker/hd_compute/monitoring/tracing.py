@@ -39,7 +39,7 @@ from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanK
 
 __all__ = [
     "configure_tracing", "shutdown_tracing", "get_tracer", "kernel_span", "server_span",
-    "extract_context", "inject_context", "current_trace_id", "records_spans", "TRACER_NAME",
+    "extract_context", "inject_context", "current_trace_id", "records_spans", "light_span_ids", "TRACER_NAME",
 ]
 
 TRACER_NAME = "hd_compute"
@@ -181,6 +181,40 @@ def server_span(name: str, headers: Mapping[str, str] | None = None, *,
         return _LightSpan(light, name, extract_context(headers or {}), SpanKind.SERVER)
     return get_tracer().start_as_current_span(name, context=extract_context(headers or {}), kind=SpanKind.SERVER,
                                               attributes=dict(attributes or {}))
+
+
+def light_span_ids(headers: Mapping[str, str] | None = None) -> tuple[str, str] | None:
+    """(trace_id, span_id) as hex for a request's light server span, or None when spans are recorded (an
+    exporter is configured: open `server_span` instead) or tracing is disabled.
+
+    The worker's request path on the light path: no span object and no attached context, only the ids its log
+    lines carry: the caller's trace id when the headers carry the configured propagators' fields (W3C
+    traceparent by default), else a new one; always a new span id."""
+    provider = _light_provider()
+    if provider is None:
+        return None
+    ids = provider.id_generator
+    trace_id = 0
+    if headers and _carries_trace(headers):
+        parent = trace.get_current_span(extract_context(headers)).get_span_context()
+        if parent.is_valid:
+            trace_id = parent.trace_id
+    return format(trace_id or ids.generate_trace_id(), "032x"), format(ids.generate_span_id(), "016x")
+
+
+_fields_of: tuple[object, frozenset[str]] | None = None  # (the global propagator, its header names)
+
+
+def _carries_trace(headers: Mapping[str, str]) -> bool:
+    """Whether `headers` hold any field the global propagator reads (cheap enough to ask on every request)."""
+    global _fields_of
+    propagator = propagate.get_global_textmap()
+    if _fields_of is None or _fields_of[0] is not propagator:
+        _fields_of = (propagator, frozenset(f.lower() for f in propagator.fields))
+    fields = _fields_of[1]
+    if isinstance(headers, (CIMultiDict, CIMultiDictProxy)):
+        return any(f in headers for f in fields)
+    return any(isinstance(k, str) and k.lower() in fields for k in headers)
 
 
 def _light_provider() -> WorkerTracerProvider | None:

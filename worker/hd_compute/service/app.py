@@ -1,8 +1,9 @@
 """The worker's HTTP API (aiohttp): routes -> micro-batcher / kernel thread -> the functional API.
 
 Every request gets a correlation id (X-Correlation-ID, or a new uuid4; echoed in the response), a server span
-(W3C traceparent honoured), the log context (bind_request_context), and for the /v1 operations one
-metrics.observe_operation call and one hypervector_operation_completed log line. Errors are JSON
+(W3C traceparent honoured; without an exporter only its ids, see light_span_ids), the request scope its log lines
+take their ids from, and for the /v1 operations one metrics.observe_operation call and one
+hypervector_operation_completed log line. Errors are JSON
 {"error", "detail", "correlation_id"} with a 4xx status naming the field; a CUDA out-of-memory is a 503 and the
 cuda_memory_allocation_failed log line; the worker keeps serving in both cases. HDC_OBSERVABILITY=false skips the
 span, log context, metrics and log line of successful requests (hdc-bench --service measures what they cost). docs/worker-api.md is the
@@ -31,9 +32,10 @@ from hd_compute.device import resolve_device
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.models import Centroid
 from hd_compute.monitoring.health import HealthChecker, HealthThresholds, http_status
-from hd_compute.monitoring.logging import LoggerCache, bind_request_context, clear_request_context
+from hd_compute.monitoring.logging import (OPERATION_COMPLETED, REQUEST_SCOPE, LoggerCache, RequestScope,
+                                           log_request_line)
 from hd_compute.monitoring.metrics import MetricsCollector
-from hd_compute.monitoring.tracing import kernel_span, records_spans, server_span
+from hd_compute.monitoring.tracing import kernel_span, light_span_ids, records_spans, server_span
 from hd_compute.structures import ItemMemory
 from hd_compute.vsa import get_model
 
@@ -58,6 +60,7 @@ class Worker:
                  health: HealthChecker | None = None) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
+        self.device_name = str(self.device)
         self.metrics = metrics if metrics is not None else MetricsCollector()
         self.metrics.declare_operations(OPERATIONS)
         self.health = health if health is not None else HealthChecker(
@@ -211,7 +214,9 @@ class Op:
         return self.payload
 
     def _span(self):
-        if not self.worker.settings.observability:
+        # Without an exporter there is no current span to be a child of (the request's ids live in its scope),
+        # and nothing would record a kernel span.
+        if not (self.worker.settings.observability and records_spans()):
             return contextlib.nullcontext()
         return kernel_span(self.name, self.input_count, self.dimension or 0)
 
@@ -263,9 +268,9 @@ def operation(name: str) -> Callable[[Callable[[Op], Awaitable[web.Response]]], 
                 return response
             seconds = time.perf_counter() - started
             worker.metrics.observe_operation(name, seconds, hypervectors=max(op.input_count, 1))
-            log().info("hypervector_operation_completed", operation=name, dimension=op.dimension,
-                       input_count=op.input_count, duration_ms=round(seconds * 1000, 3), device=str(worker.device),
-                       status=response.status)
+            log_request_line("hd_compute.service", OPERATION_COMPLETED, {
+                "operation": name, "dimension": op.dimension, "input_count": op.input_count,
+                "duration_ms": round(seconds * 1000, 3), "device": worker.device_name, "status": response.status})
             return response
 
         return handler
@@ -326,8 +331,6 @@ async def observability_middleware(request: web.Request, handler):
     given = request.headers.get(CORRELATION_HEADER, "")
     cid = given if _CID_RE.fullmatch(given) else _new_correlation_id()
     request[CORRELATION_ID] = cid
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
     is_op = request.path.startswith("/v1/")
     worker.in_flight += 1
     worker.in_flight_ops += is_op
@@ -339,10 +342,17 @@ async def observability_middleware(request: web.Request, handler):
         finally:
             worker.in_flight -= 1
             worker.in_flight_ops -= is_op
+    light_ids = light_span_ids(request.headers)  # None when spans are recorded (or tracing is off)
+    token = REQUEST_SCOPE.set(RequestScope(cid, *light_ids) if light_ids is not None else RequestScope(cid))
     try:
+        if light_ids is not None:  # nothing records a span: the scope carries its ids to the log lines
+            response = await _handle(request, handler)
+            response.headers[CORRELATION_HEADER] = cid
+            return response
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
         attributes = {"http.request.method": request.method, "http.route": route, "hdc.correlation_id": cid}
         with server_span(f"{request.method} {route}", request.headers, attributes=attributes) as span:
-            bind_request_context(cid)  # the log lines take trace_id/span_id from the current span
             response = await _handle(request, handler)
             span.set_attribute("http.response.status_code", response.status)
             if response.status >= 500:
@@ -352,7 +362,7 @@ async def observability_middleware(request: web.Request, handler):
     finally:
         worker.in_flight -= 1
         worker.in_flight_ops -= is_op
-        clear_request_context()
+        REQUEST_SCOPE.reset(token)
 
 
 async def _handle(request: web.Request, handler) -> web.StreamResponse:

@@ -19,7 +19,7 @@ import time
 
 from aiohttp import web
 
-from hd_compute.monitoring.logging import configure_logging, get_logger
+from hd_compute.monitoring.logging import configure_logging, flush_logs, get_logger
 from hd_compute.monitoring.tracing import configure_tracing, shutdown_tracing
 from hd_compute.runtime import set_allocator_mode
 
@@ -135,10 +135,12 @@ async def serve_async(settings: WorkerSettings) -> int:
         shutdown_tracing()  # flushes spans still buffered for export
     except Exception:  # noqa: BLE001
         pass
+    flush_logs()
     return 0
 
 
 def _flush_and_exit(code: int) -> None:
+    flush_logs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
