@@ -260,7 +260,6 @@ class MetricsCollector:
         metrics (exposition, the registry's collect, window_snapshot) calls it first, so a reader never sees the
         difference; the request path pays for an append instead of three metric updates and a lock."""
         queue = self._observations
-        touched: set[str] = set()
         while queue:
             try:
                 operation, seconds, hypervectors, error, at = queue.popleft()
@@ -274,14 +273,7 @@ class MetricsCollector:
                 hypervectors = 0  # failed work is not throughput
             elif hypervectors:
                 hypervector_total.inc(hypervectors)
-            with self._lock:
-                self._window.setdefault(operation, deque()).append((at, seconds * 1000.0, hypervectors))
-            touched.add(operation)
-        if touched:
-            now = self._clock()
-            with self._lock:
-                for operation in touched:
-                    self._expire(self._window[operation], now)
+            self._remember(operation, seconds * 1000.0, hypervectors, at)
 
     def observe_batch_size(self, size: int) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -350,11 +342,12 @@ class MetricsCollector:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     # --- internals --------------------------------------------------------------------------------------------
-    def _remember(self, operation: str, duration_ms: float, hypervectors: int) -> None:
+    def _remember(self, operation: str, duration_ms: float, hypervectors: int, at: float | None = None) -> None:
+        """Adds to the sliding window an observation made at `at` (now when None)."""
         now = self._clock()
         with self._lock:
             entries = self._window.setdefault(operation, deque())
-            entries.append((now, duration_ms, hypervectors))
+            entries.append((now if at is None else at, duration_ms, hypervectors))
             self._expire(entries, now)
 
     def _expire(self, entries: deque, now: float) -> None:

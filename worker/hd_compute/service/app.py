@@ -268,7 +268,7 @@ def operation(name: str) -> Callable[[Callable[[Op], Awaitable[web.Response]]], 
                 return response
             seconds = time.perf_counter() - started
             worker.metrics.observe_operation(name, seconds, hypervectors=max(op.input_count, 1))
-            log_request_line("hd_compute.service", OPERATION_COMPLETED, {
+            log_request_line(log.name, OPERATION_COMPLETED, {
                 "operation": name, "dimension": op.dimension, "input_count": op.input_count,
                 "duration_ms": round(seconds * 1000, 3), "device": worker.device_name, "status": response.status})
             return response
