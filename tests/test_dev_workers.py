@@ -327,3 +327,30 @@ def test_cli_names_a_missing_kubeconfig(command, tmp_path, monkeypatch):
     assert missing.exit_code == 2 and f"--kubeconfig: {tmp_path / 'nope'} is not a file" in missing.output
     unset = runner.invoke(app, ["dev", command, "--file-sd", str(tmp_path / "sd.json")])
     assert unset.exit_code == 2 and "no kubeconfig given" in unset.output
+
+
+def test_load_rate_can_be_read_while_the_load_thread_records():
+    """The demo reads LoadStats.rate() from its display thread while the load's thread appends (a CI run of the
+    demo died of "deque mutated during iteration")."""
+    import threading
+
+    from hdc_operator.dev.load import LoadStats
+
+    stats = LoadStats()
+    stop = threading.Event()
+
+    def record():
+        while not stop.is_set():
+            stats.recent.append((time.monotonic(), True))
+
+    thread = threading.Thread(target=record)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        rates = []
+        while time.monotonic() < deadline:
+            rates.append(stats.rate())
+    finally:
+        stop.set()
+        thread.join()
+    assert rates and max(rates) > 0

@@ -72,9 +72,10 @@ class LoadStats:
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=100_000))  # (t, ok)
 
     def rate(self, window_s: float = 10.0) -> float:
-        """Completed requests per second over the last `window_s` seconds."""
+        """Completed requests per second over the last `window_s` seconds. Called from another thread than the
+        load's: it counts over a copy (deque.copy() runs without letting the appending thread in)."""
         now = time.monotonic()
-        return sum(1 for t, _ in self.recent if now - t <= window_s) / window_s
+        return sum(1 for t, _ in self.recent.copy() if now - t <= window_s) / window_s
 
 
 class LoadGenerator:
