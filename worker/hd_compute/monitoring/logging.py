@@ -316,13 +316,9 @@ atexit.register(flush_logs)
 
 def _write(entries: list[tuple[str, int, dict[str, str]]]) -> None:
     """One record per handler for all `entries` (their lines joined by newlines), in each handler's format."""
+    level = max(e[1] for e in entries)
     for handler, fmt in _SINKS:
-        if len(entries) == 1:
-            name, level, lines = entries[0]
-            handler.handle(_Rendered(name, level, lines[fmt]))
-        else:
-            handler.handle(_Rendered(entries[0][0], max(e[1] for e in entries),
-                                     "\n".join(lines[fmt] for _, _, lines in entries)))
+        handler.handle(_Rendered(entries[0][0], level, "\n".join(lines[fmt] for _, _, lines in entries)))
 
 
 # Whether log_request_line may build its JSON line directly: set by configure_logging (JSON only, INFO enabled).
@@ -337,13 +333,7 @@ def log_request_line(logger: str, event: str, fields: dict) -> None:
     if not _fast_lines:
         get_logger(logger).info(event, **fields)
         return
-    line = {"event": event, **fields}
-    scope = REQUEST_SCOPE.get()
-    if scope is not None:
-        line["correlation_id"] = scope.correlation_id
-    ids = _trace_ids(scope)
-    if ids is not None:
-        line["trace_id"], line["span_id"] = ids
+    line = _add_request_context(None, "info", {"event": event, **fields})
     line["level"] = "info"
     line["logger"] = logger
     line["timestamp"] = _iso_now()
