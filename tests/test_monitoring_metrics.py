@@ -114,6 +114,38 @@ def test_counters_increment(metrics):
     assert value(found, "hdc_operation_duration_seconds_bucket", operation="bundle", le="0.025") == 2
 
 
+def test_duration_histogram_is_what_prometheus_client_histogram_writes(metrics):
+    """The durations are kept as plain bucket counts and added in bulk; the exposition must be the one a
+    prometheus_client Histogram with the same buckets writes for the same values, bucket bounds included
+    (a value equal to a bound counts in that bucket)."""
+    from prometheus_client import Histogram
+    from prometheus_client.exposition import generate_latest
+
+    from hd_compute.monitoring.metrics import DURATION_BUCKETS
+
+    registry = CollectorRegistry()
+    reference = Histogram("hdc_operation_duration_seconds", "Operation execution time", ["operation"],
+                          buckets=DURATION_BUCKETS, registry=registry)
+    values = {"bundle": [*DURATION_BUCKETS, 0.0, 0.00003, 0.0042, 31.0, 1e-9],
+              "bind": [0.002, 0.002, 0.7], "similarity": []}
+    metrics.declare_operations(["similarity"])
+    reference.labels("similarity")
+    for operation, seconds in values.items():
+        for s in seconds:
+            metrics.observe_operation(operation, s, hypervectors=1)
+            reference.labels(operation).observe(s)
+    metrics.record_operation_duration("bind", 2.5)  # the seed's call, in milliseconds
+    reference.labels("bind").observe(0.0025)
+
+    def family(body: bytes) -> list[str]:
+        return sorted(line for line in body.decode().splitlines()
+                      if line.startswith("hdc_operation_duration_seconds") and "_created" not in line)
+
+    expected = family(generate_latest(registry))
+    assert len(expected) == 3 * (len(DURATION_BUCKETS) + 3)
+    assert family(metrics.exposition(update_system=False)[0]) == expected
+
+
 def test_latency_percentiles_over_the_sliding_window(metrics, clock):
     for ms in range(1, 101):  # 1 ms .. 100 ms
         metrics.observe_operation("bind", ms / 1000, hypervectors=2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from bisect import bisect_left
 import threading
 import time
 from collections import deque
@@ -31,8 +32,9 @@ from typing import Callable, Iterable, Mapping
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder, generate_latest, CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["MetricsCollector", "QUANTILES", "DURATION_BUCKETS", "BATCH_SIZE_BUCKETS"]
 
@@ -41,6 +43,7 @@ QUANTILES = (0.5, 0.95, 0.99)
 DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+_DURATION_LE = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]  # the le labels prometheus_client writes
 _APPLY_AFTER = 10_000  # observe_operation records waiting at most (a worker nobody scrapes stays bounded)
 
 # increment_counter names (the seed's, without "hdc_") -> attribute; "operations_total" is the seed's example.
@@ -89,9 +92,33 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+class _Durations:
+    """hdc_operation_duration_seconds of one operation: observations per bucket (DURATION_BUCKETS, then +Inf,
+    not cumulative) and their sum. A plain record rather than a prometheus_client Histogram: the queued
+    observations are added in bulk, a bisect and two additions each instead of Histogram.observe's lock and
+    loop over the buckets (a quarter of what a request's metrics cost)."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_DURATION_LE)
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1  # a bucket holds the values <= its bound
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        out, running = [], 0
+        for le, n in zip(_DURATION_LE, self.counts):
+            running += n
+            out.append((le, running))
+        return out
+
+
 class _WithoutCreated:
-    """Exposes another registry's metrics without the `_created` samples prometheus_client adds, after applying
-    the observations waiting in the owner's queue."""
+    """Exposes another registry's metrics without the `_created` samples prometheus_client adds, and the
+    operation duration histograms, after applying the observations waiting in the owner's queue."""
 
     def __init__(self, owner: "MetricsCollector", inner: CollectorRegistry):
         self._owner, self._inner = owner, inner
@@ -104,6 +131,7 @@ class _WithoutCreated:
         for family in self._inner.collect():
             family.samples = [s for s in family.samples if not s.name.endswith("_created")]
             yield family
+        yield self._owner._duration_family()
 
 
 class _WindowCollector:
@@ -151,10 +179,11 @@ class MetricsCollector:
         self._lock = threading.Lock()
         # operation -> deque of (time, duration_ms, hypervectors)
         self._window: dict[str, deque[tuple[float, float, int]]] = {}
+        self._durations: dict[str, _Durations] = {}  # hdc_operation_duration_seconds, by operation (under _lock)
         self._process = psutil.Process(os.getpid())
         self._cpu_sample: tuple[float, float] | None = None  # (wall time, process cpu seconds)
         self._nvml_handles: list | None = None  # None: not tried yet; []: no GPU
-        self._children: dict[str, tuple] = {}  # operation -> its labelled duration/total/hypervector children
+        self._children: dict[str, tuple] = {}  # operation -> its labelled total/hypervector counter children
         # observe_operation's records, applied to the metrics when they are read (deque: appends and pops are
         # atomic, so the request path takes no lock)
         self._observations: deque[tuple[str, float, int, str | None, float]] = deque()
@@ -170,9 +199,7 @@ class MetricsCollector:
                                             ["device"], **r)
         self.gpu_utilization_percent = Gauge("hdc_gpu_utilization_percent", "GPU utilization, in percent",
                                              ["device"], **r)
-        # Operations
-        self.operation_duration_seconds = Histogram("hdc_operation_duration_seconds", "Operation execution time",
-                                                    ["operation"], buckets=DURATION_BUCKETS, **r)
+        # Operations (hdc_operation_duration_seconds{operation}: _Durations, exposed by _duration_family)
         self.operation_total = Counter("hdc_operation_total", "Total operations by type", ["operation"], **r)
         self.operation_errors_total = Counter("hdc_operation_errors", "Failed operations by type and error",
                                               ["operation", "error"], **r)
@@ -197,7 +224,8 @@ class MetricsCollector:
         """Duration histogram and latency window only (no counters); `observe_operation` does everything."""
         _check_label("operation", operation)
         ms = _check_number("duration_ms", duration_ms)
-        self.operation_duration_seconds.labels(operation).observe(ms / 1000.0)
+        with self._lock:
+            self._durations_of(operation).add(ms / 1000.0)
         self._remember(operation, ms, 0)
 
     def record_memory_usage(self, component: str, memory_bytes: int) -> None:
@@ -228,19 +256,36 @@ class MetricsCollector:
     # --- the worker's API -------------------------------------------------------------------------------------
     def _operation_children(self, operation: str) -> tuple:
         # labels() takes a lock and builds a key: once per operation, not per request
-        children = self._children[operation] = (self.operation_duration_seconds.labels(operation),
-                                                self.operation_total.labels(operation),
-                                                self.hypervector_operations_total.labels(operation))
+        children = self._children.get(operation)
+        if children is None:
+            children = self._children[operation] = (self.operation_total.labels(operation),
+                                                    self.hypervector_operations_total.labels(operation))
+            with self._lock:
+                self._durations_of(operation)
         return children
+
+    def _durations_of(self, operation: str) -> _Durations:
+        """(Under _lock.)"""
+        durations = self._durations.get(operation)
+        if durations is None:
+            durations = self._durations[operation] = _Durations()
+        return durations
+
+    def _duration_family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily("hdc_operation_duration_seconds", "Operation execution time",
+                                       labels=["operation"])
+        with self._lock:
+            rows = [(operation, d.cumulative(), d.total) for operation, d in sorted(self._durations.items())]
+        for operation, buckets, total in rows:
+            family.add_metric([operation], buckets, total)
+        return family
 
     def declare_operations(self, operations: Iterable[str]) -> None:
         """Exports the per-operation series at zero before the first request, so an idle replica (a fresh one,
         or one that never got traffic) has a throughput of 0 rather than no series: an HPA on their rate needs
         a value for every pod to scale down."""
         for operation in operations:
-            _check_label("operation", operation)
-            if operation not in self._children:
-                self._operation_children(operation)
+            self._operation_children(_check_label("operation", operation))
 
     def observe_operation(self, operation: str, seconds: float, *, hypervectors: int = 1,
                           error: str | None = None) -> None:
@@ -258,22 +303,44 @@ class MetricsCollector:
     def apply_observations(self) -> None:
         """Applies the recorded observe_operation calls to the histogram, counters and window. Reading the
         metrics (exposition, the registry's collect, window_snapshot) calls it first, so a reader never sees the
-        difference; the request path pays for an append instead of three metric updates and a lock."""
+        difference; the request path pays for an append instead of three metric updates and a lock, and the
+        counters are incremented once per operation for all the records applied together."""
         queue = self._observations
-        while queue:
+        taken = []
+        while True:
             try:
-                operation, seconds, hypervectors, error, at = queue.popleft()
-            except IndexError:  # another thread took the last one
+                taken.append(queue.popleft())
+            except IndexError:  # empty (another thread may have taken the last ones)
                 break
-            duration, total, hypervector_total = self._children.get(operation) or self._operation_children(operation)
-            duration.observe(seconds)
-            total.inc()
-            if error is not None:
-                self.operation_errors_total.labels(operation, error).inc()
-                hypervectors = 0  # failed work is not throughput
-            elif hypervectors:
+        if not taken:
+            return
+        # operation -> ([records, hypervectors], its durations, its window)
+        targets: dict[str, tuple[list[int], _Durations, deque]] = {}
+        errors: list[tuple[str, str]] = []
+        with self._lock:
+            for operation, seconds, hypervectors, error, at in taken:
+                target = targets.get(operation)
+                if target is None:
+                    target = targets[operation] = ([0, 0], self._durations_of(operation),
+                                                   self._window.setdefault(operation, deque()))
+                count, durations, window = target
+                durations.add(seconds)
+                count[0] += 1
+                if error is not None:
+                    errors.append((operation, error))
+                    hypervectors = 0  # failed work is not throughput
+                count[1] += hypervectors
+                window.append((at, seconds * 1000.0, hypervectors))
+            now = self._clock()
+            for _, _, window in targets.values():
+                self._expire(window, now)
+        for operation, ((records, hypervectors), _, _) in targets.items():
+            total, hypervector_total = self._operation_children(operation)
+            total.inc(records)
+            if hypervectors:
                 hypervector_total.inc(hypervectors)
-            self._remember(operation, seconds * 1000.0, hypervectors, at)
+        for operation, error in errors:
+            self.operation_errors_total.labels(operation, error).inc()
 
     def observe_batch_size(self, size: int) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
