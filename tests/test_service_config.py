@@ -281,13 +281,16 @@ async def test_heap_is_frozen_once_the_worker_is_ready(tmp_path):
     from hd_compute.service import server
     from hd_compute.service.app import WORKER
 
+    threshold = gc.get_threshold()
     settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False)
     app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
     async with TestClient(TestServer(app)) as c:
         worker = c.server.app[WORKER]
         frozen = await asyncio.wait_for(server.freeze_heap_when_ready(worker, poll_seconds=0.01), 60)
         assert frozen and worker.ready and gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == server.GC_YOUNG_THRESHOLD
         assert (await c.get("/livez")).status == 200
     gc.unfreeze()
+    gc.set_threshold(*threshold)
     worker.shutting_down = True  # a worker that stops before it is ready is never frozen
     assert await server.freeze_heap_when_ready(worker, poll_seconds=0.01) is False
