@@ -204,16 +204,24 @@ def test_the_request_line_is_the_structlog_line_built_directly(capsys):
     assert OPERATION_COMPLETED in text and not text.lstrip().startswith("{")
 
 
-def test_lines_on_an_event_loop_are_written_once_per_iteration_and_in_order(capsys):
+def test_lines_on_an_event_loop_are_written_once_per_iteration_and_in_order(capsys, monkeypatch):
     import asyncio
     import threading
 
     configure_logging("INFO", "json")
     log = get_logger("loop")
-    writes = []
-    handler = hdc_logging._SINKS[0][0]
-    original = handler.handle
-    handler.handle = lambda record: (writes.append(record.getMessage().count("\n") + 1), original(record))[1]
+    writes = []  # lines per write to stdout
+    real_stdout = sys.stdout  # capsys's
+
+    class CountingStdout:
+        def write(self, text):
+            writes.append(text.count("\n"))
+            return real_stdout.write(text)
+
+        def flush(self):
+            real_stdout.flush()
+
+    monkeypatch.setattr(sys, "stdout", CountingStdout())
 
     def events():
         return [e["event"] for e in lines(capsys.readouterr().out)]
@@ -237,8 +245,6 @@ def test_lines_on_an_event_loop_are_written_once_per_iteration_and_in_order(caps
         assert events() == ["five and a half"]
         log.info("six")
 
-    try:
-        asyncio.run(main())
-        assert events() == ["six"]  # the loop's last iterations write what waits
-    finally:
-        handler.handle = original
+    asyncio.run(main())
+    assert events() == ["six"]  # the loop's last iterations write what waits
+    assert writes == [2, 2, 2, 1, 1]  # one, two | three, four | five, from a thread | five and a half | six

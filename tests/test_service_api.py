@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -218,6 +219,11 @@ async def test_probes_health_metrics_openapi(client):
         assert path in spec["paths"], path
     resp = await client.get("/livez", headers={"X-Correlation-ID": "abc-123"})
     assert resp.headers["X-Correlation-ID"] == "abc-123"
+    generated = {(await client.get("/livez")).headers["X-Correlation-ID"] for _ in range(20)}
+    assert len(generated) == 20
+    for cid in generated:  # a random UUID (version 4, RFC 4122 variant) in its canonical form
+        parsed = uuid.UUID(cid)
+        assert str(parsed) == cid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
 
 
 @pytest.mark.asyncio

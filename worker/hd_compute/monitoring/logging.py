@@ -36,6 +36,7 @@ import logging.handlers
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import orjson
@@ -96,19 +97,20 @@ REQUEST_SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.Context
 
 
 def _trace_ids(scope: RequestScope | None) -> tuple[str, str] | None:
-    """(trace_id, span_id) for a line: the current OpenTelemetry span's, else the request scope's."""
+    """(trace_id, span_id) for a line: the request scope's when it holds them (no span is recorded: the ids of
+    its light server span are the only ones anyone can look up), else the current OpenTelemetry span's."""
+    if scope is not None and scope.trace_id is not None:
+        return scope.trace_id, scope.span_id
     if _otel_trace is not None:
         ctx = _otel_trace.get_current_span().get_span_context()
         if ctx.is_valid:
-            return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
-    if scope is not None and scope.trace_id is not None:
-        return scope.trace_id, scope.span_id
+            return "%032x" % ctx.trace_id, "%016x" % ctx.span_id
     return None
 
 
 def _add_request_context(logger, method_name, event_dict):
-    """correlation_id of the request scope, and trace_id / span_id (current span, else the request scope's)
-    when none were bound."""
+    """correlation_id of the request scope, and trace_id / span_id (the request scope's, else the current
+    span's) when none were bound."""
     scope = REQUEST_SCOPE.get()
     if scope is not None and "correlation_id" not in event_dict:
         event_dict["correlation_id"] = scope.correlation_id
@@ -130,11 +132,10 @@ def _iso_now() -> str:
     """The current UTC time as ISO-8601 with microseconds and a Z (2026-11-29T05:02:56.123456Z); the date and
     time of day are formatted once per second."""
     global _second, _second_text
-    now = time.time()
-    second = int(now)
+    second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     if second != _second:
         _second_text, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
-    return f"{_second_text}.{int((now - second) * 1e6):06d}Z"
+    return f"{_second_text}.{nanoseconds // 1000:06d}Z"
 
 
 def _add_timestamp(logger, method_name, event_dict):
@@ -269,9 +270,10 @@ class _SinkLogger:
     debug = info = warning = warn = error = exception = critical = fatal = log = msg
 
 
-# Lines written on an event loop's thread at INFO or below wait here for the end of the loop iteration.
-_pending: list[tuple[str, int, dict[str, str]]] = []
-_pending_lock = threading.Lock()
+# Lines written on an event loop's thread at INFO or below wait here for the end of the loop iteration (a deque:
+# appends and pops are atomic, so adding a line takes no lock).
+_pending: deque[tuple[str, int, dict[str, str]]] = deque()
+_flush_lock = threading.Lock()  # one flush at a time, so that lines leave in the order they came
 _flush_loop: asyncio.AbstractEventLoop | None = None  # the loop a flush of _pending is scheduled on
 
 
@@ -279,15 +281,13 @@ def _emit(name: str, level: int, lines: dict[str, str]) -> None:
     global _flush_loop
     loop = asyncio._get_running_loop()
     if loop is None or level > logging.INFO:
-        if _pending:
-            flush_logs()  # what came before goes first
-        _write([(name, level, lines)])
+        with _flush_lock:
+            _write(_drain() + [(name, level, lines)])  # what came before goes first
         return
-    with _pending_lock:
-        _pending.append((name, level, lines))
-        if _flush_loop is loop:
-            return
-        _flush_loop = loop
+    _pending.append((name, level, lines))
+    if _flush_loop is loop:  # set and cleared on this loop's thread only: no other thread can interleave
+        return
+    _flush_loop = loop
     try:
         loop.call_soon(_flush_scheduled)
     except RuntimeError:  # the loop is closing: write now
@@ -296,29 +296,51 @@ def _emit(name: str, level: int, lines: dict[str, str]) -> None:
 
 def _flush_scheduled() -> None:
     global _flush_loop
-    with _pending_lock:
-        _flush_loop = None
+    _flush_loop = None
     flush_logs()
+
+
+def _drain() -> list[tuple[str, int, dict[str, str]]]:
+    taken = []
+    while True:
+        try:
+            taken.append(_pending.popleft())
+        except IndexError:
+            return taken
 
 
 def flush_logs() -> None:
     """Writes the lines buffered on event loop threads now (the worker calls it before it exits)."""
-    with _pending_lock:
-        if not _pending:
-            return
-        entries = _pending[:]
-        _pending.clear()
-    _write(entries)
+    if _pending:
+        with _flush_lock:
+            _write(_drain())
 
 
 atexit.register(flush_logs)
 
 
 def _write(entries: list[tuple[str, int, dict[str, str]]]) -> None:
-    """One record per handler for all `entries` (their lines joined by newlines), in each handler's format."""
+    """All `entries` (their lines joined by newlines) in one write per handler, in each handler's format.
+
+    The stdout handler is written directly (under its lock): the logging module's round trip (filters,
+    formatter, two lock passes) cost twice the write itself. Other handlers (the rotating file) take it."""
+    if not entries:
+        return
     level = max(e[1] for e in entries)
     for handler, fmt in _SINKS:
-        handler.handle(_Rendered(entries[0][0], level, "\n".join(lines[fmt] for _, _, lines in entries)))
+        text = "\n".join(lines[fmt] for _, _, lines in entries)
+        if type(handler) is _StdoutHandler and not handler.filters and level >= handler.level:
+            handler.acquire()
+            try:
+                stream = sys.stdout
+                stream.write(text + "\n")
+                stream.flush()
+            except Exception:  # noqa: BLE001 - like logging: report on stderr, never fail the caller
+                handler.handleError(_Rendered(entries[0][0], level, text))
+            finally:
+                handler.release()
+        else:
+            handler.handle(_Rendered(entries[0][0], level, text))
 
 
 # Whether log_request_line may build its JSON line directly: set by configure_logging (JSON only, INFO enabled).

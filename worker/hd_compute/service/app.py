@@ -19,7 +19,6 @@ import hashlib
 import random
 import re
 import time
-import uuid
 from typing import Any, Awaitable, Callable
 
 import torch
@@ -320,9 +319,15 @@ def error_response(request: web.Request, status: int, error: str, detail: str) -
     return web.json_response(error_body(error, detail, correlation_id(request)), status=status)
 
 
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version and variant bits
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+
+
 def _new_correlation_id() -> str:
-    """A random (version 4) UUID from Python's PRNG: no getrandom syscall per request; not a secret."""
-    return str(uuid.UUID(int=random.getrandbits(128), version=4))
+    """A random (version 4) UUID from Python's PRNG: no getrandom syscall per request; not a secret. Written
+    with one "%x" instead of str(uuid.UUID(...)): half the cost (3 us) on every request."""
+    h = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @web.middleware
