@@ -248,3 +248,26 @@ def test_lines_on_an_event_loop_are_written_once_per_iteration_and_in_order(caps
     asyncio.run(main())
     assert events() == ["six"]  # the loop's last iterations write what waits
     assert writes == [2, 2, 2, 1, 1]  # one, two | three, four | five, from a thread | five and a half | six
+
+
+def test_a_request_line_written_later_says_what_was_true_when_it_was_logged(capsys, monkeypatch):
+    """On an event loop the request line is rendered at the end of the iteration, after its request's scope is
+    gone: its ids and time are those of the moment it was logged."""
+    import asyncio
+
+    configure_logging("INFO", "json")
+    monkeypatch.setattr(hdc_logging.time, "time_ns", lambda: 1_764_400_000_123_456_789)
+
+    async def main():
+        token = REQUEST_SCOPE.set(RequestScope("c-9", "ef" * 16, "01" * 8))
+        log_request_line("hd_compute.service", OPERATION_COMPLETED, {"operation": "bind", "status": 200})
+        REQUEST_SCOPE.reset(token)
+        monkeypatch.setattr(hdc_logging.time, "time_ns", lambda: 1_764_400_099_000_000_000)
+        assert capsys.readouterr().out == ""
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    (line,) = lines(capsys.readouterr().out)
+    assert line == {"event": OPERATION_COMPLETED, "operation": "bind", "status": 200, "correlation_id": "c-9",
+                    "trace_id": "ef" * 16, "span_id": "01" * 8, "level": "info", "logger": "hd_compute.service",
+                    "timestamp": "2025-11-29T07:06:40.123456Z"}
