@@ -12,6 +12,12 @@ from hd_compute.bench.cli import app
 from hd_compute.bench.service import ServiceConfig, run_service_bench, service_markdown
 
 
+def test_observability_pairs_alternate_which_worker_goes_first():
+    from hd_compute.bench.service import ab_order
+
+    assert [ab_order(i) for i in range(4)] == [("default", "quiet"), ("quiet", "default")] * 2
+
+
 @pytest.mark.slow
 def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
     cfg = ServiceConfig(vsas=["MAP", "BSC"], items=300, dimension=1000, batch_sizes=[64, 96], batch_clients=2,

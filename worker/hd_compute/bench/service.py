@@ -407,6 +407,13 @@ def _pair_with_baseline(row: dict, in_process_rounds: list[float]) -> dict:
     return row
 
 
+def ab_order(round_index: int) -> tuple[str, str]:
+    """The observability-on ("default") and -off ("quiet") workers in the order round `round_index` drives them:
+    alternating, because the first of a pair follows the in-process measurement (this process's OpenMP threads,
+    the caches it used) and the second follows the first."""
+    return ("default", "quiet") if round_index % 2 == 0 else ("quiet", "default")
+
+
 def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path | None = None) -> dict:
     from hd_compute.service.state import MemoryEntry, StateStore
 
@@ -462,8 +469,8 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
             for scenario, q, clients, bodies in ab_loads:
                 runs = {"default": [], "quiet": []}
                 in_process_rounds = []
-                for _ in range(cfg.rounds):
-                    for name in ("default", "quiet"):
+                for round_index in range(cfg.rounds):
+                    for name in ab_order(round_index):
                         log(f"{vsa}: {scenario} x {clients} clients on {name}")
                         runs[name].append(drive(workers[name], dataset, bodies, q, clients, cfg))
                     in_process_rounds.append(in_process_cost(dataset, q, cfg)[0])  # this round's baseline
@@ -473,8 +480,8 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                 off = _row(vsa, scenario, "quiet", q, clients, runs["quiet"], baselines[q], None)
                 ab_rows[scenario] = (on, off)
                 overhead = 1 - on["service_qps"] / off["service_qps"] if off["service_qps"] else float("nan")
-                # Each round's pair (on, then off right after) shares that moment's load; their median is
-                # the verdict, reported next to the pooled figure.
+                # Each round's pair (one right after the other, the order alternating) shares that moment's
+                # load; their median is the verdict, reported next to the pooled figure.
                 paired = [1 - a / b for a, b in zip(on["per_round_qps"], off["per_round_qps"]) if b > 0]
                 paired_median = statistics.median(paired) if paired else float("nan")
                 overheads.append({"vsa": vsa, "scenario": scenario, "queries_per_request": q, "clients": clients,
