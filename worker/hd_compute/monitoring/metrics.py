@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 import os
-from bisect import bisect_left
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from typing import Callable, Iterable, Mapping
 
