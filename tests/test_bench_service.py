@@ -18,16 +18,27 @@ def test_observability_pairs_alternate_which_worker_goes_first():
     assert [ab_order(i) for i in range(4)] == [("default", "quiet"), ("quiet", "default")] * 2
 
 
+def test_observability_rounds_take_turns_on_several_processes_per_setting():
+    from hd_compute.bench.service import WORKERS, ab_process, worker_processes
+
+    assert [ab_process("quiet", i, 3) for i in range(4)] == ["quiet", "quiet-2", "quiet-3", "quiet"]
+    assert [ab_process("default", i, 1) for i in range(3)] == ["default"] * 3
+    processes = worker_processes(3)
+    assert set(processes) == {"default", "unbatched", "quiet", "default-2", "quiet-2", "default-3", "quiet-3"}
+    assert processes["quiet-3"] == WORKERS["quiet"] == {"HDC_OBSERVABILITY": "false"}
+    assert processes["default-2"] == WORKERS["default"] and worker_processes(1) == WORKERS
+
+
 @pytest.mark.slow
 def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
     cfg = ServiceConfig(vsas=["MAP", "BSC"], items=300, dimension=1000, batch_sizes=[64, 96], batch_clients=2,
-                        single_clients=4, seconds=0.2, max_requests=30, rounds=1, threads=1, repeats=1)
+                        single_clients=4, seconds=0.2, max_requests=30, rounds=2, ab_workers=2, threads=1, repeats=1)
     report = run_service_bench(cfg, log=lambda *_: None, work_dir=tmp_path)
 
     assert report["answers_correct"] is True
     # every worker (batching on/off, observability on/off) answered batched and concurrent single queries
     assert {(c["vsa"], c["worker"]) for c in report["checks"]} == \
-        {(v, w) for v in ("MAP", "BSC") for w in ("default", "unbatched", "quiet")}
+        {(v, w) for v in ("MAP", "BSC") for w in ("default", "unbatched", "quiet", "default-2", "quiet-2")}
     for check in report["checks"]:
         assert check["checked"] == 96 + 16 and check["mismatches"] == 0 and check["in_process_equals_targets"]
 
@@ -38,7 +49,7 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
         assert loads == {(64, True, True), (96, True, True), (1, True, True), (1, False, True), (1, True, False),
                          (64, True, False)}
         for r in mine:
-            assert 0 < r["requests"] <= 30
+            assert 0 < r["requests"] <= (60 if r["worker"] in ("default", "quiet") else 30)
             assert r["service_qps"] > 0 and r["in_process_qps"] > 0 and r["ratio"] > 0
             assert 0 < r["p50_ms"] <= r["p99_ms"]
             assert r["kernel_calls"] > 0 and r["mean_batch_rows"] >= 1
@@ -67,21 +78,31 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
             if r["floor"] is None:
                 assert r.get("paired_ratio") is None
                 continue
-            assert len(r["in_process_qps_rounds"]) == len(r["per_round_qps"]) == 1
-            assert r["paired_ratio"] == pytest.approx(r["per_round_qps"][0] / r["in_process_qps_rounds"][0])
+            assert len(r["in_process_qps_rounds"]) == len(r["per_round_qps"]) == 2
+            ratios = [a / b for a, b in zip(r["per_round_qps"], r["in_process_qps_rounds"])]
+            assert r["paired_ratio"] == pytest.approx(sum(ratios) / 2)
             assert r["meets_floor"] == (r["paired_ratio"] >= r["floor"])
     assert {(o["vsa"], o["queries_per_request"]) for o in report["overheads"]} == \
         {(v, q) for v in ("MAP", "BSC") for q in (1, 64)}
     for o in report["overheads"]:
         assert o["qps_on"] > 0 and o["qps_off"] > 0 and o["ceiling"] == 0.05
-        assert len(o["overhead_paired"]) == 1 and o["overhead_paired_median"] == o["overhead_paired"][0]
+        assert len(o["overhead_paired"]) == 2
+        assert o["overhead_paired_median"] == pytest.approx(sum(o["overhead_paired"]) / 2)
         assert o["meets_ceiling"] == (o["overhead_paired_median"] <= o["ceiling"])
+        # the second round ran on the second process of each setting, in the other order
+        assert o["processes"] == [{"default": "default", "quiet": "quiet"}, {"quiet": "quiet-2", "default": "default-2"}]
+        assert list(o["processes"][1]) == ["quiet", "default"]
+        # the event loop's CPU per request, round by round (clock ticks: it can be 0 on such short rounds)
+        assert len(o["loop_cpu_us_on"]) == len(o["loop_cpu_us_off"]) == 2
+        assert all(x >= 0 for x in o["loop_cpu_us_on"] + o["loop_cpu_us_off"])
+        assert o["loop_cpu_us_paired"] == [a - b for a, b in zip(o["loop_cpu_us_on"], o["loop_cpu_us_off"]) if b]
 
     assert len(report["machine"]["load_average"]["start"]) == 3 and "in_process" in report["machine"]["omp_wait_policy"]
     text = service_markdown(report)
     assert "| MAP | single query | batching off, observability on |" in text and "overhead" in text
     assert "vs batched in-process" in text and "Load average" in text and "CPU µs/query" in text
-    assert "paired ratio: median (rounds)" in text
+    assert "paired ratio: median (rounds)" in text and "event-loop CPU µs/request on / off (paired)" in text
+    assert "2 worker processes per setting" in text
     json.dumps(report)  # --json writes it as is
 
 

@@ -175,13 +175,15 @@ def bench(
     service_batch_clients: int = typer.Option(2, min=1, help="--service: concurrent clients sending batched queries"),
     service_batch: list[int] = typer.Option([64, 256], help="--service: queries per batched request (repeat)"),
     service_rounds: int = typer.Option(2, min=1, help="--service: observability on/off alternations"),
+    service_ab_workers: int = typer.Option(2, min=1, help="--service: worker processes per setting (observability "
+                                           "on, off) that the on/off rounds take turns on"),
     service_threads: int = typer.Option(0, min=0, help="--service: torch threads of each worker and of the "
                                         "in-process baseline (0: all cores)"),
 ) -> None:
     if service:
         _service(device, repeats, vsa, json_path, markdown, service_seconds, service_max_requests, service_items,
                  service_dimension, service_clients, service_batch_clients, service_batch, service_rounds,
-                 service_threads)
+                 service_ab_workers, service_threads)
         return
     resolved = resolve_device(device)
     names = [v.upper() for v in vsa]
@@ -224,7 +226,7 @@ def bench(
 
 def _service(device: str, repeats: int, vsa: list[str], json_path: Optional[Path], markdown: Optional[Path],
              seconds: float, max_requests: int, items: int, dimension: int, clients: int, batch_clients: int,
-             batch: list[int], rounds: int, threads: int) -> None:
+             batch: list[int], rounds: int, ab_workers: int, threads: int) -> None:
     """hdc-bench --service: floors are printed (met/missed), never turned into a failing exit status."""
     import os
 
@@ -238,7 +240,7 @@ def _service(device: str, repeats: int, vsa: list[str], json_path: Optional[Path
         raise typer.BadParameter("queries per request must be >= 1", param_hint="--service-batch")
     cfg = ServiceConfig(vsas=names, items=items, dimension=dimension, batch_sizes=list(batch),
                         batch_clients=batch_clients, single_clients=clients, seconds=seconds,
-                        max_requests=max_requests, rounds=rounds, threads=threads or (os.cpu_count() or 1),
+                        max_requests=max_requests, rounds=rounds, ab_workers=ab_workers, threads=threads or (os.cpu_count() or 1),
                         repeats=repeats, device=str(resolve_device(device)))
     report = run_service_bench(cfg, log=console.log)
     print_service_report(report, console)

@@ -10,7 +10,9 @@ per VSA, written as snapshots before start), and driven by concurrent aiohttp cl
 
 Scenarios, per VSA: batched requests of 64 and 256 queries; single-query requests from many clients with
 micro-batching on and off (the gain); and observability on vs off (single-query and 64-query loads, the two
-workers measured alternately, several rounds, so drift on a shared machine hits both alike). Each service
+settings measured alternately, several rounds, so drift on a shared machine hits both alike; the rounds take
+turns on `ab_workers` processes of each setting, so that one process's luck of memory layout is not in every
+pair; with the event loop's CPU per request of each round next to the throughput). Each service
 throughput (queries/s) is divided by the in-process throughput of the same ItemMemory.search call (same
 memory, same queries, same number of torch threads, same device) measured in the same run, in this process
 before and after the service runs of that VSA, and once more in a child process with the workers' OpenMP wait policy (PASSIVE;
@@ -77,6 +79,7 @@ class ServiceConfig:
     seconds: float = 3.0  # per measurement (a scenario stops at this or at max_requests, whichever is first)
     max_requests: int = 5_000
     rounds: int = 2  # observability on/off alternations
+    ab_workers: int = 2  # worker processes per setting in the on/off rounds (round r uses the r-th pair, cyclically)
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # torch threads: worker and in-process
     repeats: int = 5  # in-process timing repeats (median)
     device: str = "cpu"
@@ -147,6 +150,12 @@ class ServiceWorker:
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the worker process so far (all its threads)."""
         fields = pathlib.Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def loop_cpu_seconds(self) -> float:
+        """User + system CPU seconds of the worker's main thread (its event loop) so far."""
+        pid = self.proc.pid
+        fields = pathlib.Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self) -> str:
@@ -226,7 +235,8 @@ async def _drive(port: int, path: str, bodies: list[bytes], queries_per_request:
                     raise RuntimeError(f"POST {path}: {response.status} {payload[:300]!r}")
 
         # Warm-up: opens the connections and lets the batcher see the load.
-        await asyncio.gather(*(post(bodies[i % len(bodies)]) for i in range(max(warmup, clients))))
+        warmup = max(warmup, clients)
+        await asyncio.gather(*(post(bodies[i % len(bodies)]) for i in range(warmup)))
         latencies: list[float] = []
         issued = 0
         started = time.perf_counter()
@@ -244,18 +254,22 @@ async def _drive(port: int, path: str, bodies: list[bytes], queries_per_request:
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
     return {"requests": len(latencies), "queries": len(latencies) * queries_per_request, "seconds": elapsed,
-            "latencies": latencies}
+            "latencies": latencies, "warmup_requests": warmup}
 
 
 def drive(worker: ServiceWorker, dataset: Dataset, bodies: list[bytes], queries_per_request: int, clients: int,
           cfg: ServiceConfig) -> dict:
     calls_before, rows_before = worker.batch_counts()
-    worker_cpu, client_cpu = worker.cpu_seconds(), time.process_time()
+    worker_cpu, loop_cpu, client_cpu = worker.cpu_seconds(), worker.loop_cpu_seconds(), time.process_time()
     result = asyncio.run(_drive(worker.port, f"/v1/memories/{dataset.name}/query?k=1", bodies, queries_per_request,
                                 clients, cfg.seconds, cfg.max_requests, warmup=2 * clients))
-    # CPU seconds of the worker and of the clients (this process) over the run, warm-up requests included.
+    # CPU seconds of the worker (all threads, and its event loop's thread) and of the clients (this process) over
+    # the run, warm-up requests included; the loop's per request counts them too.
     result["worker_cpu_s"] = worker.cpu_seconds() - worker_cpu
+    result["loop_cpu_s"] = worker.loop_cpu_seconds() - loop_cpu
     result["client_cpu_s"] = time.process_time() - client_cpu
+    served = result["requests"] + result["warmup_requests"]
+    result["loop_cpu_us_per_request"] = result["loop_cpu_s"] / served * 1e6 if served else None
     calls_after, rows_after = worker.batch_counts()
     result["kernel_calls"] = calls_after - calls_before
     result["kernel_rows"] = rows_after - rows_before
@@ -414,6 +428,23 @@ def ab_order(round_index: int) -> tuple[str, str]:
     return ("default", "quiet") if round_index % 2 == 0 else ("quiet", "default")
 
 
+def ab_process(setting: str, round_index: int, copies: int) -> str:
+    """Which of the `copies` worker processes of `setting` round `round_index` drives: "default", "default-2",
+    ... cyclically. Processes of one version and setting differ by a few per cent in event-loop CPU per request
+    (memory layout, hash seeds); one process per setting would put that difference into every pair."""
+    copy = round_index % copies
+    return setting if copy == 0 else f"{setting}-{copy + 1}"
+
+
+def worker_processes(copies: int) -> dict[str, dict[str, str]]:
+    """Every worker process of a run and its environment: one per setting, `copies` of default and quiet."""
+    processes = dict(WORKERS)
+    for copy in range(2, copies + 1):
+        for setting in ("default", "quiet"):
+            processes[f"{setting}-{copy}"] = WORKERS[setting]
+    return processes
+
+
 def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path | None = None) -> dict:
     from hd_compute.service.state import MemoryEntry, StateStore
 
@@ -432,7 +463,7 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
         store = StateStore(str(first))
         for dataset in datasets.values():
             store.save_memory(dataset.name, MemoryEntry(dataset.memory))
-        for name, env in WORKERS.items():
+        for name, env in worker_processes(cfg.ab_workers).items():
             state_dir = root / f"state-{name}"
             if state_dir != first:  # the same snapshot files, linked (or copied) into each worker's directory
                 (state_dir / "memories").mkdir(parents=True, exist_ok=True)
@@ -469,10 +500,15 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
             for scenario, q, clients, bodies in ab_loads:
                 runs = {"default": [], "quiet": []}
                 in_process_rounds = []
+                pairs = []
                 for round_index in range(cfg.rounds):
+                    pair = {}
                     for name in ab_order(round_index):
-                        log(f"{vsa}: {scenario} x {clients} clients on {name}")
-                        runs[name].append(drive(workers[name], dataset, bodies, q, clients, cfg))
+                        process = ab_process(name, round_index, cfg.ab_workers)
+                        log(f"{vsa}: {scenario} x {clients} clients on {process}")
+                        runs[name].append(drive(workers[process], dataset, bodies, q, clients, cfg))
+                        pair[name] = process
+                    pairs.append(pair)
                     in_process_rounds.append(in_process_cost(dataset, q, cfg)[0])  # this round's baseline
                 floor = SINGLE_FLOOR if q == 1 else BATCHED_FLOOR if q >= 64 else None
                 on = _row(vsa, scenario, "default", q, clients, runs["default"], baselines[q], floor)
@@ -484,9 +520,20 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                 # load; their median is the verdict, reported next to the pooled figure.
                 paired = [1 - a / b for a, b in zip(on["per_round_qps"], off["per_round_qps"]) if b > 0]
                 paired_median = statistics.median(paired) if paired else float("nan")
+                # The event loop's CPU per request, round by round: it bounds single-query throughput wherever the
+                # kernel is fast, and a shared machine's drift moves it less than it moves queries/s.
+                loop_on = [r["loop_cpu_us_per_request"] for r in runs["default"]]
+                loop_off = [r["loop_cpu_us_per_request"] for r in runs["quiet"]]
+                loop_paired = [a - b for a, b in zip(loop_on, loop_off) if a is not None and b]
+                loop_relative = [a / b - 1 for a, b in zip(loop_on, loop_off) if a is not None and b]
                 overheads.append({"vsa": vsa, "scenario": scenario, "queries_per_request": q, "clients": clients,
                                   "qps_on": on["service_qps"], "qps_off": off["service_qps"], "overhead": overhead,
                                   "overhead_paired_median": paired_median, "overhead_paired": paired,
+                                  "processes": pairs, "loop_cpu_us_on": loop_on, "loop_cpu_us_off": loop_off,
+                                  "loop_cpu_us_paired": loop_paired,
+                                  "loop_cpu_us_paired_median": statistics.median(loop_paired) if loop_paired else None,
+                                  "loop_cpu_overhead_paired_median":
+                                      statistics.median(loop_relative) if loop_relative else None,
                                   "p50_ms_on": on["p50_ms"], "p50_ms_off": off["p50_ms"],
                                   "ceiling": OVERHEAD_CEILING,
                                   "meets_ceiling": (paired_median if paired else overhead) <= OVERHEAD_CEILING})
@@ -596,12 +643,12 @@ def print_service_report(report: dict, console) -> None:
     console.print(table)
     table = Table(title="Observability (metrics + tracing + logging) on vs off, measured alternately")
     for column in ("VSA", "load", "clients", "q/s on", "q/s off", "overhead", "ceiling", "paired rounds (median)",
-                   "p50 ms on", "p50 ms off"):
+                   "event-loop CPU µs/request on / off (paired)", "p50 ms on", "p50 ms off"):
         table.add_column(column, justify="left" if column in ("VSA", "load") else "right")
     for o in report["overheads"]:
         table.add_row(o["vsa"], o["scenario"], str(o["clients"]), f"{o['qps_on']:,.0f}", f"{o['qps_off']:,.0f}",
                       f"{o['overhead']:+.1%}", f"{'✓' if o['meets_ceiling'] else '✗'} ≤ {o['ceiling']:.0%}",
-                      _paired_text(o),
+                      _paired_text(o), _loop_cpu_text(o),
                       f"{o['p50_ms_on']:.2f}", f"{o['p50_ms_off']:.2f}")
     console.print(table)
     checked = sum(c["checked"] for c in report["checks"])
@@ -631,6 +678,15 @@ def _paired_text(o: dict) -> str:
     return f"{o.get('overhead_paired_median', float('nan')):+.1%} ({rounds})"
 
 
+def _loop_cpu_text(o: dict) -> str:
+    """Median event-loop CPU per request on / off, and the median of the rounds' differences (µs and %)."""
+    if o.get("loop_cpu_us_paired_median") is None:
+        return ""
+    on, off = statistics.median(o["loop_cpu_us_on"]), statistics.median(o["loop_cpu_us_off"])
+    return (f"{on:,.0f} / {off:,.0f} ({o['loop_cpu_us_paired_median']:+,.0f} µs, "
+            f"{o['loop_cpu_overhead_paired_median']:+.1%})")
+
+
 def _vs_batched_text(row: dict) -> str:
     if row.get("ratio_vs_batched") is None:
         return ""
@@ -656,7 +712,9 @@ def service_markdown(report: dict) -> str:
         f"Machine: {machine['cpu']} ({machine['cores']} CPU cores, torch {machine['torch']}); worker and in-process "
         f"search on {cfg['threads']} torch threads; item memory of {cfg['items']:,} items, D={cfg['dimension']:,}; "
         f"`POST /v1/memories/{{name}}/query` with .npz queries, k=1, JSON answers; {cfg['seconds']:g} s per "
-        f"measurement (observability on/off: {cfg['rounds']} alternating rounds each). Ratio = service queries/s / "
+        f"measurement (observability on/off: {cfg['rounds']} alternating rounds each, over "
+        f"{cfg['ab_workers']} worker processes per setting; event-loop CPU: the worker's main thread, per "
+        f"request). Ratio = service queries/s / "
         f"in-process `ItemMemory.search` queries/s on the same queries per call (single-query requests: one query "
         f"per call); \"vs batched in-process\" = single-query service queries/s / the best batched in-process "
         f"queries/s of the run. CPU µs/query: worker + client CPU time per query over the service runs, and the "
@@ -677,12 +735,14 @@ def service_markdown(report: dict) -> str:
             f"{_vs_batched_text(r)} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{'' if r['mean_batch_rows'] is None else format(r['mean_batch_rows'], '.1f')} | "
             f"{'' if gain is None else format(gain, '.1f') + '×'} | {_cpu_text(r)} |")
-    lines += ["", "| VSA | load | clients | q/s observability on | q/s off | overhead | ceiling | paired rounds (median) |",
-              "|---|---|---:|---:|---:|---:|---|---|"]
+    lines += ["", "| VSA | load | clients | q/s observability on | q/s off | overhead | ceiling | paired rounds (median) "
+                  "| event-loop CPU µs/request on / off (paired) |",
+              "|---|---|---:|---:|---:|---:|---|---|---:|"]
     for o in report["overheads"]:
         verdict = "met" if o["meets_ceiling"] else "MISSED"
         lines.append(f"| {o['vsa']} | {o['scenario']} | {o['clients']} | {o['qps_on']:,.0f} | {o['qps_off']:,.0f} | "
-                     f"{o['overhead']:+.1%} | {verdict}: ≤ {o['ceiling']:.0%} | {_paired_text(o)} |")
+                     f"{o['overhead']:+.1%} | {verdict}: ≤ {o['ceiling']:.0%} | {_paired_text(o)} | "
+                     f"{_loop_cpu_text(o)} |")
     checked = sum(c["checked"] for c in report["checks"])
     wrong = sum(c["mismatches"] for c in report["checks"])
     lines += ["", f"Answers: {checked} top-1 results checked against the in-process search, {wrong} mismatches."]
