@@ -214,6 +214,75 @@ def test_light_span_ids_continue_the_callers_trace_without_a_span():
     assert light_span_ids({"traceparent": PARENT}) is None  # spans are recorded now: open server_span instead
 
 
+HEX = "0123456789abcdef"
+
+
+def _traceparents():
+    """traceparent values around the W3C format: valid ones and each way of being invalid or odd."""
+    from hypothesis import strategies as st
+
+    def hex_text(n):
+        return st.text(alphabet=HEX, min_size=n, max_size=n)
+
+    version = st.one_of(st.sampled_from(["00", "01", "ff", "0g", "0", "000", "FF"]), hex_text(2))
+    trace_id = st.one_of(hex_text(32), st.just("0" * 32), hex_text(31), st.just(TRACE_ID.upper()))
+    span_id = st.one_of(hex_text(16), st.just("0" * 16), hex_text(17))
+    flags = st.one_of(st.sampled_from(["00", "01", "0x"]), hex_text(2))
+    rest = st.sampled_from(["", "-", "-future", " ", "\t ", "\n", "x", "-" + "a" * 600])
+    lead = st.sampled_from(["", " ", "\t", "x"])
+    built = st.tuples(lead, version, trace_id, span_id, flags, rest).map(
+        lambda t: f"{t[0]}{t[1]}-{t[2]}-{t[3]}-{t[4]}{t[5]}")
+    return st.one_of(built, st.text(max_size=80))
+
+
+def test_the_w3c_fast_path_reads_the_trace_as_opentelemetry_extracts_it():
+    """Under the default propagators light_span_ids reads traceparent itself; it must agree with what
+    OpenTelemetry's own extraction gives for every header, valid or not, in any case of the header's name."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    assert tracing._propagator_is_w3c()  # OTEL_PROPAGATORS unset: tracecontext + baggage
+
+    @settings(max_examples=600, deadline=None)
+    @given(value=_traceparents(), name=st.sampled_from(["traceparent", "TraceParent"]),
+           second=st.one_of(st.none(), st.just(PARENT)), baggage=st.booleans())
+    def agree(value, name, second, baggage):
+        pairs = [(name, value)] + ([("traceparent", second)] if second else []) + \
+            ([("baggage", "k=v")] if baggage else [])
+        for headers in (CIMultiDictProxy(CIMultiDict(pairs)), dict(pairs[:1] + pairs[2:])):
+            assert tracing._w3c_trace_id(headers) == tracing._extracted_trace_id(headers), (value, headers)
+
+    agree()
+    assert tracing._w3c_trace_id({"traceparent": PARENT}) == int(TRACE_ID, 16)
+    assert tracing._w3c_trace_id({"traceparent": f"ff-{TRACE_ID}-b7ad6b7169203331-01"}) == 0
+    assert tracing._w3c_trace_id({"traceparent": PARENT + "-extra"}) == 0  # version 00 has exactly four fields
+    assert tracing._w3c_trace_id({"traceparent": "01" + PARENT[2:] + "-extra"}) == int(TRACE_ID, 16)
+    too_long = "01" + PARENT[2:] + "-" + "a" * 600  # over OpenTelemetry's 512 characters: no parent
+    assert tracing._w3c_trace_id({"traceparent": too_long}) == tracing._extracted_trace_id({"traceparent": too_long}) == 0
+
+
+def test_light_span_ids_follow_a_propagator_that_is_not_the_default(monkeypatch):
+    """Another global propagator (here: baggage only, which carries no trace) decides through OpenTelemetry's
+    extraction, not the traceparent fast path."""
+    from opentelemetry import propagate
+    from opentelemetry.baggage.propagation import W3CBaggagePropagator
+    from opentelemetry.propagators.composite import CompositePropagator
+
+    from hd_compute.monitoring.tracing import light_span_ids
+
+    configure_tracing(set_global=False)
+    default = propagate.get_global_textmap()
+    try:
+        propagate.set_global_textmap(CompositePropagator([W3CBaggagePropagator()]))
+        assert not tracing._propagator_is_w3c()
+        trace_id, _ = light_span_ids({"traceparent": PARENT, "baggage": "k=v"})
+        assert trace_id != TRACE_ID and len(trace_id) == 32  # baggage carries no trace: a new one
+    finally:
+        propagate.set_global_textmap(default)
+    assert tracing._propagator_is_w3c() and light_span_ids({"traceparent": PARENT})[0] == TRACE_ID
+
+
 def test_light_span_ids_are_none_when_tracing_is_disabled(monkeypatch):
     from hd_compute.monitoring.tracing import light_span_ids
 
