@@ -240,8 +240,8 @@ def _service(device: str, repeats: int, vsa: list[str], json_path: Optional[Path
         raise typer.BadParameter("queries per request must be >= 1", param_hint="--service-batch")
     cfg = ServiceConfig(vsas=names, items=items, dimension=dimension, batch_sizes=list(batch),
                         batch_clients=batch_clients, single_clients=clients, seconds=seconds,
-                        max_requests=max_requests, rounds=rounds, ab_workers=ab_workers, threads=threads or (os.cpu_count() or 1),
-                        repeats=repeats, device=str(resolve_device(device)))
+                        max_requests=max_requests, rounds=rounds, ab_workers=ab_workers,
+                        threads=threads or (os.cpu_count() or 1), repeats=repeats, device=str(resolve_device(device)))
     report = run_service_bench(cfg, log=console.log)
     print_service_report(report, console)
     if json_path:

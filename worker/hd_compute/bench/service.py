@@ -273,7 +273,7 @@ def drive(worker: ServiceWorker, dataset: Dataset, bodies: list[bytes], queries_
     result["loop_cpu_s"] = worker.loop_cpu_seconds() - loop_cpu
     result["client_cpu_s"] = time.process_time() - client_cpu
     served = result["requests"] + result["warmup_requests"]
-    result["loop_cpu_us_per_request"] = result["loop_cpu_s"] / served * 1e6 if served else None
+    result["loop_cpu_us_per_request"] = result["loop_cpu_s"] / served * 1e6  # served >= clients >= 1
     calls_after, rows_after = worker.batch_counts()
     result["kernel_calls"] = calls_after - calls_before
     result["kernel_rows"] = rows_after - rows_before
@@ -435,7 +435,7 @@ def ab_order(round_index: int) -> tuple[str, str]:
 def ab_process(setting: str, round_index: int, copies: int) -> str:
     """Which of the `copies` worker processes of `setting` round `round_index` drives: "default", "default-2",
     ... cyclically. Processes of one version and setting differ by a few per cent in event-loop CPU per request
-    (memory layout, hash seeds); one process per setting would put that difference into every pair."""
+    (measured; the cause is not known): one process per setting would put that difference into every pair."""
     copy = round_index % copies
     return setting if copy == 0 else f"{setting}-{copy + 1}"
 
@@ -528,8 +528,8 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                 # kernel is fast, and a shared machine's drift moves it less than it moves queries/s.
                 loop_on = [r["loop_cpu_us_per_request"] for r in runs["default"]]
                 loop_off = [r["loop_cpu_us_per_request"] for r in runs["quiet"]]
-                loop_paired = [a - b for a, b in zip(loop_on, loop_off) if a is not None and b]
-                loop_relative = [a / b - 1 for a, b in zip(loop_on, loop_off) if a is not None and b]
+                loop_paired = [a - b for a, b in zip(loop_on, loop_off) if b]  # b: 0 only in clock ticks
+                loop_relative = [a / b - 1 for a, b in zip(loop_on, loop_off) if b]
                 overheads.append({"vsa": vsa, "scenario": scenario, "queries_per_request": q, "clients": clients,
                                   "qps_on": on["service_qps"], "qps_off": off["service_qps"], "overhead": overhead,
                                   "overhead_paired_median": paired_median, "overhead_paired": paired,

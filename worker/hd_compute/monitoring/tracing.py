@@ -197,8 +197,10 @@ def light_span_ids(headers: Mapping[str, str] | None = None) -> tuple[str, str] 
         return None
     ids = provider.id_generator
     trace_id = 0
-    if headers and _carries_trace(headers):
-        trace_id = _w3c_trace_id(headers) if _propagator_is_w3c() else _extracted_trace_id(headers)
+    if headers:
+        fields, is_w3c = _global_propagator_facts()
+        if _carries_any(headers, fields):
+            trace_id = _w3c_trace_id(headers) if is_w3c else _extracted_trace_id(headers)
     # "%x" % n: a quarter of what format(n, "032x") costs
     return "%032x" % (trace_id or ids.generate_trace_id()), "%016x" % ids.generate_span_id()
 
@@ -209,16 +211,17 @@ def _extracted_trace_id(headers: Mapping[str, str]) -> int:
     return parent.trace_id if parent.is_valid else 0
 
 
-_TRACEPARENT_RE = TraceContextTextMapPropagator._TRACEPARENT_HEADER_FORMAT_RE
-_TRACEPARENT_MAXIMUM_LENGTH = TraceContextTextMapPropagator._TRACEPARENT_MAXIMUM_LENGTH
+# TraceContextTextMapPropagator's own pattern and limit (None, and no fast path, if a version lacks them)
+_TRACEPARENT_RE = getattr(TraceContextTextMapPropagator, "_TRACEPARENT_HEADER_FORMAT_RE", None)
+_TRACEPARENT_MAXIMUM_LENGTH = getattr(TraceContextTextMapPropagator, "_TRACEPARENT_MAXIMUM_LENGTH", 512)
 
 
 def _w3c_trace_id(headers: Mapping[str, str]) -> int:
     """What _extracted_trace_id gives under OpenTelemetry's default propagators (W3C trace context + baggage),
     read from the traceparent header with the same rules as TraceContextTextMapPropagator.extract (its own
-    pattern and length limit; zero ids, version ff, and extra fields after version 00 are no parent): 0.5 us
-    instead of 10-16 us, which the context, span and span context built for every traced request cost on the
-    2-core EPYC of docs/benchmarks.md. tests/test_monitoring_tracing.py checks both agree on generated headers."""
+    pattern and length limit; zero ids, version ff, and extra fields after version 00 are no parent): 1.6 us
+    instead of 8.9 us (timeit, the 2-core EPYC of docs/benchmarks.md), which the context, span and span context
+    built for every traced request cost. tests/test_monitoring_tracing.py checks both agree on generated headers."""
     values = _GETTER.get(headers, "traceparent")
     if not values or len(values[0]) > _TRACEPARENT_MAXIMUM_LENGTH:
         return 0
@@ -231,32 +234,26 @@ def _w3c_trace_id(headers: Mapping[str, str]) -> int:
     return int(trace_id, 16)
 
 
-_w3c_of: tuple[object, bool] | None = None  # (the global propagator, whether it is the default W3C one)
+# (the global propagator, the header names it reads, whether it is OpenTelemetry's default W3C one)
+_facts_of: tuple[object, frozenset[str], bool] | None = None
 
 
-def _propagator_is_w3c() -> bool:
-    """Whether the global propagator is OpenTelemetry's default (OTEL_PROPAGATORS unset or "tracecontext,
-    baggage"; or "tracecontext"): then only traceparent decides the caller's trace (baggage carries none)."""
-    global _w3c_of
+def _global_propagator_facts() -> tuple[frozenset[str], bool]:
+    """The header names the global propagator reads (lower case), and whether it is OpenTelemetry's default
+    (OTEL_PROPAGATORS unset or "tracecontext,baggage"; or "tracecontext"), where only traceparent decides the
+    caller's trace (baggage carries none). Worked out again only when the global propagator changes."""
+    global _facts_of
     propagator = propagate.get_global_textmap()
-    if _w3c_of is None or _w3c_of[0] is not propagator:
-        parts = getattr(propagator, "_propagators", [propagator])
-        kinds = [type(part) for part in parts]
-        _w3c_of = (propagator, kinds in ([TraceContextTextMapPropagator, W3CBaggagePropagator],
-                                         [TraceContextTextMapPropagator]))
-    return _w3c_of[1]
+    if _facts_of is None or _facts_of[0] is not propagator:
+        kinds = [type(part) for part in getattr(propagator, "_propagators", [propagator])]
+        is_w3c = _TRACEPARENT_RE is not None and kinds in (
+            [TraceContextTextMapPropagator, W3CBaggagePropagator], [TraceContextTextMapPropagator])
+        _facts_of = (propagator, frozenset(f.lower() for f in propagator.fields), is_w3c)
+    return _facts_of[1], _facts_of[2]
 
 
-_fields_of: tuple[object, frozenset[str]] | None = None  # (the global propagator, its header names)
-
-
-def _carries_trace(headers: Mapping[str, str]) -> bool:
-    """Whether `headers` hold any field the global propagator reads (cheap enough to ask on every request)."""
-    global _fields_of
-    propagator = propagate.get_global_textmap()
-    if _fields_of is None or _fields_of[0] is not propagator:
-        _fields_of = (propagator, frozenset(f.lower() for f in propagator.fields))
-    fields = _fields_of[1]
+def _carries_any(headers: Mapping[str, str], fields: frozenset[str]) -> bool:
+    """Whether `headers` hold any of `fields` (lower-case names; cheap enough to ask on every request)."""
     if isinstance(headers, (CIMultiDict, CIMultiDictProxy)):  # case-insensitive lookups
         for f in fields:
             if f in headers:
