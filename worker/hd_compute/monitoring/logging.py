@@ -43,6 +43,8 @@ from pathlib import Path
 import orjson
 import structlog
 
+from ._queues import drain
+
 try:
     from opentelemetry import trace as _otel_trace
 except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
@@ -291,7 +293,7 @@ def _emit(name: str, level: int, lines: dict[str, str]) -> None:
     loop = asyncio._get_running_loop()
     if loop is None or level > logging.INFO:
         with _flush_lock:
-            _write(_drain() + [(name, level, lines)])  # what came before goes first
+            _write(drain(_pending) + [(name, level, lines)])  # what came before goes first
         return
     _pending.append((name, level, lines))
     if _flush_loop is loop:  # set and cleared on this loop's thread only: no other thread can interleave
@@ -309,20 +311,11 @@ def _flush_scheduled() -> None:
     flush_logs()
 
 
-def _drain() -> list[tuple[str, int, dict[str, str]]]:
-    taken = []
-    while True:
-        try:
-            taken.append(_pending.popleft())
-        except IndexError:
-            return taken
-
-
 def flush_logs() -> None:
     """Writes the lines buffered on event loop threads now (the worker calls it before it exits)."""
     if _pending:
         with _flush_lock:
-            _write(_drain())
+            _write(drain(_pending))
 
 
 atexit.register(flush_logs)

@@ -36,6 +36,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.exposition import choose_encoder, generate_latest, CONTENT_TYPE_LATEST
 from prometheus_client.utils import floatToGoString
 
+from ._queues import drain
+
 __all__ = ["MetricsCollector", "QUANTILES", "DURATION_BUCKETS", "BATCH_SIZE_BUCKETS"]
 
 QUANTILES = (0.5, 0.95, 0.99)
@@ -305,13 +307,7 @@ class MetricsCollector:
         metrics (exposition, the registry's collect, window_snapshot) calls it first, so a reader never sees the
         difference; the request path pays for an append instead of three metric updates and a lock, and the
         counters are incremented once per operation for all the records applied together."""
-        queue = self._observations
-        taken = []
-        while True:
-            try:
-                taken.append(queue.popleft())
-            except IndexError:  # empty (another thread may have taken the last ones)
-                break
+        taken = drain(self._observations)
         if not taken:
             return
         # operation -> ([records, hypervectors], its durations, its window)
