@@ -37,3 +37,20 @@ def test_unknown_name_is_an_attribute_error_naming_it():
 
     with pytest.raises(AttributeError, match="'nope'"):
         hd_compute.nope  # noqa: B018
+
+
+def test_engine_needs_only_torch_and_numpy():
+    """The engine (layers 1-3) adds no third-party import beyond what torch and numpy load themselves."""
+    code = ("import sys; import torch, numpy; before = set(sys.modules); "
+            "import hd_compute, hd_compute.functional, hd_compute.structures, hd_compute.models, hd_compute.encoders; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(sorted(m for m in new if m not in sys.stdlib_module_names and m != 'hd_compute'))")
+    assert run_python(code) == "[]"
+
+
+def test_kernels_import_nothing_from_the_layers_above():
+    """Layer 1 (kernels) stands alone: the bit layout lives with it, and vsa/ imports kernels, not the reverse."""
+    code = ("import sys; import hd_compute.kernels.dispatch, hd_compute.kernels.cpu, hd_compute.kernels.bits; "
+            "print(sorted(m for m in sys.modules if m.startswith('hd_compute.')"
+            " and not m.startswith('hd_compute.kernels') and m != 'hd_compute._lazy'))")
+    assert run_python(code) == "[]"

@@ -50,7 +50,7 @@ def _to_torchhd(x: Hypervectors):
 
     if x.vsa.name == "MAP":
         return x.dense().as_subclass(torchhd.MAPTensor)
-    from hd_compute.vsa.bits import unpack_bits
+    from hd_compute.kernels.bits import unpack_bits
 
     return unpack_bits(x.data, x.dim).as_subclass(torchhd.BSCTensor)
 

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from hd_compute.kernels import cpu, dispatch
-from hd_compute.vsa.bits import WORD_BITS, random_words, unpack_bits
+from hd_compute.kernels.bits import WORD_BITS, random_words, unpack_bits
 
 from .measure import time_call
 

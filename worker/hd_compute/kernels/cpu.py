@@ -18,6 +18,8 @@ import os
 import numpy as np
 import torch  # first: the extension must find torch's OpenMP runtime (libgomp.so.1) already loaded
 
+from .bits import num_words
+
 __all__ = [
     "NATIVE_AVAILABLE",
     "features",
@@ -55,10 +57,6 @@ def features() -> str:
 
 def _threads() -> int:
     return max(1, int(torch.get_num_threads()))
-
-
-def _words(d: int) -> int:
-    return (d + 63) // 64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,7 +130,7 @@ def pack_sign_bits_int8(x: torch.Tensor) -> torch.Tensor:
     """Pack sign bits of an int8 ``(n, d)`` matrix: bit k set iff ``x[:, k] < 0`` -> int64 ``(n, ceil(d/64))``."""
     x = _check(x, "x", torch.int8)
     n, d = x.shape
-    w = _words(d)
+    w = num_words(d)
     out = torch.empty((n, w), dtype=torch.int64)
     if _native is None:
         out.numpy()[...] = numpy_pack_sign_bits_int8(_np(x))
@@ -190,7 +188,7 @@ def numpy_int8_column_sum(x: np.ndarray) -> np.ndarray:
 def numpy_pack_sign_bits_int8(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     n, d = x.shape
-    w = _words(d)
+    w = num_words(d)
     padded = np.zeros((n, w * 64), dtype=np.uint8)
     padded[:, :d] = x < 0
     return np.packbits(padded, axis=1, bitorder="little").view(np.int64).reshape(n, w)
@@ -227,7 +225,7 @@ def reference_int8_column_sum(x) -> np.ndarray:
 def reference_pack_sign_bits_int8(x) -> np.ndarray:
     x = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
     n, d = x.shape
-    w = _words(d)
+    w = num_words(d)
     out = np.zeros((n, w), dtype=np.uint64)
     for k in range(d):
         out[:, k // 64] |= (x[:, k] < 0).astype(np.uint64) << np.uint64(k % 64)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..vsa.bits import WORD_BITS, popcount_words, unpack_bits
 from . import cpu
+from .bits import WORD_BITS, pack_bits, popcount_words, unpack_bits
 
 # Largest int8 operand (elements) unpacked at once on a GPU; bounds temporaries to a few hundred MB.
 _GPU_UNPACK_ELEMENTS = 1 << 28
@@ -104,8 +104,6 @@ def pack_sign_bits(x: torch.Tensor) -> torch.Tensor:
     """(n, D) int8 -> (n, ceil(D/64)) int64 words with bit k set where x[k] < 0."""
     if _on_cpu(x):
         return cpu.pack_sign_bits_int8(x)
-    from ..vsa.bits import pack_bits
-
     return pack_bits(x < 0)
 
 

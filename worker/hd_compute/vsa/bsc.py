@@ -1,6 +1,6 @@
 """BSC (Binary Spatter Codes): binary hypervectors, bit-packed.
 
-Storage: int64 words, 64 dimensions per word (see vsa/bits.py for the layout), so D=10,000 takes 1,256 bytes
+Storage: int64 words, 64 dimensions per word (see kernels/bits.py for the layout), so D=10,000 takes 1,256 bytes
 instead of 40,000 as float32. Padding bits are always zero and never counted. bind = XOR (self-inverse),
 bundle = bitwise majority with ties decided by a fixed tie-break vector, similarity = Hamming distance via
 popcount; dot and cosine are those of the bipolar view (bit 0 -> +1, bit 1 -> -1): dot = D - 2 * hamming.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from ..kernels import dispatch
+from ..kernels.bits import clear_padding, num_words, pack_bits, random_words, unpack_bits
 from .base import VSAModel, tiebreak_bipolar
-from .bits import clear_padding, num_words, pack_bits, random_words, unpack_bits
 
 
 class BSC(VSAModel):

@@ -67,7 +67,9 @@ def unpack_bits(words: torch.Tensor, dim: int) -> torch.Tensor:
     return bits.reshape(*words.shape[:-1], -1)[..., :dim].bool()
 
 
-def random_words(shape: tuple[int, ...], dim: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+def random_words(
+    shape: tuple[int, ...], dim: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
     """Uniformly random packed bits (each bit independent, p=1/2), padding zero."""
     nbytes = num_words(dim) * 8
     raw = torch.randint(0, 256, (*shape, nbytes), dtype=torch.uint8, generator=generator, device=device)
