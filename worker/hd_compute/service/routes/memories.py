@@ -1,0 +1,146 @@
+"""/v1/memories: item memories (create, list, get, delete; add items; query by similarity, micro-batched)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from aiohttp import web
+
+from hd_compute.hypervectors import Hypervectors
+from hd_compute.structures import ItemMemory
+
+from ..codec import ApiError, Payload, invalid
+from ..operations import Op, count, operation, vsa_and_dimension
+from ..state import MemoryEntry
+from ..worker import Worker
+from .named import NamedKind, add_named_routes
+
+routes = web.RouteTableDef()
+
+
+def _build(op: Op, p: Payload) -> Callable[[], MemoryEntry]:
+    model, dim = vsa_and_dimension(op, p)
+    dimension = dim or op.settings.dimension
+    op.dimension = dimension
+    return lambda: MemoryEntry(ItemMemory(dimension, model, device=op.worker.device))
+
+
+def _info(name: str, entry: MemoryEntry) -> dict[str, Any]:
+    return {"name": name, "vsa": entry.memory.vsa.name, "dimension": entry.memory.dim, "size": len(entry.memory)}
+
+
+def _details(entry: MemoryEntry) -> dict[str, Any]:
+    return {"keys": list(entry.keys)} if any(entry.keys) else {}
+
+
+MEMORIES: NamedKind[MemoryEntry] = NamedKind(
+    kind="memory",
+    collection="/v1/memories",
+    list_field="memories",
+    entries=lambda worker: worker.memories,
+    build=_build,
+    save=lambda worker, name, entry: worker.store.save_memory(name, entry),
+    info=_info,
+    details=_details,
+)
+add_named_routes(routes, MEMORIES)
+
+
+def _as_memory_dtype(hv: Hypervectors, memory: ItemMemory) -> Hypervectors:
+    return hv if hv.dtype == memory.dtype else Hypervectors(hv.data.to(memory.dtype), memory.vsa, memory.dim)
+
+
+@routes.post("/v1/memories/{name}/items")
+@operation("memory_add")
+async def memory_add(op: Op) -> web.Response:
+    await op.worker.wait_state()
+    name = op.path_name()
+    p = await op.read()
+    memory = op.worker.memories.get(name).memory
+    items = p.vectors("vectors", memory.vsa, memory.dim)
+    if items.data.dim() > 2:
+        raise invalid(
+            "vectors",
+            f"must be one hypervector or a list of them, got batch shape {list(items.shape)}",
+            error="invalid_shape",
+        )
+    items = _as_memory_dtype(items, memory)
+    n = count(items)
+    keys = None
+    if p.has("keys"):
+        keys = p.arrays["keys"].tolist() if "keys" in p.arrays else p.fields["keys"]
+        if not isinstance(keys, list) or len(keys) != n or not all(isinstance(k, str) for k in keys):
+            raise invalid("keys", f"must be a list of {n} strings, one per item")
+    op.dimension, op.input_count = memory.dim, n
+
+    def add() -> torch.Tensor:
+        current = op.worker.memories.get(name)
+        ids = current.memory.add(op.on_device(items))
+        current.keys.extend(keys if keys is not None else [""] * n)
+        op.worker.store.save_memory(name, current)
+        return ids
+
+    ids = await op.kernel(add)
+    op.worker.update_state_gauges()
+    return op.respond({"name": name, "ids": ids, "size": len(memory)})
+
+
+def _query_batch(
+    worker: Worker, name: str, items: list[tuple[Hypervectors, int]]
+) -> list[tuple[np.ndarray, np.ndarray, list[str] | None]]:
+    """One search for the queries of all the coalesced requests against memory `name` (kernel thread); each
+    request gets its own rows back: (similarities, indices, keys or None)."""
+    entry = worker.memories.get(name)
+    memory = entry.memory
+    k_max = max(k for _, k in items)
+    if k_max > len(memory):
+        raise ApiError(
+            400, "invalid_field", f"k: {k_max} is larger than the number of items ({len(memory)})", field="k"
+        )
+    flat = [q.data.reshape(-1, q.data.shape[-1]) for q, _ in items]
+    queries = Hypervectors(torch.cat(flat) if len(flat) > 1 else flat[0], memory.vsa, memory.dim)
+    result = memory.search(queries, k=k_max)
+    # One device-to-host copy for the whole batch; each request's rows are numpy views of it.
+    all_sims = result.similarities.reshape(-1, k_max).cpu().numpy()
+    all_ids = result.indices.reshape(-1, k_max).cpu().numpy()
+    has_keys = any(entry.keys)
+    out, start = [], 0
+    for (q, k), rows in zip(items, flat, strict=True):
+        n = rows.shape[0]
+        sims = all_sims[start : start + n, :k].reshape(*q.shape, k)
+        ids = all_ids[start : start + n, :k].reshape(*q.shape, k)
+        keys = [entry.keys[i] for i in ids.reshape(-1).tolist()] if has_keys else None
+        out.append((sims, ids, keys))
+        start += n
+    return out
+
+
+@routes.post("/v1/memories/{name}/query")
+@operation("memory_query")
+async def memory_query(op: Op) -> web.Response:
+    await op.worker.wait_state()
+    name = op.path_name()
+    p = await op.read()
+    memory = op.worker.memories.get(name).memory
+    queries = p.vectors("queries", memory.vsa, memory.dim)
+    k = p.int("k", 1, minimum=1)
+    if len(memory) == 0:
+        raise ApiError(
+            409, "memory_empty", f"name: item memory {name!r} is empty; add items before querying", field="name"
+        )
+    if k > len(memory):
+        raise invalid("k", f"{k} is larger than the number of items ({len(memory)})")
+    queries = _as_memory_dtype(queries, memory)
+    n = count(queries)
+    op.dimension, op.input_count = memory.dim, n
+    sims, ids, keys = await op.batched(
+        ("memory", name), max(n, 1), (op.on_device(queries), k), functools.partial(_query_batch, op.worker, name)
+    )
+    fields: dict[str, Any] = {"name": name, "k": k, "similarities": sims, "indices": ids}
+    if keys is not None:
+        fields["keys"] = keys
+    return op.respond(fields)
