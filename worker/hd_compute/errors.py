@@ -38,27 +38,32 @@ def check_shape(value: Any, name: str) -> tuple[int, ...]:
 
 def as_float_matrix(x: Any, name: str, *, num_features: int | None = None) -> torch.Tensor:
     """Validates encoder input: a non-empty 2-D real array (batch, features) of finite numbers."""
-    if not isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor):
+        tensor = x
+    else:
         try:
-            x = torch.as_tensor(x)
+            tensor = torch.as_tensor(x)
         except Exception as exc:  # numpy object arrays, ragged lists...
             raise TypeError(f"{name} must be a 2-D array of numbers (batch, features): {exc}") from None
-    if x.dtype == torch.bool or x.is_complex() or not (x.is_floating_point() or _is_integer(x.dtype)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    if x.dim() == 1:
-        raise ValueError(f"{name} must be 2-D (batch, features), got shape {tuple(x.shape)}; use x[None] for one sample")
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (batch, features), got shape {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {tuple(x.shape)}); at least one sample is expected")
-    if num_features is not None and x.shape[1] != num_features:
-        raise ValueError(f"{name} must have {num_features} features (columns), got {x.shape[1]}")
-    if x.is_floating_point():
-        finite = torch.isfinite(x)
+    real = tensor.is_floating_point() or _is_integer(tensor.dtype)
+    if tensor.dtype == torch.bool or tensor.is_complex() or not real:
+        raise TypeError(f"{name} must hold real numbers, got dtype {tensor.dtype}")
+    if tensor.dim() == 1:
+        raise ValueError(
+            f"{name} must be 2-D (batch, features), got shape {tuple(tensor.shape)}; use x[None] for one sample"
+        )
+    if tensor.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (batch, features), got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(tensor.shape)}); at least one sample is expected")
+    if num_features is not None and tensor.shape[1] != num_features:
+        raise ValueError(f"{name} must have {num_features} features (columns), got {tensor.shape[1]}")
+    if tensor.is_floating_point():
+        finite = torch.isfinite(tensor)
         if not bool(finite.all()):
             bad = (~finite).nonzero()[0].tolist()
             raise ValueError(f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]})")
-    return x
+    return tensor
 
 
 def _is_integer(dtype: torch.dtype) -> bool:

@@ -8,7 +8,7 @@ Randomness is reproducible: pass `seed=` (the same vectors on every device) or a
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -42,14 +42,17 @@ def _check_compatible(a: Hypervectors, b: Hypervectors, name_a: str, name_b: str
 
 def _broadcast_shape(a: Hypervectors, b: Hypervectors, name_a: str, name_b: str) -> torch.Size:
     try:
-        return torch.broadcast_shapes(a.shape, b.shape)
+        shape: torch.Size = torch.broadcast_shapes(a.shape, b.shape)  # type: ignore[no-untyped-call]  # unannotated in torch
+        return shape
     except RuntimeError:
         raise ValueError(
             f"batch shapes of {name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} do not broadcast"
         ) from None
 
 
-def _random_source(seed: int | None, generator: torch.Generator | None, device: torch.device):
+def _random_source(
+    seed: int | None, generator: torch.Generator | None, device: torch.device
+) -> tuple[torch.Generator | None, torch.device]:
     """Returns (generator, device to generate on). A seed generates on CPU so results match on every device."""
     if seed is not None and generator is not None:
         raise ValueError("pass either seed or generator, not both")
@@ -70,8 +73,9 @@ def _random_source(seed: int | None, generator: torch.Generator | None, device: 
 # creation
 
 
-def random(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
-           dtype: torch.dtype | None = None, generator: torch.Generator | None = None, seed: int | None = None) -> Hypervectors:
+def random(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *,
+           device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+           generator: torch.Generator | None = None, seed: int | None = None) -> Hypervectors:
     """`num` (a count or a batch shape) random hypervectors of dimension `dim`; quasi-orthogonal for large dim."""
     shape = check_shape(num, "num")
     check_positive_int(dim, "dim")
@@ -83,8 +87,8 @@ def random(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *,
     return Hypervectors(data.to(target), model, dim)
 
 
-def identity(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None) -> Hypervectors:
+def identity(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *,
+             device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Hypervectors:
     """Identity hypervectors of binding: bind(x, identity) == x."""
     shape = check_shape(num, "num")
     check_positive_int(dim, "dim")
@@ -97,7 +101,10 @@ def identity(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", 
 
 
 def bind(a: Hypervectors, b: Hypervectors) -> Hypervectors:
-    """Binds (associates) a with b; the result is dissimilar to both. MAP: product, BSC: XOR, HRR: circular convolution, FHRR: angle addition."""
+    """Binds (associates) a with b; the result is dissimilar to both.
+
+    MAP: product, BSC: XOR, HRR: circular convolution, FHRR: angle addition.
+    """
     _check_compatible(a, b, "a", "b")
     _broadcast_shape(a, b, "a", "b")
     return Hypervectors(a.vsa.bind(a.data, b.data, a.dim), a.vsa, a.dim)
@@ -151,11 +158,12 @@ def permute(x: Hypervectors, shifts: int = 1) -> Hypervectors:
 # similarity
 
 
-def _pairwise(x: Hypervectors, others: Hypervectors, kernel_name: str) -> torch.Tensor:
+def _pairwise(x: Hypervectors, others: Hypervectors, kernel_name: Literal["cosine", "dot", "hamming"]) -> torch.Tensor:
     _check_compatible(x, others, "input", "others")
     if others.data.dim() > 2:
         raise ValueError(f"others must be one hypervector or a 1-D batch (N,), got batch shape {tuple(others.shape)}")
-    kernel = getattr(x.vsa, kernel_name)
+    model = x.vsa
+    kernel = {"cosine": model.cosine, "dot": model.dot, "hamming": model.hamming}[kernel_name]
     queries = x.data.reshape(-1, x.data.shape[-1])
     items = others.data.reshape(-1, others.data.shape[-1])
     out = kernel(queries, items, x.dim)
@@ -202,7 +210,10 @@ def cleanup(query: Hypervectors, memory: Hypervectors, threshold: float = 0.0) -
 # embeddings (value -> hypervector codebooks)
 
 
-def _selection_embedding(masks: torch.Tensor, model: VSAModel, dim: int, dtype, gen, gen_device, target) -> Hypervectors:
+def _selection_embedding(
+    masks: torch.Tensor, model: VSAModel, dim: int, dtype: torch.dtype, gen: torch.Generator | None,
+    gen_device: torch.device, target: torch.device,
+) -> Hypervectors:
     """Per dimension, take `high` where masks is True and `low` elsewhere."""
     low = model.random((), dim, dtype, gen, gen_device)
     high = model.random((), dim, dtype, gen, gen_device)
@@ -211,7 +222,8 @@ def _selection_embedding(masks: torch.Tensor, model: VSAModel, dim: int, dtype, 
     return Hypervectors(data.to(target), model, dim)
 
 
-def level(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device=None, dtype=None, generator=None,
+def level(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
+          dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
           seed: int | None = None) -> Hypervectors:
     """`num` level hypervectors for ordered values: neighbours are similar, the two ends quasi-orthogonal.
 
@@ -230,7 +242,8 @@ def level(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device=None, dtype
     return _selection_embedding(masks, model, dim, storage_dtype, gen, gen_device, target)
 
 
-def circular(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device=None, dtype=None, generator=None,
+def circular(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
              seed: int | None = None) -> Hypervectors:
     """`num` hypervectors for values on a circle (angles, hours): similarity falls with circular distance,
     opposite points are quasi-orthogonal and the last level is as close to the first as to its other neighbour.
@@ -250,7 +263,8 @@ def circular(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device=None, dt
     return _selection_embedding(masks, model, dim, storage_dtype, gen, gen_device, target)
 
 
-def thermometer(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device=None, dtype=None) -> Hypervectors:
+def thermometer(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
+                dtype: torch.dtype | None = None) -> Hypervectors:
     """`num` deterministic thermometer codes: level i has its first round(i * D / (num - 1)) dimensions at -1
     (bit 1 for BSC) and the rest at +1; level 0 and level num-1 are opposite."""
     check_positive_int(num, "num")
@@ -279,7 +293,9 @@ def thermometer(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device=None,
 def _check_sequence(x: Hypervectors, name: str) -> None:
     _check_hv(x, name)
     if x.data.dim() < 2 or x.data.shape[-2] == 0:
-        raise ValueError(f"{name} must be a non-empty sequence of hypervectors (..., length), got batch shape {tuple(x.shape)}")
+        raise ValueError(
+            f"{name} must be a non-empty sequence of hypervectors (..., length), got batch shape {tuple(x.shape)}"
+        )
 
 
 def bind_sequence(x: Hypervectors) -> Hypervectors:
@@ -321,5 +337,7 @@ def hash_table(keys: Hypervectors, values: Hypervectors) -> Hypervectors:
     _check_sequence(keys, "keys")
     _check_sequence(values, "values")
     if keys.shape[-1] != values.shape[-1]:
-        raise ValueError(f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must have the same number of entries")
+        raise ValueError(
+            f"keys {tuple(keys.shape)} and values {tuple(values.shape)} must have the same number of entries"
+        )
     return multiset(bind(keys, values))

@@ -7,6 +7,7 @@ the last storage axis is never indexed by users.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,7 +29,9 @@ class Hypervectors:
             raise ValueError("data must have at least one axis (the hypervector axis)")
         width = model.storage_width(dim)
         if data.shape[-1] != width:
-            raise ValueError(f"data's last axis must have {width} elements for {model.name} with dim={dim}, got {data.shape[-1]}")
+            raise ValueError(
+                f"data's last axis must have {width} elements for {model.name} with dim={dim}, got {data.shape[-1]}"
+            )
         if data.dtype not in model.allowed_dtypes:
             allowed = ", ".join(str(d).removeprefix("torch.") for d in model.allowed_dtypes)
             raise TypeError(f"data for {model.name} must have dtype {allowed}, got {data.dtype}")
@@ -85,7 +88,7 @@ class Hypervectors:
                 raise IndexError(f"too many indices for a batch of shape {tuple(self.shape)}")
         return Hypervectors(self.data[index], self.vsa, self.dim)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Hypervectors]:
         for i in range(len(self)):
             yield self[i]
 
@@ -104,7 +107,8 @@ class Hypervectors:
 
     def equal(self, other: "Hypervectors") -> bool:
         return (isinstance(other, Hypervectors) and other.vsa is self.vsa and other.dim == self.dim
-                and other.data.shape == self.data.shape and bool(torch.equal(other.data, self.data.to(other.data.dtype))))
+                and other.data.shape == self.data.shape
+                and bool(torch.equal(other.data, self.data.to(other.data.dtype))))
 
     def __repr__(self) -> str:
         return (f"Hypervectors(vsa={self.vsa.name}, dim={self.dim}, shape={tuple(self.shape)}, "

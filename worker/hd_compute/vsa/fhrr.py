@@ -19,44 +19,50 @@ class FHRR(VSAModel):
     default_dtype = torch.complex64
     allowed_dtypes = (torch.complex64, torch.complex128)
 
-    def random(self, shape, dim, dtype, generator, device):
+    def random(
+        self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, generator: torch.Generator | None,
+        device: torch.device,
+    ) -> torch.Tensor:
         real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64
-        angles = torch.rand((*shape, dim), dtype=real_dtype, generator=generator, device=device) * (2 * math.pi) - math.pi
+        uniform = torch.rand((*shape, dim), dtype=real_dtype, generator=generator, device=device)
+        angles = uniform * (2 * math.pi) - math.pi
         return torch.polar(torch.ones_like(angles), angles).to(dtype)
 
-    def identity(self, shape, dim, dtype, device):
+    def identity(self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return torch.ones((*shape, dim), dtype=dtype, device=device)
 
-    def bind(self, a, b, dim):
+    def bind(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         return a * b
 
-    def inverse(self, a, dim):
+    def inverse(self, a: torch.Tensor, dim: int) -> torch.Tensor:
         return a.conj().resolve_conj()
 
-    def multiset(self, data, dim):
+    def multiset(self, data: torch.Tensor, dim: int) -> torch.Tensor:
         return self._to_unit(data.sum(dim=-2))
 
     @staticmethod
-    def _to_unit(summed):
+    def _to_unit(summed: torch.Tensor) -> torch.Tensor:
         magnitude = summed.abs()
         return torch.where(magnitude > 0, summed / magnitude.clamp_min(1e-30), torch.ones_like(summed))
 
-    def dot(self, a, b, dim):
+    def dot(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         return (a @ b.conj().T).real
 
-    def cosine(self, a, b, dim):
+    def cosine(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         norms = a.abs().square().sum(-1).sqrt().unsqueeze(-1) * b.abs().square().sum(-1).sqrt().unsqueeze(0)
         return (self.dot(a, b, dim) / norms.clamp_min(1e-12)).float()
 
-    def to_dense(self, data, dim):
+    def to_dense(self, data: torch.Tensor, dim: int) -> torch.Tensor:
         return data
 
-    def from_dense(self, dense, dtype):
+    def from_dense(self, dense: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return dense.to(dtype)
 
-    def quantize_sum(self, summed, count, dtype):
+    def quantize_sum(self, summed: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
         return self._to_unit(summed).to(dtype)
 
-    def validate(self, data, dim):
-        if not bool(torch.isfinite(data.abs()).all()) or not torch.allclose(data.abs(), torch.ones_like(data.abs()), atol=1e-3):
+    def validate(self, data: torch.Tensor, dim: int) -> None:
+        magnitude = data.abs()
+        unit = torch.ones_like(magnitude)
+        if not bool(torch.isfinite(magnitude).all()) or not torch.allclose(magnitude, unit, atol=1e-3):
             raise ValueError("FHRR hypervectors must hold unit-magnitude complex phasors")

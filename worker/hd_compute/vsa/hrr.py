@@ -18,7 +18,6 @@ import torch
 
 from .base import VSAModel
 
-
 PERMUTATION_SEED = 0x9E3779B9
 
 
@@ -45,42 +44,47 @@ class HRR(VSAModel):
     default_dtype = torch.float32
     allowed_dtypes = (torch.float32, torch.float64)
 
-    def random(self, shape, dim, dtype, generator, device):
+    def random(
+        self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, generator: torch.Generator | None,
+        device: torch.device,
+    ) -> torch.Tensor:
         return torch.randn((*shape, dim), dtype=dtype, generator=generator, device=device) / math.sqrt(dim)
 
-    def identity(self, shape, dim, dtype, device):
+    def identity(self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         out = torch.zeros((*shape, dim), dtype=dtype, device=device)
         out[..., 0] = 1
         return out
 
-    def bind(self, a, b, dim):
-        return torch.fft.irfft(torch.fft.rfft(a, dim=-1) * torch.fft.rfft(b, dim=-1), n=dim, dim=-1)
+    def bind(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+        spectrum: torch.Tensor = torch.fft.rfft(a, dim=-1) * torch.fft.rfft(b, dim=-1)
+        convolution: torch.Tensor = torch.fft.irfft(spectrum, n=dim, dim=-1)
+        return convolution
 
-    def inverse(self, a, dim):
+    def inverse(self, a: torch.Tensor, dim: int) -> torch.Tensor:
         return torch.roll(torch.flip(a, dims=(-1,)), shifts=1, dims=-1)
 
-    def multiset(self, data, dim):
+    def multiset(self, data: torch.Tensor, dim: int) -> torch.Tensor:
         return data.sum(dim=-2)
 
-    def permute(self, data, shifts, dim):
+    def permute(self, data: torch.Tensor, shifts: int, dim: int) -> torch.Tensor:
         return data[..., permutation_power(dim, shifts, data.device)]
 
-    def dot(self, a, b, dim):
+    def dot(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         return a @ b.T
 
-    def cosine(self, a, b, dim):
-        norms = a.norm(dim=-1, keepdim=True) * b.norm(dim=-1).unsqueeze(0)
+    def cosine(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+        norms = a.square().sum(-1).sqrt().unsqueeze(-1) * b.square().sum(-1).sqrt().unsqueeze(0)
         return (self.dot(a, b, dim) / norms.clamp_min(1e-12)).float()
 
-    def to_dense(self, data, dim):
+    def to_dense(self, data: torch.Tensor, dim: int) -> torch.Tensor:
         return data
 
-    def from_dense(self, dense, dtype):
+    def from_dense(self, dense: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return dense.to(dtype)
 
-    def quantize_sum(self, summed, count, dtype):
+    def quantize_sum(self, summed: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
         return summed.to(dtype)
 
-    def validate(self, data, dim):
+    def validate(self, data: torch.Tensor, dim: int) -> None:
         if not bool(torch.isfinite(data).all()):
             raise ValueError("HRR hypervectors must hold finite numbers")
