@@ -10,12 +10,19 @@ import asyncio
 import json
 
 import pytest
-
-from hdc_operator.autoscaler import (HISTORY_ANNOTATION, NO_PROMETHEUS, Autoscaler, Step, evaluate,
-                                     history_annotation, history_from_annotation, merge_status)
+from hdc_operator.autoscaler import (
+    HISTORY_ANNOTATION,
+    NO_PROMETHEUS,
+    Autoscaler,
+    Step,
+    evaluate,
+    history_annotation,
+    history_from_annotation,
+    merge_status,
+)
 from hdc_operator.metrics import OperatorMetrics
-from hdc_operator.scaling import History, Observation, scaling_active_condition, status_fields
-from hdc_operator.status import Observation as StatusObservation, compute_status
+from hdc_operator.scaling import History, MetricsObservation, scaling_active_condition, status_fields
+from hdc_operator.status import WorkloadObservation, compute_status
 
 T0 = 1_800_000_000.0
 
@@ -36,17 +43,18 @@ def spec(target=100.0, **autoscaling):
 
 
 def obs(demand, at=T0, reporting=2):
-    return Observation(demand, None, at, reporting)
+    return MetricsObservation(demand, None, at, reporting)
 
 
-def step_of(demand, replicas=2, history=History(), now=T0):
+def step_of(demand, replicas=2, history=None, now=T0):
+    history = History() if history is None else history
     decision, current = evaluate(body(replicas), spec(), history, obs(demand, now), now, ready_replicas=replicas)
     return Step(status_fields(decision, obs(demand, now), current, "2027-01-15T08:00:00Z"),
                 scaling_active_condition(decision), decision), decision
 
 
 def base_status():
-    return compute_status(StatusObservation(1, desired_replicas=2), {}, "2027-01-15T08:00:00Z")
+    return compute_status(WorkloadObservation(1, desired_replicas=2), {}, "2027-01-15T08:00:00Z")
 
 
 def test_evaluate_reads_spec_replicas_and_scales_up_on_demand():
@@ -104,8 +112,8 @@ def test_observed_demand_moving_more_than_5_percent_is_written():
 def test_metrics_unavailable_flips_the_condition_and_keeps_observed_values():
     step, _ = step_of(demand=100.0)
     first, _ = merge_status(base_status(), {}, step, "2027-01-15T08:00:00Z")
-    decision, current = evaluate(body(2), spec(), History(), Observation(None, None, None, unavailable_reason="down"),
-                                 T0, None)
+    down = MetricsObservation(None, None, None, unavailable_reason="down")
+    decision, current = evaluate(body(2), spec(), History(), down, T0, None)
     assert decision.desired_replicas == 2 and decision.reason == "MetricsUnavailable"
     down = Step(status_fields(decision, None, current, "x"), scaling_active_condition(decision), decision)
     new, changed = merge_status(base_status(), first, down, "2027-01-15T08:05:00Z")

@@ -10,12 +10,12 @@ import copy
 import pathlib
 
 import pytest
-
 from hd_compute.service.config import ENV_VARS, WorkerSettings
 from hdc_operator import alerts
-from hdc_operator.builders import CHILD_KINDS, Capabilities, build_children
+from hdc_operator.builders import Capabilities, build_children
 from hdc_operator.builders.deployment import CONFIG_HASH_ANNOTATION, GPU_TOLERATION
 from hdc_operator.builders.hpa import hpa_metrics, quantity
+from hdc_operator.names import CHILD_KINDS
 from hdc_operator.spec import parse_workload
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -34,7 +34,8 @@ def workload(spec=None, name="demo", namespace="ml", uid="0b9f6a2e-1111-2222-333
                            "spec": spec or {}})
 
 
-def children(spec=None, capabilities=Capabilities.all(), **kw) -> dict[str, dict]:
+def children(spec=None, capabilities=None, **kw) -> dict[str, dict]:
+    capabilities = Capabilities.all() if capabilities is None else capabilities
     return {c["kind"]: c for c in build_children(workload(spec, **kw), capabilities)}
 
 
@@ -63,7 +64,8 @@ def test_builders_import_neither_kopf_nor_the_kubernetes_client():
 def test_default_children_in_order():
     built = build_children(workload(), Capabilities.all())
     kinds = [(c["apiVersion"], c["kind"]) for c in built]
-    assert kinds == [k for k in CHILD_KINDS if k[1] not in ("PersistentVolumeClaim", "HorizontalPodAutoscaler")]
+    assert kinds == [(k.api_version, k.kind) for k in CHILD_KINDS
+                     if k.kind not in ("PersistentVolumeClaim", "HorizontalPodAutoscaler")]
     names = {c["kind"]: c["metadata"]["name"] for c in built}
     assert names == {"Deployment": "demo", "Service": "demo", "PodDisruptionBudget": "demo",
                      "ServiceMonitor": "demo", "PrometheusRule": "demo", "ConfigMap": "demo-dashboards"}
@@ -72,7 +74,7 @@ def test_default_children_in_order():
 def test_every_child_has_namespace_labels_and_a_controller_owner_reference():
     spec = {"autoscaling": {"mode": "hpa"}, "persistence": {"enabled": True}}
     built = build_children(workload(spec), Capabilities.all())
-    assert len(built) == len(CHILD_KINDS)
+    assert [(c["apiVersion"], c["kind"]) for c in built] == [(k.api_version, k.kind) for k in CHILD_KINDS]
     for child in built:
         meta = child["metadata"]
         assert meta["namespace"] == "ml"

@@ -1,7 +1,14 @@
 """status.py: pure status computation from a Deployment and pods (no cluster)."""
 
-from hdc_operator.status import (Observation, Problem, compute_status, condition, pod_problems, selector_string,
-                                 status_changed)
+from hdc_operator.status import (
+    Problem,
+    WorkloadObservation,
+    compute_status,
+    condition,
+    pod_problems,
+    selector_string,
+    status_changed,
+)
 
 NOW, LATER = "2026-11-28T12:00:00Z", "2026-11-28T13:00:00Z"
 SELECTOR = "app.kubernetes.io/instance=w,app.kubernetes.io/name=hdc-worker"
@@ -26,7 +33,7 @@ def waiting_pod(name, reason):
 def observe(**kw):
     base = dict(generation=1, desired_replicas=2, selector=SELECTOR, deployment=deployment(), pods=[])
     base.update(kw)
-    return Observation(**base)
+    return WorkloadObservation(**base)
 
 
 def test_all_ready_is_running_with_ready_true():
@@ -100,8 +107,8 @@ def test_most_important_problem_wins():
 
 
 def test_invalid_spec_fails_with_the_message():
-    st = compute_status(Observation(generation=4, invalid_spec=Problem("InvalidSpec", "spec.hdc.dimension: bad")),
-                        {}, NOW)
+    invalid = Problem("InvalidSpec", "spec.hdc.dimension: bad")
+    st = compute_status(WorkloadObservation(generation=4, invalid_spec=invalid), {}, NOW)
     assert st["phase"] == "Failed"
     assert condition(st, "Degraded")["reason"] == "InvalidSpec"
     assert condition(st, "Ready")["message"] == "spec.hdc.dimension: bad"
@@ -149,7 +156,7 @@ def test_transition_time_moves_only_for_changed_conditions():
 
 def test_foreign_conditions_and_fields_are_kept():
     stored = {"conditions": [{"type": "ScalingActive", "status": "True", "reason": "X"}], "selector": SELECTOR}
-    st = compute_status(Observation(generation=1, invalid_spec=Problem("InvalidSpec", "x: y")), stored, NOW)
+    st = compute_status(WorkloadObservation(generation=1, invalid_spec=Problem("InvalidSpec", "x: y")), stored, NOW)
     assert condition(st, "ScalingActive")["reason"] == "X"
     assert st["selector"] == SELECTOR
     assert "throughputOpsPerSec" not in st  # the autoscaler's fields are not this module's to write

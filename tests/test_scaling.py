@@ -6,16 +6,27 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
-from hdc_operator.scaling import (Behavior, Decision, History, InvalidAutoscaling, Observation, ScalerConfig,
-                                  apply_behavior, decide, record_scale, scaling_active_condition, status_fields)
+from hdc_operator.scaling import (
+    Behavior,
+    Decision,
+    History,
+    InvalidAutoscaling,
+    MetricsObservation,
+    ScalerConfig,
+    apply_behavior,
+    decide,
+    record_scale,
+    scaling_active_condition,
+    status_fields,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 NOW = 1_800_000_000.0
 
 
 def obs(demand, capacity=100.0, age=5.0, reporting=3, recent=None, now=NOW):
-    return Observation(demand, capacity, now - age, reporting, recent_demand_ops_per_second=recent)
+    return MetricsObservation(demand, capacity, now - age, reporting, recent_demand_ops_per_second=recent)
 
 
 # --- the HPA reference: a transcription of the Go controller, with its mutable lists ----------------------
@@ -64,7 +75,8 @@ class ReferenceHPA:
         return result
 
     def normalize(self, current, desired, lo, hi, now):
-        up_w, down_w = self.b["scaleUp"]["stabilizationWindowSeconds"], self.b["scaleDown"]["stabilizationWindowSeconds"]
+        up_w = self.b["scaleUp"]["stabilizationWindowSeconds"]
+        down_w = self.b["scaleDown"]["stabilizationWindowSeconds"]
         up_rec = down_rec = desired
         found_old, old_index = False, 0
         for i, (r, t) in enumerate(self.recommendations):
@@ -179,7 +191,8 @@ def test_bad_behavior_names_the_field():
     assert err.value.field == "spec.autoscaling.behavior.scaleUp.policies[0].value"
     with pytest.raises(InvalidAutoscaling) as err:
         Behavior.from_spec({"scaleDown": {"selectPolicy": "Fastest"}})
-    assert err.value.field == "spec.autoscaling.behavior.scaleDown.selectPolicy" and "Max, Min, Disabled" in str(err.value)
+    assert err.value.field == "spec.autoscaling.behavior.scaleDown.selectPolicy"
+    assert "Max, Min, Disabled" in str(err.value)
     with pytest.raises(InvalidAutoscaling) as err:
         ScalerConfig.from_spec({"minReplicas": 5, "maxReplicas": 2})
     assert err.value.field == "spec.autoscaling.maxReplicas"
@@ -260,7 +273,7 @@ def test_holds_on_missing_data(data, config, current, bad):
     history, _ = data.draw(histories(config))
     o = {"none": obs(None), "nan": obs(math.nan), "stale": obs(500.0, age=config.max_metric_age_seconds + 1),
          "capacity": obs(500.0, capacity=None), "negative": obs(-5.0),
-         "reason": Observation(None, None, None, None, unavailable_reason="Prometheus unreachable")}[bad]
+         "reason": MetricsObservation(None, None, None, None, unavailable_reason="Prometheus unreachable")}[bad]
     if bad == "capacity" and config.target_ops_per_replica is not None:
         o = obs(500.0, capacity=math.nan, age=config.max_metric_age_seconds * 2)
     d = decide(current, o, config, history, NOW)
@@ -342,7 +355,8 @@ anything = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), 
 def test_garbage_observations_never_raise(config, current, fields, reason):
     """Whatever a broken metrics source hands over: a decision within bounds, never an exception."""
     demand, capacity, sampled, reporting, recent = fields
-    o = Observation(demand, capacity, sampled, reporting, unavailable_reason=reason, recent_demand_ops_per_second=recent)
+    o = MetricsObservation(demand, capacity, sampled, reporting, unavailable_reason=reason,
+                           recent_demand_ops_per_second=recent)
     d = decide(current, o, config, History(), NOW)
     assert config.min_replicas <= d.desired_replicas <= config.max_replicas
     if not d.metrics_available:
@@ -360,7 +374,7 @@ def test_status_fields_and_condition():
     assert fields["throughputOpsPerSec"] == 1400.0  # the THROUGHPUT printer column
     assert scaling_active_condition(d) == {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound",
                                            "message": d.message}
-    down = Observation(None, None, None, None, unavailable_reason="Prometheus at http://p:9090 is unreachable")
+    down = MetricsObservation(None, None, None, None, unavailable_reason="Prometheus at http://p:9090 is unreachable")
     held = decide(4, down, cfg, History(), NOW)
     assert status_fields(held, down, 4, "t") == {"desiredReplicas": 4}
     cond = scaling_active_condition(held)

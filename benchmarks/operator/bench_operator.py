@@ -25,15 +25,12 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))  # the operator process harness the e2e tests use
 
-from kubernetes import client, config, watch  # noqa: E402
-
 from hdc_operator.apply import KubeApi  # noqa: E402
 from hdc_operator.builders import Capabilities, build_children  # noqa: E402
+from hdc_operator.names import API_VERSION, GROUP, KIND, MANAGED_SELECTOR, PLURAL, VERSION  # noqa: E402
 from hdc_operator.spec import parse_workload  # noqa: E402
+from kubernetes import client, config, watch  # noqa: E402
 from operator_process import OperatorProcess  # noqa: E402
-
-SELECTOR = "app.kubernetes.io/managed-by=hdc-operator"
-GROUP, VERSION, PLURAL = "hdcompute.io", "v1alpha1", "hdcworkloads"
 
 
 def cpu_nodes(count: int) -> list[dict]:
@@ -77,7 +74,8 @@ class ChildWatcher:
             if first:
                 self.ready.wait()
                 first = False
-            for event in w.stream(fn, namespace=self.namespace, label_selector=SELECTOR, timeout_seconds=30, **kw):
+            for event in w.stream(fn, namespace=self.namespace, label_selector=MANAGED_SELECTOR, timeout_seconds=30,
+                                  **kw):
                 now = time.perf_counter()
                 obj = event["object"]
                 name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
@@ -105,7 +103,7 @@ class ChildWatcher:
 
 
 def workload_body(name: str, namespace: str) -> dict:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "HDCWorkload", "metadata": {"name": name, "namespace": namespace},
+    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace},
             "spec": {"resources": {"gpus": 0}}}
 
 
@@ -215,7 +213,7 @@ def scale_part(args, api_client, tmp) -> dict:
         running = 0
         deadline = time.monotonic() + args.scale_timeout
         while time.monotonic() < deadline:
-            items = kube.list(f"{GROUP}/{VERSION}", PLURAL, ns)
+            items = kube.list(API_VERSION, PLURAL, ns)
             running = sum(1 for w in items if (w.get("status") or {}).get("phase") == "Running"
                           and (w.get("status") or {}).get("readyReplicas") == 1)
             if running == args.scale_workloads:

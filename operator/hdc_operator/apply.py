@@ -27,35 +27,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-FIELD_MANAGER = "hdc-operator"
-GROUP, VERSION, PLURAL, KIND = "hdcompute.io", "v1alpha1", "hdcworkloads", "HDCWorkload"
-MANAGED_BY = {"app.kubernetes.io/managed-by": "hdc-operator"}
-WORKLOAD_LABEL = "hdcompute.io/workload"
-MONITORING_GROUP_VERSION = "monitoring.coreos.com/v1"
+from .names import API_VERSION, CHILD_KINDS, FIELD_MANAGER, KIND, MONITORING_GROUP_VERSION, PLURAL, ChildKind
+from .names import GROUP as GROUP  # re-exported: tests/test_chart.py derives the chart's RBAC from apply's names
 
-
-@dataclass(frozen=True)
-class ChildKind:
-    api_version: str
-    kind: str
-    plural: str
-    prune: bool = True  # PersistentVolumeClaims are never pruned: they hold the workers' state
-    # Watched kinds are read from the operator's watch caches. The prometheus-operator kinds are read with a GET
-    # by name instead: their CRDs may be removed at any time, and a watch on a removed CRD stops kopf altogether.
-    watched: bool = True
-
-
-# Every kind a workload's children can be (builders decide which exist); the operator watches each.
-CHILD_KINDS: tuple[ChildKind, ...] = (
-    ChildKind("apps/v1", "Deployment", "deployments"),
-    ChildKind("v1", "Service", "services"),
-    ChildKind("v1", "ConfigMap", "configmaps"),
-    ChildKind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", prune=False),
-    ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
-    ChildKind("autoscaling/v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers"),
-    ChildKind(MONITORING_GROUP_VERSION, "ServiceMonitor", "servicemonitors", watched=False),
-    ChildKind(MONITORING_GROUP_VERSION, "PrometheusRule", "prometheusrules", watched=False),
-)
 _BY_KIND = {k.kind: k for k in CHILD_KINDS}
 
 
@@ -76,6 +50,11 @@ def resource_path(api_version: str, plural: str, namespace: str | None, name: st
     if subresource:
         path += f"/{subresource}"
     return path
+
+
+def workload_path(namespace: str, name: str, subresource: str | None = None) -> str:
+    """The API path of one HDCWorkload (or of its status or scale subresource)."""
+    return resource_path(API_VERSION, PLURAL, namespace, name, subresource)
 
 
 class ApiError(Exception):
@@ -207,7 +186,7 @@ class KubeApi:
 
     def patch_status(self, namespace: str, name: str, status: Mapping) -> dict:
         """Merge patch of the given status keys (others, e.g. the autoscaler's, are left alone)."""
-        path = resource_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name, "status")
+        path = workload_path(namespace, name, "status")
         self.on_write("patch_status", KIND)
         return self._checked("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json",
                              what=(KIND, name))
@@ -219,7 +198,7 @@ class KubeApi:
         body = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
+            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta.get("uid"),
                                "resourceVersion": meta.get("resourceVersion")},
             "type": type_, "reason": reason, "message": message[:1024],
@@ -290,7 +269,7 @@ def covers(live, desired) -> bool:
     if isinstance(desired, list):
         if not isinstance(live, list):
             return live is None and not desired
-        return len(live) == len(desired) and all(covers(a, b) for a, b in zip(live, desired))
+        return len(live) == len(desired) and all(covers(a, b) for a, b in zip(live, desired, strict=True))
     if isinstance(desired, bool) or isinstance(live, bool):
         return live is desired or (live is None and desired is False)
     if live == desired:
@@ -361,6 +340,6 @@ def plan_children(namespace: str, desired: Iterable[Mapping], live: Iterable[Map
             in_sync.append(current)
         else:
             to_apply.append(dict(manifest))
-    prune = [o for key, o in live_by_key.items() if key not in wanted and _BY_KIND.get(key[0], ChildKind("", "", "")).prune
-             and not o["metadata"].get("deletionTimestamp")]
+    prune = [o for key, o in live_by_key.items() if key not in wanted and key[0] in _BY_KIND
+             and _BY_KIND[key[0]].prune and not o["metadata"].get("deletionTimestamp")]
     return Plan(apply=to_apply, prune=prune, in_sync=in_sync)

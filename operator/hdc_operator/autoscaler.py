@@ -35,12 +35,22 @@ from dataclasses import dataclass
 
 import structlog
 
-from .scaling import (Decision, History, InvalidAutoscaling, Observation, ScalerConfig, decide,
-                      scaling_active_condition, status_fields)
+from .apply import workload_path
+from .names import GROUP, KIND
+from .scaling import (
+    Decision,
+    History,
+    InvalidAutoscaling,
+    MetricsObservation,
+    ScalerConfig,
+    decide,
+    scaling_active_condition,
+    status_fields,
+)
 
 log = structlog.get_logger("hdc_operator.autoscaler")
 
-HISTORY_ANNOTATION = "hdcompute.io/autoscaler-history"
+HISTORY_ANNOTATION = f"{GROUP}/autoscaler-history"
 CONDITION = "ScalingActive"
 AUTOSCALER_KEYS = ("desiredReplicas", "lastScaleTime", "lastScaleReason", "observedDemandOpsPerSec",
                    "observedCapacityOpsPerSec", "throughputOpsPerSec")
@@ -134,7 +144,7 @@ def merge_status(new: Mapping, stored: Mapping, step: Step | None, now_iso: str)
     return out, changed
 
 
-def evaluate(body: Mapping, spec: Mapping, history: History, observation: Observation | None, now: float,
+def evaluate(body: Mapping, spec: Mapping, history: History, observation: MetricsObservation | None, now: float,
              ready_replicas: int | None) -> tuple[Decision, int]:
     """decide() for a workload body (pure): (decision, current spec.replicas)."""
     config = ScalerConfig.from_spec(spec.get("autoscaling"))
@@ -182,9 +192,9 @@ class Autoscaler:
         self._history[key] = (annotation, history)
         return history
 
-    async def observe(self, namespace: str, name: str, config: ScalerConfig) -> Observation | None:
+    async def observe(self, namespace: str, name: str, config: ScalerConfig) -> MetricsObservation | None:
         if self.source is None:
-            return Observation(None, None, None, unavailable_reason=NO_PROMETHEUS)
+            return MetricsObservation(None, None, None, unavailable_reason=NO_PROMETHEUS)
         return await self.source.observe(namespace, name, need_capacity=config.target_ops_per_replica is None)
 
     async def step(self, key: Key, body: Mapping, spec: Mapping, deployment: Mapping | None) -> Step | None:
@@ -270,18 +280,14 @@ class Autoscaler:
 
 def patch_scale(api, namespace: str, name: str, replicas: int) -> dict | None:
     """spec.replicas through the HDCWorkload's scale subresource (as kubectl scale and an HPA do)."""
-    from .apply import GROUP, KIND, PLURAL, VERSION, resource_path
-
-    path = resource_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name, "scale")
+    path = workload_path(namespace, name, "scale")
     api.on_write("patch_scale", KIND)
     return api._checked("PATCH", path, body={"spec": {"replicas": int(replicas)}},
                         content_type="application/merge-patch+json", what=(KIND, name))
 
 
 def patch_annotation(api, namespace: str, name: str, key: str, value: str) -> dict | None:
-    from .apply import GROUP, KIND, PLURAL, VERSION, resource_path
-
-    path = resource_path(f"{GROUP}/{VERSION}", PLURAL, namespace, name)
+    path = workload_path(namespace, name)
     api.on_write("patch", KIND)
     return api._checked("PATCH", path, body={"metadata": {"annotations": {key: value}}},
                         content_type="application/merge-patch+json", what=(KIND, name))

@@ -19,15 +19,15 @@ from collections.abc import Mapping
 
 import kopf
 
+from .apply import CapabilityCache, KubeApi
 from .autoscaler import Autoscaler
-from .apply import (CHILD_KINDS, GROUP, MANAGED_BY, PLURAL, VERSION, WORKLOAD_LABEL, CapabilityCache, KubeApi)
 from .config import OperatorConfig
 from .metrics import OperatorMetrics
+from .names import CHILD_KINDS, GROUP, MANAGED_BY, MANAGED_SELECTOR, PLURAL, VERSION, WORKLOAD_LABEL
 from .reconcile import Caches, Reconciler, controller_uid, outranked
 
 # No handler needs a finalizer; naming kopf's lets it remove the one earlier versions of the operator added.
-FINALIZER = "hdcompute.io/operator"
-MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+FINALIZER = f"{GROUP}/operator"
 
 
 def _plain(body) -> dict:
@@ -68,9 +68,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         settings.posting.enabled = False
         settings.peering.lifetime = config.peering_lifetime_s
         settings.persistence.finalizer = FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="hdcompute.io")
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="hdcompute.io", key="last-handled-configuration")
+            prefix=GROUP, key="last-handled-configuration")
         # Server-side filtering: the operator never receives Deployments, Services, pods... not its own.
         for kind in watched:
             settings.watching.label_selectors[(kind.api_version, kind.plural)] = MANAGED_SELECTOR
@@ -122,7 +122,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
     def hdc_workloads(namespace: str, name: str, body, **_):
         return {(namespace, name): slim_workload(body)}
 
-    for kind, index_id in zip(watched, child_index_ids):
+    for kind, index_id in zip(watched, child_index_ids, strict=True):
         group, _, version = kind.api_version.rpartition("/")
 
         def index_child(namespace: str, body, meta, **_):

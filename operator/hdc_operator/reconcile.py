@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .apply import (CHILD_KINDS, KIND, WORKLOAD_LABEL, ApiError, ApplyMemo, CapabilityCache, KubeApi, child_key,
-                    manifest_hash, plan_children)
+from .apply import ApiError, ApplyMemo, CapabilityCache, KubeApi, child_key, manifest_hash, plan_children
 from .metrics import OperatorMetrics
-from .status import Observation, Problem, compute_status, condition, selector_string, status_changed
+from .names import CHILD_KINDS, KIND, WORKLOAD_LABEL
+from .status import Problem, WorkloadObservation, compute_status, condition, selector_string, status_changed
 
 log = structlog.get_logger("hdc_operator.reconcile")
 Key = tuple[str, str]  # (namespace, workload name)
@@ -248,7 +248,7 @@ class Reconciler:
             desired = self.build(workload, caps)
         except self.invalid_spec as exc:
             problem = Problem("InvalidSpec", f"{getattr(exc, 'field', '?')}: {getattr(exc, 'message', exc)}")
-            observed = Observation(generation, deployment=live_deployment, pods=pods, invalid_spec=problem)
+            observed = WorkloadObservation(generation, deployment=live_deployment, pods=pods, invalid_spec=problem)
             await self._write_status(key, body, stored, observed)
             self.metrics.reconciles.labels(result="invalid_spec").inc()
             log.warning("invalid_spec", namespace=namespace, name=name, reason=problem.message)
@@ -259,7 +259,7 @@ class Reconciler:
         errors: list[ApiError] = []
         # The children are independent objects: apply (and prune) them concurrently.
         results = await asyncio.gather(*(self._io(self.api.apply, m) for m in plan.apply), return_exceptions=True)
-        for manifest, result in zip(plan.apply, results):
+        for manifest, result in zip(plan.apply, results, strict=True):
             if isinstance(result, ApiError):
                 errors.append(result)
             elif isinstance(result, BaseException):
@@ -269,7 +269,7 @@ class Reconciler:
                 applied[child_key(result)] = result
         pruned = []
         results = await asyncio.gather(*(self._io(self.api.delete, o) for o in plan.prune), return_exceptions=True)
-        for obj, result in zip(plan.prune, results):
+        for obj, result in zip(plan.prune, results, strict=True):
             if isinstance(result, ApiError):
                 errors.append(result)
             elif isinstance(result, BaseException):
@@ -296,9 +296,9 @@ class Reconciler:
             (sm_wanted, caps.service_monitor, "servicemonitors.monitoring.coreos.com"),
             (pr_wanted, caps.prometheus_rule, "prometheusrules.monitoring.coreos.com")) if wanted and not present)
         apply_error = Problem(errors[0].reason, str(errors[0])) if errors else None
-        observed = Observation(generation, desired_replicas=desired_replicas, selector=selector, deployment=deployment,
-                               pods=pods, apply_error=apply_error, missing_monitoring=missing,
-                               monitoring_wanted=sm_wanted or pr_wanted)
+        observed = WorkloadObservation(generation, desired_replicas=desired_replicas, selector=selector,
+                                       deployment=deployment, pods=pods, apply_error=apply_error,
+                                       missing_monitoring=missing, monitoring_wanted=sm_wanted or pr_wanted)
 
         await self._events(body, stored, generation, applied, pruned, live_deployment, desired_replicas)
         scale_step = None
@@ -337,10 +337,10 @@ class Reconciler:
         self.metrics.reconcile_errors.labels(reason=exc.reason).inc()
         self.metrics.reconciles.labels(result="error").inc()
         log.warning("reconcile_failed", namespace=key[0], name=key[1], reason=exc.reason, error=str(exc))
-        observed = Observation(generation, deployment=deployment, pods=pods,
-                               apply_error=Problem(exc.reason, str(exc)),
-                               desired_replicas=(stored or {}).get("desiredReplicas"),
-                               selector=(stored or {}).get("selector"))
+        observed = WorkloadObservation(generation, deployment=deployment, pods=pods,
+                                       apply_error=Problem(exc.reason, str(exc)),
+                                       desired_replicas=(stored or {}).get("desiredReplicas"),
+                                       selector=(stored or {}).get("selector"))
         try:
             await self._write_status(key, body, stored, observed)
         except ApiError:
@@ -353,8 +353,8 @@ class Reconciler:
             return
         stored = self._stored_status(key, body)
         problem = Problem("InternalError", f"the operator failed on this workload: {type(exc).__name__}: {exc}")
-        observed = Observation(int(body["metadata"].get("generation") or 0), apply_error=problem,
-                               desired_replicas=stored.get("desiredReplicas"), selector=stored.get("selector"))
+        observed = WorkloadObservation(int(body["metadata"].get("generation") or 0), apply_error=problem,
+                                       desired_replicas=stored.get("desiredReplicas"), selector=stored.get("selector"))
         try:
             await self._write_status(key, body, stored, observed)
         except Exception:  # the API may be what fails; the log has the crash already
@@ -368,7 +368,7 @@ class Reconciler:
             return dict(written[2])
         return status
 
-    async def _write_status(self, key: Key, body: Mapping, stored: Mapping, observed: Observation,
+    async def _write_status(self, key: Key, body: Mapping, stored: Mapping, observed: WorkloadObservation,
                             scale_step=None) -> None:
         new = compute_status(observed, stored, _now())
         scaling_changed = False
@@ -414,8 +414,8 @@ class Reconciler:
                 and old_replicas is not None and old_replicas != desired_replicas:
             direction = "up" if desired_replicas > old_replicas else "down"
             self.metrics.scale_decisions.labels(direction=direction).inc()
-            await self._event(body, "Normal", "Scaled",
-                              f"Deployment {name} scaled {direction} from {old_replicas} to {desired_replicas} replicas")
+            await self._event(body, "Normal", "Scaled", f"Deployment {name} scaled {direction} from {old_replicas} "
+                                                        f"to {desired_replicas} replicas")
 
 
 def outranked(peers: Mapping | None, own_identity: str, own_priority: int, now: dt.datetime) -> bool:

@@ -5,7 +5,7 @@
     decision = decide(current_replicas, observation, config, history, now=time.time())
     decision.desired_replicas, decision.reason, decision.message, decision.history
 
-No kopf, Kubernetes client or network here (metrics_source.py fetches the Observation). Units: demand and
+No kopf, Kubernetes client or network here (metrics_source.py fetches the MetricsObservation). Units: demand and
 capacity are both *hypervector operations per second*: demand is
 ``sum(rate(hdc_hypervector_operations_total[w]))`` over the workload's replicas and capacity is
 ``hdc_capacity_ops_per_second``, which the continuous benchmark measures in hypervectors per second
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 __all__ = [
-    "InvalidAutoscaling", "ScalingPolicy", "ScalingRules", "Behavior", "ScalerConfig", "Observation",
+    "InvalidAutoscaling", "ScalingPolicy", "ScalingRules", "Behavior", "ScalerConfig", "MetricsObservation",
     "History", "Decision", "decide", "apply_behavior", "raw_recommendation", "estimate_demand",
     "metrics_problem", "record_scale", "status_fields", "scaling_active_condition",
     "DEFAULT_DOWNSCALE_STABILIZATION_SECONDS",
@@ -175,7 +175,7 @@ class ScalerConfig:
     target_ops_per_replica: float | None = None  # set: one replica's capacity (ops/s), instead of the measured
     behavior: Behavior = field(default_factory=lambda: Behavior.from_spec({}))
     max_metric_age_seconds: float = 120.0  # older samples are stale -> MetricsUnavailable
-    # The short-window demand (Observation.recent_demand_ops_per_second) counts when it is above the window
+    # The short-window demand (MetricsObservation.recent_demand_ops_per_second) counts when it is above the window
     # demand by more than recent_up_gate x tolerance, or (recent_down) below it by more than
     # recent_down_gate x tolerance. Tuned with hdcctl simulate-autoscaling (docs/autoscaling.md).
     recent_up_gate: float = 2.0
@@ -226,7 +226,7 @@ class ScalerConfig:
 # --- inputs and state -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Observation:
+class MetricsObservation:
     """What metrics_source measured; every field may be missing.
 
     demand_ops_per_second: sum over replicas of rate(hdc_hypervector_operations_total[window]).
@@ -306,7 +306,7 @@ class Decision:
 
 # --- the algorithm ----------------------------------------------------------------------------------------
 
-def metrics_problem(observation: Observation | None, config: ScalerConfig, now: float) -> str | None:
+def metrics_problem(observation: MetricsObservation | None, config: ScalerConfig, now: float) -> str | None:
     """Why the observation cannot be used (None when it can)."""
     if observation is None:
         return "no observation"
@@ -328,14 +328,14 @@ def metrics_problem(observation: Observation | None, config: ScalerConfig, now: 
     return None
 
 
-def estimate_demand(observation: Observation, config: ScalerConfig) -> tuple[float, str]:
+def estimate_demand(observation: MetricsObservation, config: ScalerConfig) -> tuple[float, str]:
     """(demand estimate, note): the window demand, or the short-window demand when that one differs clearly.
 
     The short window (recent_demand_ops_per_second) is taken when it is above the window demand by more than
     `recent_up_gate` tolerances (a burst: scale up now rather than when the long window catches up) or, with
     `recent_down`, below it by more than `recent_down_gate` tolerances (the burst is over: the scale-down
-    stabilization window starts counting earlier; the window still holds the highest recommendation). Otherwise the long window, which is less noisy, decides. Scaling both up never lowers
-    the estimate (monotonic in demand).
+    stabilization window starts counting earlier; the window still holds the highest recommendation). Otherwise
+    the long window, which is less noisy, decides. Scaling both up never lowers the estimate (monotonic in demand).
     """
     demand = float(observation.demand_ops_per_second)
     recent = observation.recent_demand_ops_per_second
@@ -435,7 +435,7 @@ def record_scale(history: History, previous: int, new: int, behavior: Behavior, 
     return history
 
 
-def decide(current_replicas: int, observation: Observation | None, config: ScalerConfig, history: History,
+def decide(current_replicas: int, observation: MetricsObservation | None, config: ScalerConfig, history: History,
            now: float, *, ready_replicas: int | None = None) -> Decision:
     """Desired replicas for a workload now. Pure: everything it needs comes in, the new history goes out.
 
@@ -496,7 +496,7 @@ def decide(current_replicas: int, observation: Observation | None, config: Scale
 
 # --- what the operator writes (pure helpers for status.py / handlers.py) -----------------------------------
 
-def status_fields(decision: Decision, observation: Observation | None, current_replicas: int,
+def status_fields(decision: Decision, observation: MetricsObservation | None, current_replicas: int,
                   now_iso: str) -> dict:
     """HDCWorkload status fields of one decision (camelCase, as in crds/hdcworkload.yaml).
 

@@ -35,7 +35,15 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hdc_operator.scaling import Behavior, History, Observation, ScalerConfig, apply_behavior, decide, record_scale
+from hdc_operator.scaling import (
+    Behavior,
+    History,
+    MetricsObservation,
+    ScalerConfig,
+    apply_behavior,
+    decide,
+    record_scale,
+)
 
 __all__ = ["SimConfig", "Trace", "make_trace", "simulate", "run", "main", "OPERATOR_TUNING"]
 
@@ -170,8 +178,8 @@ def simulate(cfg: SimConfig, trace: Trace, scaler: str, tuning: dict[str, Any] |
                         if last[0] > early[0]:
                             recent = ((last[1] - early[1]) / (last[0] - early[0])
                                       * trace.recent_noise[t // cfg.sync_period_s])
-                    obs = Observation(rate, last[3] if last[2] else None, float(last[0]), last[2],
-                                      recent_demand_ops_per_second=recent)
+                    obs = MetricsObservation(rate, last[3] if last[2] else None, float(last[0]), last[2],
+                                             recent_demand_ops_per_second=recent)
                     decision = decide(current, obs, config, history, float(t), ready_replicas=len(ready))
                     desired, history = decision.desired_replicas, decision.history
                 else:
@@ -179,7 +187,8 @@ def simulate(cfg: SimConfig, trace: Trace, scaler: str, tuning: dict[str, Any] |
                         cfg, behavior, current, rate, last[2], history, float(t))
                 if desired > current:
                     for _ in range(desired - current):
-                        pods.append((t, cfg.capacity_per_pod * trace.capacity_errors[created % len(trace.capacity_errors)]))
+                        error = trace.capacity_errors[created % len(trace.capacity_errors)]
+                        pods.append((t, cfg.capacity_per_pod * error))
                         created += 1
                 elif desired < current:
                     # a Deployment removes pods that are not ready first, then the newest

@@ -23,11 +23,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
-GROUP = "hdcompute.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "HDCWorkload"
-PLURAL = "hdcworkloads"
+from hdc_operator.names import API_VERSION, KIND, VERSION
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 # HDC_CRD_PATH: where the CRD lives when the package is installed away from the repository (the operator image).
@@ -179,7 +175,8 @@ class _UnknownField(str):
     """An unknown field: the API server's strict decoding refuses the object before validating it (HTTP 400)."""
 
 
-def _which_errors(schema_errors: list[tuple[str, str]], cel: Callable[[], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+def _which_errors(schema_errors: list[tuple[str, str]],
+                  cel: Callable[[], list[tuple[str, str]]]) -> list[tuple[str, str]]:
     """The errors the API server reports, in its order of checks: unknown fields alone; else the schema's
     errors, plus the CEL rules' unless a type or enum error blocks them."""
     unknown = [e for e in schema_errors if isinstance(e[1], _UnknownField)]
@@ -276,7 +273,7 @@ def _validate_array(value: list, schema: Mapping, path: str) -> list[tuple[str, 
                 continue
             key = tuple(item.get(k) for k in keys)
             if key in seen and seen[key] >= 0:  # each duplicated key once, at its first repeat (as the server)
-                shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, key))
+                shown = ", ".join(f"{k}={v!r}" for k, v in zip(keys, key, strict=True))
                 errors.append((f"{path}[{i}]", f"Duplicate value: {shown} (also item {seen[key]})"))
                 seen[key] = -1
             seen.setdefault(key, i)

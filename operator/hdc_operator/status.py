@@ -1,8 +1,8 @@
 """Pure status computation: an HDCWorkload's children and pods -> its `.status` (no kopf, no client).
 
-    observed = Observation(generation=3, desired_replicas=2, selector="app.kubernetes.io/name=hdc-worker,...",
-                           deployment=<live Deployment dict or None>, pods=[<pod dicts>],
-                           missing_monitoring=("servicemonitors.monitoring.coreos.com",))
+    observed = WorkloadObservation(generation=3, desired_replicas=2, selector="app.kubernetes.io/name=hdc-worker,...",
+                                   deployment=<live Deployment dict or None>, pods=[<pod dicts>],
+                                   missing_monitoring=("servicemonitors.monitoring.coreos.com",))
     new = compute_status(observed, stored=body.get("status") or {}, now="2026-11-28T12:00:00Z")
     if status_changed(stored, new):
         ...write new (a merge patch of exactly these keys)...
@@ -28,7 +28,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-GPU_RESOURCE = "nvidia.com/gpu"
+from .names import GPU_RESOURCE
+
 OWNED_CONDITIONS = ("Ready", "Progressing", "Degraded", "MonitoringUnavailable")
 # Keys of .status this module owns; the autoscaler owns desiredReplicas' neighbours (lastScale*, observed*).
 OWNED_KEYS = ("observedGeneration", "phase", "replicas", "readyReplicas", "desiredReplicas", "selector", "conditions",
@@ -49,7 +50,7 @@ class Problem:
 
 
 @dataclass(frozen=True)
-class Observation:
+class WorkloadObservation:
     """What the operator saw of one workload in one reconcile."""
 
     generation: int
@@ -121,7 +122,7 @@ def deployment_problems(deployment: Mapping | None) -> list[Problem]:
     return problems
 
 
-def _rollout(observed: Observation) -> tuple[int, int, int, bool]:
+def _rollout(observed: WorkloadObservation) -> tuple[int, int, int, bool]:
     """(replicas, ready, updated, complete) of the live Deployment against the desired replica count."""
     dep = observed.deployment
     if not dep:
@@ -139,7 +140,7 @@ def _rollout(observed: Observation) -> tuple[int, int, int, bool]:
     return replicas, ready, updated, complete
 
 
-def compute_status(observed: Observation, stored: Mapping | None, now: str) -> dict:
+def compute_status(observed: WorkloadObservation, stored: Mapping | None, now: str) -> dict:
     """The status this module owns (OWNED_KEYS), merged with `stored`'s foreign conditions."""
     stored = stored or {}
     gen = observed.generation
@@ -150,7 +151,8 @@ def compute_status(observed: Observation, stored: Mapping | None, now: str) -> d
     if observed.apply_error:
         problems.append(observed.apply_error)
     problems += pod_problems(observed.pods) + deployment_problems(observed.deployment) + list(observed.extra_problems)
-    problems.sort(key=lambda p: PROBLEM_REASONS.index(p.reason) if p.reason in PROBLEM_REASONS else len(PROBLEM_REASONS))
+    problems.sort(key=lambda p: PROBLEM_REASONS.index(p.reason) if p.reason in PROBLEM_REASONS
+                  else len(PROBLEM_REASONS))
     desired = observed.desired_replicas
 
     if observed.invalid_spec:

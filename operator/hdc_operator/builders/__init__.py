@@ -20,20 +20,7 @@ from hdc_operator.builders.service import build_service
 from hdc_operator.builders.servicemonitor import build_service_monitor
 from hdc_operator.spec import Workload
 
-__all__ = ["Capabilities", "build_children", "labels", "selector_labels", "owner_references", "hpa_metrics",
-           "CHILD_KINDS"]
-
-# (apiVersion, kind) of every child build_children may return, in the order it returns them.
-CHILD_KINDS = (
-    ("v1", "PersistentVolumeClaim"),
-    ("apps/v1", "Deployment"),
-    ("v1", "Service"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-    ("monitoring.coreos.com/v1", "PrometheusRule"),
-    ("v1", "ConfigMap"),
-)
+__all__ = ["Capabilities", "build_children", "labels", "selector_labels", "owner_references", "hpa_metrics"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +40,7 @@ class Capabilities:
 
 
 def build_children(workload: Workload, capabilities: Capabilities) -> list[dict]:
-    """Every child manifest of the workload, in CHILD_KINDS order (the claim before the pods that mount it)."""
+    """Every child manifest of the workload, in names.CHILD_KINDS order (the claim before the pods that mount it)."""
     monitoring = workload.spec["monitoring"]
     children = [
         build_pvc(workload),

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from hdc_operator.spec import API_VERSION, KIND, Workload
+from hdc_operator.names import API_VERSION, KIND, MANAGED_BY, WORKLOAD_LABEL
+from hdc_operator.spec import Workload
 
-FIELD_PREFIX = "hdcompute.io"
-WORKLOAD_LABEL = "hdcompute.io/workload"
 HTTP_PORT = 8080
 HTTP_PORT_NAME = "http"
 CONTAINER_NAME = "worker"
 STATE_DIR = "/var/lib/hdc"  # the worker image's HDC_STATE_DIR (deploy/worker.Dockerfile)
-GPU_RESOURCE = "nvidia.com/gpu"
 
 
 def selector_labels(workload: Workload) -> dict[str, str]:
@@ -27,7 +25,7 @@ def labels(workload: Workload, extra: Mapping[str, str] | None = None) -> dict[s
         "app.kubernetes.io/name": "hdc-worker",
         "app.kubernetes.io/instance": workload.name,
         "app.kubernetes.io/component": "worker",
-        "app.kubernetes.io/managed-by": "hdc-operator",
+        **MANAGED_BY,
         WORKLOAD_LABEL: workload.name,
     })
     return out

@@ -11,9 +11,17 @@ import hashlib
 import json
 from typing import Any, Mapping
 
-from hdc_operator.builders.common import (CONTAINER_NAME, GPU_RESOURCE, HTTP_PORT, HTTP_PORT_NAME, STATE_DIR, labels,
-                                          metadata, selector_labels)
+from hdc_operator.builders.common import (
+    CONTAINER_NAME,
+    HTTP_PORT,
+    HTTP_PORT_NAME,
+    STATE_DIR,
+    labels,
+    metadata,
+    selector_labels,
+)
 from hdc_operator.builders.pvc import pvc_name
+from hdc_operator.names import GPU_RESOURCE
 from hdc_operator.spec import Workload
 
 UID = 10001

@@ -7,7 +7,8 @@ status.selector), so the HPA and the operator never fight over the Deployment's 
 from __future__ import annotations
 
 from hdc_operator.builders.common import metadata
-from hdc_operator.spec import API_VERSION, KIND, Workload
+from hdc_operator.names import API_VERSION, KIND
+from hdc_operator.spec import Workload
 
 # The scaler's demand unit, per pod (prometheus-adapter rules in charts/hdc-operator/values.yaml):
 THROUGHPUT_METRIC = "hdc_hypervector_operations_per_second"  # rate(hdc_hypervector_operations_total[1m])

@@ -22,9 +22,8 @@ from typing import Any, Optional
 import typer
 
 from hdc_operator.live_metrics import DEFAULT_WINDOW, LiveMetrics, PrometheusUnavailable, fetch_live_metrics, fmt
+from hdc_operator.names import CRD_NAME, GROUP, PLURAL, VERSION
 
-GROUP, VERSION, PLURAL = "hdcompute.io", "v1alpha1", "hdcworkloads"
-CRD_NAME = f"{PLURAL}.{GROUP}"
 LOCAL_CLUSTER_HINT = ("for the local control plane run `make cluster-up` (or `hdcctl dev cluster up`) and then the "
                       "`export KUBECONFIG=...` line it prints; for another cluster pass --kubeconfig or set KUBECONFIG")
 
@@ -289,7 +288,7 @@ def register(app: typer.Typer) -> None:
             _watch(console, api, path, scope, prometheus, window, all_namespaces, output, interval)
         except StatusError as exc:
             typer.echo(f"hdcctl: error: {exc}", err=True)
-            raise typer.Exit(exc.code)
+            raise typer.Exit(exc.code) from None
 
 
 def _watch(console, api, path, scope, prometheus, window, all_namespaces, output, interval) -> None:

@@ -26,8 +26,9 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from ..names import MANAGED_SELECTOR
+
 REPO = pathlib.Path(__file__).resolve().parents[3]
-MANAGED_SELECTOR = "app.kubernetes.io/managed-by=hdc-operator"
 
 
 class ToolsMissing(RuntimeError):

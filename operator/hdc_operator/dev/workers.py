@@ -38,9 +38,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from .prometheus import MANAGED_SELECTOR, free_port, write_atomic
+from ..names import MANAGED_SELECTOR, WORKLOAD_LABEL
+from .prometheus import free_port, write_atomic
 
-WORKLOAD_LABEL = "hdcompute.io/workload"
 CONTAINER_NAME = "worker"
 MAX_BACKOFF_S = 30.0
 MAX_GRACE_S = 10.0
