@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: install tools test test-gpu bench bench-operator demo demo-engine clean cluster-up cluster-down
+.PHONY: install tools lint test test-gpu bench bench-operator demo demo-engine clean cluster-up cluster-down
 
 # Installs the package (editable, with the compiled CPU kernels) and its test/bench extras into .venv.
 # torch is large: the first run downloads it once into pip's cache (~/.cache/pip), later runs reuse it.
@@ -34,6 +34,14 @@ cluster-up: tools
 
 cluster-down:
 	@hack/cluster.sh down
+
+# Static checks, as CI runs them: ruff (lint and format), mypy (strict for the pure modules; the list is in
+# pyproject.toml), and import-linter's contracts for the layering of docs/architecture.md.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 # The whole suite, the tests marked `k8s` against the local cluster included (or HDC_TEST_KUBECONFIG's).
 # pytest's exit code 5 (nothing collected) means the suite is broken, so it fails too.
