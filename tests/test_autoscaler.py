@@ -1,7 +1,8 @@
-"""The operator's scaler glue (hdc_operator.autoscaler): the pure parts, with the real scaler behind them.
+"""The operator's scaler glue (hdc_operator.autoscaler): the pure parts, with the real scaler behind them, and
+which KubeApi writes a scale makes (against a recording stand-in).
 
-The API writes (scale subresource, annotation, Event, status) are exercised on the real control plane by
-tests/test_autoscaling_k8s.py.
+The API writes themselves (scale subresource, annotation, Event, status) are exercised on the real control plane
+by tests/test_autoscaling_k8s.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import json
 
 import pytest
+
 from hdc_operator.autoscaler import (
     HISTORY_ANNOTATION,
     NO_PROMETHEUS,
@@ -149,5 +151,49 @@ def test_without_prometheus_it_holds_and_reports_metrics_unavailable():
     assert step.decision.desired_replicas == 3
     assert step.condition["status"] == "False" and step.condition["reason"] == "MetricsUnavailable"
     assert NO_PROMETHEUS in step.condition["message"]
-    assert metrics.autoscaler_decisions.labels(reason="MetricsUnavailable")._value.get() == 1
+    assert metrics.registry.get_sample_value("hdc_operator_autoscaler_decisions_total",
+                                             {"reason": "MetricsUnavailable"}) == 1
     assert asyncio.run(scaler.step(("ns", "w"), body(3), {"autoscaling": {"mode": "hpa"}}, None)) is None
+
+
+class _RecordingApi:
+    """Records the autoscaler's writes (KubeApi's methods, by name and arguments)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append((name, args))
+            return {}
+        return call
+
+
+class _FixedSource:
+    def __init__(self, observation):
+        self.observation = observation
+
+    async def observe(self, namespace, name, need_capacity):
+        return self.observation
+
+    async def close(self):
+        pass
+
+
+def test_a_scale_patches_the_scale_subresource_saves_the_history_and_posts_an_event():
+    api = _RecordingApi()
+
+    async def io(fn, *args):
+        return fn(*args)
+
+    # 2 replicas, target 50 ops/s each (100 x 50 %): a demand of 300 ops/s wants 6, which the default scale-up
+    # policies allow (the larger of +100 % and +4 pods per 15 s).
+    scaler = Autoscaler(api, OperatorMetrics(), "", io=io, clock=lambda: T0, source=_FixedSource(obs(300.0)))
+    step = asyncio.run(scaler.step(("ns", "w"), body(2), spec(), {"status": {"readyReplicas": 2}}))
+    assert step.scaled_from == 2 and step.decision.desired_replicas == 6
+    names = [name for name, _ in api.calls]
+    assert names == ["patch_scale", "patch_annotations", "post_event"]
+    assert api.calls[0][1] == ("ns", "w", 6)
+    saved = api.calls[1][1][2][HISTORY_ANNOTATION]
+    assert history_from_annotation(body(annotation=saved)) == step.decision.history
+    assert api.calls[2][1][1:3] == ("Normal", "Autoscaled")

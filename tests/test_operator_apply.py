@@ -3,7 +3,17 @@ config.py's validation."""
 
 import pytest
 
-from hdc_operator.apply import (ApplyMemo, classify_refusal, covers, manifest_hash, plan_children, resource_path)
+from hdc_operator.apply import (
+    ApiRefused,
+    ApiUnavailable,
+    ApplyMemo,
+    KubeApi,
+    classify_refusal,
+    covers,
+    manifest_hash,
+    plan_children,
+    resource_path,
+)
 from hdc_operator.config import ConfigError, load_config
 
 UID = "0000-owner"
@@ -160,3 +170,56 @@ def test_peering_rule_matches_kopf():
     assert not outranked({"other": dead}, "me", 10, now)
     assert not outranked({"other": None, "x": {"lastseen": "garbage"}}, "me", 10, now)
     assert not outranked(None, "me", 10, now)
+
+
+class _Response:
+    def __init__(self, status: int, data: bytes):
+        self.status, self.data = status, data
+
+    def read(self) -> bytes:
+        return self.data
+
+
+class _RecordingClient:
+    """The two kubernetes.client.ApiClient methods KubeApi calls; answers 200 with an empty object."""
+
+    def __init__(self):
+        self.requests = []
+
+    def param_serialize(self, method, path, *, query_params, header_params, body, auth_settings):
+        self.requests.append((method, path, query_params, header_params.get("Content-Type"), body))
+        return (method, path)
+
+    def call_api(self, method, path, _request_timeout=None):
+        return _Response(200, b"{}")
+
+
+def test_workload_writes_go_to_the_workload_and_its_subresources_and_are_counted():
+    client, writes = _RecordingClient(), []
+    api = KubeApi(client, on_write=lambda verb, kind: writes.append((verb, kind)))
+    api.patch_scale("ns", "w", 3)
+    api.patch_annotations("ns", "w", {"hdcompute.io/x": "1"})
+    api.patch_status("ns", "w", {"phase": "Running"})
+    merge = "application/merge-patch+json"
+    assert [r[:2] + r[3:] for r in client.requests] == [
+        ("PATCH", "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w/scale", merge, {"spec": {"replicas": 3}}),
+        ("PATCH", "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w", merge,
+         {"metadata": {"annotations": {"hdcompute.io/x": "1"}}}),
+        ("PATCH", "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w/status", merge,
+         {"status": {"phase": "Running"}}),
+    ]
+    assert writes == [("patch_scale", "HDCWorkload"), ("patch", "HDCWorkload"), ("patch_status", "HDCWorkload")]
+
+
+@pytest.mark.parametrize("status, error, reason", [
+    (404, None, None), (403, ApiRefused, "Forbidden"), (503, ApiUnavailable, "ApiUnavailable")])
+def test_request_answers_or_raises_by_status(status, error, reason):
+    client = _RecordingClient()
+    client.call_api = lambda method, path, _request_timeout=None: _Response(status, b'{"message": "no"}')
+    api = KubeApi(client)
+    if error is None:
+        assert api.request("GET", "/api/v1/nodes/x", ok_missing=True) is None
+        return
+    with pytest.raises(error) as raised:
+        api.request("GET", "/api/v1/nodes/x", ok_missing=True)
+    assert raised.value.reason == reason and raised.value.status == status

@@ -4,6 +4,8 @@
     api.apply(manifest)                         # SSA, field manager hdc-operator, conflicts forced
     api.delete(child)                           # with a uid precondition: never someone else's object
     api.patch_status(namespace, name, status)   # merge patch on the status subresource
+    api.patch_scale(namespace, name, replicas)  # spec.replicas through the scale subresource (mode operator)
+    api.patch_annotations(namespace, name, {key: value})
     api.post_event(workload, type_, reason, message)
     caps = CapabilityCache(api, ttl_s=30).get() # Capabilities(service_monitor=..., prometheus_rule=...)
 
@@ -106,7 +108,7 @@ class KubeApi:
         self.on_write = on_write
         self.timeout = request_timeout_s
 
-    # -- raw calls -----------------------------------------------------------------------------------------
+    # -- one call ------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, body=None, query: Iterable[tuple[str, str]] = (),
               content_type: str = "application/json", what: tuple[str, str] = ("", "")) -> tuple[int, dict | None]:
         import urllib3.exceptions  # the kubernetes client's transport
@@ -129,9 +131,16 @@ class KubeApi:
             data = {"message": response.data[:500].decode(errors="replace")}
         return status, data
 
-    def _checked(self, method: str, path: str, *, ok_missing: bool = False, what: tuple[str, str] = ("", ""),
-                 **kw) -> dict | None:
-        status, data = self._call(method, path, what=what, **kw)
+    def request(self, method: str, path: str, *, body: object = None, query: Iterable[tuple[str, str]] = (),
+                content_type: str = "application/json", ok_missing: bool = False,
+                what: tuple[str, str] = ("", "")) -> dict | None:
+        """One call to the API server: the answer's JSON body, or None for a 404 when `ok_missing`.
+
+        A 4xx raises ApiRefused (the reason from classify_refusal), a 5xx, a 429 or no answer ApiUnavailable.
+        `what` is the (kind, name) the error names. Writes through here are not counted (on_write): the typed
+        methods below count their own.
+        """
+        status, data = self._call(method, path, body=body, query=query, content_type=content_type, what=what)
         if 200 <= status < 300:
             return data
         if status == 404 and ok_missing:
@@ -144,16 +153,16 @@ class KubeApi:
 
     # -- reads ---------------------------------------------------------------------------------------------
     def get(self, api_version: str, plural: str, namespace: str | None, name: str) -> dict | None:
-        return self._checked("GET", resource_path(api_version, plural, namespace, name), ok_missing=True)
+        return self.request("GET", resource_path(api_version, plural, namespace, name), ok_missing=True)
 
     def list(self, api_version: str, plural: str, namespace: str | None, label_selector: str = "") -> list[dict]:
         query = [("labelSelector", label_selector)] if label_selector else []
-        data = self._checked("GET", resource_path(api_version, plural, namespace), query=query)
+        data = self.request("GET", resource_path(api_version, plural, namespace), query=query)
         return list((data or {}).get("items") or [])
 
     def served_resources(self, group_version: str) -> set[str] | None:
         """Plural names served under /apis/<group_version> (discovery), or None when the group is not served."""
-        data = self._checked("GET", f"/apis/{group_version}", ok_missing=True)
+        data = self.request("GET", f"/apis/{group_version}", ok_missing=True)
         if data is None:
             return None
         return {r.get("name") for r in data.get("resources") or ()}
@@ -165,7 +174,7 @@ class KubeApi:
         meta = manifest["metadata"]
         path = resource_path(kind.api_version, kind.plural, meta["namespace"], meta["name"])
         self.on_write("apply", kind.kind)
-        return self._checked("PATCH", path, body=dict(manifest), content_type="application/apply-patch+yaml",
+        return self.request("PATCH", path, body=dict(manifest), content_type="application/apply-patch+yaml",
                              query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
                              what=(kind.kind, meta["name"]))
 
@@ -178,7 +187,7 @@ class KubeApi:
                 "preconditions": {"uid": meta["uid"]}}
         self.on_write("delete", kind.kind)
         try:
-            self._checked("DELETE", path, body=body, ok_missing=True, what=(kind.kind, meta["name"]))
+            self.request("DELETE", path, body=body, ok_missing=True, what=(kind.kind, meta["name"]))
         except ApiRefused as exc:
             if exc.status == 409:  # the uid precondition failed: it is someone else's object now
                 return
@@ -188,8 +197,22 @@ class KubeApi:
         """Merge patch of the given status keys (others, e.g. the autoscaler's, are left alone)."""
         path = workload_path(namespace, name, "status")
         self.on_write("patch_status", KIND)
-        return self._checked("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json",
+        return self.request("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json",
                              what=(KIND, name))
+
+    def patch_scale(self, namespace: str, name: str, replicas: int) -> dict | None:
+        """spec.replicas of a workload through its scale subresource (the path kubectl scale and an HPA use)."""
+        self.on_write("patch_scale", KIND)
+        return self.request("PATCH", workload_path(namespace, name, "scale"),
+                            body={"spec": {"replicas": int(replicas)}}, content_type="application/merge-patch+json",
+                            what=(KIND, name))
+
+    def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict | None:
+        """Merge patch of a workload's annotations (the others are left alone)."""
+        self.on_write("patch", KIND)
+        return self.request("PATCH", workload_path(namespace, name),
+                            body={"metadata": {"annotations": dict(annotations)}},
+                            content_type="application/merge-patch+json", what=(KIND, name))
 
     def post_event(self, workload: Mapping, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about the workload (kubectl describe hdcw NAME shows it)."""
@@ -206,7 +229,7 @@ class KubeApi:
             "reportingInstance": FIELD_MANAGER, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
         self.on_write("create", "Event")
-        self._checked("POST", resource_path("v1", "events", meta["namespace"]), body=body, what=("Event", reason))
+        self.request("POST", resource_path("v1", "events", meta["namespace"]), body=body, what=("Event", reason))
 
 
 class CapabilityCache:

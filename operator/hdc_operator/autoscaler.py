@@ -35,8 +35,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from .apply import workload_path
-from .names import GROUP, KIND
+from .names import GROUP
 from .scaling import (
     Decision,
     History,
@@ -223,13 +222,13 @@ class Autoscaler:
         step = Step(fields, scaling_active_condition(decision), decision)
         if decision.desired_replicas != current:
             annotation = history_annotation(decision.history)
-            await self.io(patch_scale, self.api, key[0], key[1], decision.desired_replicas)
+            await self.io(self.api.patch_scale, key[0], key[1], decision.desired_replicas)
             direction = "up" if decision.desired_replicas > current else "down"
             self.metrics.autoscaler_scales.labels(direction=direction).inc()
             log.info("autoscaled", namespace=key[0], name=key[1], replicas_from=current,
                      replicas_to=decision.desired_replicas, reason=decision.reason, message=decision.message)
             try:
-                await self.io(patch_annotation, self.api, key[0], key[1], HISTORY_ANNOTATION, annotation)
+                await self.io(self.api.patch_annotations, key[0], key[1], {HISTORY_ANNOTATION: annotation})
                 self._history[key] = (annotation, decision.history)
             except Exception as exc:  # the scale is done; a lost history only resets the windows
                 log.info("autoscaler_history_not_saved", namespace=key[0], name=key[1], error=str(exc))
@@ -278,20 +277,5 @@ class Autoscaler:
                 enqueue(key)
 
 
-def patch_scale(api, namespace: str, name: str, replicas: int) -> dict | None:
-    """spec.replicas through the HDCWorkload's scale subresource (as kubectl scale and an HPA do)."""
-    path = workload_path(namespace, name, "scale")
-    api.on_write("patch_scale", KIND)
-    return api._checked("PATCH", path, body={"spec": {"replicas": int(replicas)}},
-                        content_type="application/merge-patch+json", what=(KIND, name))
-
-
-def patch_annotation(api, namespace: str, name: str, key: str, value: str) -> dict | None:
-    path = workload_path(namespace, name)
-    api.on_write("patch", KIND)
-    return api._checked("PATCH", path, body={"metadata": {"annotations": {key: value}}},
-                        content_type="application/merge-patch+json", what=(KIND, name))
-
-
 __all__ = ["Autoscaler", "Step", "merge_status", "evaluate", "history_from_annotation", "history_annotation",
-           "patch_scale", "patch_annotation", "HISTORY_ANNOTATION"]
+           "HISTORY_ANNOTATION"]

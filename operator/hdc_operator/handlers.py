@@ -81,7 +81,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         reconciler = Reconciler(api, CapabilityCache(api, ttl_s=config.capability_ttl_s), caches, metrics,
                                 workers=config.workers, backoff_base_s=config.backoff_base_s,
                                 backoff_max_s=config.backoff_max_s)
-        reconciler.autoscaler = Autoscaler(api, metrics, config.prometheus_url, io=reconciler._io)
+        reconciler.autoscaler = Autoscaler(api, metrics, config.prometheus_url, io=reconciler.run_blocking)
 
         async def paused_namespaces() -> set[str] | None:
             """Namespaces where a higher-priority peer is active (kopf peering), read from the peering objects."""
@@ -89,13 +89,14 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
                 return set()
             now = dt.datetime.now(dt.timezone.utc)
             if config.clusterwide:
-                obj = await reconciler._io(api.get, "kopf.dev/v1", "clusterkopfpeerings", None, config.peering)
+                obj = await reconciler.run_blocking(api.get, "kopf.dev/v1", "clusterkopfpeerings", None,
+                                                    config.peering)
                 if obj is None:
                     return None
                 return {"*"} if outranked(obj.get("status"), identity, config.priority, now) else set()
             paused = set()
             for namespace in config.namespaces:
-                obj = await reconciler._io(api.get, "kopf.dev/v1", "kopfpeerings", namespace, config.peering)
+                obj = await reconciler.run_blocking(api.get, "kopf.dev/v1", "kopfpeerings", namespace, config.peering)
                 if obj is None or outranked(obj.get("status"), identity, config.priority, now):
                     paused.add(namespace)
             return paused
@@ -164,4 +165,4 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
     @kopf.on.probe(id="reconcile_queue", registry=registry)
     def queue_depth(memo: kopf.Memo, **_):
         reconciler = getattr(memo, "reconciler", None)
-        return len(reconciler._dirty) if reconciler is not None else None
+        return reconciler.queue_depth if reconciler is not None else None

@@ -18,6 +18,7 @@ import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import structlog
 
@@ -28,6 +29,7 @@ from .status import Problem, WorkloadObservation, compute_status, condition, sel
 
 log = structlog.get_logger("hdc_operator.reconcile")
 Key = tuple[str, str]  # (namespace, workload name)
+T = TypeVar("T")
 
 
 def _now() -> str:
@@ -98,6 +100,11 @@ class Reconciler:
         self.paused_namespaces: set[str] = set()
 
     # -- the queue -------------------------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        """Keys waiting to be reconciled (a key being reconciled counts again once it is queued again)."""
+        return len(self._dirty)
+
     def enqueue(self, key: Key) -> None:
         self.known.add(key)
         self.metrics.managed_workloads.set(len(self.known))
@@ -208,7 +215,8 @@ class Reconciler:
             else:
                 self._failures.pop(key, None)
 
-    async def _io(self, fn, *args):
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the reconciler's thread pool: the kubernetes client blocks, the event loop must not."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # -- one reconcile --------------------------------------------------------------------------------------
@@ -234,7 +242,7 @@ class Reconciler:
                                 and c["metadata"]["name"] == name), None)
 
         try:
-            caps = await self._io(self.capabilities.get)
+            caps = await self.run_blocking(self.capabilities.get)
         except ApiError as exc:
             return await self._failed(key, body, stored, exc, live_deployment, pods, generation)
 
@@ -258,7 +266,8 @@ class Reconciler:
         applied: dict[tuple[str, str], dict] = {}
         errors: list[ApiError] = []
         # The children are independent objects: apply (and prune) them concurrently.
-        results = await asyncio.gather(*(self._io(self.api.apply, m) for m in plan.apply), return_exceptions=True)
+        results = await asyncio.gather(*(self.run_blocking(self.api.apply, m) for m in plan.apply),
+                                       return_exceptions=True)
         for manifest, result in zip(plan.apply, results, strict=True):
             if isinstance(result, ApiError):
                 errors.append(result)
@@ -268,7 +277,8 @@ class Reconciler:
                 self.memo.remember(namespace, result, manifest_hash(manifest))
                 applied[child_key(result)] = result
         pruned = []
-        results = await asyncio.gather(*(self._io(self.api.delete, o) for o in plan.prune), return_exceptions=True)
+        results = await asyncio.gather(*(self.run_blocking(self.api.delete, o) for o in plan.prune),
+                                       return_exceptions=True)
         for obj, result in zip(plan.prune, results, strict=True):
             if isinstance(result, ApiError):
                 errors.append(result)
@@ -329,7 +339,7 @@ class Reconciler:
         """The children of kinds the operator does not watch (apply.ChildKind.watched), by GET of their name."""
         kinds = [k for k in CHILD_KINDS if not k.watched and {"ServiceMonitor": caps.service_monitor,
                                                              "PrometheusRule": caps.prometheus_rule}.get(k.kind)]
-        found = await asyncio.gather(*(self._io(self.api.get, k.api_version, k.plural, namespace, name)
+        found = await asyncio.gather(*(self.run_blocking(self.api.get, k.api_version, k.plural, namespace, name)
                                        for k in kinds))
         return [obj for obj in found if obj is not None]
 
@@ -378,7 +388,7 @@ class Reconciler:
         self.metrics.observe_workload(key[0], key[1], new.get("desiredReplicas"), new.get("replicas"))
         if not status_changed(stored, new) and not scaling_changed:
             return
-        result = await self._io(self.api.patch_status, key[0], key[1], new)
+        result = await self.run_blocking(self.api.patch_status, key[0], key[1], new)
         rv_after = ((result or {}).get("metadata") or {}).get("resourceVersion", "")
         self._written[key] = (body["metadata"].get("resourceVersion", ""), rv_after, new)
         old_degraded, new_degraded = condition(stored, "Degraded"), condition(new, "Degraded")
@@ -392,7 +402,7 @@ class Reconciler:
 
     async def _event(self, body: Mapping, type_: str, reason: str, message: str) -> None:
         try:
-            await self._io(self.api.post_event, body, type_, reason, message)
+            await self.run_blocking(self.api.post_event, body, type_, reason, message)
         except ApiError as exc:  # an Event is best effort: it never fails a reconcile
             log.info("event_not_posted", reason=reason, error=str(exc))
 
