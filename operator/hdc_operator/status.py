@@ -3,7 +3,7 @@
     observed = WorkloadObservation(generation=3, desired_replicas=2, selector="app.kubernetes.io/name=hdc-worker,...",
                                    deployment=<live Deployment dict or None>, pods=[<pod dicts>],
                                    missing_monitoring=("servicemonitors.monitoring.coreos.com",))
-    new = compute_status(observed, stored=body.get("status") or {}, now="2026-11-28T12:00:00Z")
+    new = compute_status(observed, stored=body.get("status") or {}, now=<the time, RFC 3339>)
     if status_changed(stored, new):
         ...write new (a merge patch of exactly these keys)...
 
