@@ -230,7 +230,8 @@ def _service(device: str, repeats: int, vsa: list[str], json_path: Optional[Path
     """hdc-bench --service: floors are printed (met/missed), never turned into a failing exit status."""
     import os
 
-    from .service import ServiceConfig, print_service_report, run_service_bench, service_markdown
+    from .service import ServiceConfig, run_service_bench
+    from .service_report import print_service_report, service_markdown
 
     names = [v.upper() for v in vsa]
     for name in names:
