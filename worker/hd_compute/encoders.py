@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from .device import resolve_device
-from .kernels import dispatch
 from .errors import as_float_matrix, check_positive_int
 from .functional import level, random
 from .hypervectors import Hypervectors
+from .kernels import dispatch
 from .vsa import VSAModel, get_model
 
 
@@ -114,13 +114,18 @@ class RandomProjectionEncoder:
     def encode(self, x: Any, *, quantize: bool = True) -> Hypervectors | torch.Tensor:
         x = as_float_matrix(x, "x", num_features=self.num_features).to(self.device, torch.float32)
         projected = x @ self.projection
+        # Finite norms mean finite projections, and HRR's normalisation below cannot overflow.
+        norms: torch.Tensor = torch.linalg.vector_norm(projected, dim=1, keepdim=True)
+        if not bool(torch.isfinite(norms).all()):
+            row = int((~torch.isfinite(norms[:, 0])).nonzero()[0])
+            raise ValueError(f"x holds values too large to encode: the projection of row {row} overflows float32")
         if not quantize:
             return projected
         if self.vsa.name == "HRR":
-            dense = projected / projected.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            return Hypervectors(dense, self.vsa, self.dim)
+            return Hypervectors(projected / norms.clamp_min(1e-12), self.vsa, self.dim)
         if self.vsa.name == "FHRR":
             return Hypervectors(torch.polar(torch.ones_like(projected), projected), self.vsa, self.dim)
-        return Hypervectors(self.vsa.quantize_sum(projected, self.num_features, self.vsa.default_dtype), self.vsa, self.dim)
+        quantized = self.vsa.quantize_sum(projected, self.num_features, self.vsa.default_dtype)
+        return Hypervectors(quantized, self.vsa, self.dim)
 
     __call__ = encode

@@ -53,7 +53,9 @@ class Hypervectors:
         if model.name == "FHRR" and not dense.is_complex():
             raise TypeError("dense values for FHRR must be complex phasors")
         data = model.from_dense(dense, model.storage_dtype(dtype))
-        return cls(data, model, dense.shape[-1], validate=True)
+        hv = cls(data, model, dense.shape[-1])
+        model.validate(hv.data, hv.dim, "dense")
+        return hv
 
     # --- tensor-like behaviour over the batch axes -------------------------------------------------------
     @property

@@ -62,7 +62,9 @@ class Centroid:
         if labels.dim() != 1 or labels.shape[0] != batch:
             raise ValueError(f"y must have shape ({batch},) to match x, got {tuple(labels.shape)}")
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
-            raise ValueError(f"y must hold labels in [0, {self.num_classes}), got {int(labels.min())}..{int(labels.max())}")
+            raise ValueError(
+                f"y must hold labels in [0, {self.num_classes}), got {int(labels.min())}..{int(labels.max())}"
+            )
         return labels.to(self.device, torch.int64)
 
     # --- training ------------------------------------------------------------------------------------------
@@ -97,12 +99,8 @@ class Centroid:
 
     # --- inference ----------------------------------------------------------------------------------------
     def _cosine(self, samples: torch.Tensor) -> torch.Tensor:
-        weights = self.weights
-        dots = samples @ weights.conj().T
-        if dots.is_complex():
-            dots = dots.real
-        norms = samples.abs().square().sum(1).sqrt().unsqueeze(1) * weights.abs().square().sum(1).sqrt().unsqueeze(0)
-        return dots / norms.clamp_min(1e-12)
+        dots = _unit_rows(samples) @ _unit_rows(self.weights).conj().T
+        return dots.real if dots.is_complex() else dots
 
     def similarity(self, x: Any) -> torch.Tensor:
         """Cosine similarity of each sample to each class prototype, (batch, num_classes)."""
@@ -121,3 +119,15 @@ class Centroid:
         predicted = self.predict(x)
         labels = self._labels(y, predicted.shape[0])
         return float((predicted == labels).float().mean())
+
+
+def _unit_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Each row divided by its norm (a zero row stays zero), without overflow however large the row.
+
+    A prototype is a sum of many samples, so its squared norm can overflow where each sample's does not; each
+    row is first divided by its largest magnitude, which leaves its direction (all cosine needs) unchanged.
+    """
+    peak = rows.abs().amax(dim=1, keepdim=True)
+    scaled = rows / peak.clamp_min(torch.finfo(peak.dtype).tiny)
+    norms = scaled.abs().square().sum(dim=1, keepdim=True).sqrt()
+    return scaled / norms.clamp_min(1.0)

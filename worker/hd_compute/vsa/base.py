@@ -100,8 +100,9 @@ class VSAModel(abc.ABC):
         """Turns a dense sum of `count` hypervectors (the accumulator of an encoder) into a hypervector."""
 
     @abc.abstractmethod
-    def validate(self, data: torch.Tensor, dim: int) -> None:
-        """Raises ValueError when `data` holds values that are not hypervectors of this model."""
+    def validate(self, data: torch.Tensor, dim: int, name: str = "data") -> None:
+        """Raises ValueError, naming the argument `name`, when `data` holds values that are not hypervectors of
+        this model, or values so large that the model's own computations on them would overflow."""
 
     def select(self, mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor) -> torch.Tensor:
         """Per-dimension choice between two storage tensors; mask is a dense (..., D) bool tensor."""

@@ -82,11 +82,11 @@ class BSC(VSAModel):
         tiebreak_bit = tiebreak_bipolar(dim, summed.device) < 0
         return pack_bits(torch.where(summed < 0, True, torch.where(summed > 0, False, tiebreak_bit)))
 
-    def validate(self, data: torch.Tensor, dim: int) -> None:
+    def validate(self, data: torch.Tensor, dim: int, name: str = "data") -> None:
         padded = data.clone()
         clear_padding(padded, dim)
         if not torch.equal(padded, data):
-            raise ValueError(f"BSC words have padding bits set beyond dimension {dim}")
+            raise ValueError(f"{name}: BSC words have padding bits set beyond dimension {dim}")
 
     def select(self, mask: torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor) -> torch.Tensor:
         packed_mask = pack_bits(mask)

@@ -13,6 +13,9 @@ import torch
 
 from .base import VSAModel
 
+# How far from 1 a stored phasor's magnitude may be: float32 rounding of angle arithmetic stays far inside it.
+UNIT_TOLERANCE = 1e-3
+
 
 class FHRR(VSAModel):
     name = "FHRR"
@@ -61,8 +64,17 @@ class FHRR(VSAModel):
     def quantize_sum(self, summed: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
         return self._to_unit(summed).to(dtype)
 
-    def validate(self, data: torch.Tensor, dim: int) -> None:
+    def validate(self, data: torch.Tensor, dim: int, name: str = "data") -> None:
+        """Refuses NaN, infinity and magnitudes off 1 by more than UNIT_TOLERANCE.
+
+        Unit magnitudes bound every computation of the model: a dot product is at most D * (1 + tolerance)^2 and
+        a bound pair keeps magnitude near 1, so no valid input can overflow.
+        """
         magnitude = data.abs()
-        unit = torch.ones_like(magnitude)
-        if not bool(torch.isfinite(magnitude).all()) or not torch.allclose(magnitude, unit, atol=1e-3):
-            raise ValueError("FHRR hypervectors must hold unit-magnitude complex phasors")
+        if not bool(torch.isfinite(magnitude).all()):
+            raise ValueError(f"{name}: FHRR hypervectors must hold unit-magnitude complex phasors, got NaN or infinity")
+        if not bool(((magnitude - 1).abs() <= UNIT_TOLERANCE).all()):
+            raise ValueError(
+                f"{name}: FHRR hypervectors must hold unit-magnitude complex phasors (|z| within {UNIT_TOLERANCE} "
+                f"of 1), got magnitudes from {float(magnitude.min()):.4g} to {float(magnitude.max()):.4g}"
+            )

@@ -21,6 +21,20 @@ from .base import VSAModel
 PERMUTATION_SEED = 0x9E3779B9
 
 
+def max_squared_norm(dtype: torch.dtype, dim: int) -> float:
+    """The largest squared norm an HRR hypervector of `dtype` and dimension `dim` may have: finfo.max / (2 * dim).
+
+    Reason: circular convolution multiplies spectra whose coefficients reach sqrt(D) * |x|, so binding two
+    hypervectors forms products up to D * |a| * |b|, and the inverse FFT sums them to at most D * |a| * |b|
+    (Cauchy-Schwarz and Parseval) before it divides by D. With 2 * D * |x|^2 finite for every input, those
+    products and sums, the squared norms, dot products, cosines and the results of bind and unbind of any two
+    valid hypervectors are finite; the factor 2 is room for the rounding of the transforms. Random HRR
+    hypervectors (elements N(0, 1/D)) have squared norms near 1. Sums of many hypervectors (bundles) can exceed
+    the bound; they are checked again when they come back as input.
+    """
+    return torch.finfo(dtype).max / (2 * dim)
+
+
 @lru_cache(maxsize=256)
 def permutation_power(dim: int, shifts: int, device: torch.device) -> torch.Tensor:
     """Index tensor of the fixed permutation of `dim` elements applied `shifts` times (negative: inverse)."""
@@ -85,6 +99,19 @@ class HRR(VSAModel):
     def quantize_sum(self, summed: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
         return summed.to(dtype)
 
-    def validate(self, data: torch.Tensor, dim: int) -> None:
+    def validate(self, data: torch.Tensor, dim: int, name: str = "data") -> None:
+        """Refuses NaN, infinity and any hypervector whose squared norm exceeds `max_squared_norm`.
+
+        One reduction (the norms) finds all three: a NaN or infinite element makes its norm non-finite.
+        """
+        limit = math.sqrt(max_squared_norm(data.dtype, dim))
+        norms: torch.Tensor = torch.linalg.vector_norm(data, dim=-1)
+        if bool((norms <= limit).all()):
+            return
+        dtype = str(data.dtype).removeprefix("torch.")
         if not bool(torch.isfinite(data).all()):
-            raise ValueError("HRR hypervectors must hold finite numbers")
+            raise ValueError(f"{name}: HRR hypervectors must hold finite numbers, got NaN or infinity in {dtype}")
+        raise ValueError(
+            f"{name}: HRR hypervectors must hold finite numbers with a norm of at most {limit:.4g} in {dtype} at "
+            f"dimension {dim} (binding and similarity would overflow), got {float(norms.max()):.4g}"
+        )

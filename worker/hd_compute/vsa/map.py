@@ -84,8 +84,8 @@ class MAP(VSAModel):
     def quantize_sum(self, summed: torch.Tensor, count: int, dtype: torch.dtype) -> torch.Tensor:
         return self._majority(summed, summed.shape[-1], dtype)
 
-    def validate(self, data: torch.Tensor, dim: int) -> None:
+    def validate(self, data: torch.Tensor, dim: int, name: str = "data") -> None:
         if not bool(((data == 1) | (data == -1)).all()):
-            raise ValueError("MAP hypervectors must hold only +1 and -1 values")
+            raise ValueError(f"{name}: MAP hypervectors must hold only +1 and -1 values")
 
 
