@@ -63,12 +63,15 @@ ALERT_NAMES = (
 _BASELINE_OPERATIONS = {"query": "memory_query", "add": "memory_add", "fit": "classifier_fit",
                         "predict": "classifier_predict"}
 
+# One Prometheus rule or rule group, as the PrometheusRule's YAML holds it.
+Rule = dict[str, Any]
+
 _DURATION_RE = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
 _LABEL_VALUE_FORBIDDEN = re.compile(r'["\\\n]')
 
 
 def build_rule_groups(name: str, namespace: str, spec: Mapping[str, Any], *,
-                      runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL) -> list[dict]:
+                      runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL) -> list[Rule]:
     """The rule groups (PrometheusRule `spec.groups`) of workload `name` in `namespace`.
 
     `spec` is the fully defaulted HDCWorkload spec (camelCase). A missing or ill-typed field raises ValueError
@@ -83,7 +86,7 @@ def build_rule_groups(name: str, namespace: str, spec: Mapping[str, Any], *,
     return groups
 
 
-def rule_file(groups: list[dict]) -> dict:
+def rule_file(groups: list[Rule]) -> dict[str, list[Rule]]:
     """A Prometheus rule file (rule_files:) holding `groups`: what `promtool check rules` reads."""
     return {"groups": groups}
 
@@ -125,7 +128,7 @@ class _Context:
         return _duration(f"spec.{path}", value)
 
     def alert(self, alert: str, expr: str, *, for_: str | None, severity: str, summary: str, description: str,
-              labels: Mapping[str, str] | None = None) -> dict:
+              labels: Mapping[str, str] | None = None) -> Rule:
         rule: dict[str, Any] = {"alert": alert, "expr": expr}
         if for_ and not re.fullmatch(r"0+(ms|s|m|h|d|w|y)", for_):
             rule["for"] = for_
@@ -169,7 +172,7 @@ def _le_matcher(seconds: float) -> str:
     """The `le` matcher of bucket `seconds`: prometheus_client writes 1.0 where Prometheus 3 normalizes to 1."""
     from prometheus_client.utils import floatToGoString
 
-    written = floatToGoString(seconds)
+    written: str = floatToGoString(seconds)  # type: ignore[no-untyped-call]  # prometheus_client.utils is unannotated
     normalized = str(int(seconds)) if float(seconds).is_integer() else written
     if written == normalized:
         return f'le="{written}"'
@@ -177,7 +180,7 @@ def _le_matcher(seconds: float) -> str:
     return 'le=~"' + "|".join(re.escape(v).replace("\\", "\\\\") for v in (normalized, written)) + '"'
 
 
-def _core_alerts(ctx: _Context) -> list[dict]:
+def _core_alerts(ctx: _Context) -> list[Rule]:
     sel = ctx.sel
     latency_ms = ctx.number("alerts.highLatency.p95ThresholdMs")
     memory_mb = ctx.number("alerts.highMemoryUsage.thresholdMb")
@@ -245,13 +248,13 @@ def _core_alerts(ctx: _Context) -> list[dict]:
     return rules
 
 
-def _baseline_alerts(ctx: _Context) -> list[dict]:
+def _baseline_alerts(ctx: _Context) -> list[Rule]:
     baselines = ctx.get("baselines")
     if not isinstance(baselines, list):
         raise ValueError(f"spec.baselines must be a list, got {type(baselines).__name__}")
     sel = ctx.sel
     default_latency_ms = ctx.number("alerts.highLatency.p95ThresholdMs")
-    rules: list[dict] = []
+    rules: list[Rule] = []
     seen: set[str] = set()
     for i, baseline in enumerate(baselines):
         field = f"spec.baselines[{i}]"
@@ -311,7 +314,7 @@ def _baseline_alerts(ctx: _Context) -> list[dict]:
     return rules
 
 
-def _slo_rules(ctx: _Context) -> list[dict]:
+def _slo_rules(ctx: _Context) -> list[Rule]:
     sel = ctx.sel
     availability = ctx.number("alerts.slo.availabilityTargetPercent", maximum=100)
     latency_percent = ctx.number("alerts.slo.latencyTargetPercent", maximum=100)
@@ -322,7 +325,7 @@ def _slo_rules(ctx: _Context) -> list[dict]:
     bucket = latency_bucket(target_ms)
     le = _le_matcher(bucket)
     server_errors = "|".join(SERVER_ERROR_CODES)
-    rules: list[dict] = []
+    rules: list[Rule] = []
     for window in SLO_WINDOWS:
         rules.append({
             "record": f"hdc:slo_availability_errors:ratio_rate{window}",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 __all__ = [
     "InvalidAutoscaling", "ScalingPolicy", "ScalingRules", "Behavior", "ScalerConfig", "MetricsObservation",
@@ -74,7 +74,7 @@ def _number(path: str, value: Any, lo: float, hi: float | None = None, *, exclus
     return float(value)
 
 
-def _mapping(path: str, value: Any) -> Mapping:
+def _mapping(path: str, value: Any) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -120,7 +120,7 @@ def _rules(path: str, raw: Any, *, default_window: int, default_policies: tuple[
     else:
         if not isinstance(policies_raw, (list, tuple)):
             raise InvalidAutoscaling(f"{path}.policies", f"expected a list, got {type(policies_raw).__name__}")
-        policies = []
+        parsed: list[ScalingPolicy] = []
         for i, item in enumerate(policies_raw):
             p = f"{path}.policies[{i}]"
             item = _mapping(p, item)
@@ -129,9 +129,9 @@ def _rules(path: str, raw: Any, *, default_window: int, default_policies: tuple[
             for key in ("value", "periodSeconds"):
                 if key not in item:
                     raise InvalidAutoscaling(f"{p}.{key}", "is required")
-            policies.append(ScalingPolicy(item["type"], _int(f"{p}.value", item["value"], 1),
-                                          _int(f"{p}.periodSeconds", item["periodSeconds"], 1, _MAX_PERIOD)))
-        policies = tuple(policies)
+            parsed.append(ScalingPolicy(item["type"], _int(f"{p}.value", item["value"], 1),
+                                        _int(f"{p}.periodSeconds", item["periodSeconds"], 1, _MAX_PERIOD)))
+        policies = tuple(parsed)
     return ScalingRules(window, select, policies)
 
 
@@ -144,7 +144,7 @@ class Behavior:
     scale_down: ScalingRules
 
     @classmethod
-    def from_spec(cls, raw: Mapping | None, path: str = "spec.autoscaling.behavior") -> "Behavior":
+    def from_spec(cls, raw: Mapping[str, Any] | None, path: str = "spec.autoscaling.behavior") -> "Behavior":
         raw = _mapping(path, raw)
         unknown = set(raw) - {"scaleUp", "scaleDown"}
         if unknown:
@@ -155,9 +155,9 @@ class Behavior:
                       default_policies=(ScalingPolicy("Percent", 100, 15),))
         return cls(up, down)
 
-    def to_spec(self) -> dict:
+    def to_spec(self) -> dict[str, Any]:
         """The camelCase form (what an autoscaling/v2 HPA's spec.behavior takes)."""
-        def rules(r: ScalingRules) -> dict:
+        def rules(r: ScalingRules) -> dict[str, Any]:
             return {"stabilizationWindowSeconds": r.stabilization_window_seconds, "selectPolicy": r.select_policy,
                     "policies": [{"type": p.type, "value": p.value, "periodSeconds": p.period_seconds}
                                  for p in r.policies]}
@@ -202,7 +202,7 @@ class ScalerConfig:
             raise InvalidAutoscaling(f"{p}.behavior", f"expected a Behavior, got {type(self.behavior).__name__}")
 
     @classmethod
-    def from_spec(cls, autoscaling: Mapping | None, **tuning: Any) -> "ScalerConfig":
+    def from_spec(cls, autoscaling: Mapping[str, Any] | None, **tuning: Any) -> "ScalerConfig":
         """From the defaulted spec.autoscaling dict (camelCase); `tuning` sets the estimation terms."""
         a = _mapping("spec.autoscaling", autoscaling)
         kwargs: dict[str, Any] = {}
@@ -244,7 +244,8 @@ class MetricsObservation:
     recent_demand_ops_per_second: float | None = None  # the same rate over a short window (fast scale-up)
 
 
-def _finite(x: Any) -> bool:
+def _finite(x: object) -> TypeGuard[float]:
+    """A real number (int or float, not bool), not NaN or infinite."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
@@ -260,33 +261,31 @@ class History:
     scale_up_events: tuple[tuple[float, int], ...] = ()  # (time, replicas added)
     scale_down_events: tuple[tuple[float, int], ...] = ()  # (time, replicas removed)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, list[list[float]]]:
         return {"recommendations": [list(x) for x in self.recommendations],
                 "scaleUpEvents": [list(x) for x in self.scale_up_events],
                 "scaleDownEvents": [list(x) for x in self.scale_down_events]}
 
     @classmethod
-    def from_dict(cls, raw: Mapping | None) -> "History":
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> "History":
         if raw is None:
             return cls()
         if not isinstance(raw, Mapping):
             raise ValueError(f"history must be an object, got {type(raw).__name__}")
 
-        def pairs(key: str, integer: bool) -> tuple:
+        def pairs(key: str) -> tuple[tuple[float, int], ...]:
             items = raw.get(key) or []
             if not isinstance(items, list):
                 raise ValueError(f"history.{key} must be a list, got {type(items).__name__}")
             out = []
             for i, item in enumerate(items):
-                ok = (isinstance(item, (list, tuple)) and len(item) == 2 and _finite(item[0]) and _finite(item[1])
-                      and (not integer or float(item[1]).is_integer()))
-                if not ok:
-                    kind = "integer" if integer else "number"
-                    raise ValueError(f"history.{key}[{i}] must be [time, {kind}], got {item!r}")
-                out.append((float(item[0]), int(item[1]) if integer else float(item[1])))
+                if not (isinstance(item, (list, tuple)) and len(item) == 2 and _finite(item[0])
+                        and _finite(item[1]) and float(item[1]).is_integer()):
+                    raise ValueError(f"history.{key}[{i}] must be [time, integer], got {item!r}")
+                out.append((float(item[0]), int(item[1])))
             return tuple(out)
 
-        return cls(pairs("recommendations", True), pairs("scaleUpEvents", True), pairs("scaleDownEvents", True))
+        return cls(pairs("recommendations"), pairs("scaleUpEvents"), pairs("scaleDownEvents"))
 
 
 @dataclass(frozen=True)
@@ -336,7 +335,10 @@ def estimate_demand(observation: MetricsObservation, config: ScalerConfig) -> tu
     `recent_down`, below it by more than `recent_down_gate` tolerances (the burst is over: the scale-down
     stabilization window starts counting earlier; the window still holds the highest recommendation). Otherwise
     the long window, which is less noisy, decides. Scaling both up never lowers the estimate (monotonic in demand).
+    The observation must be usable (metrics_problem returned None for it).
     """
+    if observation.demand_ops_per_second is None:
+        raise ValueError("estimate_demand needs a usable observation: its demand is missing")
     demand = float(observation.demand_ops_per_second)
     recent = observation.recent_demand_ops_per_second
     tol = config.tolerance_percent / 100.0
@@ -488,8 +490,10 @@ def decide(current_replicas: int, observation: MetricsObservation | None, config
     message = (f"demand {observation.demand_ops_per_second:.4g} ops/s"
                + (f" (estimate {estimate:.4g}: {note})" if note else "")
                + f", target {target:.4g} ops/s per replica -> {raw} recommended, {desired} after behavior ({reason})")
-    capacity = (config.target_ops_per_replica if config.target_ops_per_replica is not None
-                else float(observation.capacity_ops_per_second))
+    capacity = config.target_ops_per_replica
+    if capacity is None:
+        assert observation.capacity_ops_per_second is not None  # metrics_problem checked it
+        capacity = float(observation.capacity_ops_per_second)
     return finish(desired, reason, message, history, True, raw_recommendation=raw, demand_estimate=estimate,
                   per_replica_target=target, capacity_ops_per_second=capacity)
 
@@ -497,7 +501,7 @@ def decide(current_replicas: int, observation: MetricsObservation | None, config
 # --- what the operator writes (pure helpers for status.py / handlers.py) -----------------------------------
 
 def status_fields(decision: Decision, observation: MetricsObservation | None, current_replicas: int,
-                  now_iso: str) -> dict:
+                  now_iso: str) -> dict[str, Any]:
     """HDCWorkload status fields of one decision (camelCase, as in crds/hdcworkload.yaml).
 
     lastScaleTime/lastScaleReason only when the replicas change; the observed values only when measured. The
@@ -507,13 +511,14 @@ def status_fields(decision: Decision, observation: MetricsObservation | None, cu
     if decision.desired_replicas != current_replicas:
         out["lastScaleTime"] = now_iso
         out["lastScaleReason"] = f"{decision.reason}: {decision.message}"
-    if decision.metrics_available and observation is not None:
-        out["observedDemandOpsPerSec"] = out["throughputOpsPerSec"] = float(observation.demand_ops_per_second)
+    demand = observation.demand_ops_per_second if observation is not None else None
+    if decision.metrics_available and demand is not None:
+        out["observedDemandOpsPerSec"] = out["throughputOpsPerSec"] = float(demand)
         out["observedCapacityOpsPerSec"] = decision.capacity_ops_per_second
     return {k: v for k, v in out.items() if v is not None}
 
 
-def scaling_active_condition(decision: Decision) -> dict:
+def scaling_active_condition(decision: Decision) -> dict[str, str]:
     """The ScalingActive condition (type/status/reason/message; the caller keeps lastTransitionTime)."""
     if decision.metrics_available:
         return {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound",

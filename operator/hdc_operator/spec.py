@@ -41,47 +41,52 @@ class InvalidSpec(ValueError):
         # the CRD's CEL messages already start with the field's name
         super().__init__(message if message.startswith(field) else f"{field}: {message}")
 
-    def __reduce__(self):  # picklable (kopf and multiprocessing copy exceptions)
+    def __reduce__(self) -> tuple[type[InvalidSpec], tuple[str, str, list[tuple[str, str]]]]:
+        # picklable (kopf and multiprocessing copy exceptions)
         return (InvalidSpec, (self.field, self.message, self.errors))
 
 
 # --- the CRD ------------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=None)
-def _load_crd(path: str) -> dict:
+def _load_crd(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            crd = yaml.safe_load(f)
+            crd: dict[str, Any] = yaml.safe_load(f)
     except OSError as exc:
         raise RuntimeError(f"cannot read the HDCWorkload CRD at {path} (set HDC_CRD_PATH): {exc}") from None
     _check_mirrors(_version(crd)["schema"]["openAPIV3Schema"])
     return crd
 
 
-def load_crd() -> dict:
+def load_crd() -> dict[str, Any]:
     """The CRD manifest (a fresh copy: callers may change it)."""
     return copy.deepcopy(_load_crd(str(CRD_PATH)))
 
 
-def _version(crd: Mapping) -> dict:
-    for version in crd["spec"]["versions"]:
+def _version(crd: Mapping[str, Any]) -> dict[str, Any]:
+    versions: list[dict[str, Any]] = crd["spec"]["versions"]
+    for version in versions:
         if version["name"] == VERSION:
             return version
     raise RuntimeError(f"the CRD at {CRD_PATH} has no version {VERSION}")
 
 
-def root_schema() -> dict:
+def root_schema() -> dict[str, Any]:
     """The openAPIV3Schema of the HDCWorkload (shared, do not modify)."""
-    return _version(_load_crd(str(CRD_PATH)))["schema"]["openAPIV3Schema"]
+    schema: dict[str, Any] = _version(_load_crd(str(CRD_PATH)))["schema"]["openAPIV3Schema"]
+    return schema
 
 
-def spec_schema() -> dict:
-    return root_schema()["properties"]["spec"]
+def spec_schema() -> dict[str, Any]:
+    """The schema of .spec (shared, do not modify)."""
+    schema: dict[str, Any] = root_schema()["properties"]["spec"]
+    return schema
 
 
 # --- defaulting (the API server's structural defaulting) ---------------------------------------------------
 
-def apply_defaults(value: Any, schema: Mapping) -> Any:
+def apply_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
     """A copy of `value` with the schema's defaults applied, as the API server applies them: a missing field
     with a default gets it (and the default is defaulted in turn); a null where the schema is not nullable
     counts as missing; a nullable field without a default that is missing reads as None here (the server
@@ -105,9 +110,10 @@ def apply_defaults(value: Any, schema: Mapping) -> Any:
     return value
 
 
-def default_spec() -> dict:
+def default_spec() -> dict[str, Any]:
     """The fully defaulted spec of `spec: {}`."""
-    return apply_defaults({}, {"properties": {"spec": spec_schema()}})["spec"]
+    spec: dict[str, Any] = apply_defaults({}, {"properties": {"spec": spec_schema()}})["spec"]
+    return spec
 
 
 # --- schema validation ---------------------------------------------------------------------------------------
@@ -124,15 +130,15 @@ def is_positive_quantity(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     match = _QUANTITY.match(value)
-    return bool(match) and float(match.group(1)) > 0
+    return match is not None and float(match.group(1)) > 0
 
 
-def _type_ok(value: Any, schema: Mapping) -> str | None:
+def _type_ok(value: Any, schema: Mapping[str, Any]) -> str | None:
     """None when `value` has the schema's type, else the expected type's name."""
     if schema.get("x-kubernetes-int-or-string"):
         ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
         return None if ok else "integer or string"
-    kind = schema.get("type")
+    kind: str | None = schema.get("type")
     checks: dict[str, Callable[[Any], bool]] = {
         "object": lambda v: isinstance(v, dict),
         "array": lambda v: isinstance(v, list),
@@ -146,7 +152,7 @@ def _type_ok(value: Any, schema: Mapping) -> str | None:
     return kind
 
 
-def _bounds(value: Any, schema: Mapping) -> str | None:
+def _bounds(value: float, schema: Mapping[str, Any]) -> str | None:
     if "minimum" in schema:
         low = schema["minimum"]
         if value < low or (schema.get("exclusiveMinimum") and value == low):
@@ -161,7 +167,7 @@ def _bounds(value: Any, schema: Mapping) -> str | None:
     return None
 
 
-def _high_text(schema: Mapping) -> str:
+def _high_text(schema: Mapping[str, Any]) -> str:
     if "maximum" not in schema:
         return ""
     return f" and {'<' if schema.get('exclusiveMaximum') else '<='} {schema['maximum']}"
@@ -189,7 +195,7 @@ def _which_errors(schema_errors: list[tuple[str, str]],
     return [(f, str(m)) for f, m in errors]
 
 
-def validate_value(value: Any, schema: Mapping, path: str) -> list[tuple[str, str]]:
+def validate_value(value: Any, schema: Mapping[str, Any], path: str) -> list[tuple[str, str]]:
     """Every (field, message) by which `value` (already defaulted) breaks `schema` (CEL rules: cel_errors)."""
     errors: list[tuple[str, str]] = []
     if value is None:
@@ -219,7 +225,7 @@ def validate_value(value: Any, schema: Mapping, path: str) -> list[tuple[str, st
     return errors
 
 
-def cel_errors(value: Any, schema: Mapping, path: str) -> list[tuple[str, str]]:
+def cel_errors(value: Any, schema: Mapping[str, Any], path: str) -> list[tuple[str, str]]:
     """Every (field, message) of a CEL rule (by its Python mirror) that `value` breaks (`value` must have passed
     the schema's type and enum checks)."""
     errors: list[tuple[str, str]] = []
@@ -240,9 +246,9 @@ def cel_errors(value: Any, schema: Mapping, path: str) -> list[tuple[str, str]]:
     return errors
 
 
-def _validate_object(value: dict, schema: Mapping, path: str) -> list[tuple[str, str]]:
+def _validate_object(value: dict[str, Any], schema: Mapping[str, Any], path: str) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
-    props = schema.get("properties")
+    props: Mapping[str, Any] | None = schema.get("properties")
     extra = schema.get("additionalProperties")
     for key in schema.get("required", ()):
         if key not in value:
@@ -255,19 +261,20 @@ def _validate_object(value: dict, schema: Mapping, path: str) -> list[tuple[str,
         elif isinstance(extra, dict):
             errors += validate_value(sub, extra, f"{path}.{key}")
         elif not schema.get("x-kubernetes-preserve-unknown-fields"):
-            errors.append((f"{path}.{key}", _UnknownField(f"unknown field (expected one of: {', '.join(props)})")))
+            expected = ", ".join(props or ())
+            errors.append((f"{path}.{key}", _UnknownField(f"unknown field (expected one of: {expected})")))
     return errors
 
 
-def _validate_array(value: list, schema: Mapping, path: str) -> list[tuple[str, str]]:
+def _validate_array(value: list[Any], schema: Mapping[str, Any], path: str) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     if "maxItems" in schema and len(value) > schema["maxItems"]:
         errors.append((path, f"must have at most {schema['maxItems']} items, got {len(value)}"))
     for i, item in enumerate(value):
         errors += validate_value(item, schema.get("items", {}), f"{path}[{i}]")
     if schema.get("x-kubernetes-list-type") == "map":
-        keys = schema["x-kubernetes-list-map-keys"]
-        seen: dict[tuple, int] = {}
+        keys: list[str] = schema["x-kubernetes-list-map-keys"]
+        seen: dict[tuple[Any, ...], int] = {}
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 continue
@@ -311,7 +318,7 @@ CEL_MIRRORS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def cel_rules(schema: Mapping | None = None, path: str = "") -> list[tuple[str, dict]]:
+def cel_rules(schema: Mapping[str, Any] | None = None, path: str = "") -> list[tuple[str, dict[str, Any]]]:
     """Every (path, rule) of the CRD's x-kubernetes-validations."""
     schema = root_schema() if schema is None else schema
     found = [(path, rule) for rule in schema.get("x-kubernetes-validations", ())]
@@ -324,7 +331,7 @@ def cel_rules(schema: Mapping | None = None, path: str = "") -> list[tuple[str, 
     return found
 
 
-def _check_mirrors(schema: Mapping) -> None:
+def _check_mirrors(schema: Mapping[str, Any]) -> None:
     missing = [f"{p or '<root>'}: {r['rule']}" for p, r in cel_rules(schema) if r["rule"] not in CEL_MIRRORS]
     if missing:
         raise RuntimeError("CEL rules of the CRD without a Python mirror in hdc_operator.spec.CEL_MIRRORS:\n  "
@@ -347,39 +354,39 @@ class Workload:
     # typed accessors of what the builders and the operator read most
     @property
     def image(self) -> str:
-        return self.spec["image"]
+        return str(self.spec["image"])
 
     @property
     def replicas(self) -> int:
-        return self.spec["replicas"]
+        return int(self.spec["replicas"])
 
     @property
     def dimension(self) -> int:
-        return self.spec["hdc"]["dimension"]
+        return int(self.spec["hdc"]["dimension"])
 
     @property
     def vsa(self) -> str:
-        return self.spec["hdc"]["vsa"]
+        return str(self.spec["hdc"]["vsa"])
 
     @property
     def device(self) -> str:
-        return self.spec["hdc"]["device"]
+        return str(self.spec["hdc"]["device"])
 
     @property
     def gpus(self) -> int:
-        return self.spec["resources"]["gpus"]
+        return int(self.spec["resources"]["gpus"])
 
     @property
     def autoscaling_mode(self) -> str:
-        return self.spec["autoscaling"]["mode"]
+        return str(self.spec["autoscaling"]["mode"])
 
     @property
     def min_replicas(self) -> int:
-        return self.spec["autoscaling"]["minReplicas"]
+        return int(self.spec["autoscaling"]["minReplicas"])
 
     @property
     def max_replicas(self) -> int:
-        return self.spec["autoscaling"]["maxReplicas"]
+        return int(self.spec["autoscaling"]["maxReplicas"])
 
     @property
     def desired_replicas(self) -> int:
@@ -402,7 +409,7 @@ class Workload:
         return ",".join(f"{k}={v}" for k, v in self.selector_labels.items())
 
 
-def validate_workload(body: Mapping, *, namespace: str | None = None) -> list[tuple[str, str]]:
+def validate_workload(body: Mapping[str, Any], *, namespace: str | None = None) -> list[tuple[str, str]]:
     """Every (field, message) the API server would reject `body` for (empty when it is valid)."""
     try:
         parse_workload(body, namespace=namespace)
@@ -411,7 +418,7 @@ def validate_workload(body: Mapping, *, namespace: str | None = None) -> list[tu
     return []
 
 
-def parse_workload(body: Mapping, *, namespace: str | None = None) -> Workload:
+def parse_workload(body: Mapping[str, Any], *, namespace: str | None = None) -> Workload:
     """The Workload of an HDCWorkload object; raises InvalidSpec naming the first bad field.
 
     `namespace` is used when the object has none (a local file); the default is "default".

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .names import GPU_RESOURCE
 
@@ -56,8 +57,8 @@ class WorkloadObservation:
     generation: int
     desired_replicas: int | None = None  # the Deployment's spec.replicas as built; None when the spec is invalid
     selector: str | None = None  # the pods' label selector, `k=v,k=v`
-    deployment: Mapping | None = None  # the live Deployment (None: not there yet)
-    pods: Sequence[Mapping] = ()
+    deployment: Mapping[str, Any] | None = None  # the live Deployment (None: not there yet)
+    pods: Sequence[Mapping[str, Any]] = ()
     invalid_spec: Problem | None = None
     apply_error: Problem | None = None  # the API server refused a child (or was unreachable)
     missing_monitoring: tuple[str, ...] = ()  # CRDs the spec needs but the cluster lacks
@@ -70,14 +71,14 @@ def selector_string(match_labels: Mapping[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
 
 
-def _condition(conditions: Sequence[Mapping] | None, kind: str) -> Mapping | None:
+def _condition(conditions: Sequence[Mapping[str, Any]] | None, kind: str) -> Mapping[str, Any] | None:
     for c in conditions or ():
         if c.get("type") == kind:
             return c
     return None
 
 
-def pod_problems(pods: Sequence[Mapping]) -> list[Problem]:
+def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
     """Problems of individual pods: unschedulable (for GPUs or otherwise), image pulls, crash loops."""
     found: dict[str, list[tuple[str, str]]] = {}
     for pod in pods:
@@ -92,10 +93,10 @@ def pod_problems(pods: Sequence[Mapping]) -> list[Problem]:
             found.setdefault(reason, []).append((pod_name, message))
         for cs in [*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())]:
             waiting = (cs.get("state") or {}).get("waiting") or {}
-            reason = _WAITING_REASONS.get(waiting.get("reason", ""))
-            if reason:
+            waiting_reason = _WAITING_REASONS.get(waiting.get("reason", ""))
+            if waiting_reason:
                 message = waiting.get("message") or waiting.get("reason")
-                found.setdefault(reason, []).append((pod_name, f"container {cs.get('name', '?')}: {message}"))
+                found.setdefault(waiting_reason, []).append((pod_name, f"container {cs.get('name', '?')}: {message}"))
     problems = []
     for reason in PROBLEM_REASONS:
         if reason in found:
@@ -106,7 +107,7 @@ def pod_problems(pods: Sequence[Mapping]) -> list[Problem]:
     return problems
 
 
-def deployment_problems(deployment: Mapping | None) -> list[Problem]:
+def deployment_problems(deployment: Mapping[str, Any] | None) -> list[Problem]:
     """The Deployment controller's own failure conditions (pod creation refused, rollout deadline passed)."""
     if not deployment:
         return []
@@ -133,14 +134,14 @@ def _rollout(observed: WorkloadObservation) -> tuple[int, int, int, bool]:
         (dep.get("spec") or {}).get("replicas") or 0)
     generation = (dep.get("metadata") or {}).get("generation") or 0
     current = int(st.get("observedGeneration") or 0) >= int(generation)
-    live_desired = int((dep.get("spec") or {}).get("replicas") if (dep.get("spec") or {}).get("replicas") is not None
-                       else desired)
+    live_replicas = (dep.get("spec") or {}).get("replicas")
+    live_desired = int(live_replicas) if live_replicas is not None else desired
     complete = (current and live_desired == desired and updated >= desired and ready >= desired
                 and replicas == desired)
     return replicas, ready, updated, complete
 
 
-def compute_status(observed: WorkloadObservation, stored: Mapping | None, now: str) -> dict:
+def compute_status(observed: WorkloadObservation, stored: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
     """The status this module owns (OWNED_KEYS), merged with `stored`'s foreign conditions."""
     stored = stored or {}
     gen = observed.generation
@@ -209,7 +210,7 @@ def compute_status(observed: WorkloadObservation, stored: Mapping | None, now: s
                            "observedGeneration": gen, "lastTransitionTime": transition})
     conditions += [dict(c) for c in stored.get("conditions") or () if c.get("type") not in OWNED_CONDITIONS]
 
-    new: dict = {"observedGeneration": gen, "phase": phase, "replicas": replicas, "readyReplicas": ready,
+    new: dict[str, Any] = {"observedGeneration": gen, "phase": phase, "replicas": replicas, "readyReplicas": ready,
                  "conditions": conditions}
     if desired is not None:
         new["desiredReplicas"] = desired
@@ -224,17 +225,17 @@ def compute_status(observed: WorkloadObservation, stored: Mapping | None, now: s
     return new
 
 
-def _differs(stored: Mapping, new: Mapping) -> bool:
+def _differs(stored: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     keys = [k for k in OWNED_KEYS if k != "lastReconcileTime"]
     return any(stored.get(k) != new.get(k) for k in keys)
 
 
-def status_changed(stored: Mapping | None, new: Mapping) -> bool:
+def status_changed(stored: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     """Whether `new` (from compute_status) must be written: any owned key differs from the stored status."""
     stored = stored or {}
     return any(stored.get(k) != new.get(k) for k in OWNED_KEYS)
 
 
-def condition(status: Mapping | None, kind: str) -> Mapping | None:
+def condition(status: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | None:
     """The condition of type `kind` in a status, or None."""
     return _condition((status or {}).get("conditions"), kind)

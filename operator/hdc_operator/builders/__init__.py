@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hdc_operator.builders.common import labels, owner_references, selector_labels
+from hdc_operator.builders.common import Manifest, labels, owner_references, selector_labels
 from hdc_operator.builders.dashboards import build_dashboards_configmap
 from hdc_operator.builders.deployment import build_deployment
 from hdc_operator.builders.hpa import build_hpa, hpa_metrics
@@ -39,7 +39,7 @@ class Capabilities:
         return cls(service_monitor=False, prometheus_rule=False)
 
 
-def build_children(workload: Workload, capabilities: Capabilities) -> list[dict]:
+def build_children(workload: Workload, capabilities: Capabilities) -> list[Manifest]:
     """Every child manifest of the workload, in names.CHILD_KINDS order (the claim before the pods that mount it)."""
     monitoring = workload.spec["monitoring"]
     children = [

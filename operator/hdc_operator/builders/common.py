@@ -7,6 +7,8 @@ from typing import Any, Mapping
 from hdc_operator.names import API_VERSION, KIND, MANAGED_BY, WORKLOAD_LABEL
 from hdc_operator.spec import Workload
 
+# A Kubernetes object or part of one, as JSON: what the builders return and server-side apply sends.
+Manifest = dict[str, Any]
 HTTP_PORT = 8080
 HTTP_PORT_NAME = "http"
 CONTAINER_NAME = "worker"

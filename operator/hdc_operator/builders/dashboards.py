@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from hdc_operator.builders.common import metadata
+from hdc_operator.builders.common import Manifest, metadata
 from hdc_operator.spec import Workload
 
 GRAFANA_LABEL = {"grafana_dashboard": "1"}
@@ -14,7 +14,7 @@ def dashboards_name(workload: Workload) -> str:
     return f"{workload.name}-dashboards"
 
 
-def build_dashboards_configmap(workload: Workload) -> dict | None:
+def build_dashboards_configmap(workload: Workload) -> Manifest | None:
     config = workload.spec["monitoring"]["dashboards"]
     if not config["enabled"]:
         return None

@@ -16,6 +16,7 @@ from hdc_operator.builders.common import (
     HTTP_PORT,
     HTTP_PORT_NAME,
     STATE_DIR,
+    Manifest,
     labels,
     metadata,
     selector_labels,
@@ -83,7 +84,7 @@ def tracing_env(workload: Workload) -> dict[str, str]:
     return env
 
 
-def tolerations(workload: Workload) -> list[dict]:
+def tolerations(workload: Workload) -> list[Manifest]:
     """The user's tolerations, plus `nvidia.com/gpu` Exists NoSchedule when the pod asks for GPUs."""
     out = [dict(t) for t in workload.spec["scheduling"]["tolerations"]]
     if workload.gpus > 0 and GPU_TOLERATION not in out:
@@ -91,7 +92,7 @@ def tolerations(workload: Workload) -> list[dict]:
     return out
 
 
-def resources(workload: Workload) -> dict:
+def resources(workload: Workload) -> Manifest:
     res = workload.spec["resources"]
     requests = {"cpu": str(res["cpu"]), "memory": str(res["memory"])}
     limits = {"memory": str(res["memory"])}
@@ -100,13 +101,13 @@ def resources(workload: Workload) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def probe(workload: Workload, kind: str) -> dict:
+def probe(workload: Workload, kind: str) -> Manifest:
     timings = workload.spec["probes"][kind]
     return {"httpGet": {"path": PROBE_PATHS[kind], "port": HTTP_PORT_NAME, "scheme": "HTTP"},
             **{k: timings[k] for k in ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")}}
 
 
-def container_security_context() -> dict:
+def container_security_context() -> Manifest:
     return {
         "runAsNonRoot": True,
         "runAsUser": UID,
@@ -119,12 +120,12 @@ def container_security_context() -> dict:
     }
 
 
-def pod_security_context() -> dict:
+def pod_security_context() -> Manifest:
     return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def volumes(workload: Workload) -> list[dict]:
+def volumes(workload: Workload) -> list[Manifest]:
     state: dict[str, Any] = {"name": "state"}
     if workload.spec["persistence"]["enabled"]:
         state["persistentVolumeClaim"] = {"claimName": pvc_name(workload)}
@@ -138,7 +139,7 @@ def config_hash(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def build_deployment(workload: Workload) -> dict:
+def build_deployment(workload: Workload) -> Manifest:
     spec = workload.spec
     env = {**worker_env(workload), **tracing_env(workload)}
     container = {

@@ -6,7 +6,7 @@ status.selector), so the HPA and the operator never fight over the Deployment's 
 
 from __future__ import annotations
 
-from hdc_operator.builders.common import metadata
+from hdc_operator.builders.common import Manifest, metadata
 from hdc_operator.names import API_VERSION, KIND
 from hdc_operator.spec import Workload
 
@@ -22,7 +22,7 @@ def quantity(value: float) -> str:
     return f"{round(value * 1000)}m"
 
 
-def hpa_metrics(workload: Workload) -> list[dict]:
+def hpa_metrics(workload: Workload) -> list[Manifest]:
     """The HPA's metric: a Pods metric per replica. With targetOpsPerReplica the target is that many operations
     per second times the target utilization; without it, the replicas' measured share of their capacity
     (a prometheus-adapter rule divides the rate of hdc_hypervector_operations_total by hdc_capacity_ops_per_second).
@@ -37,7 +37,7 @@ def hpa_metrics(workload: Workload) -> list[dict]:
                                        "target": {"type": "AverageValue", "averageValue": quantity(target)}}}]
 
 
-def build_hpa(workload: Workload) -> dict | None:
+def build_hpa(workload: Workload) -> Manifest | None:
     scaling = workload.spec["autoscaling"]
     if scaling["mode"] != "hpa":
         return None

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from hdc_operator.builders.common import metadata, selector_labels
+from hdc_operator.builders.common import Manifest, metadata, selector_labels
 from hdc_operator.spec import Workload
 
 
-def build_pdb(workload: Workload) -> dict | None:
+def build_pdb(workload: Workload) -> Manifest | None:
     pdb = workload.spec["podDisruptionBudget"]
     if not pdb["enabled"]:
         return None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from hdc_operator.alerts import build_rule_groups
-from hdc_operator.builders.common import metadata
+from hdc_operator.builders.common import Manifest, metadata
 from hdc_operator.spec import Workload
 
 
-def build_prometheus_rule(workload: Workload) -> dict:
+def build_prometheus_rule(workload: Workload) -> Manifest:
     rule = workload.spec["monitoring"]["prometheusRule"]
     return {
         "apiVersion": "monitoring.coreos.com/v1",

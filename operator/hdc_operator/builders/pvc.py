@@ -7,7 +7,7 @@ HDCWorkload deletes the claim (it is owned like every child).
 
 from __future__ import annotations
 
-from hdc_operator.builders.common import metadata
+from hdc_operator.builders.common import Manifest, metadata
 from hdc_operator.spec import Workload
 
 
@@ -15,11 +15,11 @@ def pvc_name(workload: Workload) -> str:
     return f"{workload.name}-state"
 
 
-def build_pvc(workload: Workload) -> dict | None:
+def build_pvc(workload: Workload) -> Manifest | None:
     persistence = workload.spec["persistence"]
     if not persistence["enabled"]:
         return None
-    spec: dict = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": persistence["size"]}}}
+    spec: Manifest = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": persistence["size"]}}}
     if persistence["storageClassName"]:
         spec["storageClassName"] = persistence["storageClassName"]
     return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata(workload, pvc_name(workload)),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from hdc_operator.builders.common import HTTP_PORT, HTTP_PORT_NAME, metadata, selector_labels
+from hdc_operator.builders.common import HTTP_PORT, HTTP_PORT_NAME, Manifest, metadata, selector_labels
 from hdc_operator.spec import Workload
 
 
-def build_service(workload: Workload) -> dict:
+def build_service(workload: Workload) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",

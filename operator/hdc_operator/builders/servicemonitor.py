@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from hdc_operator.builders.common import HTTP_PORT_NAME, metadata, selector_labels
+from hdc_operator.builders.common import HTTP_PORT_NAME, Manifest, metadata, selector_labels
 from hdc_operator.names import MONITORING_GROUP_VERSION, WORKLOAD_LABEL
 from hdc_operator.spec import Workload
 
@@ -23,7 +23,7 @@ RELABELINGS = [
 ]
 
 
-def build_service_monitor(workload: Workload) -> dict:
+def build_service_monitor(workload: Workload) -> Manifest:
     sm = workload.spec["monitoring"]["serviceMonitor"]
     return {
         "apiVersion": MONITORING_GROUP_VERSION,
