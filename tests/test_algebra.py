@@ -132,6 +132,23 @@ def test_permute_invertible_and_dissimilar(vsa, device, shift):
     assert_same(hc.permute(hc.permute(x, shift), 3), hc.permute(x, shift + 3), vsa)
 
 
+@pytest.mark.parametrize("shift", [-(2**63), 2**63 - 1])
+def test_permute_takes_every_int64_shift(vsa, device, shift):
+    """The issue's probe (shifts = -2^63 gave a 500): any int64 works; a cyclic shift equals the one modulo D."""
+    x = hc.random(2, 100, vsa, seed=33, device=device)
+    p = hc.permute(x, shift)
+    if vsa == "HRR":
+        assert_same(hc.permute(p, -(shift + 1)), hc.permute(x, -1), vsa)
+    else:
+        assert_same(p, hc.permute(x, shift % 100), vsa)
+
+
+@pytest.mark.parametrize("shift", [2**63, -(2**63) - 1, 10**30])
+def test_permute_refuses_shifts_beyond_int64(shift):
+    with pytest.raises(ValueError, match=r"shifts must be in \[-9223372036854775808, 9223372036854775807\]"):
+        hc.permute(hc.random(1, 16, "MAP", seed=0), shift)
+
+
 def test_permute_matches_roll_of_dense(vsa, device):
     """A cyclic shift of the dense view; HRR instead applies its fixed random permutation `shift` times."""
     from hd_compute.vsa.hrr import permutation_power
@@ -142,7 +159,10 @@ def test_permute_matches_roll_of_dense(vsa, device):
             step = permutation_power(200, 1, x.device)
             expected = x.dense()
             for _ in range(abs(shift)):
-                expected = expected[..., step] if shift > 0 else expected.scatter(-1, step.expand_as(expected), expected)
+                if shift > 0:
+                    expected = expected[..., step]
+                else:
+                    expected = expected.scatter(-1, step.expand_as(expected), expected)
         else:
             expected = torch.roll(x.dense(), shift, dims=-1)
         torch.testing.assert_close(hc.permute(x, shift).dense(), expected)

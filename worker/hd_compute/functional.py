@@ -147,10 +147,17 @@ def multiset(x: Hypervectors) -> Hypervectors:
 
 
 def permute(x: Hypervectors, shifts: int = 1) -> Hypervectors:
-    """Cyclically shifts the dimensions by `shifts` (negative shifts invert); used to encode order."""
+    """Permutes the dimensions `shifts` times (negative shifts invert); used to encode order.
+
+    MAP, BSC and FHRR shift cyclically; HRR applies a fixed pseudo-random permutation, because a cyclic shift
+    commutes with its binding. `shifts` must fit in int64, which bounds HRR's repeated squaring to 64 steps.
+    """
     _check_hv(x, "x")
     if isinstance(shifts, bool) or not isinstance(shifts, int):
         raise TypeError(f"shifts must be an int, got {type(shifts).__name__}")
+    int64 = torch.iinfo(torch.int64)
+    if not int64.min <= shifts <= int64.max:
+        raise ValueError(f"shifts must be in [{int64.min}, {int64.max}] (int64), got {shifts}")
     return Hypervectors(x.vsa.permute(x.data, shifts, x.dim), x.vsa, x.dim)
 
 

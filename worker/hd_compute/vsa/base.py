@@ -66,7 +66,8 @@ class VSAModel(abc.ABC):
         """Bundles the hypervectors along axis -2 of `data` ((..., n, width) -> (..., width))."""
 
     def permute(self, data: torch.Tensor, shifts: int, dim: int) -> torch.Tensor:
-        return torch.roll(data, shifts=shifts, dims=-1)
+        """Cyclic shift by `shifts`; reduced modulo D first, which is the same shift and fits torch's int64."""
+        return torch.roll(data, shifts=shifts % dim, dims=-1)
 
     @abc.abstractmethod
     def dot(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:

@@ -56,7 +56,7 @@ class BSC(VSAModel):
         return pack_bits(bits)
 
     def permute(self, data: torch.Tensor, shifts: int, dim: int) -> torch.Tensor:
-        return pack_bits(torch.roll(unpack_bits(data, dim), shifts=shifts, dims=-1))
+        return pack_bits(torch.roll(unpack_bits(data, dim), shifts=shifts % dim, dims=-1))
 
     def distances(self, a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
         return dispatch.hamming_matrix(a, b)
