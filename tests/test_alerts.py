@@ -435,7 +435,7 @@ def test_latency_target_rounds_down_to_a_bucket():
 
 
 def test_server_error_codes_cover_every_5xx_the_worker_answers():
-    source = "\n".join(p.read_text() for p in (REPO / "worker" / "hd_compute" / "service").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (REPO / "worker" / "hd_compute" / "service").rglob("*.py"))
     codes = set(re.findall(r'\b5\d\d,\s*"([a-z_]+)"', source))
     assert codes, "no 5xx error codes found in the worker source"
     assert codes <= set(alerts.SERVER_ERROR_CODES), codes - set(alerts.SERVER_ERROR_CODES)
@@ -487,8 +487,9 @@ def test_every_baseline_operation_of_the_crd_is_a_worker_operation():
     from hdc_operator.spec import spec_schema
 
     schema = spec_schema()["properties"]["baselines"]["items"]["properties"]["operation"]
-    source = (REPO / "worker" / "hd_compute" / "service" / "app.py").read_text()
+    source = "\n".join(p.read_text() for p in (REPO / "worker" / "hd_compute" / "service").rglob("*.py"))
     worker_ops = set(re.findall(r'@operation\("([a-z_]+)"\)', source))
+    assert worker_ops, "no @operation(...) found in the worker's service"
     for op in schema["enum"]:
         rules = _all_rules(spec_with(baselines=[{"name": "b", "operation": op, "maxLatencyMs": 1}]))
         expr = next(r["expr"] for r in rules if r.get("alert") == "HDC_BaselineLatencyExceeded")

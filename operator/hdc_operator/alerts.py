@@ -38,7 +38,9 @@ WORKER_DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.00
 # Error codes (the `error` label of hdc_operation_errors_total) that are the worker's fault: they burn the
 # availability SLO. Client errors (invalid_field, memory_not_found, body_too_large, ...) do not; they still
 # count in HDC_HighErrorRate, as in the seed. A test keeps this list equal to the 5xx codes in the worker.
-SERVER_ERROR_CODES = ("internal_error", "cuda_out_of_memory", "not_ready", "injected_fault")
+SERVER_ERROR_CODES = (
+    "internal_error", "cuda_out_of_memory", "insufficient_memory", "not_ready", "injected_fault",
+)
 
 # Multiwindow, multi-burn-rate alerts (SRE workbook, "Alerting on SLOs", recommendation 6):
 # (long window, short window, burn rate, severity, for). Burn rate 14.4 over 1h spends 2 % of a 30-day
