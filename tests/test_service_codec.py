@@ -1,21 +1,76 @@
-"""The request codec's own .npz reader and MAP check: the same arrays as numpy.load, the same refusals."""
+"""The request codec: the .npz reader (zipfile + numpy.lib.format, sizes enforced while reading), JSON vectors and
+fields (null, booleans, overflow), and the response encoder (the same text as before, worst-case sizes that hold)."""
 
 from __future__ import annotations
 
 import io
+import math
+import struct
+import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
+import orjson
 import pytest
+import torch
 
-from hd_compute.service.codec import ApiError, _from_storage, _read_npz
+import hd_compute.functional as F
+from hd_compute.service.codec import (
+    INLINE_CODEC_MAX_BYTES,
+    JSON_PIECE_ELEMENTS,
+    ApiError,
+    Payload,
+    _from_storage,
+    check_response_size,
+    encode_json,
+    encode_npz,
+    hv_to_json,
+    hypervector_bytes,
+    read_npz,
+    respond,
+    response_size,
+)
 from hd_compute.vsa import get_model
+
+MIB = 1 << 20
 
 
 def npz(compressed: bool = False, **arrays) -> bytes:
     buf = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     return buf.getvalue()
+
+
+def npy_header(descr: str, shape: tuple, *, spaced: bool = False) -> bytes:
+    """A version 1.0 .npy header; `spaced` writes it in a spelling numpy.save never uses (the reader must not care)."""
+    text = (f"{{ 'shape' : {shape!r} , 'descr' : '{descr}' , 'fortran_order' : False }}" if spaced
+            else f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}")
+    text += " " * (63 - (10 + len(text)) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+def archive(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def refused(body: bytes, budget: int = MIB) -> ApiError:
+    with pytest.raises(ApiError) as err:
+        read_npz(body, budget)
+    return err.value
+
+
+def refused_with_peak(body: bytes, budget: int) -> tuple[ApiError, int]:
+    """The refusal and the peak of Python memory allocated while reading to it."""
+    tracemalloc.start()
+    try:
+        return refused(body, budget), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 ARRAYS = {
@@ -25,14 +80,14 @@ ARRAYS = {
     "c64": np.array([1 + 0j, 0 + 1j], dtype=np.complex64),
     "scalar": np.array(7),
     "empty": np.zeros((0, 5), dtype=np.int8),
-    "structured": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),  # a list descr: numpy's own parser
+    "keys": np.array(["a", "bcd"]),
 }
 
 
 @pytest.mark.parametrize("compressed", [False, True])
 def test_arrays_equal_numpy_load(compressed):
     raw = npz(compressed, **ARRAYS)
-    got = _read_npz(raw, 1 << 20)
+    got = read_npz(raw, MIB)
     with np.load(io.BytesIO(raw), allow_pickle=False) as expected:
         assert sorted(got) == sorted(expected.files)
         for key in expected.files:
@@ -41,78 +96,92 @@ def test_arrays_equal_numpy_load(compressed):
     assert got["f32_fortran"].flags.f_contiguous
 
 
-def test_object_arrays_are_refused_never_unpickled():
-    raw = npz(bad=np.array([{"x": 1}, None], dtype=object))
-    with pytest.raises(ApiError) as err:
-        _read_npz(raw, 1 << 20)
-    assert err.value.status == 400 and err.value.field == "bad" and "object" in err.value.detail.lower()
+def test_a_header_in_any_spelling_numpy_reads_is_read():
+    data = np.arange(6, dtype="<i2").tobytes()
+    got = read_npz(archive({"q.npy": npy_header("<i2", (2, 3), spaced=True) + data}), MIB)
+    assert got["q"].tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
-def test_truncated_member_and_corrupt_archive_are_400():
-    good = npz(q=np.ones((4, 8), dtype=np.int8))
-    # a member whose data is shorter than its header says
+@pytest.mark.parametrize("dtype", [object, [("a", "<i4"), ("b", "<f8")], "S3", "M8[s]", "V8"])
+def test_only_numbers_and_text_are_accepted(dtype):
+    value = np.array([{"x": 1}, None], dtype=object) if dtype is object else np.zeros(2, dtype=dtype)
+    err = refused(npz(bad=value))
+    assert err.status == 400 and err.field == "bad" and "not accepted" in err.detail
+
+
+def test_a_declared_size_over_the_budget_is_413_before_anything_is_allocated():
+    """The probe: a header declaring shape 1e12 (in a spelling numpy.save does not write) used to be a MemoryError."""
+    body = archive({"q.npy": npy_header("<f8", (10**12,), spaced=True) + b"\0" * 64})
+    err, peak = refused_with_peak(body, 64 * MIB)
+    assert err.status == 413 and err.error == "body_too_large" and "q" in err.detail
+    assert peak < MIB
+    # members share one budget: two arrays that fit alone do not fit together
+    assert read_npz(npz(a=np.zeros(600, dtype=np.int8)), 1000)["a"].size == 600
+    assert refused(npz(a=np.zeros(600, dtype=np.int8), b=np.zeros(600, dtype=np.int8)), 1000).status == 413
+
+
+def zip_bomb(declared_shape: tuple, unpacked_bytes: int) -> bytes:
+    """A deflated member: an int8 .npy header declaring `declared_shape`, then `unpacked_bytes` of zeros."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        member = io.BytesIO()
-        np.save(member, np.ones((4, 8), dtype=np.int8))
-        archive.writestr("q.npy", member.getvalue()[:-3])
-    with pytest.raises(ApiError) as err:
-        _read_npz(buf.getvalue(), 1 << 20)
-    assert err.value.status == 400 and err.value.field == "q"
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("q.npy", "w", force_zip64=True) as member:
+            member.write(npy_header("|i1", declared_shape))
+            chunk = bytes(MIB)
+            for _ in range(unpacked_bytes // MIB):
+                member.write(chunk)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return zip_bomb((16,), 256 * MIB)
+
+
+def test_a_zip_bomb_is_refused_after_reading_what_its_header_declares(bomb):
+    assert len(bomb) < MIB
+    err, peak = refused_with_peak(bomb, 64 * MIB)
+    assert err.status == 400 and err.field == "q" and "more data than" in err.detail
+    assert peak < 4 * MIB  # one read chunk, not the 256 MiB it unpacks to
+
+
+def test_a_central_directory_that_lies_about_sizes_is_refused(bomb):
+    """The probe of issue 18: the central directory and local header claim a tiny member that unpacks to 256 MiB.
+    zipfile reads no more than the claimed size, the CRC or the .npy header gives the lie away."""
+    lied = bytearray(bomb)
+    offset = 0
+    while (offset := lied.find(b"PK\x01\x02", offset)) >= 0:  # the central directory entry: sizes at +20 and +24
+        struct.pack_into("<LL", lied, offset + 20, 100, 100)
+        offset += 4
+    for body in (bytes(lied), zip_bomb((256 * MIB,), 256 * MIB)):
+        err = refused(body, 64 * MIB)
+        assert err.status in (400, 413)
+
+
+def test_short_long_corrupt_and_foreign_members_are_400():
+    member = io.BytesIO()
+    np.save(member, np.ones((4, 8), dtype=np.int8))
+    good = member.getvalue()
+    for data, words in ((good[:-3], "data end after"), (good + b"\x01", "more data than"),
+                        (b"hello", "not a readable .npy"), (good[:8], "not a readable .npy")):
+        err = refused(archive({"q.npy": data}))
+        assert (err.status, err.field) == (400, "q") and words in err.detail, err.detail
     # flipped bytes inside the stored data: the zip CRC catches them
-    corrupt = bytearray(good)
-    corrupt[good.index(b"\x01\x01\x01\x01")] = 0x05
-    with pytest.raises(ApiError) as err:
-        _read_npz(bytes(corrupt), 1 << 20)
-    assert err.value.status == 400 and err.value.error == "malformed_body"
-    # not a .npy member at all
+    body = npz(q=np.ones((4, 8), dtype=np.int8))
+    corrupt = bytearray(body)
+    corrupt[body.index(b"\x01\x01\x01\x01")] = 0x05
+    assert refused(bytes(corrupt)).error == "malformed_body"
+    # a version numpy.save does not write with these headers, a negative length, two members of one name
+    version3 = good[:6] + b"\x03\x00" + struct.pack("<I", len(good) - 10) + good[10:]
+    assert "version 3.0" in refused(archive({"q.npy": version3})).detail
+    assert "negative" in refused(archive({"q.npy": npy_header("|i1", (-4,))})).detail
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        archive.writestr("q.npy", b"hello")
-    with pytest.raises(ApiError) as err:
-        _read_npz(buf.getvalue(), 1 << 20)
-    assert err.value.field == "q"
-
-
-def test_unpacked_size_counts_against_the_limit():
-    raw = npz(True, q=np.ones((100, 100), dtype=np.int8))
-    assert len(raw) < 2000
-    with pytest.raises(ApiError) as err:
-        _read_npz(raw, 5000)
-    assert err.value.status == 413
-
-
-@pytest.mark.parametrize("dtype", [np.int8, np.float32])
-def test_map_values_other_than_plus_minus_one_are_refused(dtype):
-    model = get_model("MAP")
-    ok = np.array([[1, -1, -1, 1]], dtype=dtype)
-    hv = _from_storage(ok, "queries", model, 4, 4)
-    assert hv.data.tolist() == ok.tolist()
-    ok[0, 0] = -1  # the hypervector owns its data: the request buffer can change without touching it
-    assert hv.data[0, 0].item() == 1
-    for bad in (0, 2, -128 if dtype == np.int8 else 0.5):
-        arr = ok.copy()
-        arr[0, 2] = bad
-        with pytest.raises(ApiError) as err:
-            _from_storage(arr, "queries", model, 4, 4)
-        assert err.value.field == "queries" and "+1 and -1" in err.value.detail
-
-
-def test_plain_archives_take_the_direct_path_and_others_still_read():
-    from hd_compute.service.codec import _stored_members
-
-    raw = npz(q=np.ones((2, 3), dtype=np.int8), k=np.array(3))
-    members = _stored_members(raw)
-    assert members is not None and sorted(name for name, _ in members) == ["k.npy", "q.npy"]
-    # a comment, or compressed members: zipfile reads them, with the same result
-    buf = io.BytesIO(raw)
-    with zipfile.ZipFile(buf, "a") as archive:
-        archive.comment = b"hello"
-    assert _stored_members(buf.getvalue()) is None
-    assert _stored_members(npz(True, q=np.ones(3))) is None
-    for body in (buf.getvalue(), npz(True, q=np.ones((2, 3), dtype=np.int8), k=np.array(3))):
-        got = _read_npz(body, 1 << 20)
-        assert got["q"].tolist() == [[1, 1, 1], [1, 1, 1]] and int(got["k"]) == 3
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("q.npy", good)
+        with pytest.warns(UserWarning):
+            z.writestr("q.npy", good)
+    assert "twice" in refused(buf.getvalue()).detail
+    assert refused(archive({f"m{i}.npy": good for i in range(65)})).error == "malformed_body"
+    assert refused(b"not a zip").error == "malformed_body"
 
 
 def test_damaged_archives_are_400_never_a_crash():
@@ -126,13 +195,37 @@ def test_damaged_archives_are_400_never_a_crash():
         bodies.append(bytes(damaged))
     for body in bodies:
         try:
-            got = _read_npz(body, 1 << 20)
+            got = read_npz(body, MIB)
         except ApiError as exc:
             assert exc.status in (400, 413)
             continue
         for key, value in got.items():  # an accepted body reads as numpy reads it
             with np.load(io.BytesIO(body), allow_pickle=False) as expected:
                 assert np.array_equal(value, expected[key])
+
+
+def test_deflate_streams_that_are_not_deflate_are_400():
+    good = npz(True, q=np.arange(100, dtype=np.int64))
+    local = good.index(b"PK\x03\x04")
+    name_length, extra_length = struct.unpack_from("<HH", good, local + 26)
+    start = local + 30 + name_length + extra_length  # the member's compressed data
+    for garbage in (b"\xff" * 8, zlib.compress(b"x")[:4]):
+        body = bytearray(good)
+        body[start : start + len(garbage)] = garbage
+        assert refused(bytes(body)).status == 400
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.float32])
+def test_map_values_other_than_plus_minus_one_are_refused(dtype):
+    model = get_model("MAP")
+    ok = np.array([[1, -1, -1, 1]], dtype=dtype)
+    assert _from_storage(ok, "queries", model, 4, 4).data.tolist() == ok.tolist()
+    for bad in (0, 2, -128 if dtype == np.int8 else 0.5):
+        arr = ok.copy()
+        arr[0, 2] = bad
+        with pytest.raises(ApiError) as err:
+            _from_storage(arr, "queries", model, 4, 4)
+        assert err.value.field == "queries" and "+1 and -1" in err.value.detail
 
 
 def test_bsc_padding_bits_are_refused():
@@ -148,3 +241,118 @@ def test_bsc_padding_bits_are_refused():
         assert err.value.field == "a" and "padding" in err.value.detail
     full = np.full((1, 2), -1, dtype=np.int64)  # dimension 128: every bit is a dimension
     assert _from_storage(full, "a", model, 128, 128).data.tolist() == full.tolist()
+
+
+def test_binary_hrr_and_fhrr_values_are_validated_by_the_engine():
+    for arr, vsa in ((np.array([[np.nan, 0.0]], dtype=np.float32), "HRR"),
+                     (np.array([[np.inf, 0.0]], dtype=np.float64), "HRR"),
+                     (np.array([[2 + 0j, 1j]], dtype=np.complex64), "FHRR")):
+        with pytest.raises(ApiError) as err:
+            _from_storage(arr, "x", get_model(vsa), 2, 2)
+        assert err.value.status == 400 and err.value.field == "x"
+
+
+# -- JSON fields ------------------------------------------------------------------------------------------------
+
+
+def json_error(fn, *args, **kwargs) -> ApiError:
+    with pytest.raises(ApiError) as err:
+        fn(*args, **kwargs)
+    return err.value
+
+
+def test_null_is_refused_for_every_field():
+    p = Payload({"k": None, "vsa": None, "vectors": None, "y": None, "partial": None, "lr": None, "keys": None})
+    for call in (lambda: p.int("k", 1), lambda: p.vsa("MAP"), lambda: p.vectors("vectors", get_model("MAP"), None),
+                 lambda: p.labels("y"), lambda: p.bool("partial"), lambda: p.float("lr", 1.0),
+                 lambda: p.strings("keys")):
+        err = json_error(call)
+        assert err.status == 400 and "must not be null" in err.detail
+        assert err.detail.split(":")[0] in p.fields
+    assert Payload({}).int("k", 1) == 1  # left out: the default
+
+
+def test_integers_are_bounded_and_never_leak_a_python_error():
+    assert Payload({"shifts": -(2**63)}).int("shifts") == -(2**63)
+    for value in (2**63, -(2**63) - 1, 10**30):
+        assert "between" in json_error(Payload({"shifts": value}).int, "shifts").detail
+    for value in (1.5, "3", True, [1], {"a": 1}):
+        err = json_error(Payload({"k": value}).int, "k")
+        assert err.detail.startswith("k: must be an integer") and "Error" not in err.detail
+    assert Payload({"k": "12"}, binary=True).int("k") == 12  # the query string of a binary body
+
+
+@pytest.mark.parametrize("value, words", [
+    ([1, True, -1], "only numbers"), (["1", "-1"], "only numbers"), ([1, None], "only numbers"),
+    ([[1, -1], [1]], "rectangular"), ([[1, -1], 1], "rectangular"), ([{"a": 1}], "only numbers"),
+    ("1,-1", "must be a list"),
+])
+def test_json_vectors_hold_only_numbers_in_a_rectangle(value, words):
+    err = json_error(Payload({"a": value}).vectors, "a", get_model("MAP"), None)
+    assert err.field == "a" and words in err.detail
+
+
+@pytest.mark.parametrize("vsa", ["HRR", "FHRR"])
+def test_json_values_beyond_float32_are_refused(vsa):
+    big = [1e39, 0.0] if vsa == "HRR" else [[1e39, 0.0], [0.0, 1.0]]
+    err = json_error(Payload({"x": big}).vectors, "x", get_model(vsa), None)
+    assert err.field == "x" and "float32" in err.detail
+
+
+def test_labels_and_strings():
+    assert Payload({"y": [0, 2]}).labels("y").tolist() == [0, 2]
+    for bad in ([0, True], [0.0], [-1], [2**64 - 1], "0"):
+        assert json_error(Payload({"y": bad}).labels, "y").field == "y"
+    assert Payload({}, {"keys": np.array(["a", "b"])}, binary=True).strings("keys") == ["a", "b"]
+    assert json_error(Payload({}, {"keys": np.array([1, 2])}, binary=True).strings, "keys").field == "keys"
+    assert json_error(Payload({"keys": ["a", 1]}).strings, "keys").field == "keys"
+
+
+# -- responses -------------------------------------------------------------------------------------------------
+
+
+def old_json(fields: dict) -> bytes:
+    """What the worker wrote before the piecewise encoder: orjson over tolist()."""
+    def plain(v):
+        if isinstance(v, torch.Tensor):
+            return v.tolist()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        return hv_to_json(v) if hasattr(v, "vsa") else v
+    return orjson.dumps({k: plain(v) for k, v in fields.items()})
+
+
+@pytest.mark.parametrize("vsa", ["MAP", "BSC", "HRR", "FHRR"])
+@pytest.mark.parametrize("num", [(), (3,), (2, 5), (JSON_PIECE_ELEMENTS // 50 + 7,)])
+def test_json_responses_are_the_same_text_and_within_their_worst_case(vsa, num):
+    hv = F.random(num, 100, vsa, seed=3)
+    scores = torch.randn(*num, 4)
+    fields = {"vsa": vsa, "shape": list(num), "vectors": hv, "similarities": scores,
+              "indices": np.arange(math.prod(num) * 4).reshape(*num, 4), "keys": ["a", "é\n"] * 3}
+    body = encode_json(fields)
+    assert body == old_json(fields)
+    assert len(body) <= response_size(fields, binary=False)
+    packed = encode_npz(fields)
+    assert len(packed) <= response_size(fields, binary=True)
+    assert math.prod(num) * hypervector_bytes(get_model(vsa), 100, True) <= response_size({"v": hv}, True)
+
+
+def test_a_long_vector_is_written_in_pieces():
+    v = np.random.default_rng(0).standard_normal(3 * JSON_PIECE_ELEMENTS + 5).astype(np.float32)
+    assert encode_json({"v": v}) == orjson.dumps({"v": v.tolist()})
+
+
+class FakeRequest:
+    def __init__(self, accept: str = ""):
+        self.headers = {"Accept": accept}
+
+
+def test_the_final_guard_refuses_an_oversized_response_before_encoding():
+    fields = {"similarities": np.zeros(1000, dtype=np.float32)}
+    assert respond(FakeRequest(), None, fields, limit=30_000).status == 200
+    err = json_error(respond, FakeRequest(), None, fields, limit=20_000)
+    assert (err.status, err.error, err.field) == (400, "response_too_large", "response")
+    assert respond(FakeRequest("application/x-npz"), None, fields, limit=20_000).content_type == "application/x-npz"
+    err = json_error(check_response_size, "num", 10**9, 10**6, "1000 hypervectors")
+    assert (err.status, err.error, err.field) == (400, "response_too_large", "num")
+    assert INLINE_CODEC_MAX_BYTES < 10**6

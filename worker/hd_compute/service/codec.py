@@ -8,24 +8,37 @@ JSON (`application/json`): a hypervector is its element-per-dimension ("dense") 
 Binary (`application/x-npz`, the format of numpy.savez): the request's fields as named arrays in one archive,
 scalar parameters in the query string. Hypervectors travel in their *storage* form, which is what the worker
 keeps in memory (MAP int8 or float32 ±1, BSC int64 words with 64 packed bits each, HRR float32/float64,
-FHRR complex64/complex128); every array carries its own shape, dtype and byte order in its .npy header,
-nothing is ever unpickled (allow_pickle=False), and the unpacked size counts against HDC_MAX_BODY_BYTES.
-A response is binary (the response's fields in an .npz) when the Accept header names application/x-npz, or
-when the request was binary and Accept does not name application/json.
+FHRR complex64/complex128). A response is binary (the response's fields in an .npz) when the Accept header names
+application/x-npz, or when the request was binary and Accept does not name application/json.
 
-Every decoding problem raises ApiError naming the field, so the handler can answer 4xx with it.
+Untrusted bytes, so every size is enforced while reading and none is taken on trust: a body is read in chunks
+against its limit (HDC_MAX_JSON_BODY_BYTES for JSON, HDC_MAX_BODY_BYTES for .npz) within HDC_BODY_TIMEOUT_SECONDS;
+an archive is read with zipfile (CRCs checked) and each member's header with numpy's public .npy format reader
+(allow_pickle is never involved: only numeric and text dtypes are accepted); a member's declared shape x itemsize is
+checked against what is left of the body's budget before anything is allocated, and its data are read in bounded
+chunks and refused as soon as they run past what the header declared. A response's worst-case encoded size is
+checked against HDC_MAX_RESPONSE_BYTES before it is encoded.
+
+The event loop: decoding an archive and encoding a large response run in a worker thread (zlib, CRCs, copies and
+numpy release the GIL; a large JSON response is encoded in pieces, so the loop gets a turn between them). A JSON
+request body cannot be parsed that way - the parser holds the GIL for the whole body - which is why JSON bodies
+have their own, smaller limit.
+
+Every problem raises ApiError naming the field, so the handler can answer 4xx with it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import lzma
 import math
-import re
 import struct
 import zipfile
 import zlib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import orjson
@@ -35,23 +48,76 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel, get_model
 
+from .config import WorkerSettings
+
 JSON_TYPE = "application/json"
 NPZ_TYPE = "application/x-npz"
+JSON_LIKE_TYPES = (JSON_TYPE, "application/octet-stream", "text/plain")  # what clients send JSON as
+
+# Bodies and responses up to this size are decoded and encoded on the event loop: handing them to a worker thread
+# and back costs more than the work itself, and the loop is held only briefly.
+INLINE_CODEC_MAX_BYTES = 256 << 10
+# An archive member's data are read in pieces of this size, so a member that lies about its size costs no more than
+# one piece beyond what its header declared.
+NPZ_READ_CHUNK_BYTES = 1 << 20
+# More members than any request has fields; bounds the per-member work of one archive.
+NPZ_MAX_MEMBERS = 64
+# The most elements one orjson call encodes: a worker thread encoding a large JSON response lets the event loop run
+# between two calls (orjson holds the GIL for the whole of each).
+JSON_PIECE_ELEMENTS = 1 << 16
+# Worst-case JSON bytes of one element, its separator included: "-1," for a ±1 element (MAP, BSC), 24 characters
+# for the longest shortest-repr of a double ("-2.2250738585072014e-308") for a real number or an int64, and
+# "[re,im]," for an FHRR element.
+JSON_SIGN_BYTES = 3
+JSON_NUMBER_BYTES = 25
+JSON_PHASOR_BYTES = 2 * JSON_NUMBER_BYTES + 2
+# An .npz member's bytes besides its data: the .npy header (numpy pads it to a multiple of 64, 128 for short
+# headers) and the zip local and central headers with the member's name twice and a zip64 extra field.
+NPZ_MEMBER_OVERHEAD_BYTES = 512
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+T = TypeVar("T")
 
 
 class ApiError(Exception):
-    """An error to send back: HTTP status, a stable machine-readable code, and a detail naming the field."""
+    """An error to send back: HTTP status, a stable machine-readable code, and a detail naming the field.
 
-    def __init__(self, status: int, error: str, detail: str, *, field: str | None = None):
+    close: the connection is closed after the answer (a body that was refused while it was still arriving)."""
+
+    def __init__(self, status: int, error: str, detail: str, *, field: str | None = None, close: bool = False):
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
         self.field = field
+        self.close = close
 
 
 def invalid(field: str, message: str, *, error: str = "invalid_field", status: int = 400) -> ApiError:
     return ApiError(status, error, f"{field}: {message}", field=field)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The byte and time limits of one request (from WorkerSettings)."""
+
+    body_bytes: int  # an .npz body, and separately the unpacked arrays in it
+    json_body_bytes: int  # a JSON body (at most body_bytes)
+    response_bytes: int  # an encoded response, worst case
+    body_timeout: float  # seconds for the whole body to arrive
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> "Limits":
+        return cls(settings.max_body_bytes, min(settings.max_json_body_bytes, settings.max_body_bytes),
+                   settings.max_response_bytes, settings.body_timeout_seconds)
+
+
+async def off_loop(nbytes: int, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) inline when it handles at most INLINE_CODEC_MAX_BYTES, else in a worker thread."""
+    if nbytes <= INLINE_CODEC_MAX_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -59,7 +125,9 @@ def invalid(field: str, message: str, *, error: str = "invalid_field", status: i
 
 
 class Payload:
-    """A decoded request: scalar fields (JSON body, or the query string for binary bodies) and arrays."""
+    """A decoded request: scalar fields (JSON body, or the query string for binary bodies) and arrays.
+
+    An explicit JSON null is refused for every field (no field is nullable): leaving a field out gives its default."""
 
     def __init__(self, fields: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, *, binary: bool = False):
         self.fields = fields
@@ -69,70 +137,77 @@ class Payload:
     def has(self, name: str) -> bool:
         return name in self.fields or name in self.arrays
 
-    def _raw(self, name: str, default: Any, required: bool) -> Any:
+    def raw(self, name: str, default: Any = None, required: bool = False) -> Any:
+        """The field's value as sent (a 0-d array of a binary body as its scalar); `default` when absent."""
         if name in self.fields:
-            return self.fields[name]
+            value = self.fields[name]
+            if value is None:
+                raise invalid(name, "must not be null (leave the field out for its default)")
+            return value
         if name in self.arrays and self.arrays[name].ndim == 0:
             return self.arrays[name].item()
         if required:
             raise invalid(name, "is required", error="missing_field")
         return default
 
-    def int(self, name: str, default: Any = None, *, required: bool = False, minimum: int | None = None,
-            maximum: int | None = None) -> int | None:
-        raw = self._raw(name, default, required)
+    def int(self, name: str, default: Any = None, *, required: bool = False, minimum: int = INT64_MIN,
+            maximum: int = INT64_MAX) -> Any:
+        raw = self.raw(name, default, required)
         if raw is None:
             return None
         if isinstance(raw, str) and self.binary:
             try:
                 raw = int(raw, 10)
             except ValueError:
-                raise invalid(name, f"must be an integer, got {raw!r}") from None
-        if isinstance(raw, bool) or not isinstance(raw, (int, np.integer)):
-            raise invalid(name, f"must be an integer, got {json.dumps(raw) if _jsonable(raw) else type(raw).__name__}")
-        raw = int(raw)
-        if minimum is not None and raw < minimum:
-            raise invalid(name, f"must be >= {minimum}, got {raw}")
-        if maximum is not None and raw > maximum:
-            raise invalid(name, f"must be <= {maximum}, got {raw}")
-        return raw
+                raise invalid(name, f"must be an integer, got {_shown(raw)}") from None
+        if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, np.integer)):
+            raise invalid(name, f"must be an integer, got {_shown(raw)}")
+        value = int(raw)
+        if not minimum <= value <= maximum:
+            raise invalid(name, f"must be between {minimum} and {maximum}, got {value}")
+        return value
 
-    def float(self, name: str, default: Any = None, *, required: bool = False, minimum: float | None = None) -> float | None:
-        raw = self._raw(name, default, required)
+    def float(self, name: str, default: Any = None, *, required: bool = False, minimum: float | None = None,
+              maximum: float | None = None, exclusive_minimum: bool = False) -> Any:
+        raw = self.raw(name, default, required)
         if raw is None:
             return None
         if isinstance(raw, str) and self.binary:
             try:
                 raw = float(raw)
             except ValueError:
-                raise invalid(name, f"must be a number, got {raw!r}") from None
-        if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)) or not math.isfinite(raw):
-            raise invalid(name, f"must be a finite number, got {raw!r}")
-        if minimum is not None and raw < minimum:
-            raise invalid(name, f"must be >= {minimum}, got {raw}")
-        return float(raw)
+                raise invalid(name, f"must be a number, got {_shown(raw)}") from None
+        if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, float, np.integer, np.floating)) \
+                or not math.isfinite(raw):
+            raise invalid(name, f"must be a finite number, got {_shown(raw)}")
+        value = float(raw)
+        if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
+            raise invalid(name, f"must be {'>' if exclusive_minimum else '>='} {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise invalid(name, f"must be <= {maximum}, got {value}")
+        return value
 
     def bool(self, name: str, default: bool = False) -> bool:
-        raw = self._raw(name, default, False)
+        raw = self.raw(name, default)
         if isinstance(raw, str) and self.binary:
             if raw.lower() in ("1", "true", "yes"):
                 return True
             if raw.lower() in ("0", "false", "no"):
                 return False
         if not isinstance(raw, (bool, np.bool_)):
-            raise invalid(name, f"must be true or false, got {raw!r}")
+            raise invalid(name, f"must be true or false, got {_shown(raw)}")
         return bool(raw)
 
     def str(self, name: str, default: Any = None, *, required: bool = False, choices: tuple[str, ...] | None = None,
-            upper: bool = False) -> str | None:
-        raw = self._raw(name, default, required)
+            upper: bool = False) -> Any:
+        raw = self.raw(name, default, required)
         if raw is None:
             return None
         if not isinstance(raw, str):
-            raise invalid(name, f"must be a string, got {type(raw).__name__}")
+            raise invalid(name, f"must be a string, got {_shown(raw)}")
         value = raw.upper() if upper else raw
         if choices is not None and value not in choices:
-            raise invalid(name, f"must be one of {', '.join(choices)}, got {raw!r}")
+            raise invalid(name, f"must be one of {', '.join(choices)}, got {_shown(raw)}")
         return value
 
     def vsa(self, default: str) -> VSAModel:
@@ -140,20 +215,38 @@ class Payload:
         try:
             return get_model(name)
         except (ValueError, TypeError, KeyError):
-            raise invalid("vsa", f"unknown VSA model {name!r}; use MAP, BSC, HRR or FHRR", error="unknown_vsa") from None
+            raise invalid("vsa", f"unknown VSA model {_shown(name)}; use MAP, BSC, HRR or FHRR",
+                          error="unknown_vsa") from None
 
     def labels(self, name: str, *, required: bool = True) -> torch.Tensor | None:
+        """Integer class labels: a list of JSON integers, or an integer array of a binary body."""
         if name in self.arrays:
             arr = self.arrays[name]
             if arr.dtype.kind not in "iu":
                 raise invalid(name, f"must hold integer class labels, got dtype {arr.dtype}")
-            return torch.from_numpy(np.array(arr, dtype=np.int64))
-        raw = self._raw(name, None, required)
+            if arr.size and (int(arr.min()) < 0 or int(arr.max()) > INT64_MAX):
+                raise invalid(name, "class labels must be between 0 and the number of classes")
+            return torch.from_numpy(np.asarray(arr, dtype=np.int64))
+        raw = self.raw(name, None, required)
         if raw is None:
             return None
-        if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        if not isinstance(raw, list) or not all(type(v) is int for v in raw):
             raise invalid(name, "must be a list of integer class labels")
+        if raw and not (0 <= min(raw) and max(raw) <= INT64_MAX):
+            raise invalid(name, "class labels must be between 0 and the number of classes")
         return torch.tensor(raw, dtype=torch.int64)
+
+    def strings(self, name: str) -> list[str] | None:
+        """A list of strings (a JSON list, or a text array of a binary body); None when absent."""
+        if name in self.arrays:
+            raw = self.arrays[name].tolist() if self.arrays[name].dtype.kind == "U" else None
+        else:
+            raw = self.raw(name)
+            if raw is None:
+                return None
+        if not isinstance(raw, list) or not all(isinstance(k, str) for k in raw):
+            raise invalid(name, "must be a list of strings")
+        return raw
 
     def vectors(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
                 default_dim: int | None = None) -> Hypervectors | None:
@@ -164,37 +257,66 @@ class Payload:
         """
         if name in self.arrays:
             return _from_storage(self.arrays[name], name, model, dim, dim if dim is not None else default_dim)
-        if name not in self.fields:
-            if required:
-                raise invalid(name, "is required", error="missing_field")
+        value = self.raw(name, None, required)
+        if value is None:
             return None
-        return _from_json(self.fields[name], name, model, dim)
+        return _from_json(value, name, model, dim)
+
+    async def vectors_off_loop(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
+                               default_dim: int | None = None) -> Hypervectors | None:
+        """vectors(), in a worker thread for a large binary array (its checks and copy are numpy work that
+        releases the GIL); JSON vectors are converted inline, as their parse was (their size is bounded by
+        HDC_MAX_JSON_BODY_BYTES)."""
+        nbytes = self.arrays[name].nbytes if name in self.arrays else 0
+        return await off_loop(nbytes, lambda: self.vectors(name, model, dim, required=required,
+                                                           default_dim=default_dim))
 
 
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except (TypeError, ValueError):
-        return False
+def _shown(value: Any) -> str:
+    """A request value as an error detail quotes it: JSON for a scalar (strings cut short), else its kind."""
+    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+        text = json.dumps(value[:80] if isinstance(value, str) else value.item() if isinstance(value, np.generic)
+                          else value)
+        return text if len(text) <= 80 else text[:77] + "..."
+    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _dimension_error(name: str, got: int, expected: int) -> ApiError:
     return invalid(name, f"has dimension {got} but {expected} is expected", error="dimension_mismatch")
 
 
+def _check_numbers(value: list, name: str) -> None:
+    """Every leaf of the nested list is a JSON number (int or float; not a boolean, string, null or object), and
+    each level holds only lists or only numbers. numpy would quietly turn booleans and numeric strings into
+    numbers; a walk with set(map(type, row)) per row keeps this a C loop over the elements."""
+    level: list[list] = [value]
+    while True:
+        kinds: set[type] = set()
+        for row in level:
+            kinds.update(map(type, row))
+        if kinds <= {int, float}:
+            return
+        if kinds != {list}:
+            if list in kinds:
+                raise invalid(name, "must be a rectangular nested list of numbers (all hypervectors the same "
+                                    "length)", error="invalid_shape")
+            raise invalid(name, "must hold only numbers")
+        level = [item for row in level for item in row]
+
+
 def _from_json(value: Any, name: str, model: VSAModel, dim: int | None) -> Hypervectors:
     if not isinstance(value, list):
         raise invalid(name, "must be a list of numbers (one hypervector) or a nested list (a batch)")
+    _check_numbers(value, name)
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise invalid(name, "must be a rectangular nested list of numbers (all hypervectors the same length)",
                       error="invalid_shape") from None
     if model.name == "FHRR":
         if arr.ndim < 2 or arr.shape[-1] != 2:
-            raise invalid(name, f"FHRR hypervectors are lists of [re, im] pairs (shape (..., D, 2)), got shape {arr.shape}",
-                          error="invalid_shape")
+            raise invalid(name, f"FHRR hypervectors are lists of [re, im] pairs (shape (..., D, 2)), got shape "
+                                f"{arr.shape}", error="invalid_shape")
         length = arr.shape[-2]
     else:
         if arr.ndim < 1:
@@ -202,14 +324,14 @@ def _from_json(value: Any, name: str, model: VSAModel, dim: int | None) -> Hyper
         length = arr.shape[-1]
     if length == 0:
         raise invalid(name, "hypervectors must not be empty", error="invalid_shape")
-    if not np.isfinite(arr).all():
-        raise invalid(name, "contains NaN or infinity")
     if dim is not None and length != dim:
         raise _dimension_error(name, length, dim)
+    if arr.size and not bool(np.isfinite(arr).all()):
+        raise invalid(name, "contains NaN or infinity")
+    if arr.size and float(np.abs(arr).max()) > FLOAT32_MAX:  # JSON numbers become float32 (complex64 for FHRR)
+        raise invalid(name, f"contains a value beyond the float32 range (magnitude over {FLOAT32_MAX:.7g})")
     if model.name == "FHRR":
         dense = torch.complex(torch.from_numpy(arr[..., 0]).float(), torch.from_numpy(arr[..., 1]).float())
-    elif model.name == "HRR":
-        dense = torch.from_numpy(arr).float()
     else:
         dense = torch.from_numpy(arr).float()
     try:
@@ -218,22 +340,17 @@ def _from_json(value: Any, name: str, model: VSAModel, dim: int | None) -> Hyper
         raise invalid(name, str(exc)) from None
 
 
-_TORCH_DTYPES: dict[np.dtype, torch.dtype] = {}
-
-
 def _torch_dtype(arr: np.ndarray, name: str) -> torch.dtype:
-    native = arr.dtype.newbyteorder("=")
-    dtype = _TORCH_DTYPES.get(native)
-    if dtype is None:
-        try:
-            dtype = torch.from_numpy(np.zeros(0, dtype=native)).dtype
-        except TypeError:
-            raise invalid(name, f"unsupported dtype {arr.dtype}") from None
-        _TORCH_DTYPES[native] = dtype
-    return dtype
+    try:
+        return torch.from_numpy(np.zeros(0, dtype=arr.dtype.newbyteorder("="))).dtype
+    except TypeError:
+        raise invalid(name, f"unsupported dtype {arr.dtype}") from None
 
 
-def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None, assumed_dim: int | None) -> Hypervectors:
+def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None,
+                  assumed_dim: int | None) -> Hypervectors:
+    """Hypervectors over the array's data (converted to native byte order and C order only where needed: the
+    payload's arrays are the request's own, read from the archive, never views of another buffer)."""
     if arr.ndim < 1:
         raise invalid(name, "must have at least one axis (the hypervector axis)", error="invalid_shape")
     dtype = _torch_dtype(arr, name)
@@ -254,9 +371,8 @@ def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None, 
             raise _dimension_error(name, width, dim)
     if width == 0:
         raise invalid(name, "hypervectors must not be empty", error="invalid_shape")
-    native = np.array(arr, dtype=arr.dtype.newbyteorder("="), copy=True)
-    # MAP and BSC: the checks of MAP.validate / BSC.validate, in numpy, which does them several times faster than
-    # torch on a CPU (they run on the event loop for every request).
+    native = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    # MAP and BSC: the checks of MAP.validate / BSC.validate, in numpy, which does them faster than torch on a CPU.
     validate = False
     if model.name == "MAP":
         if not bool((np.abs(native) == 1).all()):
@@ -274,151 +390,134 @@ def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None, 
         raise invalid(name, str(exc)) from None
 
 
-async def read_payload(request: web.Request, max_bytes: int) -> Payload:
-    """Reads and decodes the body (JSON or npz); raises ApiError for anything malformed or too large."""
-    length = request.content_length
-    if length is not None and length > max_bytes:
-        raise ApiError(413, "body_too_large", f"body: {length} bytes exceeds the limit of {max_bytes} bytes "
-                                              f"(HDC_MAX_BODY_BYTES)", field="body")
+def body_too_large(detail: str) -> ApiError:
+    return ApiError(413, "body_too_large", f"body: {detail}", field="body", close=True)
+
+
+async def read_body(request: web.Request, limit: int, setting: str, timeout: float) -> bytes:
+    """The request body, read in the chunks it arrives in: 413 as soon as it passes `limit` (or declares more),
+    408 when it has not arrived within `timeout` seconds. Both close the connection after the answer."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise body_too_large(f"{declared} bytes exceeds the limit of {limit} bytes ({setting})")
+    chunks: list[bytes] = []
+    size = 0
     try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "body_too_large", f"body: exceeds the limit of {max_bytes} bytes (HDC_MAX_BODY_BYTES)",
-                       field="body") from None
-    if len(raw) > max_bytes:
-        raise ApiError(413, "body_too_large", f"body: {len(raw)} bytes exceeds the limit of {max_bytes} bytes", field="body")
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > limit:
+                    raise body_too_large(f"exceeds the limit of {limit} bytes ({setting})")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", f"body: not received within {timeout:g} s (HDC_BODY_TIMEOUT_SECONDS)",
+                       field="body", close=True) from None
+    except web.RequestPayloadError as exc:
+        raise ApiError(400, "malformed_body", f"body: not received whole ({exc})", field="body", close=True) from None
+    return b"".join(chunks)
+
+
+async def read_payload(request: web.Request, limits: Limits | int) -> Payload:
+    """Reads and decodes the body (JSON or npz); raises ApiError for anything malformed, too large or too slow.
+
+    The Content-Type decides the limit before a byte is read: JSON bodies are parsed on the event loop (no thread
+    frees it from a parser that holds the GIL), so they have the smaller one."""
+    if isinstance(limits, int):  # the body limit alone; the others at their defaults
+        limits = Limits.from_settings(WorkerSettings(max_body_bytes=limits))
     ctype = request.content_type
     if ctype == NPZ_TYPE:
-        return Payload(dict(request.query), _read_npz(raw, max_bytes), binary=True)
-    if ctype not in (JSON_TYPE, "application/octet-stream", "text/plain") and raw:
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type: {ctype!r} is not supported; send {JSON_TYPE} or {NPZ_TYPE}", field="Content-Type")
+        raw = await read_body(request, limits.body_bytes, "HDC_MAX_BODY_BYTES", limits.body_timeout)
+        arrays = await off_loop(len(raw), read_npz, raw, limits.body_bytes)
+        return Payload(dict(request.query), arrays, binary=True)
+    if ctype not in JSON_LIKE_TYPES and request.body_exists:
+        raise ApiError(415, "unsupported_media_type", f"Content-Type: {ctype!r} is not supported; send {JSON_TYPE} or "
+                                                      f"{NPZ_TYPE}", field="Content-Type")
+    raw = await read_body(request, limits.json_body_bytes, "HDC_MAX_JSON_BODY_BYTES; send bulk vectors as "
+                                                           f"{NPZ_TYPE}", limits.body_timeout)
     if not raw.strip():
         return Payload({})
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"body: not valid JSON ({exc})", field="body") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "malformed_json", f"body: must be a JSON object, got {type(body).__name__}", field="body")
+        raise ApiError(400, "malformed_json", f"body: must be a JSON object, got {_shown(body)}", field="body")
     return Payload(body)
 
 
-def _read_npz(raw: bytes, max_bytes: int) -> dict[str, np.ndarray]:
-    """The archive's arrays. Archives as numpy.savez writes them (stored members, no comment) are read straight
-    from the body by `_stored_members`; anything else (compressed, zip64 directories, ...) by zipfile. CRCs are
-    checked either way; each member's .npy header is parsed by `_read_npy` (a regex for the header numpy
-    writes, numpy's own parser for anything else); nothing is ever unpickled."""
-    members = _stored_members(raw)
-    if members is not None:
-        unpacked = sum(len(data) for _, data in members)
-        if unpacked > max_bytes:
-            raise ApiError(413, "body_too_large", f"body: the archive unpacks to {unpacked} bytes, over the limit "
-                                                  f"of {max_bytes} bytes (HDC_MAX_BODY_BYTES)", field="body")
-        return {_member_key(name): _read_npy(data, _member_key(name)) for name, data in members}
+# What zipfile and the decompressors raise for a damaged or unsupported archive (RuntimeError: an encrypted member).
+_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, struct.error, ValueError,
+                   OSError, EOFError, NotImplementedError, RuntimeError)
+
+
+def read_npz(raw: bytes, budget: int) -> dict[str, np.ndarray]:
+    """The archive's arrays, their unpacked sizes together at most `budget` bytes (413 otherwise)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-            infos = archive.infolist()
-            unpacked = sum(info.file_size for info in infos)
-            if unpacked > max_bytes:
-                raise ApiError(413, "body_too_large", f"body: the archive unpacks to {unpacked} bytes, over the limit "
-                                                      f"of {max_bytes} bytes (HDC_MAX_BODY_BYTES)", field="body")
-            arrays = {}
-            for info in infos:
-                key = _member_key(info.filename)
-                arrays[key] = _read_npy(archive.read(info), key)
-            return arrays
-    except ApiError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+    except _ARCHIVE_ERRORS as exc:
         raise ApiError(400, "malformed_body", f"body: not a valid .npz archive ({exc})", field="body") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > NPZ_MAX_MEMBERS:
+            raise ApiError(400, "malformed_body", f"body: the archive has {len(infos)} members, more than the "
+                                                  f"{NPZ_MAX_MEMBERS} a request can use", field="body")
+        arrays: dict[str, np.ndarray] = {}
+        for info in infos:
+            key = info.filename.removesuffix(".npy")
+            if key in arrays:
+                raise invalid(key, "appears twice in the archive")
+            try:
+                with archive.open(info) as member:
+                    array = _read_npy(member, key, budget)
+            except ApiError:
+                raise
+            except _ARCHIVE_ERRORS as exc:
+                raise ApiError(400, "malformed_body", f"body: member {key!r} of the archive cannot be read ({exc})",
+                               field="body") from None
+            budget -= array.nbytes
+            arrays[key] = array
+    return arrays
 
 
-def _member_key(filename: str) -> str:
-    return filename[:-4] if filename.endswith(".npy") else filename
+# .npy dtypes a request can carry: booleans, integers, reals and complex numbers, and text (keys); nothing that
+# needs pickle (objects), nothing structured.
+_NPY_KINDS = "biufcU"
 
 
-_EOCD = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
-_CENTRAL = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
-_LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
-
-
-def _stored_members(raw: bytes) -> list[tuple[str, memoryview]] | None:
-    """(name, data) of each member when `raw` is a plain zip of stored members with intact CRCs, as
-    numpy.savez writes it; None for anything else (zipfile then reads it, or says what is wrong with it).
-
-    Every offset and size is checked against the body before it is used; the data are views of `raw`.
-    """
-    view = memoryview(raw)
-    end = len(raw) - _EOCD.size
-    if end < 0:
-        return None
-    sig, disk, cd_disk, _, entries, cd_size, cd_offset, comment = _EOCD.unpack_from(raw, end)
-    if sig != b"PK\x05\x06" or disk or cd_disk or comment or entries == 0xFFFF or cd_offset + cd_size != end:
-        return None
-    members, pos = [], cd_offset
-    for _ in range(entries):
-        if pos + _CENTRAL.size > end:
-            return None
-        (sig, _, needed, flags, method, _, _, crc, csize, size, name_len, extra_len, comment_len, _, _, _,
-         local) = _CENTRAL.unpack_from(raw, pos)
-        name_end = pos + _CENTRAL.size + name_len
-        if sig != b"PK\x01\x02" or method != 0 or flags & 0x41 or csize != size or 0xFFFFFFFF in (size, local) \
-                or needed > 63 or name_end > end:  # 63: the newest zip version zipfile reads
-            return None
-        raw_name = bytes(view[pos + _CENTRAL.size : name_end])
-        pos = name_end + extra_len + comment_len
-        if local + _LOCAL.size > cd_offset:
-            return None
-        lsig, *_, lname_len, lextra_len = _LOCAL.unpack_from(raw, local)
-        start = local + _LOCAL.size + lname_len + lextra_len
-        if lsig != b"PK\x03\x04" or start + size > cd_offset \
-                or bytes(view[local + _LOCAL.size : local + _LOCAL.size + lname_len]) != raw_name:
-            return None
-        name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
-        data = view[start : start + size]
-        if zlib.crc32(data) != crc:
-            return None  # zipfile reports the bad CRC
-        members.append((name, data))
-    return members if pos == end else None
-
-
-# The header numpy.save writes: {'descr': '<i1', 'fortran_order': False, 'shape': (64, 10000), } + padding.
-_NPY_HEADER = re.compile(r"\{'descr': '([^']+)', 'fortran_order': (True|False), 'shape': \(([0-9, ]*)\), \} *\n?")
-
-
-def _read_npy(data: bytes | memoryview, key: str) -> np.ndarray:
-    """One .npy member as a read-only array over `data` (no copy)."""
-    if len(data) < 10 or bytes(data[:6]) != b"\x93NUMPY":
-        raise ApiError(400, "invalid_field", f"{key}: not a .npy array", field=key)
-    major = data[6]
-    if major == 1:
-        start, length = 10, int.from_bytes(data[8:10], "little")
-    elif major in (2, 3):
-        start, length = 12, int.from_bytes(data[8:12], "little")
-    else:
-        raise ApiError(400, "invalid_field", f"{key}: unsupported .npy format version {major}", field=key)
-    header = bytes(data[start : start + length])
-    match = _NPY_HEADER.fullmatch(header.decode("latin1"))
-    if match is None:  # anything unusual (structured dtypes, other spellings): numpy's own reader
-        try:
-            return np.lib.format.read_array(io.BytesIO(bytes(data)), allow_pickle=False)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_field", f"{key}: cannot be read ({exc})", field=key) from None
+def _read_npy(stream: Any, key: str, budget: int) -> np.ndarray:
+    """One .npy member: its header through numpy.lib.format, its data read in chunks of NPZ_READ_CHUNK_BYTES into
+    a buffer of exactly the declared size, which must fit in `budget`; data shorter or longer than declared is
+    refused (reading to the end is also what makes zipfile check the member's CRC)."""
     try:
-        dtype = np.dtype(match.group(1))
-    except TypeError as exc:
-        raise ApiError(400, "invalid_field", f"{key}: cannot be read ({exc})", field=key) from None
-    if dtype.hasobject:
-        raise ApiError(400, "invalid_field", f"{key}: cannot be read (object arrays are refused)", field=key)
-    shape = tuple(int(n) for n in match.group(3).replace(" ", "").split(",") if n)
-    count = math.prod(shape)
-    offset = start + length
-    if len(data) - offset != count * dtype.itemsize:
-        raise ApiError(400, "invalid_field", f"{key}: cannot be read (the data does not match shape {shape} and dtype "
-                                             f"{dtype})", field=key)
-    order = "F" if match.group(2) == "True" else "C"
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape, order=order)
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise invalid(key, f"unsupported .npy format version {version[0]}.{version[1]}")
+    except ValueError as exc:
+        raise invalid(key, f"not a readable .npy array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in _NPY_KINDS or dtype.itemsize == 0:
+        raise invalid(key, f"dtype {dtype} is not accepted (numbers, or text for keys; object arrays are refused)")
+    if any(n < 0 for n in shape):
+        raise invalid(key, f"shape {shape} has a negative length")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > budget:
+        raise body_too_large(f"the archive unpacks to more than its limit ({key}: {nbytes} bytes, {max(budget, 0)} "
+                             "left of HDC_MAX_BODY_BYTES)")
+    buffer = bytearray(nbytes)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < nbytes:
+        got = stream.readinto(view[filled : filled + NPZ_READ_CHUNK_BYTES])
+        if not got:
+            raise invalid(key, f"the data end after {filled} of the {nbytes} bytes that shape {shape} and dtype "
+                               f"{dtype} declare")
+        filled += got
+    if stream.read(1):
+        raise invalid(key, f"holds more data than shape {shape} and dtype {dtype} declare")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -432,45 +531,164 @@ def wants_binary(request: web.Request, payload: Payload | None) -> bool:
     return bool(payload is not None and payload.binary and JSON_TYPE not in accept)
 
 
+def hypervector_bytes(model: VSAModel, dim: int, binary: bool, dtype: torch.dtype | None = None) -> int:
+    """Worst-case encoded bytes of one hypervector: its storage in an .npz, its dense form in JSON."""
+    if binary:
+        storage = model.storage_dtype(dtype)
+        return model.storage_width(dim) * storage.itemsize
+    per_element = {"MAP": JSON_SIGN_BYTES, "BSC": JSON_SIGN_BYTES, "FHRR": JSON_PHASOR_BYTES}.get(model.name,
+                                                                                                  JSON_NUMBER_BYTES)
+    return dim * per_element + 3  # "[", "]," around it
+
+
+def number_bytes(binary: bool, itemsize: int = 8) -> int:
+    """Worst-case encoded bytes of one number of a result (a similarity, an index, a probability)."""
+    return itemsize if binary else JSON_NUMBER_BYTES
+
+
+def check_response_size(field: str, nbytes: int, limit: int, what: str) -> None:
+    """400 naming `field` when a response of `nbytes` (worst case) would exceed HDC_MAX_RESPONSE_BYTES; called
+    before computing, where the request says how large the result will be."""
+    if nbytes > limit:
+        raise invalid(field, f"{what} would make a response of up to {nbytes} bytes, over the limit of {limit} "
+                             "bytes (HDC_MAX_RESPONSE_BYTES); request fewer", error="response_too_large")
+
+
 def hv_to_json(hv: Hypervectors) -> list:
+    """The dense JSON form of hypervectors (ints for MAP and BSC, [re, im] pairs for FHRR)."""
+    return _dense_array(hv).tolist()
+
+
+def _dense_array(hv: Hypervectors) -> np.ndarray:
     dense = hv.dense().cpu()
     if hv.vsa.name in ("MAP", "BSC"):
-        return dense.to(torch.int8).tolist()
+        return dense.to(torch.int8).numpy()
     if hv.vsa.name == "FHRR":
-        return torch.stack([dense.real, dense.imag], dim=-1).tolist()
-    return dense.tolist()
+        return torch.stack([dense.real, dense.imag], dim=-1).numpy()
+    return dense.numpy()
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def _as_array(value: Any) -> np.ndarray | None:
     if isinstance(value, Hypervectors):
         return value.data.detach().cpu().numpy()
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
-    return np.asarray(value)
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, Hypervectors):
-        return hv_to_json(value)
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
     if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+        return value
+    return None
 
 
-def dumps(value: Any) -> str:
-    """JSON text of a response body (orjson: Python floats keep their exact shortest repr, as json.dumps)."""
-    return orjson.dumps(value).decode()
+def _json_size(value: Any) -> int:
+    """Worst-case bytes of `value` in JSON, without encoding large arrays."""
+    if isinstance(value, Hypervectors):
+        count = math.prod(value.shape)
+        return count * hypervector_bytes(value.vsa, value.dim, False) + 2 * len(value.shape) + 2
+    array = _as_array(value)
+    if array is not None:
+        return array.size * JSON_NUMBER_BYTES + 2 * array.ndim + 2
+    if isinstance(value, str):
+        return 6 * len(value) + 3  # every character escaped as \\uXXXX at worst
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, str) for v in value):
+            return 6 * sum(map(len, value)) + 3 * len(value) + 2
+        return sum(map(_json_size, value)) + len(value) + 2
+    if isinstance(value, dict):
+        return sum(_json_size(k) + _json_size(v) + 2 for k, v in value.items()) + 2
+    return JSON_NUMBER_BYTES
 
 
-def respond(request: web.Request, payload: Payload | None, fields: dict[str, Any], *, status: int = 200) -> web.Response:
-    """JSON or npz response with `fields` (Hypervectors -> dense JSON / storage arrays)."""
-    if wants_binary(request, payload):
-        buffer = io.BytesIO()
-        np.savez(buffer, **{k: _to_numpy(v) for k, v in fields.items() if v is not None})
-        return web.Response(body=buffer.getvalue(), status=status, content_type=NPZ_TYPE)
-    return web.json_response({k: _to_json(v) for k, v in fields.items()}, status=status, dumps=dumps)
+def _npz_size(value: Any) -> int:
+    array = _as_array(value)
+    if array is not None:
+        return array.nbytes + NPZ_MEMBER_OVERHEAD_BYTES
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return 4 * max(map(len, value)) * len(value) + NPZ_MEMBER_OVERHEAD_BYTES  # numpy's UCS-4 text
+    return 8 * max(len(value), 1) + NPZ_MEMBER_OVERHEAD_BYTES if isinstance(value, (list, tuple)) \
+        else 8 + NPZ_MEMBER_OVERHEAD_BYTES
+
+
+def response_size(fields: dict[str, Any], binary: bool) -> int:
+    """Worst-case encoded bytes of a response with `fields` (what HDC_MAX_RESPONSE_BYTES is checked against)."""
+    if binary:
+        return sum(_npz_size(v) for v in fields.values() if v is not None) + 22  # + the end of central directory
+    return sum(_json_size(k) + _json_size(v) + 2 for k, v in fields.items()) + 2
+
+
+def _json_array(array: np.ndarray) -> bytes:
+    """JSON of a numeric array in pieces of at most JSON_PIECE_ELEMENTS elements per orjson call. Real numbers
+    are written as the doubles they equal (float32 values widened exactly), as Python's float repr would."""
+    if array.dtype.kind == "f" and array.dtype != np.float64:
+        array = array.astype(np.float64)
+    elif array.dtype.kind not in "biuf":
+        raise TypeError(f"cannot write a {array.dtype} array as JSON")
+    array = np.ascontiguousarray(array)
+    if array.ndim == 0 or array.size <= JSON_PIECE_ELEMENTS:
+        return orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
+    row = array[0].size
+    if row > JSON_PIECE_ELEMENTS:
+        return b"[" + b",".join(_json_array(part) for part in array) + b"]"
+    step = max(JSON_PIECE_ELEMENTS // max(row, 1), 1)
+    pieces = (orjson.dumps(array[i : i + step], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+              for i in range(0, array.shape[0], step))
+    return b"[" + b",".join(pieces) + b"]"
+
+
+def _json_value(value: Any) -> bytes:
+    if isinstance(value, Hypervectors):
+        return _json_array(_dense_array(value))
+    array = _as_array(value)
+    if array is not None:
+        return _json_array(array)
+    if isinstance(value, list) and len(value) > JSON_PIECE_ELEMENTS:
+        pieces = (orjson.dumps(value[i : i + JSON_PIECE_ELEMENTS])[1:-1]
+                  for i in range(0, len(value), JSON_PIECE_ELEMENTS))
+        return b"[" + b",".join(pieces) + b"]"
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def encode_json(fields: dict[str, Any]) -> bytes:
+    """The JSON object of `fields` (Hypervectors in their dense form, tensors and arrays as nested lists)."""
+    return b"{" + b",".join(orjson.dumps(k) + b":" + _json_value(v) for k, v in fields.items()) + b"}"
+
+
+def encode_npz(fields: dict[str, Any]) -> bytes:
+    """An .npz of `fields` (Hypervectors in their storage form); None values are left out."""
+    buffer = io.BytesIO()
+    arrays = {k: a if (a := _as_array(v)) is not None else np.asarray(v) for k, v in fields.items() if v is not None}
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _encode(fields: dict[str, Any], binary: bool) -> tuple[bytes, str]:
+    return (encode_npz(fields), NPZ_TYPE) if binary else (encode_json(fields), JSON_TYPE)
+
+
+def _checked_size(fields: dict[str, Any], binary: bool, limit: int | None) -> int:
+    """The response's worst-case size; the final guard: over `limit` (HDC_MAX_RESPONSE_BYTES) it is a 400, never
+    encoded (the routes check what they can before computing, naming the request's field)."""
+    size = response_size(fields, binary)
+    if limit is not None and size > limit:
+        raise ApiError(400, "response_too_large", f"response: up to {size} bytes, over the limit of {limit} bytes "
+                                                  "(HDC_MAX_RESPONSE_BYTES); request fewer", field="response")
+    return size
+
+
+def respond(request: web.Request, payload: Payload | None, fields: dict[str, Any], *, status: int = 200,
+            limit: int | None = None) -> web.Response:
+    """JSON or npz response with `fields`, encoded on the event loop (small responses)."""
+    binary = wants_binary(request, payload)
+    _checked_size(fields, binary, limit)
+    body, content_type = _encode(fields, binary)
+    return web.Response(body=body, status=status, content_type=content_type)
+
+
+async def respond_off_loop(request: web.Request, payload: Payload | None, fields: dict[str, Any], *,
+                           status: int = 200, limit: int | None = None) -> web.Response:
+    """respond(), with a response over INLINE_CODEC_MAX_BYTES (worst case) encoded in a worker thread."""
+    binary = wants_binary(request, payload)
+    size = _checked_size(fields, binary, limit)
+    body, content_type = await off_loop(size, _encode, fields, binary)
+    return web.Response(body=body, status=status, content_type=content_type)
 
 
 def error_body(error: str, detail: str, correlation_id: str) -> dict[str, str]:

@@ -91,33 +91,44 @@ def _optional_text(name: str, raw: Any) -> str | None:
     return text or None
 
 
-# field -> (environment variable, parser, default). Order is the documentation order.
-_SPEC: dict[str, tuple[str, Callable[[str, Any], Any], Any]] = {
-    "dimension": ("HDC_DIMENSION", lambda n, v: _int(n, v, minimum=1, maximum=1 << 24), 10_000),
-    "vsa": ("HDC_VSA", lambda n, v: _choice(n, v, VSA_NAMES, upper=True), "MAP"),
-    "device": ("HDC_DEVICE", _device, "auto"),
-    "port": ("HDC_PORT", lambda n, v: _int(n, v, minimum=0, maximum=65535), 8080),
-    "host": ("HDC_HOST", _text, "0.0.0.0"),
-    "max_body_bytes": ("HDC_MAX_BODY_BYTES", lambda n, v: _int(n, v, minimum=1024), 64 << 20),
-    "state_dir": ("HDC_STATE_DIR", _text, "./hdc-state"),
-    "batch_max_size": ("HDC_BATCH_MAX_SIZE", lambda n, v: _int(n, v, minimum=1), 256),
-    "batch_max_wait_ms": ("HDC_BATCH_MAX_WAIT_MS", lambda n, v: _float(n, v, minimum=0.0, maximum=10_000.0), 2.0),
-    "snapshot_interval_seconds": ("HDC_SNAPSHOT_INTERVAL_SECONDS", lambda n, v: _float(n, v, minimum=0.0), 0.0),
-    "health_cuda_memory_mb": ("HDC_HEALTH_CUDA_MEMORY_MB", lambda n, v: _float(n, v, minimum=0.0), 1000.0),
-    "health_memory_percent": ("HDC_HEALTH_MEMORY_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0), 90.0),
-    "health_disk_percent": ("HDC_HEALTH_DISK_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0), 85.0),
-    "log_level": ("HDC_LOG_LEVEL", lambda n, v: _choice(n, v, LOG_LEVELS, upper=True), "INFO"),
-    "log_format": ("HDC_LOG_FORMAT", lambda n, v: _choice(n, v, LOG_FORMATS, lower=True), "json"),
-    "log_file": ("HDC_LOG_FILE", _optional_text, None),
-    "observability": ("HDC_OBSERVABILITY", _bool, True),
-    "benchmark_enabled": ("HDC_BENCHMARK_ENABLED", _bool, True),
-    "benchmark_interval_seconds": ("HDC_BENCHMARK_INTERVAL_SECONDS",
-                                   lambda n, v: _float(n, v, minimum=0.0, exclusive_min=True), 300.0),
-    "benchmark_degradation_threshold": ("HDC_BENCHMARK_DEGRADATION_THRESHOLD",
-                                        lambda n, v: _float(n, v, minimum=0.0, exclusive_min=True), 0.1),
-    "benchmark_database_url": ("HDC_BENCHMARK_DATABASE_URL", _optional_text, None),
-    "shutdown_grace_seconds": ("HDC_SHUTDOWN_GRACE_SECONDS", lambda n, v: _float(n, v, minimum=1.0, maximum=3600.0), 25.0),
-    "admin_faults": ("HDC_ADMIN_FAULTS", _bool, False),
+def _positive(name: str, raw: Any) -> float:
+    return _float(name, raw, minimum=0.0, exclusive_min=True)
+
+
+def _timeout(name: str, raw: Any) -> float:
+    return _float(name, raw, minimum=0.0, maximum=3600.0, exclusive_min=True)
+
+
+# field -> (environment variable, parser). Order is the documentation order; the defaults are WorkerSettings'.
+_SPEC: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
+    "dimension": ("HDC_DIMENSION", lambda n, v: _int(n, v, minimum=1, maximum=1 << 24)),
+    "vsa": ("HDC_VSA", lambda n, v: _choice(n, v, VSA_NAMES, upper=True)),
+    "device": ("HDC_DEVICE", _device),
+    "port": ("HDC_PORT", lambda n, v: _int(n, v, minimum=0, maximum=65535)),
+    "host": ("HDC_HOST", _text),
+    "max_body_bytes": ("HDC_MAX_BODY_BYTES", lambda n, v: _int(n, v, minimum=1024)),
+    "max_json_body_bytes": ("HDC_MAX_JSON_BODY_BYTES", lambda n, v: _int(n, v, minimum=1024)),
+    "max_response_bytes": ("HDC_MAX_RESPONSE_BYTES", lambda n, v: _int(n, v, minimum=1024)),
+    "max_allocation_bytes": ("HDC_MAX_ALLOCATION_BYTES", lambda n, v: _int(n, v, minimum=1 << 20)),
+    "header_timeout_seconds": ("HDC_HEADER_TIMEOUT_SECONDS", _timeout),
+    "body_timeout_seconds": ("HDC_BODY_TIMEOUT_SECONDS", _timeout),
+    "state_dir": ("HDC_STATE_DIR", _text),
+    "batch_max_size": ("HDC_BATCH_MAX_SIZE", lambda n, v: _int(n, v, minimum=1)),
+    "batch_max_wait_ms": ("HDC_BATCH_MAX_WAIT_MS", lambda n, v: _float(n, v, minimum=0.0, maximum=10_000.0)),
+    "snapshot_interval_seconds": ("HDC_SNAPSHOT_INTERVAL_SECONDS", lambda n, v: _float(n, v, minimum=0.0)),
+    "health_cuda_memory_mb": ("HDC_HEALTH_CUDA_MEMORY_MB", lambda n, v: _float(n, v, minimum=0.0)),
+    "health_memory_percent": ("HDC_HEALTH_MEMORY_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0)),
+    "health_disk_percent": ("HDC_HEALTH_DISK_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0)),
+    "log_level": ("HDC_LOG_LEVEL", lambda n, v: _choice(n, v, LOG_LEVELS, upper=True)),
+    "log_format": ("HDC_LOG_FORMAT", lambda n, v: _choice(n, v, LOG_FORMATS, lower=True)),
+    "log_file": ("HDC_LOG_FILE", _optional_text),
+    "observability": ("HDC_OBSERVABILITY", _bool),
+    "benchmark_enabled": ("HDC_BENCHMARK_ENABLED", _bool),
+    "benchmark_interval_seconds": ("HDC_BENCHMARK_INTERVAL_SECONDS", _positive),
+    "benchmark_degradation_threshold": ("HDC_BENCHMARK_DEGRADATION_THRESHOLD", _positive),
+    "benchmark_database_url": ("HDC_BENCHMARK_DATABASE_URL", _optional_text),
+    "shutdown_grace_seconds": ("HDC_SHUTDOWN_GRACE_SECONDS", lambda n, v: _float(n, v, minimum=1.0, maximum=3600.0)),
+    "admin_faults": ("HDC_ADMIN_FAULTS", _bool),
 }
 
 ENV_VARS: dict[str, str] = {name: spec[0] for name, spec in _SPEC.items()}
@@ -130,7 +141,14 @@ class WorkerSettings:
     device: str = "auto"
     port: int = 8080
     host: str = "0.0.0.0"
-    max_body_bytes: int = 64 << 20
+    max_body_bytes: int = 64 << 20  # a request body, and the unpacked arrays of an .npz body
+    # JSON bodies: json parsing holds the GIL for the whole body, so no thread frees the event loop from it; bulk
+    # vectors travel as .npz, whose decoding runs off the loop. The limit is at most max_body_bytes.
+    max_json_body_bytes: int = 4 << 20
+    max_response_bytes: int = 64 << 20  # an encoded response (checked before computing where the size is known)
+    max_allocation_bytes: int = 1 << 30  # what one request may make the worker allocate up front (new state)
+    header_timeout_seconds: float = 15.0  # a connection's request head must be complete within this (keep-alive too)
+    body_timeout_seconds: float = 30.0  # a request body must have arrived this long after its head, else 408
     state_dir: str = "./hdc-state"
     batch_max_size: int = 256
     batch_max_wait_ms: float = 2.0
@@ -151,7 +169,8 @@ class WorkerSettings:
     extra: dict = field(default_factory=dict, repr=False, compare=False)  # free slot for embedding code/tests
 
     @classmethod
-    def from_env(cls, overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+    def from_env(cls, overrides: Mapping[str, Any] | None = None, *,
+                 environ: Mapping[str, str] | None = None) -> "WorkerSettings":
         """Defaults <- HDC_* environment variables <- overrides (CLI flags; None values are ignored)."""
         env = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -159,13 +178,11 @@ class WorkerSettings:
         if unknown:
             raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {}
-        for name, (var, parse, default) in _SPEC.items():
+        for name, (var, parse) in _SPEC.items():
             if name in overrides:
                 values[name] = parse(name.replace("_", "-"), overrides[name])
             elif env.get(var) not in (None, ""):
                 values[name] = parse(var, env[var])
-            else:
-                values[name] = default
         return cls(**values)
 
     @property
