@@ -27,10 +27,31 @@ __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, globals(), _EXPORTS)
 
 
+# The names below are the package's re-exports (served by __getattr__ at run time), not unused imports.
+# ruff: noqa: F401
 if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .device import resolve_device
-    from .functional import (CleanupResult, bind, bind_sequence, bundle, circular, cleanup, cosine_similarity,
-                             dot_similarity, hamming_similarity, hash_table, identity, inverse, level, multiset,
-                             ngrams, permute, random, sequence, thermometer, unbind)
+    from .functional import (
+        CleanupResult,
+        bind,
+        bind_sequence,
+        bundle,
+        circular,
+        cleanup,
+        cosine_similarity,
+        dot_similarity,
+        hamming_similarity,
+        hash_table,
+        identity,
+        inverse,
+        level,
+        multiset,
+        ngrams,
+        permute,
+        random,
+        sequence,
+        thermometer,
+        unbind,
+    )
     from .hypervectors import Hypervectors, cat
     from .vsa import BSC, FHRR, HRR, MAP, get_model

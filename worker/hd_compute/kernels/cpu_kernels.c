@@ -8,8 +8,8 @@
  * GIL and splits the work over `threads` OpenMP threads (threads <= 1: inline on the calling thread).
  * The module links libgomp.so.1, the soname of the OpenMP runtime that torch's wheel bundles and has
  * already loaded, so the dynamic linker hands us torch's runtime and its thread pool: our parallel
- * regions run on the threads torch's own operations just used, instead of competing with them while
- * they spin-wait (which halved our speed when kernels and torch operations alternated).
+ * regions run on the threads torch's own operations just used, instead of competing for the cores with
+ * a second pool whose threads spin-wait after each region (docs/benchmarks.md).
  *
  * The file is compiled WITHOUT -march: the fast paths are functions carrying
  * __attribute__((target(...))) and are chosen once at import time with __builtin_cpu_supports.
@@ -130,7 +130,8 @@ static void parallel_for(range_fn fn, void *ctx, size_t total, size_t grain, siz
     }
 }
 
-/* number of threads worth using for `work` elementary operations (thread start ~ tens of us) */
+/* number of threads worth using for `work` elementary operations: each thread gets at least
+   `min_work_per_thread`, so small calls do not pay for starting threads they cannot keep busy */
 static size_t threads_for(size_t threads, double work, double min_work_per_thread) {
     if (threads <= 1) return 1;
     double t = work / min_work_per_thread;
