@@ -18,7 +18,8 @@ native = pytest.importorskip("hd_compute.kernels._cpu") if cpu.NATIVE_AVAILABLE 
 needs_native = pytest.mark.skipif(not cpu.NATIVE_AVAILABLE, reason="compiled extension not available")
 
 LEVELS = list(range(native._max_level() + 1)) if native is not None else []
-HYP = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+HYP = settings(max_examples=15, deadline=None,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(params=LEVELS or [None], ids=lambda lvl: f"level{lvl}")
@@ -227,7 +228,7 @@ def test_wrapper_numpy_fallback(monkeypatch):
     monkeypatch.setattr(cpu, "_native", None)
     assert cpu.features() == "numpy"
     fallback = [cpu.hamming_matrix(a, b), cpu.bit_counts(a), cpu.int8_column_sum(x8), cpu.pack_sign_bits_int8(x8)]
-    for n, f in zip(native_results, fallback):
+    for n, f in zip(native_results, fallback, strict=True):
         assert n.dtype == f.dtype and n.shape == f.shape
         assert torch.equal(n, f)
     # empty shapes
@@ -252,7 +253,8 @@ def test_env_disables_native():
         "x = torch.tensor([[5, -1]], dtype=torch.int64); assert cpu.hamming_matrix(x, x).item() == 0"
     )
     env = dict(os.environ, HDC_DISABLE_NATIVE_KERNELS="1")
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(cpu.__file__.rsplit(os.sep, 1)[0]))] + sys.path)
+    package_root = os.path.dirname(os.path.dirname(cpu.__file__.rsplit(os.sep, 1)[0]))
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *sys.path])
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
 
 
@@ -361,3 +363,16 @@ def test_zero_width_inputs(monkeypatch, use_native):
     assert cpu.int8_column_sum(e8).shape == (0,)
     assert cpu.pack_sign_bits_int8(e8).shape == (3, 0)
     assert cpu.pack_sign_bits_int8(torch.zeros((0, 5), dtype=torch.int8)).shape == (0, 1)
+
+
+@pytest.mark.parametrize("n_q", [0, 1, 16, 17, 40])
+def test_int8_dot_matrix_is_the_exact_int32_product(n_q):
+    """dispatch.int8_dot_matrix (the int8 GEMM the CUDA path and hdc-bench use) on CPU, small batches padded."""
+    from hd_compute.kernels import dispatch
+
+    generator = torch.Generator().manual_seed(n_q)
+    a = torch.randint(-128, 128, (n_q, 200), dtype=torch.int8, generator=generator)
+    b = torch.randint(-128, 128, (9, 200), dtype=torch.int8, generator=generator)
+    got = dispatch.int8_dot_matrix(a, b)
+    assert got.dtype == torch.int32 and got.shape == (n_q, 9)
+    assert torch.equal(got, (a.to(torch.int64) @ b.to(torch.int64).T).to(torch.int32))

@@ -68,7 +68,8 @@ def test_id_level_chunking_is_exact(vsa):
     features, dim, batch = 37, 300, 11
     x = sample_batch(batch, features, 4)
     big = IDLevelEncoder(features, dim, vsa, max_chunk_bytes=1 << 30)
-    small = IDLevelEncoder(features, dim, vsa, max_chunk_bytes=batch * dim * 8 * 3)  # a few features (or samples) per chunk
+    # a few features (or samples) per chunk
+    small = IDLevelEncoder(features, dim, vsa, max_chunk_bytes=batch * dim * 8 * 3)
     tiny = IDLevelEncoder(features, dim, vsa, max_chunk_bytes=1)  # the smallest possible chunks
     reference = big.encode(x, quantize=False)
     for enc in (small, tiny):

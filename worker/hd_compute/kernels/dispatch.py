@@ -27,7 +27,13 @@ def int8_dot_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return torch.zeros((a.shape[0], b.shape[0]), dtype=torch.int32, device=a.device)
     if a.device.type == "cuda":
         return _cuda_int_mm(a, b)
-    return torch._int_mm(_pad_rows(a, 17), b.t().contiguous())[: a.shape[0]]
+    return _int8_gemm(_pad_rows(a, 17), b.t().contiguous())[: a.shape[0]]
+
+
+def _int8_gemm(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """int8 (M, K) x int8 (K, N) -> exact int32 (M, N): cuBLASLt on CUDA, oneDNN on CPU."""
+    # Private op: torch 2.13 has no public int8 x int8 -> int32 GEMM (int8 matmul wraps on CPU, has no CUDA kernel).
+    return torch._int_mm(a, b_t)
 
 
 def _pad_rows(x: torch.Tensor, minimum: int) -> torch.Tensor:
@@ -47,7 +53,7 @@ def _cuda_int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     pad_n = (-n) % 8
     if pad_n:
         b = torch.cat([b, b.new_zeros((pad_n, b.shape[1]))])
-    out = torch._int_mm(_pad_rows(a.contiguous(), 17), b.t().contiguous())
+    out = _int8_gemm(_pad_rows(a.contiguous(), 17), b.t().contiguous())
     return out[: a.shape[0], :n]
 
 
