@@ -1,4 +1,8 @@
-"""Algebraic laws of the four VSA models (MAP, BSC, HRR, FHRR), on CPU and (where present) CUDA."""
+"""Algebraic laws of the four VSA models (MAP, BSC, HRR, FHRR), on CPU and (where present) CUDA.
+
+One module, though long: each law is one test parametrised over every model and device, so a model that
+breaks a law shows up next to the models that keep it.
+"""
 
 import itertools
 

@@ -19,6 +19,11 @@
  *   level 1 "popcnt"          : scalar POPCNT
  *   level 0 "generic"         : portable C (SWAR popcount)
  * _set_level(k) lowers the level (never above what the CPU supports) so tests can cover every path.
+ *
+ * One file on purpose, though long: it is the whole extension in one translation unit, so the static
+ * helpers inline into every kernel, and each kernel's code paths, which must give identical results, sit
+ * side by side. Sections: the parallel-for, the four kernels (hamming_matrix, bit_counts, int8_column_sum,
+ * pack_sign_bits_int8), then the Python bindings.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
