@@ -11,11 +11,10 @@ import subprocess
 import time
 
 import yaml
+from worker_process import WorkerProcess
 
-from hdc_operator.dev.prometheus import (ToolProcess, alertmanager_process, prometheus_process,  # noqa: F401
-                                         tool, tools_dir)
+from hdc_operator.dev.prometheus import ToolProcess, alertmanager_process, prometheus_process, tool, tools_dir  # noqa: F401
 from hdc_operator.spec import default_spec
-from worker_process import REPO, WorkerProcess
 
 # The HDCWorkload spec with every schema default, read from crds/hdcworkload.yaml (the one source of truth).
 DEFAULT_SPEC = default_spec()
@@ -145,14 +144,9 @@ def live_worker_exports() -> dict[str, set[str]]:
     if declared_only:
         from hd_compute.monitoring.metrics import MetricsCollector
 
-        collector = MetricsCollector()
-        by_name = {m._name: m for m in vars(collector).values() if hasattr(m, "_labelnames") and hasattr(m, "_name")}
+        label_names = MetricsCollector().label_names
         for name in declared_only:
-            metric = by_name.get(name)
-            if metric is not None:
-                exports.setdefault(name, set()).update(metric._labelnames)
-            else:
-                exports.setdefault(name, set())
+            exports.setdefault(name, set()).update(label_names.get(name, ()))
     return exports
 
 

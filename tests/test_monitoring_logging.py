@@ -13,8 +13,14 @@ import structlog
 
 from hd_compute.monitoring import logging as hdc_logging
 from hd_compute.monitoring.logging import (
-    CUDA_MEMORY_ALLOCATION_FAILED, OPERATION_COMPLETED, PERFORMANCE_MEASUREMENT, REQUEST_SCOPE, RequestScope,
-    bind_request_context, clear_request_context, configure_logging, flush_logs, get_logger, log_request_line,
+    CUDA_MEMORY_ALLOCATION_FAILED,
+    OPERATION_COMPLETED,
+    PERFORMANCE_MEASUREMENT,
+    bind_request_context,
+    clear_request_context,
+    configure_logging,
+    flush_logs,
+    get_logger,
 )
 
 WORKER = pathlib.Path(__file__).resolve().parent.parent / "worker"
@@ -174,100 +180,56 @@ def test_logger_cache_binds_once_and_follows_a_new_set_up(capsys):
 ISO_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
 
 
-def test_the_request_line_is_the_structlog_line_built_directly(capsys):
-    """log_request_line (the worker's per-request line) writes what get_logger().info() writes, with the request
-    scope's correlation id and trace ids; it follows the level and the format of the set-up."""
+def test_timestamps_always_have_microseconds_and_z(capsys, monkeypatch):
+    import datetime
     import re
 
     configure_logging("INFO", "json")
-    fields = {"operation": "memory_query", "dimension": 10000, "input_count": 1, "duration_ms": 1.25,
-              "device": "cpu", "status": 200}
-    token = REQUEST_SCOPE.set(RequestScope("c-7", "ab" * 16, "cd" * 8))
-    try:
-        get_logger("hd_compute.service").info(OPERATION_COMPLETED, **fields)
-        log_request_line("hd_compute.service", OPERATION_COMPLETED, fields)
-    finally:
-        REQUEST_SCOPE.reset(token)
-    log_request_line("hd_compute.service", "outside_a_request", {})
-    slow, fast, outside = lines(capsys.readouterr().out)
-    assert re.match(ISO_Z, slow.pop("timestamp")) and re.match(ISO_Z, fast.pop("timestamp"))
-    assert fast == slow == {**fields, "event": OPERATION_COMPLETED, "correlation_id": "c-7", "trace_id": "ab" * 16,
-                            "span_id": "cd" * 8, "level": "info", "logger": "hd_compute.service"}
-    assert "correlation_id" not in outside and "trace_id" not in outside
+    get_logger().info("any")
 
-    configure_logging("WARNING", "json")
-    log_request_line("hd_compute.service", OPERATION_COMPLETED, fields)
-    assert capsys.readouterr().out == ""
-    configure_logging("INFO", "console")
-    log_request_line("hd_compute.service", OPERATION_COMPLETED, fields)
+    class OnTheSecond(datetime.datetime):  # microsecond 0: isoformat() alone would drop the fraction
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2025, 11, 29, 7, 6, 40, 0, tzinfo=tz)
+
+    monkeypatch.setattr(hdc_logging.datetime, "datetime", OnTheSecond)
+    get_logger().info("on_the_second")
+    first, second = lines(capsys.readouterr().out)
+    assert re.match(ISO_Z, first["timestamp"])
+    assert second["timestamp"] == "2025-11-29T07:06:40.000000Z"
+
+
+@pytest.mark.parametrize("with_file", [False, True])
+def test_structlog_and_standard_lines_share_stdout_in_order(capsys, tmp_path, with_file):
+    """Without a file structlog lines take structlog's own writer and standard records the logging handler;
+    with one both go through the handlers. Either way stdout is one JSON object per line, in the order logged,
+    with the same fields; with a file, the file holds the same lines."""
+    path = tmp_path / "hdc.log"
+    configure_logging("INFO", "json", file=str(path) if with_file else None)
+    bind_request_context("c-5")
+    get_logger("hd_compute.service").info("one", n=1)
+    logging.getLogger("aiohttp.access").info("two %s", "args")
+    get_logger("hd_compute.service").warning("three")
+    logging.getLogger("aiohttp.access").debug("hidden")
+    get_logger("hd_compute.service").debug("hidden")
+    clear_request_context()
+    flush_logs()
+    out = lines(capsys.readouterr().out)
+    assert [(e["event"], e["logger"], e["level"], e["correlation_id"]) for e in out] == [
+        ("one", "hd_compute.service", "info", "c-5"), ("two args", "aiohttp.access", "info", "c-5"),
+        ("three", "hd_compute.service", "warning", "c-5")]
+    assert out[0]["n"] == 1
+    if with_file:
+        assert lines(path.read_text()) == out
+
+
+def test_console_stdout_keeps_a_json_file(capsys, tmp_path):
+    path = tmp_path / "hdc.log"
+    configure_logging("INFO", "console", file=str(path))
+    get_logger("w").info("for_people", a=1)
+    logging.getLogger("lib").info("from a library")
+    flush_logs()
     text = capsys.readouterr().out
-    assert OPERATION_COMPLETED in text and not text.lstrip().startswith("{")
-
-
-def test_lines_on_an_event_loop_are_written_once_per_iteration_and_in_order(capsys, monkeypatch):
-    import asyncio
-    import threading
-
-    configure_logging("INFO", "json")
-    log = get_logger("loop")
-    writes = []  # lines per write to stdout
-    real_stdout = sys.stdout  # capsys's
-
-    class CountingStdout:
-        def write(self, text):
-            writes.append(text.count("\n"))
-            return real_stdout.write(text)
-
-        def flush(self):
-            real_stdout.flush()
-
-    monkeypatch.setattr(sys, "stdout", CountingStdout())
-
-    def events():
-        return [e["event"] for e in lines(capsys.readouterr().out)]
-
-    async def main():
-        log.info("one")
-        log_request_line("loop", "two", {})
-        assert events() == []  # waiting for the end of this loop iteration
-        await asyncio.sleep(0)
-        assert events() == ["one", "two"] and writes == [2]  # one write for both
-        log.info("three")
-        log.warning("four")  # a warning writes what waits first, then itself
-        assert events() == ["three", "four"]
-        log.info("five")
-        thread = threading.Thread(target=lambda: log.info("from a thread"))  # no loop there: written at once,
-        thread.start()                                                     # after what waited
-        thread.join()
-        assert events() == ["five", "from a thread"]
-        log.info("five and a half")
-        flush_logs()
-        assert events() == ["five and a half"]
-        log.info("six")
-
-    asyncio.run(main())
-    assert events() == ["six"]  # the loop's last iterations write what waits
-    assert writes == [2, 2, 2, 1, 1]  # one, two | three, four | five, from a thread | five and a half | six
-
-
-def test_a_request_line_written_later_says_what_was_true_when_it_was_logged(capsys, monkeypatch):
-    """On an event loop the request line is rendered at the end of the iteration, after its request's scope is
-    gone: its ids and time are those of the moment it was logged."""
-    import asyncio
-
-    configure_logging("INFO", "json")
-    monkeypatch.setattr(hdc_logging.time, "time_ns", lambda: 1_764_400_000_123_456_789)
-
-    async def main():
-        token = REQUEST_SCOPE.set(RequestScope("c-9", "ef" * 16, "01" * 8))
-        log_request_line("hd_compute.service", OPERATION_COMPLETED, {"operation": "bind", "status": 200})
-        REQUEST_SCOPE.reset(token)
-        monkeypatch.setattr(hdc_logging.time, "time_ns", lambda: 1_764_400_099_000_000_000)
-        assert capsys.readouterr().out == ""
-        await asyncio.sleep(0)
-
-    asyncio.run(main())
-    (line,) = lines(capsys.readouterr().out)
-    assert line == {"event": OPERATION_COMPLETED, "operation": "bind", "status": 200, "correlation_id": "c-9",
-                    "trace_id": "ef" * 16, "span_id": "01" * 8, "level": "info", "logger": "hd_compute.service",
-                    "timestamp": "2025-11-29T07:06:40.123456Z"}
+    assert "for_people" in text and "from a library" in text and not text.lstrip().startswith("{")
+    assert [(e["event"], e["logger"]) for e in lines(path.read_text())] == [("for_people", "w"),
+                                                                           ("from a library", "lib")]

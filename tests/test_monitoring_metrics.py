@@ -25,6 +25,7 @@ CONTRACT = {
     "hdc_capacity_ops_per_second": set(),
     "hdc_benchmark_duration_seconds": {"test"},
     "hdc_benchmark_degradation_ratio": {"test"},
+    "hdc_benchmark_peak_memory_bytes": {"test"},
     "hdc_active_hypervectors": set(),
 }
 GPU = {"hdc_gpu_memory_usage_bytes": {"device"}, "hdc_gpu_utilization_percent": {"device"}}
@@ -70,7 +71,7 @@ def exercise(m: MetricsCollector):
     m.observe_operation("bind", 0.002, error="ValueError")
     m.observe_batch_size(32)
     m.set_capacity(1234.5)
-    m.record_benchmark("bind_32k_dimension", 0.004, 0.25)
+    m.record_benchmark("bind_32k_dimension", 0.004, 0.25, peak_memory_bytes=64 << 20)
     m.set_gauge("active_hypervectors", 7)
 
 
@@ -114,36 +115,22 @@ def test_counters_increment(metrics):
     assert value(found, "hdc_operation_duration_seconds_bucket", operation="bundle", le="0.025") == 2
 
 
-def test_duration_histogram_is_what_prometheus_client_histogram_writes(metrics):
-    """The durations are kept as plain bucket counts and added in bulk; the exposition must be the one a
-    prometheus_client Histogram with the same buckets writes for the same values, bucket bounds included
-    (a value equal to a bound counts in that bucket)."""
-    from prometheus_client import Histogram
-    from prometheus_client.exposition import generate_latest
-
+def test_duration_buckets_and_declared_operations(metrics):
+    """The contract's buckets (50 us ... 30 s, a value equal to a bound counts in that bucket), and operations
+    declared before any request export their series at zero (an idle replica has a rate of 0, not no series)."""
     from hd_compute.monitoring.metrics import DURATION_BUCKETS
 
-    registry = CollectorRegistry()
-    reference = Histogram("hdc_operation_duration_seconds", "Operation execution time", ["operation"],
-                          buckets=DURATION_BUCKETS, registry=registry)
-    values = {"bundle": [*DURATION_BUCKETS, 0.0, 0.00003, 0.0042, 31.0, 1e-9],
-              "bind": [0.002, 0.002, 0.7], "similarity": []}
     metrics.declare_operations(["similarity"])
-    reference.labels("similarity")
-    for operation, seconds in values.items():
-        for s in seconds:
-            metrics.observe_operation(operation, s, hypervectors=1)
-            reference.labels(operation).observe(s)
-    metrics.record_operation_duration("bind", 2.5)  # the seed's call, in milliseconds
-    reference.labels("bind").observe(0.0025)
-
-    def family(body: bytes) -> list[str]:
-        return sorted(line for line in body.decode().splitlines()
-                      if line.startswith("hdc_operation_duration_seconds") and "_created" not in line)
-
-    expected = family(generate_latest(registry))
-    assert len(expected) == 3 * (len(DURATION_BUCKETS) + 3)
-    assert family(metrics.exposition(update_system=False)[0]) == expected
+    metrics.observe_operation("bundle", 0.001, hypervectors=1)
+    metrics.observe_operation("bundle", 31.0, hypervectors=1)
+    found = samples(metrics, update_system=False)
+    bundle = {labels["le"]: v for labels, v in found["hdc_operation_duration_seconds_bucket"]
+              if labels["operation"] == "bundle"}
+    assert [float(le) for le in bundle] == [*DURATION_BUCKETS, float("inf")]
+    assert bundle["0.0005"] == 0 and bundle["0.001"] == 1 and bundle["30.0"] == 1 and bundle["+Inf"] == 2
+    assert value(found, "hdc_operation_total", operation="similarity") == 0
+    assert value(found, "hdc_hypervector_operations_total", operation="similarity") == 0
+    assert value(found, "hdc_operation_duration_seconds_count", operation="similarity") == 0
 
 
 def test_latency_percentiles_over_the_sliding_window(metrics, clock):
@@ -263,19 +250,12 @@ def test_two_collectors_do_not_collide(clock):
     assert b.registry.get_sample_value("hdc_operation_total", {"operation": "bundle"}) is None
 
 
-def test_observations_are_applied_when_read_even_from_many_threads(monkeypatch):
-    """observe_operation only queues its record; every reader (exposition, the registry, the window) applies the
-    queue first, nothing is lost or counted twice under concurrent writers and readers, and a worker that is
-    never scraped keeps the queue bounded."""
+def test_concurrent_writers_and_readers_lose_nothing(clock):
+    """Requests observe on the event loop and the kernel thread while /metrics reads on another thread: every
+    observation is counted once, and the sliding window holds only what is younger than the window."""
     import threading
 
-    from hd_compute.monitoring import metrics as metrics_module
-
-    monkeypatch.setattr(metrics_module, "_APPLY_AFTER", 500)
-    m = MetricsCollector()
-    m.observe_operation("bind", 0.002, hypervectors=3)
-    assert m.registry.get_sample_value("hdc_operation_total", {"operation": "bind"}) == 1
-    assert m.registry.get_sample_value("hdc_hypervector_operations_total", {"operation": "bind"}) == 3
+    m = MetricsCollector(latency_window_seconds=60, clock=clock)
 
     def write():
         for _ in range(2_000):
@@ -291,8 +271,36 @@ def test_observations_are_applied_when_read_even_from_many_threads(monkeypatch):
         t.start()
     for t in threads:
         t.join()
-    assert len(m._observations) < 500  # bounded without a reader
-    assert m.registry.get_sample_value("hdc_operation_total", {"operation": "bind"}) == 8_001
-    assert m.registry.get_sample_value("hdc_operation_duration_seconds_count", {"operation": "bind"}) == 8_001
-    assert m.registry.get_sample_value("hdc_hypervector_operations_total", {"operation": "bind"}) == 8_003
-    assert m.window_snapshot()["bind"][1] > 0
+    assert m.registry.get_sample_value("hdc_operation_total", {"operation": "bind"}) == 8_000
+    assert m.registry.get_sample_value("hdc_operation_duration_seconds_count", {"operation": "bind"}) == 8_000
+    assert m.registry.get_sample_value("hdc_hypervector_operations_total", {"operation": "bind"}) == 8_000
+    assert m.window_snapshot()["bind"][1] == pytest.approx(8_000)  # a window younger than 1 s counts as 1 s
+    clock.now += 61
+    m.observe_operation("bind", 0.001, hypervectors=3)  # the expired ones leave as new ones come, read or not
+    assert m.window_snapshot()["bind"][1] == pytest.approx(3 / 60)
+
+
+def test_benchmark_peak_memory_is_absent_until_measured(metrics):
+    metrics.record_benchmark("bind_32k_dimension", 0.004, 0.0)  # a platform that cannot measure it
+    assert "hdc_benchmark_peak_memory_bytes" not in samples(metrics, update_system=False)
+    metrics.record_benchmark("bind_32k_dimension", 0.004, 0.0, peak_memory_bytes=123)
+    found = samples(metrics, update_system=False)
+    assert value(found, "hdc_benchmark_peak_memory_bytes", test="bind_32k_dimension") == 123
+    metrics.set_gauge("benchmark_peak_memory_bytes", 456, labels={"test": "bind_32k_dimension"})  # the seed's call
+    found = samples(metrics, update_system=False)
+    assert value(found, "hdc_benchmark_peak_memory_bytes", test="bind_32k_dimension") == 456
+    with pytest.raises(ValueError, match="peak_memory_bytes"):
+        metrics.record_benchmark("bind_32k_dimension", 0.004, 0.0, peak_memory_bytes=-1)
+
+
+def test_label_names_of_every_declared_family(metrics):
+    """label_names answers for families with no sample yet (a CPU worker's GPU gauges), as the exposition
+    would label them."""
+    assert metrics.label_names["hdc_gpu_utilization_percent"] == ("device",)
+    assert metrics.label_names["hdc_operation_errors"] == ("operation", "error")
+    assert metrics.label_names["hdc_latency_percentiles"] == ("operation", "quantile")
+    exercise(metrics)
+    body, _ = metrics.exposition(update_system=False)
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            assert set(s.labels) - {"le"} == set(metrics.label_names[family.name]), (family.name, s.labels)

@@ -1,4 +1,10 @@
-"""Tracing: kernel_span attributes, errors, W3C traceparent round trip, OTEL_* configuration."""
+"""Tracing: kernel_span attributes, errors, W3C traceparent round trip, OTEL_* configuration; and the
+per-request facade (monitoring/requests.py): the server span, the ids on every log line, metrics and lines."""
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -6,8 +12,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from hd_compute.monitoring import tracing
+from hd_compute.monitoring.logging import configure_logging, get_logger
+from hd_compute.monitoring.metrics import MetricsCollector
+from hd_compute.monitoring.requests import operation_completed, operation_failed, start_request
 from hd_compute.monitoring.tracing import (
-    configure_tracing, current_trace_id, extract_context, get_tracer, inject_context, kernel_span, server_span,
+    configure_tracing,
+    current_trace_id,
+    extract_context,
+    get_tracer,
+    inject_context,
+    kernel_span,
+    records_spans,
 )
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -31,10 +46,6 @@ def spans():
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return exporter
-
-
-def processors(provider):
-    return [p for p in provider._active_span_processor._span_processors]
 
 
 def test_kernel_span_attributes(spans):
@@ -88,11 +99,15 @@ def test_traceparent_extract_and_inject_round_trip(spans):
 
 
 def test_server_span_continues_the_callers_trace(spans):
-    with server_span("POST /v1/bundle", {"traceparent": PARENT}):
+    with start_request("POST", "/v1/bundle", {"traceparent": PARENT}, "c-1") as served:
         with kernel_span("bundle", input_count=3, dimension=100):
             pass
+        served.status = 200
     kernel, server = spans.get_finished_spans()
-    assert server.kind == SpanKind.SERVER
+    assert server.kind == SpanKind.SERVER and server.name == "POST /v1/bundle"
+    assert dict(server.attributes) == {"http.request.method": "POST", "http.route": "/v1/bundle",
+                                       "hdc.correlation_id": "c-1", "http.response.status_code": 200}
+    assert server.status.status_code == StatusCode.UNSET
     assert server.context.trace_id == kernel.context.trace_id == int(TRACE_ID, 16)
     assert kernel.parent.span_id == server.context.span_id
     assert server.parent.span_id == int("b7ad6b7169203331", 16)
@@ -100,26 +115,67 @@ def test_server_span_continues_the_callers_trace(spans):
 
 def test_no_traceparent_starts_a_new_trace(spans):
     assert current_trace_id() is None
-    with server_span("GET /health", {}):
+    with start_request("GET", "/health", {}, "c-1"):
         assert current_trace_id() not in (None, TRACE_ID)
+    assert current_trace_id() is None
 
 
-def test_otlp_exporter_only_with_an_endpoint(monkeypatch):
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def test_server_errors_and_exceptions_mark_the_server_span(spans):
+    with start_request("POST", "/v1/ops/bind", {}, "c-1") as served:
+        served.status = 503
+    with pytest.raises(RuntimeError, match="kaboom"):
+        with start_request("POST", "/v1/ops/bind", {}, "c-2"):
+            raise RuntimeError("kaboom")
+    unavailable, failed = spans.get_finished_spans()
+    assert unavailable.status.status_code == StatusCode.ERROR
+    assert unavailable.attributes["http.response.status_code"] == 503
+    assert failed.status.status_code == StatusCode.ERROR and failed.events[0].name == "exception"
 
+
+@pytest.fixture
+def otlp_receiver():
+    """A local HTTP server standing in for a collector: the paths the exporter posts to."""
+    posted = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            posted.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", posted
+    server.shutdown()
+
+
+def export_one_span(provider) -> None:
+    with get_tracer().start_as_current_span("s"):
+        pass
+    assert provider.force_flush(10_000)
+
+
+def test_otlp_exporter_only_with_an_endpoint(monkeypatch, otlp_receiver):
+    endpoint, posted = otlp_receiver
     provider = configure_tracing(set_global=False)
-    assert processors(provider) == []  # no endpoint: spans for the logs, nothing exported
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.invalid:4318")
+    assert provider.span_processors == [] and not records_spans()  # no endpoint: ids for the logs, no export
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
     provider = configure_tracing(set_global=False)
-    (processor,) = processors(provider)
-    exporter = processor._batch_processor._exporter
-    assert isinstance(exporter, OTLPSpanExporter)
-    assert exporter._endpoint == "http://collector.invalid:4318/v1/traces"
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://other.invalid:4318/custom")
-    (processor,) = processors(configure_tracing(set_global=False))
-    assert processor._batch_processor._exporter._endpoint == "http://other.invalid:4318/custom"
+    assert len(provider.span_processors) == 1 and records_spans()
+    export_one_span(provider)
+    assert posted == ["/v1/traces"]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{endpoint}/custom")
+    export_one_span(configure_tracing(set_global=False))
+    assert posted == ["/v1/traces", "/custom"]
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
-    assert processors(configure_tracing(set_global=False)) == []
+    assert configure_tracing(set_global=False).span_processors == []
 
 
 def test_sampler_service_name_and_disable(monkeypatch):
@@ -133,9 +189,13 @@ def test_sampler_service_name_and_disable(monkeypatch):
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector.invalid:4318")
     provider = configure_tracing(set_global=False)
-    assert processors(provider) == []
+    assert provider.span_processors == [] and not records_spans()
     with kernel_span("bind", 1, 8) as span:
         assert not span.get_span_context().is_valid
+    with start_request("GET", "/health", {}, "c-1") as served:
+        assert not served.span.get_span_context().is_valid and current_trace_id() is None
+    with start_request("GET", "/health", {"traceparent": PARENT}, "c-1") as served:  # OpenTelemetry's no-op API
+        assert served.span.get_span_context().span_id == int("b7ad6b7169203331", 16)  # passes the caller's on
 
 
 def test_unsupported_settings_are_named(monkeypatch):
@@ -148,39 +208,38 @@ def test_unsupported_settings_are_named(monkeypatch):
         configure_tracing(set_global=False)
 
 
-def test_without_processors_spans_are_light_but_carry_the_trace():
-    """No exporter: nothing is recorded, yet the caller's trace continues, ids reach the logs and propagate."""
+def test_without_processors_spans_are_not_recorded_but_carry_the_trace():
+    """No exporter: the SDK's spans are non-recording (nothing would read them) and no attributes are built
+    for them, yet the caller's trace continues, ids reach the logs and propagate. Their flags say 'not
+    sampled': this worker records nothing."""
     provider = configure_tracing(set_global=False)
-    assert provider.is_light
-    with server_span("POST /v1/ops/bind", {"TraceParent": PARENT, "tracestate": "vendor=1"}) as server:
+    assert not records_spans()
+    with start_request("POST", "/v1/ops/bind", {"TraceParent": PARENT, "tracestate": "vendor=1"}, "c-1") as served:
+        server = served.span
         assert not server.is_recording()
         assert current_trace_id() == TRACE_ID
         server_id = server.get_span_context().span_id
         assert server_id not in (0, int("b7ad6b7169203331", 16))
         with kernel_span("bind", input_count=2, dimension=64) as kernel:
-            assert current_trace_id() == TRACE_ID
+            assert not kernel.is_recording() and current_trace_id() == TRACE_ID
             assert kernel.get_span_context().span_id not in (0, server_id)
-            out = inject_context({})
-        assert inject_context({})["traceparent"] == f"00-{TRACE_ID}-{server_id:016x}-01"
-    version, trace_id, span_id, flags = out["traceparent"].split("-")
-    assert (version, trace_id, flags) == ("00", TRACE_ID, "01") and span_id == f"{kernel.get_span_context().span_id:016x}"
+        out = inject_context({})
+    assert out["traceparent"] == f"00-{TRACE_ID}-{server_id:016x}-00"
     assert out["tracestate"] == "vendor=1"
     assert current_trace_id() is None  # detached on exit
-    # no traceparent: a new trace; an unsampled caller stays unsampled
-    with server_span("GET /health", {}):
+    with start_request("GET", "/health", {"traceparent": "garbage"}, "c-2"):  # unreadable: a new trace
         assert current_trace_id() not in (None, TRACE_ID)
-    with server_span("GET /health", {"traceparent": f"00-{TRACE_ID}-b7ad6b7169203331-00"}):
-        assert inject_context({})["traceparent"].endswith("-00")
+    assert "ExportedOnly" in provider.sampler.get_description()
 
 
-def test_light_spans_turn_into_recorded_spans_once_an_exporter_is_added():
+def test_spans_are_recorded_once_an_exporter_is_added():
     provider = configure_tracing(set_global=False)
     with kernel_span("bind", 1, 8) as span:
         assert not span.is_recording()
     exporter = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    assert not provider.is_light
-    with server_span("POST /v1/ops/bind", {"traceparent": PARENT}):
+    assert records_spans()
+    with start_request("POST", "/v1/ops/bind", {"traceparent": PARENT}, "c-1"):
         with kernel_span("bind", 1, 8) as span:
             assert span.is_recording()
     kernel, server = exporter.get_finished_spans()
@@ -188,104 +247,93 @@ def test_light_spans_turn_into_recorded_spans_once_an_exporter_is_added():
     assert server.context.trace_id == kernel.context.trace_id == int(TRACE_ID, 16)
 
 
-def test_sampler_decides_the_flags_of_light_spans(monkeypatch):
+def test_the_configured_sampler_decides_once_spans_are_exported(monkeypatch):
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
-    configure_tracing(set_global=False)
-    with server_span("GET /x", {}):
-        assert current_trace_id() is not None
-        assert inject_context({})["traceparent"].endswith("-00")
+    provider = configure_tracing(set_global=False)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with start_request("GET", "/x", {}, "c-1"):
+        assert current_trace_id() is not None  # ids for the logs all the same
+        assert int(inject_context({})["traceparent"][-2:], 16) & 1 == 0  # not sampled
+    assert exporter.get_finished_spans() == ()
 
 
-def test_light_span_ids_continue_the_callers_trace_without_a_span():
-    """The worker's request path without an exporter: only the ids its log lines carry, no span object."""
-    from multidict import CIMultiDict, CIMultiDictProxy
+# --- the per-request facade: ids on every line, one call at each end -------------------------------------------
 
-    from hd_compute.monitoring.tracing import light_span_ids
+
+@pytest.fixture
+def log_lines(capsys):
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging("INFO", "json")
+
+    def read():
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+
+    yield read
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("exported", [False, True])
+def test_every_line_of_a_request_carries_its_ids_on_the_loop_and_the_kernel_thread(log_lines, exported):
+    import asyncio
+    import contextvars
 
     provider = configure_tracing(set_global=False)
-    trace_id, span_id = light_span_ids({"TraceParent": PARENT, "tracestate": "vendor=1"})
-    assert trace_id == TRACE_ID and len(span_id) == 16 and span_id not in ("0" * 16, "b7ad6b7169203331")
-    assert light_span_ids(CIMultiDictProxy(CIMultiDict({"traceparent": PARENT})))[0] == TRACE_ID
-    new_trace, new_span = light_span_ids({"Accept": "application/json"})
-    assert len(new_trace) == 32 and new_trace not in ("0" * 32, TRACE_ID) and new_span != span_id
-    assert light_span_ids({"traceparent": "garbage"})[0] not in (TRACE_ID, "0" * 32)  # unreadable: a new trace
-    assert current_trace_id() is None  # nothing was attached
-    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
-    assert light_span_ids({"traceparent": PARENT}) is None  # spans are recorded now: open server_span instead
+    if exported:
+        provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+
+    async def serve(cid: str, headers: dict):
+        with start_request("POST", "/v1/ops/bind", headers, cid) as served:
+            get_logger("hd_compute.service").info("on_the_loop")
+            await asyncio.sleep(0)  # another request runs meanwhile
+            ctx = contextvars.copy_context()  # what the kernel runner hands its thread
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: ctx.run(logging.getLogger("hd_compute.kernels").warning, "on the kernel thread"))
+            served.status = 200
+            return served.span.get_span_context()
+
+    async def both():
+        return await asyncio.gather(serve("c-1", {"traceparent": PARENT}), serve("c-2", {}))
+
+    first, second = asyncio.run(both())
+    get_logger("hd_compute.service").info("after")
+    entries = log_lines()
+    by_cid = {}
+    for e in entries[:-1]:
+        by_cid.setdefault(e["correlation_id"], []).append(e)
+    assert sorted(by_cid) == ["c-1", "c-2"] and all(len(v) == 2 for v in by_cid.values())
+    for cid, span_context in (("c-1", first), ("c-2", second)):
+        for e in by_cid[cid]:
+            assert e["trace_id"] == f"{span_context.trace_id:032x}" and e["span_id"] == f"{span_context.span_id:016x}"
+    assert by_cid["c-1"][0]["trace_id"] == TRACE_ID
+    assert {"correlation_id", "trace_id", "span_id"}.isdisjoint(entries[-1])
 
 
-HEX = "0123456789abcdef"
-
-
-def _traceparents():
-    """traceparent values around the W3C format: valid ones and each way of being invalid or odd."""
-    from hypothesis import strategies as st
-
-    def hex_text(n):
-        return st.text(alphabet=HEX, min_size=n, max_size=n)
-
-    version = st.one_of(st.sampled_from(["00", "01", "ff", "0g", "0", "000", "FF"]), hex_text(2))
-    trace_id = st.one_of(hex_text(32), st.just("0" * 32), hex_text(31), st.just(TRACE_ID.upper()))
-    span_id = st.one_of(hex_text(16), st.just("0" * 16), hex_text(17))
-    flags = st.one_of(st.sampled_from(["00", "01", "0x"]), hex_text(2))
-    rest = st.sampled_from(["", "-", "-future", " ", "\t ", "\n", "x", "-" + "a" * 600])
-    lead = st.sampled_from(["", " ", "\t", "x"])
-    built = st.tuples(lead, version, trace_id, span_id, flags, rest).map(
-        lambda t: f"{t[0]}{t[1]}-{t[2]}-{t[3]}-{t[4]}{t[5]}")
-    return st.one_of(built, st.text(max_size=80))
-
-
-def test_the_w3c_fast_path_reads_the_trace_as_opentelemetry_extracts_it():
-    """Under the default propagators light_span_ids reads traceparent itself; it must agree with what
-    OpenTelemetry's own extraction gives for every header, valid or not, in any case of the header's name."""
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-    from multidict import CIMultiDict, CIMultiDictProxy
-
-    assert tracing._global_propagator_facts()[1]  # OTEL_PROPAGATORS unset: tracecontext + baggage
-
-    @settings(max_examples=600, deadline=None)
-    @given(value=_traceparents(), name=st.sampled_from(["traceparent", "TraceParent"]),
-           second=st.one_of(st.none(), st.just(PARENT)), baggage=st.booleans())
-    def agree(value, name, second, baggage):
-        pairs = [(name, value)] + ([("traceparent", second)] if second else []) + \
-            ([("baggage", "k=v")] if baggage else [])
-        for headers in (CIMultiDictProxy(CIMultiDict(pairs)), dict(pairs[:1] + pairs[2:])):
-            assert tracing._w3c_trace_id(headers) == tracing._extracted_trace_id(headers), (value, headers)
-
-    agree()
-    assert tracing._w3c_trace_id({"traceparent": PARENT}) == int(TRACE_ID, 16)
-    assert tracing._w3c_trace_id({"traceparent": f"ff-{TRACE_ID}-b7ad6b7169203331-01"}) == 0
-    assert tracing._w3c_trace_id({"traceparent": PARENT + "-extra"}) == 0  # version 00 has exactly four fields
-    assert tracing._w3c_trace_id({"traceparent": "01" + PARENT[2:] + "-extra"}) == int(TRACE_ID, 16)
-    too_long = "01" + PARENT[2:] + "-" + "a" * 600  # over OpenTelemetry's 512 characters: no parent
-    assert tracing._w3c_trace_id({"traceparent": too_long}) == tracing._extracted_trace_id({"traceparent": too_long}) == 0
-
-
-def test_light_span_ids_follow_a_propagator_that_is_not_the_default(monkeypatch):
-    """Another global propagator (here: baggage only, which carries no trace) decides through OpenTelemetry's
-    extraction, not the traceparent fast path."""
-    from opentelemetry import propagate
-    from opentelemetry.baggage.propagation import W3CBaggagePropagator
-    from opentelemetry.propagators.composite import CompositePropagator
-
-    from hd_compute.monitoring.tracing import light_span_ids
-
+def test_operation_completed_and_failed(log_lines):
     configure_tracing(set_global=False)
-    default = propagate.get_global_textmap()
-    try:
-        propagate.set_global_textmap(CompositePropagator([W3CBaggagePropagator()]))
-        assert not tracing._global_propagator_facts()[1]
-        trace_id, _ = light_span_ids({"traceparent": PARENT, "baggage": "k=v"})
-        assert trace_id != TRACE_ID and len(trace_id) == 32  # baggage carries no trace: a new one
-    finally:
-        propagate.set_global_textmap(default)
-    assert tracing._global_propagator_facts()[1] and light_span_ids({"traceparent": PARENT})[0] == TRACE_ID
-
-
-def test_light_span_ids_are_none_when_tracing_is_disabled(monkeypatch):
-    from hd_compute.monitoring.tracing import light_span_ids
-
-    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    configure_tracing(set_global=False)
-    assert light_span_ids({"traceparent": PARENT}) is None
+    metrics = MetricsCollector()
+    with start_request("POST", "/v1/ops/bundle", {}, "c-1"):
+        operation_completed(metrics, "bundle", 0.0152, hypervectors=100,
+                            fields={"dimension": 10000, "input_count": 100, "device": "cpu", "status": 200})
+        operation_failed(metrics, "bundle", 0.001, "invalid_argument", fields={"status": 400, "detail": "vectors: x"})
+        operation_failed(metrics, "bundle", 0.001, "cuda_out_of_memory")  # logged by the caller its own way
+    completed, failed = log_lines()
+    assert {k: completed[k] for k in ("event", "level", "logger", "operation", "dimension", "input_count",
+                                      "duration_ms", "device", "status", "correlation_id")} == {
+        "event": "hypervector_operation_completed", "level": "info", "logger": "hd_compute.service",
+        "operation": "bundle", "dimension": 10000, "input_count": 100, "duration_ms": 15.2, "device": "cpu",
+        "status": 200, "correlation_id": "c-1"}
+    assert {k: failed[k] for k in ("event", "level", "operation", "error", "status", "detail")} == {
+        "event": "request_failed", "level": "warning", "operation": "bundle", "error": "invalid_argument",
+        "status": 400, "detail": "vectors: x"}
+    value = metrics.registry.get_sample_value
+    assert value("hdc_operation_total", {"operation": "bundle"}) == 3
+    assert value("hdc_hypervector_operations_total", {"operation": "bundle"}) == 100
+    assert value("hdc_operation_errors_total", {"operation": "bundle", "error": "invalid_argument"}) == 1
+    assert value("hdc_operation_errors_total", {"operation": "bundle", "error": "cuda_out_of_memory"}) == 1
+    assert value("hdc_operation_duration_seconds_count", {"operation": "bundle"}) == 3

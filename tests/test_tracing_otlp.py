@@ -9,10 +9,10 @@ import subprocess
 import time
 
 import pytest
+from worker_process import REPO, WorkerProcess, free_port
 
 import hd_compute as hd
 from hd_compute.service.codec import hv_to_json
-from worker_process import REPO, WorkerProcess, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"

@@ -1,5 +1,7 @@
 """Observability for the worker: metrics (MetricsCollector), health (HealthChecker), structured logs,
-traces and the continuous benchmark. Monitoring wraps engine calls; it never changes them.
+traces, the per-request facade over them (requests.py), the continuous benchmark and its timing primitives
+(timing.py, which hdc-bench uses too). Monitoring wraps engine calls; it never changes them, and it imports
+neither the service nor the bench.
 
 The seed document's import paths work: `from hd_compute.monitoring import HealthChecker, MetricsCollector`.
 They are imported on first use, so `hd_compute.monitoring.logging` stays importable without torch.
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 from .._lazy import lazy_exports
 
 _EXPORTS = {"HealthChecker": ".health", "HealthThresholds": ".health", "MetricsCollector": ".metrics"}
-__all__ = sorted(_EXPORTS)
+__all__ = ["HealthChecker", "HealthThresholds", "MetricsCollector"]  # = sorted(_EXPORTS)
 
 __getattr__ = lazy_exports(__name__, globals(), _EXPORTS)
 

@@ -7,53 +7,47 @@
              device="cuda:0")
     clear_request_context()                                     # at its end
 
-Every line carries ``timestamp`` (ISO-8601 UTC), ``level``, ``logger`` and ``event``; lines logged while a
-request context is bound also carry ``correlation_id`` and ``trace_id``, and lines logged inside an
-OpenTelemetry span carry ``trace_id`` and ``span_id`` of that span when none was bound. Records of the
-standard ``logging`` module (aiohttp's access log, libraries) go through the same renderer, so stdout stays
-one JSON object per line. ``fmt="console"`` gives coloured human-readable lines instead.
-The file handler rotates at 100 MB and keeps 5 old files, as in the seed.
+Every line carries ``timestamp`` (ISO-8601 UTC with microseconds and Z), ``level``, ``logger`` and ``event``.
+Lines logged while a request context is bound (structlog.contextvars: per asyncio task, and carried to the
+kernel thread with the context) also carry ``correlation_id``; lines logged inside an OpenTelemetry span carry
+``trace_id`` and ``span_id`` of that span unless they were bound. ``fmt="console"`` gives coloured
+human-readable lines on stdout instead (a log file stays JSON). The file rotates at 100 MB and keeps 5 old
+files, as in the seed.
 
-structlog lines take structlog's own pipeline (a filtering bound logger, no stdlib `logging.Logger` in between)
-and are rendered once per format with orjson, then handed to the same handlers the standard records use: a
-line costs about half of what the stdlib round trip did, which matters at one line per request.
+Two of structlog's documented set-ups, chosen by whether there is a log file:
 
-The worker's request lines take a shorter road still (`log_request_line`): the same JSON object built directly,
-with the ids of the request's context (`RequestScope`, one context variable per request instead of a structlog
-binding and an attached span), and rendered when it is written rather than when it is logged. Lines written on
-an event loop's thread at INFO and below are buffered and written once per loop iteration (one write for all
-the lines of that iteration; stdout directly, other handlers through `logging`); a WARNING or worse line, a
-line from another thread and `flush_logs()` write the buffer at once, in order. At one line per request this
-is the difference between a few microseconds and a few tens of them per request.
+- stdout only (the container default): structlog lines are rendered by structlog's own chain and written by
+  its WriteLogger, one write per line; the records of other libraries (aiohttp's access log, ...) go through
+  the standard `logging` module to a stdout handler whose `ProcessorFormatter` runs the same processors
+  (`foreign_pre_chain`) and the same renderer. A structlog line skips the standard library's round trip (two
+  LogRecords, the caller lookup, the handler): at one line per request that is the larger part of a line's
+  cost (docs/benchmarks.md).
+- with a file: structlog lines go through `ProcessorFormatter.wrap_for_formatter` into `logging` as well
+  ("Rendering using structlog-based formatters within logging"), because only the standard handlers write one
+  line to two places (stdout in the chosen format, the rotating file as JSON).
 """
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextvars
+import datetime
 import logging
 import logging.handlers
 import sys
-import threading
-import time
-from collections import deque
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any, TextIO
 
 import orjson
 import structlog
 
-from ._queues import drain
-
 try:
-    from opentelemetry import trace as _otel_trace
-except ImportError:  # pragma: no cover - opentelemetry-api is a dependency
-    _otel_trace = None
+    from opentelemetry import trace
+except ImportError:  # the operator's image imports this module without OpenTelemetry: no trace ids there
+    trace = None  # type: ignore[assignment]
 
 __all__ = [
     "configure_logging", "get_logger", "LoggerCache", "bind_request_context", "clear_request_context",
-    "RequestScope", "REQUEST_SCOPE", "log_request_line", "flush_logs",
-    "OPERATION_COMPLETED", "CUDA_MEMORY_ALLOCATION_FAILED", "PERFORMANCE_MEASUREMENT",
+    "flush_logs", "OPERATION_COMPLETED", "CUDA_MEMORY_ALLOCATION_FAILED", "PERFORMANCE_MEASUREMENT",
     "FILE_MAX_BYTES", "FILE_BACKUP_COUNT", "FORMATS",
 ]
 
@@ -66,106 +60,84 @@ FILE_MAX_BYTES = 100 * 1024 * 1024
 FILE_BACKUP_COUNT = 5
 FORMATS = ("json", "console")
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_HANDLER_TAG = "_hdc_handler"
 
 
-class _StdoutHandler(logging.StreamHandler):
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever sys.stdout is at the time of the write (so captured or replaced stdout works)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(sys.stdout)
 
     @property
-    def stream(self):
+    def stream(self) -> TextIO:  # type: ignore[override]
         return sys.stdout
 
     @stream.setter
-    def stream(self, value):  # StreamHandler assigns it; the property always answers sys.stdout
+    def stream(self, value: TextIO) -> None:  # StreamHandler assigns it; the property always answers sys.stdout
         pass
 
 
-class RequestScope:
-    """The request being served: its correlation id and, when spans are not recorded (no exporter), the trace
-    and span ids of its light server span (hex). With recorded spans `trace_id` is None and the lines take the
-    ids of the current OpenTelemetry span. Set in REQUEST_SCOPE for the time of the request; it travels to the
-    kernel thread with the context like every context variable."""
-
-    __slots__ = ("correlation_id", "trace_id", "span_id")
-
-    def __init__(self, correlation_id: str, trace_id: str | None = None, span_id: str | None = None) -> None:
-        self.correlation_id, self.trace_id, self.span_id = correlation_id, trace_id, span_id
-
-
-REQUEST_SCOPE: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar("hdc_request_scope", default=None)
-
-
-def _trace_ids(scope: RequestScope | None) -> tuple[str, str] | None:
-    """(trace_id, span_id) for a line: the request scope's when it holds them (no span is recorded: the ids of
-    its light server span are the only ones anyone can look up), else the current OpenTelemetry span's."""
-    if scope is not None and scope.trace_id is not None:
-        return scope.trace_id, scope.span_id
-    if _otel_trace is not None:
-        ctx = _otel_trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            return "%032x" % ctx.trace_id, "%016x" % ctx.span_id
-    return None
-
-
-def _add_request_context(logger, method_name, event_dict):
-    """correlation_id of the request scope, and trace_id / span_id (the request scope's, else the current
-    span's) when none were bound."""
-    scope = REQUEST_SCOPE.get()
-    bound = "trace_id" in event_dict and "span_id" in event_dict
-    return _add_ids(event_dict, scope, None if bound else _trace_ids(scope))
-
-
-def _add_ids(event_dict: dict, scope: RequestScope | None, ids: tuple[str, str] | None) -> dict:
-    if scope is not None and "correlation_id" not in event_dict:
-        event_dict["correlation_id"] = scope.correlation_id
-    if ids is not None and not ("trace_id" in event_dict and "span_id" in event_dict):
+def _add_trace_ids(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """trace_id and span_id of the current OpenTelemetry span (32 and 16 hex digits), unless the line carries
+    both already; a bound trace_id (bind_request_context) is kept."""
+    if "trace_id" in event_dict and "span_id" in event_dict:
+        return event_dict
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
         if event_dict.get("trace_id") is None:
-            event_dict["trace_id"] = ids[0]
-        event_dict.setdefault("span_id", ids[1])
+            event_dict["trace_id"] = "%032x" % context.trace_id
+        event_dict.setdefault("span_id", "%016x" % context.span_id)
     return event_dict
 
 
-_second = -1
-_second_text = ""
-
-
-def _iso_now() -> str:
-    """The current UTC time as ISO-8601 with microseconds and a Z (2026-11-29T05:02:56.123456Z)."""
-    return _iso_at(time.time_ns())
-
-
-def _iso_at(time_ns: int) -> str:
-    """`time_ns` (nanoseconds since the epoch) as _iso_now writes it; the date and time of day are formatted
-    once per second."""
-    global _second, _second_text
-    second, nanoseconds = divmod(time_ns, 1_000_000_000)
-    if second != _second:
-        _second_text, _second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)), second
-    return f"{_second_text}.{nanoseconds // 1000:06d}Z"
-
-
-def _add_timestamp(logger, method_name, event_dict):
-    event_dict["timestamp"] = _iso_now()
+def _add_timestamp(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """timestamp: ISO-8601 UTC, always with microseconds (structlog's TimeStamper(fmt="iso") drops them when they
+    are zero, and its strftime formats cost three times as much), and a Z. A standard record's is the time it
+    was created, so that every handler writes the same line."""
+    record = event_dict.get("_record")
+    if record is not None:
+        at = datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+    else:
+        at = datetime.datetime.now(datetime.timezone.utc)
+    event_dict["timestamp"] = at.isoformat(timespec="microseconds")[:-6] + "Z"
     return event_dict
 
 
-def _dumps(obj, **kwargs) -> str:
+def _dumps(obj: Any, **kwargs: Any) -> str:
     return orjson.dumps(obj, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def _shared_processors() -> list:
+def _shared_processors() -> list[Any]:
+    """What every line gets, whether it comes from structlog or from the standard logging module."""
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         _add_timestamp,
-        _add_request_context,
+        *([_add_trace_ids] if trace is not None else []),
         structlog.processors.StackInfoRenderer(),
     ]
+
+
+def _rendering(fmt: str) -> list[Any]:
+    """The last processors: "json" (exceptions as text, one JSON object) or "console" (coloured on a tty)."""
+    if fmt == "json":
+        return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=_dumps)]
+    return [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
+
+
+def _formatter(fmt: str) -> structlog.stdlib.ProcessorFormatter:
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_rendering(fmt)],
+    )
+
+
+_HANDLER_NAME = "hd_compute"  # the handlers configure_logging installs (and replaces when called again)
+
+
+def _ours(handler: logging.Handler) -> bool:
+    return handler.get_name() == _HANDLER_NAME
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json", file: str | None = None) -> None:
@@ -180,223 +152,60 @@ def configure_logging(level: str = "INFO", fmt: str = "json", file: str | None =
     if fmt not in FORMATS:
         raise ValueError(f"fmt (HDC_LOG_FORMAT) must be one of {', '.join(FORMATS)}, got {fmt!r}")
     level_no = getattr(logging, level.upper())
-    flush_logs()  # lines buffered for the old handlers go to them
 
-    final = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(serializer=_dumps)] \
-        if fmt == "json" \
-        else [structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())]
-    formatter = _Formatter(
-        foreign_pre_chain=_shared_processors(),
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
-    )
     handlers: list[logging.Handler] = [_StdoutHandler()]
+    handlers[0].setFormatter(_formatter(fmt))
     if file:
         path = Path(file)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            handlers.append(logging.handlers.RotatingFileHandler(
-                path, maxBytes=FILE_MAX_BYTES, backupCount=FILE_BACKUP_COUNT, encoding="utf-8"))
+            rotating = logging.handlers.RotatingFileHandler(
+                path, maxBytes=FILE_MAX_BYTES, backupCount=FILE_BACKUP_COUNT, encoding="utf-8")
         except OSError as exc:
             raise ValueError(f"file (HDC_LOG_FILE) {file!r} cannot be opened for writing: {exc}") from exc
-    if fmt == "console" and file:
-        # The file stays machine-readable even when stdout is for humans.
-        handlers[1].setFormatter(_Formatter(
-            foreign_pre_chain=_shared_processors(),
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.format_exc_info,
-                        structlog.processors.JSONRenderer(serializer=_dumps)]))
+        rotating.setFormatter(_formatter("json"))  # the file stays machine-readable when stdout is for humans
+        handlers.append(rotating)
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _HANDLER_TAG, False)]:
+    for old in [h for h in root.handlers if _ours(h)]:
         root.removeHandler(old)
         old.close()
-    for h in handlers:
-        setattr(h, _HANDLER_TAG, True)
-        if h.formatter is None:
-            h.setFormatter(formatter)
-        root.addHandler(h)
+    for handler in handlers:
+        handler.set_name(_HANDLER_NAME)
+        root.addHandler(handler)
     root.setLevel(level_no)
 
-    # structlog lines: each handler gets them in its own format (stdout as asked, a file always as JSON), each
-    # format rendered once per line.
-    sinks = [(h, "console" if (fmt == "console" and h is handlers[0]) else "json") for h in handlers]
-    _SINKS[:] = sinks
-    _RENDERERS.clear()
-    for _, sink_fmt in sinks:
-        _RENDERERS[sink_fmt] = _render_json if sink_fmt == "json" else structlog.dev.ConsoleRenderer(
-            colors=sys.stdout.isatty())
+    if file:  # through the standard handlers, so that each line reaches stdout and the file
+        last, factory = [structlog.stdlib.ProcessorFormatter.wrap_for_formatter], structlog.stdlib.LoggerFactory()
+    else:
+        last, factory = _rendering(fmt), _NamedWriteLogger
     structlog.configure(
-        processors=[*_shared_processors(), structlog.processors.format_exc_info, _to_sinks],
-        logger_factory=_SinkLogger,
+        processors=[*_shared_processors(), *last],
+        logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
         cache_logger_on_first_use=False,
     )
-    global _generation, _fast_lines
+    global _generation
     _generation += 1  # LoggerCache instances bind again
-    _fast_lines = set(_RENDERERS) == {"json"} and level_no <= logging.INFO
-
-
-# (handler, format) pairs that structlog lines go to, and the renderers by format; set by configure_logging.
-_SINKS: list[tuple[logging.Handler, str]] = []
-_RENDERERS: dict[str, object] = {}
-_LEVEL_NUMBERS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "warn": logging.WARNING,
-                  "error": logging.ERROR, "exception": logging.ERROR, "critical": logging.CRITICAL}
-
-
-def _render_json(logger, method_name, event_dict) -> str:
-    return orjson.dumps(event_dict, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def _to_sinks(logger, method_name, event_dict):
-    """Last processor: renders once per format and returns the lines for _SinkLogger (as keyword arguments)."""
-    lines = {fmt: render(logger, method_name, dict(event_dict)) for fmt, render in _RENDERERS.items()}
-    return {"lines": lines, "level": _LEVEL_NUMBERS.get(method_name, logging.INFO)}
-
-
-class _Rendered:
-    """A structlog line already rendered by _to_sinks (or several, one per line), in the shape of the LogRecord a
-    handler expects (without the cost of building one: a third of a line's time); _Formatter passes it through."""
-
-    __slots__ = ("name", "levelno", "levelname", "msg")
-    args = ()
-    exc_info = exc_text = stack_info = None
-
-    def __init__(self, name: str, levelno: int, msg: str) -> None:
-        self.name, self.levelno, self.msg = name, levelno, msg
-        self.levelname = logging.getLevelName(levelno)
-
-    def getMessage(self) -> str:
-        return self.msg
-
-
-class _SinkLogger:
-    """structlog's final logger: hands each rendered line to the configured handlers (stdout, the file)."""
-
-    def __init__(self, name: str | None = None, *args) -> None:
-        self.name = name or "hd_compute"
-
-    def msg(self, lines: dict[str, str], level: int) -> None:
-        _emit(self.name, level, lines)
-
-    debug = info = warning = warn = error = exception = critical = fatal = log = msg
-
-
-# Lines written on an event loop's thread at INFO or below wait here for the end of the loop iteration (a deque:
-# appends and pops are atomic, so adding a line takes no lock). Each: (logger, level, {format: text}), or a
-# _RequestLine in place of the dict.
-_pending: deque[tuple[str, int, dict[str, str]]] = deque()
-_flush_lock = threading.Lock()  # one flush at a time, so that lines leave in the order they came
-_flush_loop: asyncio.AbstractEventLoop | None = None  # the loop a flush of _pending is scheduled on
-
-
-def _emit(name: str, level: int, lines: dict[str, str]) -> None:
-    global _flush_loop
-    loop = asyncio._get_running_loop()
-    if loop is None or level > logging.INFO:
-        with _flush_lock:
-            _write(drain(_pending) + [(name, level, lines)])  # what came before goes first
-        return
-    _pending.append((name, level, lines))
-    if _flush_loop is loop:  # set and cleared on this loop's thread only: no other thread can interleave
-        return
-    _flush_loop = loop
-    try:
-        loop.call_soon(_flush_scheduled)
-    except RuntimeError:  # the loop is closing: write now
-        flush_logs()
-
-
-def _flush_scheduled() -> None:
-    global _flush_loop
-    _flush_loop = None
-    flush_logs()
 
 
 def flush_logs() -> None:
-    """Writes the lines buffered on event loop threads now (the worker calls it before it exits)."""
-    if _pending:
-        with _flush_lock:
-            _write(drain(_pending))
+    """Flushes the handlers configure_logging installed and stdout (the worker calls it before it exits)."""
+    for handler in logging.getLogger().handlers:
+        if _ours(handler):
+            handler.flush()
+    sys.stdout.flush()
 
 
-atexit.register(flush_logs)
+class _NamedWriteLogger(structlog.WriteLogger):
+    """structlog's WriteLogger (one write and flush per line, to sys.stdout as it is when the logger is bound)
+    with the name it was asked for, which structlog.stdlib.add_logger_name reads as it reads a stdlib logger's."""
+
+    def __init__(self, name: str | None = None, *args: Any) -> None:
+        super().__init__()
+        self.name = name or "hd_compute"
 
 
-def _write(entries: list[tuple[str, int, dict[str, str]]]) -> None:
-    """All `entries` (their lines joined by newlines) in one write per handler, in each handler's format.
-
-    The stdout handler is written directly (under its lock): the logging module's round trip (filters,
-    formatter, two lock passes) cost twice the write itself. Other handlers (the rotating file) take it."""
-    if not entries:
-        return
-    level = max(e[1] for e in entries)
-    for handler, fmt in _SINKS:
-        text = "\n".join(lines[fmt] for _, _, lines in entries)
-        if type(handler) is _StdoutHandler and not handler.filters and level >= handler.level:
-            handler.acquire()
-            try:
-                stream = sys.stdout
-                stream.write(text + "\n")
-                stream.flush()
-            except Exception:  # noqa: BLE001 - like logging: report on stderr, never fail the caller
-                handler.handleError(_Rendered(entries[0][0], level, text))
-            finally:
-                handler.release()
-        else:
-            handler.handle(_Rendered(entries[0][0], level, text))
-
-
-# Whether log_request_line may build its JSON line directly: set by configure_logging (JSON only, INFO enabled).
-_fast_lines = False
-
-
-def log_request_line(logger: str, event: str, fields: dict) -> None:
-    """An INFO line of the request being served (the worker's hypervector_operation_completed): the line
-    `get_logger(logger).info(event, **fields)` would write, with the request scope's correlation id and the
-    trace ids, built without structlog's processor chain when the output is JSON (bindings made with
-    structlog.contextvars are not merged on this road), and rendered when it is written (`_RequestLine`):
-    `fields` must not change afterwards. Other formats take the usual road."""
-    if not _fast_lines:
-        get_logger(logger).info(event, **fields)
-        return
-    scope = REQUEST_SCOPE.get()
-    _emit(logger, logging.INFO, _RequestLine(logger, event, fields, scope, _trace_ids(scope), time.time_ns()))
-
-
-class _RequestLine:
-    """A log_request_line line: what it says is taken when it is logged (fields, time, the request's ids), its
-    JSON is rendered when it is written. On an event loop that is at the end of the iteration, together with
-    the other lines of that iteration: one loop over them instead of a render in the middle of each request,
-    where its steps, timed in place on the 2-core EPYC, cost 4-5 times what they cost in a loop. Stands for the
-    {format: text} dict of the other lines; only "json" exists on this road (`_fast_lines`)."""
-
-    __slots__ = ("logger", "event", "fields", "scope", "ids", "time_ns", "_text")
-
-    def __init__(self, logger: str, event: str, fields: dict, scope: RequestScope | None,
-                 ids: tuple[str, str] | None, time_ns: int) -> None:
-        self.logger, self.event, self.fields, self.scope, self.ids, self.time_ns = \
-            logger, event, fields, scope, ids, time_ns
-        self._text: str | None = None
-
-    def __getitem__(self, fmt: str) -> str:
-        if self._text is None:
-            line = _add_ids({"event": self.event, **self.fields}, self.scope, self.ids)
-            line["level"] = "info"
-            line["logger"] = self.logger
-            line["timestamp"] = _iso_at(self.time_ns)
-            self._text = orjson.dumps(line, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
-        return self._text
-
-
-class _Formatter(structlog.stdlib.ProcessorFormatter):
-    """ProcessorFormatter for standard records; structlog lines arrive rendered and pass through as they are."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        if isinstance(record, _Rendered):
-            return record.msg
-        return super().format(record)
-
-
-def get_logger(name: str | None = None):
+def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name or "hd_compute")
 
 
@@ -406,15 +215,17 @@ _generation = 0  # how many times configure_logging ran
 class LoggerCache:
     """`log = LoggerCache("hd_compute.service")`, then `log().info(...)`: a bound logger for hot paths.
 
-    `get_logger(name).info(...)` binds a new logger for every line (about 5 us, a quarter of a JSON line); this
-    binds once and again only after configure_logging changed the set-up."""
+    `get_logger(name).info(...)` binds a new logger for every line (structlog's lazy proxy); this binds once
+    and again only after configure_logging changed the set-up."""
 
     __slots__ = ("name", "_logger", "_generation")
 
     def __init__(self, name: str) -> None:
-        self.name, self._logger, self._generation = name, None, -1
+        self.name: str = name
+        self._logger: Any = None
+        self._generation = -1
 
-    def __call__(self):
+    def __call__(self) -> Any:
         if self._generation != _generation or self._logger is None:
             self._logger = structlog.get_logger(self.name).bind()
             self._generation = _generation

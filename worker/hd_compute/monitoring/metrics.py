@@ -26,17 +26,13 @@ import math
 import os
 import threading
 import time
-from bisect import bisect_left
 from collections import deque
 from typing import Callable, Iterable, Mapping
 
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder, generate_latest, CONTENT_TYPE_LATEST
-from prometheus_client.utils import floatToGoString
-
-from ._queues import drain
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
 __all__ = ["MetricsCollector", "QUANTILES", "DURATION_BUCKETS", "BATCH_SIZE_BUCKETS"]
 
@@ -45,26 +41,26 @@ QUANTILES = (0.5, 0.95, 0.99)
 DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-_DURATION_LE = [floatToGoString(b) for b in DURATION_BUCKETS] + ["+Inf"]  # the le labels prometheus_client writes
-_APPLY_AFTER = 10_000  # observe_operation records waiting at most (a worker nobody scrapes stays bounded)
 
-# increment_counter names (the seed's, without "hdc_") -> attribute; "operations_total" is the seed's example.
+# increment_counter names (the seed's, without "hdc_") -> the metric family; "operations_total" is the seed's
+# example.
 _COUNTER_NAMES = {
-    "operation_total": "operation_total",
-    "operations_total": "operation_total",
-    "operation_errors_total": "operation_errors_total",
-    "hypervector_operations_total": "hypervector_operations_total",
+    "operation_total": "hdc_operation",
+    "operations_total": "hdc_operation",
+    "operation_errors_total": "hdc_operation_errors",
+    "hypervector_operations_total": "hdc_hypervector_operations",
 }
-# set_gauge names -> attribute. Latency percentiles and throughput are computed, never set.
+# set_gauge names -> the metric family. Latency percentiles and throughput are computed, never set.
 _GAUGE_NAMES = {
-    "active_hypervectors": "active_hypervectors",
-    "memory_usage_bytes": "memory_usage_bytes",
-    "cpu_usage_percent": "cpu_usage_percent",
-    "gpu_memory_usage_bytes": "gpu_memory_usage_bytes",
-    "gpu_utilization_percent": "gpu_utilization_percent",
+    "active_hypervectors": "hdc_active_hypervectors",
+    "memory_usage_bytes": "hdc_memory_usage_bytes",
+    "cpu_usage_percent": "hdc_cpu_usage_percent",
+    "gpu_memory_usage_bytes": "hdc_gpu_memory_usage_bytes",
+    "gpu_utilization_percent": "hdc_gpu_utilization_percent",
     "capacity_ops_per_second": None,  # set_capacity
-    "benchmark_duration_seconds": "benchmark_duration_seconds",
-    "benchmark_degradation_ratio": "benchmark_degradation_ratio",
+    "benchmark_duration_seconds": "hdc_benchmark_duration_seconds",
+    "benchmark_degradation_ratio": "hdc_benchmark_degradation_ratio",
+    "benchmark_peak_memory_bytes": "hdc_benchmark_peak_memory_bytes",
 }
 
 
@@ -84,6 +80,12 @@ def _check_number(field: str, value: object, *, minimum: float | None = 0.0, max
     return float(value)
 
 
+def _check_count(field: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
+    return value
+
+
 def _quantile(sorted_values: list[float], q: float) -> float:
     """Linear interpolation between closest ranks (numpy's default 'linear' method)."""
     if len(sorted_values) == 1:
@@ -94,46 +96,21 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-class _Durations:
-    """hdc_operation_duration_seconds of one operation: observations per bucket (DURATION_BUCKETS, then +Inf,
-    not cumulative) and their sum. A plain record rather than a prometheus_client Histogram: the queued
-    observations are added in bulk, a bisect and two additions each instead of Histogram.observe's lock and
-    loop over the buckets (a quarter of what a request's metrics cost)."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * len(_DURATION_LE)
-        self.total = 0.0
-
-    def add(self, seconds: float) -> None:
-        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1  # a bucket holds the values <= its bound
-        self.total += seconds
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        out, running = [], 0
-        for le, n in zip(_DURATION_LE, self.counts):
-            running += n
-            out.append((le, running))
-        return out
-
-
 class _WithoutCreated:
-    """Exposes another registry's metrics without the `_created` samples prometheus_client adds, and the
-    operation duration histograms, after applying the observations waiting in the owner's queue."""
+    """Exposes another registry's metrics without the `_created` samples prometheus_client adds next to
+    counters and histograms (they would be metric names outside the contract). A collector of our own rather
+    than prometheus_client.disable_created_metrics(), which would change every registry of the process."""
 
-    def __init__(self, owner: "MetricsCollector", inner: CollectorRegistry):
-        self._owner, self._inner = owner, inner
+    def __init__(self, inner: CollectorRegistry) -> None:
+        self._inner = inner
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterable[Metric]:
-        self._owner.apply_observations()
         for family in self._inner.collect():
             family.samples = [s for s in family.samples if not s.name.endswith("_created")]
             yield family
-        yield self._owner._duration_family()
 
 
 class _WindowCollector:
@@ -162,13 +139,30 @@ class _WindowCollector:
         yield throughput
         capacity = GaugeMetricFamily("hdc_capacity_ops_per_second",
                                      "Hypervector operations per second this replica can sustain (measured)")
-        if self._owner._capacity is not None:
-            capacity.add_metric([], self._owner._capacity)
+        if self._owner.capacity is not None:
+            capacity.add_metric([], self._owner.capacity)
         yield capacity
 
 
+class _OperationSeries:
+    """The labelled children of one operation (labels() takes a lock and builds a key: once per operation,
+    not per request) and its sliding window of (time, duration ms, hypervectors)."""
+
+    __slots__ = ("duration", "total", "hypervectors", "errors", "window")
+
+    def __init__(self, owner: "MetricsCollector", operation: str) -> None:
+        self.duration = owner.operation_duration_seconds.labels(operation)
+        self.total = owner.operation_total.labels(operation)
+        self.hypervectors = owner.hypervector_operations_total.labels(operation)
+        self.errors: dict[str, Counter] = {}  # error code -> its child of hdc_operation_errors_total
+        self.window: deque[tuple[float, float, int]] = deque()
+
+
 class MetricsCollector:
-    """All hdc_* metrics of one worker, in `registry` (a fresh CollectorRegistry when none is given)."""
+    """All hdc_* metrics of one worker, in `registry` (a fresh CollectorRegistry when none is given).
+
+    `label_names` maps each declared metric family (as prometheus_client names it: counters without their
+    `_total`) to its label names, for readers that need the labels of a family that has no sample yet."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, latency_window_seconds: float = 60.0,
                  clock: Callable[[], float] = time.monotonic):
@@ -178,57 +172,68 @@ class MetricsCollector:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock
         self._started = clock()
-        self._lock = threading.Lock()
-        # operation -> deque of (time, duration_ms, hypervectors)
-        self._window: dict[str, deque[tuple[float, float, int]]] = {}
-        self._durations: dict[str, _Durations] = {}  # hdc_operation_duration_seconds, by operation (under _lock)
+        self._lock = threading.Lock()  # the sliding windows and the series table
+        self._series: dict[str, _OperationSeries] = {}
         self._process = psutil.Process(os.getpid())
         self._cpu_sample: tuple[float, float] | None = None  # (wall time, process cpu seconds)
         self._nvml_handles: list | None = None  # None: not tried yet; []: no GPU
-        self._children: dict[str, tuple] = {}  # operation -> its labelled total/hypervector counter children
-        # observe_operation's records, applied to the metrics when they are read (deque: appends and pops are
-        # atomic, so the request path takes no lock)
-        self._observations: deque[tuple[str, float, int, str | None, float]] = deque()
+        self.capacity: float | None = None  # hdc_capacity_ops_per_second: absent until measured
+        self.label_names: dict[str, tuple[str, ...]] = {}
+        self._families: dict[str, Counter | Gauge | Histogram] = {}  # family name -> metric (set_gauge, ...)
 
         inner = CollectorRegistry()
-        r = {"registry": inner}
-        # System
-        self.memory_usage_bytes = Gauge("hdc_memory_usage_bytes", "Memory consumption by component, in bytes",
-                                        ["component"], **r)
-        self.cpu_usage_percent = Gauge("hdc_cpu_usage_percent",
-                                       "CPU used by the worker process, in percent of one core", **r)
-        self.gpu_memory_usage_bytes = Gauge("hdc_gpu_memory_usage_bytes", "GPU memory in use, in bytes (if a GPU exists)",
-                                            ["device"], **r)
-        self.gpu_utilization_percent = Gauge("hdc_gpu_utilization_percent", "GPU utilization, in percent",
-                                             ["device"], **r)
-        # Operations (hdc_operation_duration_seconds{operation}: _Durations, exposed by _duration_family)
-        self.operation_total = Counter("hdc_operation_total", "Total operations by type", ["operation"], **r)
-        self.operation_errors_total = Counter("hdc_operation_errors", "Failed operations by type and error",
-                                              ["operation", "error"], **r)
-        self.hypervector_operations_total = Counter("hdc_hypervector_operations",
-                                                    "Hypervectors processed by operations", ["operation"], **r)
-        # Performance
-        self.batch_size_distribution = Histogram("hdc_batch_size_distribution", "Micro-batch sizes",
-                                                 buckets=BATCH_SIZE_BUCKETS, **r)
-        self._capacity: float | None = None  # hdc_capacity_ops_per_second: absent until measured
-        self.benchmark_duration_seconds = Gauge("hdc_benchmark_duration_seconds",
-                                                "Latest continuous-benchmark duration of one call", ["test"], **r)
-        self.benchmark_degradation_ratio = Gauge("hdc_benchmark_degradation_ratio",
-                                                 "(current - baseline) / baseline of a continuous benchmark", ["test"],
-                                                 **r)
-        self.active_hypervectors = Gauge("hdc_active_hypervectors", "Hypervectors held by the worker", **r)
 
-        self.registry.register(_WithoutCreated(self, inner))
+        def declare(kind, name: str, documentation: str, labels: tuple[str, ...] = (), **kwargs):
+            metric = kind(name, documentation, labels, registry=inner, **kwargs)
+            self.label_names[name] = labels
+            self._families[name] = metric
+            return metric
+
+        # System
+        self.memory_usage_bytes = declare(Gauge, "hdc_memory_usage_bytes", "Memory consumption by component, in bytes",
+                                          ("component",))
+        self.cpu_usage_percent = declare(Gauge, "hdc_cpu_usage_percent",
+                                         "CPU used by the worker process, in percent of one core")
+        self.gpu_memory_usage_bytes = declare(Gauge, "hdc_gpu_memory_usage_bytes",
+                                              "GPU memory in use, in bytes (if a GPU exists)", ("device",))
+        self.gpu_utilization_percent = declare(Gauge, "hdc_gpu_utilization_percent", "GPU utilization, in percent",
+                                               ("device",))
+        # Operations. Counters are named without `_total`: prometheus_client appends it to the samples.
+        self.operation_duration_seconds = declare(Histogram, "hdc_operation_duration_seconds",
+                                                  "Operation execution time", ("operation",),
+                                                  buckets=DURATION_BUCKETS)
+        self.operation_total = declare(Counter, "hdc_operation", "Total operations by type", ("operation",))
+        self.operation_errors_total = declare(Counter, "hdc_operation_errors", "Failed operations by type and error",
+                                              ("operation", "error"))
+        self.hypervector_operations_total = declare(Counter, "hdc_hypervector_operations",
+                                                    "Hypervectors processed by operations", ("operation",))
+        # Performance (latency percentiles, throughput and capacity: _WindowCollector)
+        self.batch_size_distribution = declare(Histogram, "hdc_batch_size_distribution", "Micro-batch sizes",
+                                               buckets=BATCH_SIZE_BUCKETS)
+        self.benchmark_duration_seconds = declare(Gauge, "hdc_benchmark_duration_seconds",
+                                                  "Latest continuous-benchmark duration of one call", ("test",))
+        self.benchmark_degradation_ratio = declare(Gauge, "hdc_benchmark_degradation_ratio",
+                                                   "(current - baseline) / baseline of a continuous benchmark",
+                                                   ("test",))
+        self.benchmark_peak_memory_bytes = declare(Gauge, "hdc_benchmark_peak_memory_bytes",
+                                                   "Peak memory of one call of a continuous-benchmark test beyond "
+                                                   "what was in use before it, in bytes", ("test",))
+        self.active_hypervectors = declare(Gauge, "hdc_active_hypervectors", "Hypervectors held by the worker")
+        for name, labels in {"hdc_latency_percentiles": ("operation", "quantile"),
+                             "hdc_throughput_ops_per_second": ("operation",),
+                             "hdc_capacity_ops_per_second": ()}.items():
+            self.label_names[name] = labels
+
+        self.registry.register(_WithoutCreated(inner))
         self.registry.register(_WindowCollector(self))
 
     # --- the seed's API ---------------------------------------------------------------------------------------
     def record_operation_duration(self, operation: str, duration_ms: float) -> None:
         """Duration histogram and latency window only (no counters); `observe_operation` does everything."""
-        _check_label("operation", operation)
+        series = self._series_of(_check_label("operation", operation))
         ms = _check_number("duration_ms", duration_ms)
-        with self._lock:
-            self._durations_of(operation).add(ms / 1000.0)
-        self._remember(operation, ms, 0)
+        series.duration.observe(ms / 1000.0)
+        self._remember(series, ms, 0)
 
     def record_memory_usage(self, component: str, memory_bytes: int) -> None:
         self.memory_usage_bytes.labels(_check_label("component", component)).set(
@@ -243,114 +248,65 @@ class MetricsCollector:
             self.gpu_utilization_percent.labels(device).set(_check_number("percent", percent, maximum=100.0))
 
     def increment_counter(self, name: str, labels: Mapping[str, str] | None = None, amount: float = 1) -> None:
-        metric = self._lookup(name, _COUNTER_NAMES, "counter")
-        self._labelled(metric, name, labels).inc(_check_number("amount", amount))
+        family = self._lookup(name, _COUNTER_NAMES, "counter")
+        self._labelled(family, name, labels).inc(_check_number("amount", amount))
 
     def set_gauge(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        metric = self._lookup(name, _GAUGE_NAMES, "gauge")
-        if metric is None:  # capacity_ops_per_second
+        family = self._lookup(name, _GAUGE_NAMES, "gauge")
+        if family is None:  # capacity_ops_per_second
             if labels:
                 raise ValueError(f"metric {name!r} takes no labels, got {sorted(labels)}")
             self.set_capacity(value)
             return
-        self._labelled(metric, name, labels).set(_check_number("value", value, minimum=None))
+        self._labelled(family, name, labels).set(_check_number("value", value, minimum=None))
 
     # --- the worker's API -------------------------------------------------------------------------------------
-    def _operation_children(self, operation: str) -> tuple:
-        # labels() takes a lock and builds a key: once per operation, not per request
-        children = self._children.get(operation)
-        if children is None:
-            children = self._children[operation] = (self.operation_total.labels(operation),
-                                                    self.hypervector_operations_total.labels(operation))
-            with self._lock:
-                self._durations_of(operation)
-        return children
-
-    def _durations_of(self, operation: str) -> _Durations:
-        """(Under _lock.)"""
-        durations = self._durations.get(operation)
-        if durations is None:
-            durations = self._durations[operation] = _Durations()
-        return durations
-
-    def _duration_family(self) -> HistogramMetricFamily:
-        family = HistogramMetricFamily("hdc_operation_duration_seconds", "Operation execution time",
-                                       labels=["operation"])
-        with self._lock:
-            rows = [(operation, d.cumulative(), d.total) for operation, d in sorted(self._durations.items())]
-        for operation, buckets, total in rows:
-            family.add_metric([operation], buckets, total)
-        return family
-
     def declare_operations(self, operations: Iterable[str]) -> None:
         """Exports the per-operation series at zero before the first request, so an idle replica (a fresh one,
         or one that never got traffic) has a throughput of 0 rather than no series: an HPA on their rate needs
         a value for every pod to scale down."""
         for operation in operations:
-            self._operation_children(_check_label("operation", operation))
+            self._series_of(_check_label("operation", operation))
 
     def observe_operation(self, operation: str, seconds: float, *, hypervectors: int = 1,
                           error: str | None = None) -> None:
-        """One completed request or kernel: duration, counts, errors, and the sliding window."""
+        """One completed request or kernel: its duration, the operation and hypervector counters (a failed one:
+        the error counter of its `error` code instead of hypervectors, since failed work is not throughput),
+        and the sliding window of the latency percentiles and throughput."""
         _check_label("operation", operation)
         seconds = _check_number("seconds", seconds)
-        if isinstance(hypervectors, bool) or not isinstance(hypervectors, int) or hypervectors < 0:
-            raise ValueError(f"hypervectors must be a non-negative integer, got {hypervectors!r}")
+        hypervectors = _check_count("hypervectors", hypervectors)
         if error is not None:
             _check_label("error", error)
-        self._observations.append((operation, seconds, hypervectors, error, self._clock()))
-        if len(self._observations) >= _APPLY_AFTER:
-            self.apply_observations()
-
-    def apply_observations(self) -> None:
-        """Applies the recorded observe_operation calls to the histogram, counters and window. Reading the
-        metrics (exposition, the registry's collect, window_snapshot) calls it first, so a reader never sees the
-        difference; the request path pays for an append instead of three metric updates and a lock, and the
-        counters are incremented once per operation for all the records applied together."""
-        taken = drain(self._observations)
-        if not taken:
-            return
-        # operation -> ([records, hypervectors], its durations, its window)
-        targets: dict[str, tuple[list[int], _Durations, deque]] = {}
-        errors: list[tuple[str, str]] = []
-        with self._lock:
-            for operation, seconds, hypervectors, error, at in taken:
-                target = targets.get(operation)
-                if target is None:
-                    target = targets[operation] = ([0, 0], self._durations_of(operation),
-                                                   self._window.setdefault(operation, deque()))
-                count, durations, window = target
-                durations.add(seconds)
-                count[0] += 1
-                if error is not None:
-                    errors.append((operation, error))
-                    hypervectors = 0  # failed work is not throughput
-                count[1] += hypervectors
-                window.append((at, seconds * 1000.0, hypervectors))
-            now = self._clock()
-            for _, _, window in targets.values():
-                self._expire(window, now)
-        for operation, ((records, hypervectors), _, _) in targets.items():
-            total, hypervector_total = self._operation_children(operation)
-            total.inc(records)
-            if hypervectors:
-                hypervector_total.inc(hypervectors)
-        for operation, error in errors:
-            self.operation_errors_total.labels(operation, error).inc()
+        series = self._series_of(operation)
+        series.duration.observe(seconds)
+        series.total.inc()
+        if error is not None:
+            errors = series.errors.get(error)
+            if errors is None:
+                errors = series.errors[error] = self.operation_errors_total.labels(operation, error)
+            errors.inc()
+            hypervectors = 0
+        elif hypervectors:
+            series.hypervectors.inc(hypervectors)
+        self._remember(series, seconds * 1000.0, hypervectors)
 
     def observe_batch_size(self, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size must be a non-negative integer, got {size!r}")
-        self.batch_size_distribution.observe(size)
+        self.batch_size_distribution.observe(_check_count("size", size))
 
     def set_capacity(self, ops_per_second: float) -> None:
-        self._capacity = _check_number("ops_per_second", ops_per_second)
+        self.capacity = _check_number("ops_per_second", ops_per_second)
 
-    def record_benchmark(self, test: str, duration_seconds: float, degradation_ratio: float) -> None:
+    def record_benchmark(self, test: str, duration_seconds: float, degradation_ratio: float,
+                         peak_memory_bytes: int | None = None) -> None:
+        """A continuous-benchmark run of `test`: the duration of one call, its degradation against the baseline
+        and, when it was measured, the call's peak memory (hdc_benchmark_peak_memory_bytes)."""
         _check_label("test", test)
         self.benchmark_duration_seconds.labels(test).set(_check_number("duration_seconds", duration_seconds))
         self.benchmark_degradation_ratio.labels(test).set(
             _check_number("degradation_ratio", degradation_ratio, minimum=-1.0))
+        if peak_memory_bytes is not None:
+            self.benchmark_peak_memory_bytes.labels(test).set(_check_count("peak_memory_bytes", peak_memory_bytes))
 
     def update_system_metrics(self) -> None:
         """Process memory and CPU; GPU memory and utilization from NVML where a GPU exists (else absent)."""
@@ -381,12 +337,12 @@ class MetricsCollector:
 
     def window_snapshot(self) -> dict[str, tuple[dict[float, float], float]]:
         """operation -> ({quantile: latency ms}, hypervector ops per second) over the sliding window."""
-        self.apply_observations()
         now = self._clock()
         span = max(1.0, min(self.latency_window_seconds, now - self._started))
         out = {}
         with self._lock:
-            for operation, entries in self._window.items():
+            for operation, series in self._series.items():
+                entries = series.window
                 self._expire(entries, now)
                 if not entries:
                     continue
@@ -405,29 +361,37 @@ class MetricsCollector:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     # --- internals --------------------------------------------------------------------------------------------
-    def _remember(self, operation: str, duration_ms: float, hypervectors: int, at: float | None = None) -> None:
-        """Adds to the sliding window an observation made at `at` (now when None)."""
+    def _series_of(self, operation: str) -> _OperationSeries:
+        series = self._series.get(operation)
+        if series is None:
+            with self._lock:
+                series = self._series.get(operation)
+                if series is None:
+                    series = self._series[operation] = _OperationSeries(self, operation)
+        return series
+
+    def _remember(self, series: _OperationSeries, duration_ms: float, hypervectors: int) -> None:
+        """Adds an observation made now to the operation's sliding window and drops the expired ones, so a
+        window holds at most `latency_window_seconds` of observations whether or not anyone reads it."""
         now = self._clock()
         with self._lock:
-            entries = self._window.setdefault(operation, deque())
-            entries.append((now if at is None else at, duration_ms, hypervectors))
-            self._expire(entries, now)
+            series.window.append((now, duration_ms, hypervectors))
+            self._expire(series.window, now)
 
     def _expire(self, entries: deque, now: float) -> None:
         limit = now - self.latency_window_seconds
         while entries and entries[0][0] < limit:
             entries.popleft()
 
-    def _lookup(self, name: str, table: dict[str, str], kind: str):
+    def _lookup(self, name: str, table: dict[str, str | None], kind: str) -> str | None:
         key = name[4:] if isinstance(name, str) and name.startswith("hdc_") else name
         if key not in table:
             known = ", ".join(sorted(table))
             raise ValueError(f"unknown {kind} metric {name!r}; known {kind}s: {known}")
-        return getattr(self, table[key]) if table[key] else None
+        return table[key]
 
-    @staticmethod
-    def _labelled(metric, name: str, labels: Mapping[str, str] | None):
-        expected = tuple(metric._labelnames)
+    def _labelled(self, family: str, name: str, labels: Mapping[str, str] | None):
+        expected = self.label_names[family]
         given = dict(labels or {})
         missing = [k for k in expected if k not in given]
         extra = [k for k in given if k not in expected]
@@ -436,6 +400,7 @@ class MetricsCollector:
                              f"missing {missing}, unexpected {extra}")
         for k, v in given.items():
             _check_label(f"label {k!r}", v)
+        metric = self._families[family]
         return metric.labels(**given) if expected else metric
 
     def _gpus(self) -> list:

@@ -1,78 +1,99 @@
 """OpenTelemetry tracing of the worker, configured by the standard OTEL_* environment variables.
 
     provider = configure_tracing("hdc-worker")             # once, at startup
-    with server_span("POST /v1/bundle", request.headers):  # continues the caller's W3C trace, if any
-        with kernel_span("bundle", input_count=100, dimension=10000):
-            result = hd.bundle(...)
+    with kernel_span("bundle", input_count=100, dimension=10000):
+        result = hd.bundle(...)
+
+A request's SERVER span is opened by the per-request facade (monitoring/requests.py), through the same tracer.
 
 Spans are exported over OTLP/HTTP when OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT is set
-(the exporter itself reads those, OTEL_EXPORTER_OTLP_*_HEADERS, *_TIMEOUT, *_CERTIFICATE ...); without an
-endpoint spans are created (trace ids reach the logs) but not exported. OTEL_TRACES_EXPORTER=none|console|otlp
-overrides the choice. OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG pick the sampler, OTEL_SERVICE_NAME and
-OTEL_RESOURCE_ATTRIBUTES the resource, OTEL_BSP_* the batch processor, OTEL_PROPAGATORS the propagation format
-(W3C tracecontext + baggage by default) and OTEL_SDK_DISABLED=true turns tracing into no-ops.
+(the exporter itself reads those, OTEL_EXPORTER_OTLP_*_HEADERS, *_TIMEOUT, *_CERTIFICATE ...).
+OTEL_TRACES_EXPORTER=none|console|otlp overrides the choice. OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG pick
+the sampler, OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES the resource, OTEL_BSP_* the batch processor,
+OTEL_PROPAGATORS the propagation format (W3C tracecontext + baggage by default) and OTEL_SDK_DISABLED=true turns
+tracing into no-ops (no ids at all).
 
 Without any span processor (no exporter configured, none added), recording a span would be work whose result
-nobody reads, so `server_span` and `kernel_span` take a light path instead: a non-recording span with a real
-span context (the caller's trace id from traceparent, or a new one; a new span id; the parent's trace flags,
-or the sampler's decision for a new trace) is made current, so logs carry trace_id/span_id and `inject_context` propagates it exactly as
-with the SDK's spans, at a tenth of the cost. As soon as a processor is added to the provider (an exporter),
-every span is a full SDK span again, with its hdc.* attributes.
+nobody reads. The provider's sampler then answers DROP (`ExportedOnlySampler`), so the SDK hands out
+non-recording spans, which still carry real ids: the caller's trace id (or a new one) and a new span id. Log
+lines take their trace_id and span_id from them, and `inject_context` propagates them. Their trace flags say
+"not sampled", which is true: nothing records them. As soon as a processor is added (an exporter), the
+configured sampler decides again and spans are recorded with their hdc.* attributes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import ContextManager, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
-
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler, SamplingResult
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 __all__ = [
-    "configure_tracing", "shutdown_tracing", "get_tracer", "kernel_span", "server_span",
-    "extract_context", "inject_context", "current_trace_id", "records_spans", "light_span_ids", "TRACER_NAME",
+    "configure_tracing", "shutdown_tracing", "get_tracer", "kernel_span", "extract_context", "inject_context",
+    "current_trace_id", "records_spans", "WorkerTracerProvider", "ExportedOnlySampler", "TRACER_NAME",
 ]
 
 TRACER_NAME = "hd_compute"
 
 
-class WorkerTracerProvider(TracerProvider):
-    """The SDK's TracerProvider, knowing whether anything consumes its spans (see `is_light`)."""
+class ExportedOnlySampler(Sampler):
+    """The configured sampler while the provider exports spans; DROP (non-recording spans with real ids) while
+    nothing would receive them. Decides per span, so an exporter added later takes effect at once."""
 
-    def __init__(self, *args, enabled: bool = True, **kwargs):
+    def __init__(self, configured: Sampler, provider: WorkerTracerProvider) -> None:
+        self.configured = configured
+        self._provider = provider
+
+    def should_sample(self, parent_context: otel_context.Context | None, trace_id: int, name: str,
+                      kind: SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[Link] | None = None, trace_state: TraceState | None = None) -> SamplingResult:
+        sampler = self.configured if self._provider.span_processors else ALWAYS_OFF
+        return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"ExportedOnly{{{self.configured.get_description()}}}"
+
+
+class WorkerTracerProvider(TracerProvider):
+    """The SDK's TracerProvider (sampler from OTEL_TRACES_SAMPLER, OTEL_SDK_DISABLED honoured), knowing its span
+    processors (`span_processors`), with its sampler wrapped in ExportedOnlySampler."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.enabled = enabled
-        self.has_processors = False
+        self.span_processors: list[SpanProcessor] = []
+        self.sampler = ExportedOnlySampler(self.sampler, self)  # before any tracer is made: they copy it
+        # OTEL_SDK_DISABLED=true: the SDK hands out no-op tracers (no ids at all)
+        self.enabled = not isinstance(self.get_tracer(TRACER_NAME), trace.NoOpTracer)
 
     def add_span_processor(self, span_processor: SpanProcessor) -> None:
         super().add_span_processor(span_processor)
-        self.has_processors = True
+        self.span_processors.append(span_processor)
 
     @property
     def is_light(self) -> bool:
-        """True when spans would be recorded for no one: tracing on, but no span processor at all."""
-        return self.enabled and not self.has_processors
+        """True when spans go nowhere (tracing on, no span processor): the SDK hands out non-recording spans
+        that carry real ids."""
+        return self.enabled and not self.span_processors
 
 
 _provider: TracerProvider | None = None
+# (provider, its tracer): TracerProvider.get_tracer takes a lock and builds a scope on every call
+_tracer_of: tuple[TracerProvider, trace.Tracer] | None = None
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() == "true"
-
-
-def configure_tracing(service_name: str = "hdc-worker", *, set_global: bool = True) -> TracerProvider:
+def configure_tracing(service_name: str = "hdc-worker", *, set_global: bool = True) -> WorkerTracerProvider:
     """Builds the TracerProvider from the OTEL_* variables; `get_tracer()` uses it from then on.
 
     set_global=False keeps OpenTelemetry's process-wide provider untouched (tests; the global one can be set
@@ -83,9 +104,8 @@ def configure_tracing(service_name: str = "hdc-worker", *, set_global: bool = Tr
         raise ValueError(f"service_name must be a non-empty string, got {service_name!r}")
     # OTEL_SERVICE_NAME, when set, wins over the argument; the sampler comes from OTEL_TRACES_SAMPLER(_ARG).
     name = os.environ.get("OTEL_SERVICE_NAME") or service_name
-    disabled = _env_true("OTEL_SDK_DISABLED")
-    provider = WorkerTracerProvider(resource=Resource.create({SERVICE_NAME: name}), enabled=not disabled)
-    if not disabled:
+    provider = WorkerTracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    if provider.enabled:
         exporter_name = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
         endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         if exporter_name not in ("", "otlp", "console", "none"):
@@ -117,8 +137,26 @@ def shutdown_tracing() -> None:
 
 
 def get_tracer() -> trace.Tracer:
-    provider = _provider if _provider is not None else trace.get_tracer_provider()
-    return provider.get_tracer(TRACER_NAME)
+    """The worker's tracer: the configured provider's, else the global provider's."""
+    global _tracer_of
+    provider = _provider
+    if provider is None:
+        return trace.get_tracer_provider().get_tracer(TRACER_NAME)
+    cached = _tracer_of
+    if cached is None or cached[0] is not provider:
+        cached = _tracer_of = (provider, provider.get_tracer(TRACER_NAME))
+    return cached[1]
+
+
+def records_spans() -> bool:
+    """Whether spans go anywhere: False without a span processor and with OTEL_SDK_DISABLED=true.
+
+    Work done only to build a span (a kernel span, the micro-batcher's span of a batch of requests, a request
+    span's attributes) is skipped when this is False."""
+    provider = _provider
+    if isinstance(provider, WorkerTracerProvider):
+        return provider.enabled and bool(provider.span_processors)
+    return True
 
 
 def _check(field: str, value: object) -> None:
@@ -128,7 +166,7 @@ def _check(field: str, value: object) -> None:
 
 def kernel_span(operation: str, input_count: int, dimension: int, *,
                 attributes: Mapping[str, object] | None = None, parent: SpanContext | None = None,
-                links: Sequence[SpanContext] = ()) -> ContextManager[Span]:
+                links: Sequence[SpanContext] = ()) -> contextlib.AbstractContextManager[Span]:
     """Span `hdc_<operation>_operation` with hdc.operation, hdc.input_count, hdc.dimension and hdc.success.
 
     An exception inside sets hdc.success False, records the exception, marks the span ERROR and propagates.
@@ -139,19 +177,15 @@ def kernel_span(operation: str, input_count: int, dimension: int, *,
         raise ValueError(f"operation must be a non-empty string, got {operation!r}")
     _check("input_count", input_count)
     _check("dimension", dimension)
-    light = _light_provider()
-    if light is not None:
-        return _LightSpan(light, f"hdc_{operation}_operation", None, SpanKind.INTERNAL)
     attrs = {"hdc.operation": operation, "hdc.input_count": input_count, "hdc.dimension": dimension}
     attrs.update(attributes or {})
     context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent is not None and parent.is_valid else None
-    return _recorded_kernel_span(f"hdc_{operation}_operation", attrs, context,
-                                 [Link(sc) for sc in links if sc.is_valid])
+    return _kernel_span(f"hdc_{operation}_operation", attrs, context, [Link(sc) for sc in links if sc.is_valid])
 
 
 @contextlib.contextmanager
-def _recorded_kernel_span(name: str, attrs: dict, context: otel_context.Context | None = None,
-                          links: Sequence[Link] = ()) -> Iterator[Span]:
+def _kernel_span(name: str, attrs: dict[str, Any], context: otel_context.Context | None,
+                 links: Sequence[Link]) -> Iterator[Span]:
     with get_tracer().start_as_current_span(name, context=context, attributes=attrs, links=links,
                                             record_exception=False, set_status_on_exception=False) as span:
         try:
@@ -164,147 +198,10 @@ def _recorded_kernel_span(name: str, attrs: dict, context: otel_context.Context 
         span.set_attribute("hdc.success", True)
 
 
-def records_spans() -> bool:
-    """Whether spans go anywhere: False on the light path (no span processor) and with OTEL_SDK_DISABLED=true.
-
-    Work done only to build a span (e.g. the micro-batcher's kernel span for a batch of requests) is skipped
-    when this is False."""
-    provider = _provider
-    if isinstance(provider, WorkerTracerProvider):
-        return provider.enabled and provider.has_processors
-    return True
-
-
-def server_span(name: str, headers: Mapping[str, str] | None = None, *,
-                attributes: Mapping[str, object] | None = None) -> ContextManager[Span]:
-    """A SERVER span for one request, child of the caller's trace when `headers` carry a traceparent."""
-    light = _light_provider()
-    if light is not None:
-        return _LightSpan(light, name, extract_context(headers or {}), SpanKind.SERVER)
-    return get_tracer().start_as_current_span(name, context=extract_context(headers or {}), kind=SpanKind.SERVER,
-                                              attributes=dict(attributes or {}))
-
-
-def light_span_ids(headers: Mapping[str, str] | None = None) -> tuple[str, str] | None:
-    """(trace_id, span_id) as hex for a request's light server span, or None when spans are recorded (an
-    exporter is configured: open `server_span` instead) or tracing is disabled.
-
-    The worker's request path on the light path: no span object and no attached context, only the ids its log
-    lines carry: the caller's trace id when the headers carry the configured propagators' fields (W3C
-    traceparent by default), else a new one; always a new span id."""
-    provider = _light_provider()
-    if provider is None:
-        return None
-    ids = provider.id_generator
-    trace_id = 0
-    if headers:
-        fields, is_w3c = _global_propagator_facts()
-        if _carries_any(headers, fields):
-            trace_id = _w3c_trace_id(headers) if is_w3c else _extracted_trace_id(headers)
-    # "%x" % n: a quarter of what format(n, "032x") costs
-    return "%032x" % (trace_id or ids.generate_trace_id()), "%016x" % ids.generate_span_id()
-
-
-def _extracted_trace_id(headers: Mapping[str, str]) -> int:
-    """The trace id of the context the global propagator extracts from `headers`; 0 when there is none."""
-    parent = trace.get_current_span(extract_context(headers)).get_span_context()
-    return parent.trace_id if parent.is_valid else 0
-
-
-# TraceContextTextMapPropagator's own pattern and limit (None, and no fast path, if a version lacks them)
-_TRACEPARENT_RE = getattr(TraceContextTextMapPropagator, "_TRACEPARENT_HEADER_FORMAT_RE", None)
-_TRACEPARENT_MAXIMUM_LENGTH = getattr(TraceContextTextMapPropagator, "_TRACEPARENT_MAXIMUM_LENGTH", 512)
-
-
-def _w3c_trace_id(headers: Mapping[str, str]) -> int:
-    """What _extracted_trace_id gives under OpenTelemetry's default propagators (W3C trace context + baggage),
-    read from the traceparent header with the same rules as TraceContextTextMapPropagator.extract (its own
-    pattern and length limit; zero ids, version ff, and extra fields after version 00 are no parent): 1.6 us
-    instead of 8.9 us (timeit, the 2-core EPYC of docs/benchmarks.md), which the context, span and span context
-    built for every traced request cost. tests/test_monitoring_tracing.py checks both agree on generated headers."""
-    values = _GETTER.get(headers, "traceparent")
-    if not values or len(values[0]) > _TRACEPARENT_MAXIMUM_LENGTH:
-        return 0
-    match = _TRACEPARENT_RE.search(values[0])
-    if not match:
-        return 0
-    version, trace_id, span_id, _flags, rest = match.groups()
-    if trace_id == "0" * 32 or span_id == "0" * 16 or version == "ff" or (version == "00" and rest):
-        return 0
-    return int(trace_id, 16)
-
-
-# (the global propagator, the header names it reads, whether it is OpenTelemetry's default W3C one)
-_facts_of: tuple[object, frozenset[str], bool] | None = None
-
-
-def _global_propagator_facts() -> tuple[frozenset[str], bool]:
-    """The header names the global propagator reads (lower case), and whether it is OpenTelemetry's default
-    (OTEL_PROPAGATORS unset or "tracecontext,baggage"; or "tracecontext"), where only traceparent decides the
-    caller's trace (baggage carries none). Worked out again only when the global propagator changes."""
-    global _facts_of
-    propagator = propagate.get_global_textmap()
-    if _facts_of is None or _facts_of[0] is not propagator:
-        kinds = [type(part) for part in getattr(propagator, "_propagators", [propagator])]
-        is_w3c = _TRACEPARENT_RE is not None and kinds in (
-            [TraceContextTextMapPropagator, W3CBaggagePropagator], [TraceContextTextMapPropagator])
-        _facts_of = (propagator, frozenset(f.lower() for f in propagator.fields), is_w3c)
-    return _facts_of[1], _facts_of[2]
-
-
-def _carries_any(headers: Mapping[str, str], fields: frozenset[str]) -> bool:
-    """Whether `headers` hold any of `fields` (lower-case names; cheap enough to ask on every request)."""
-    if isinstance(headers, (CIMultiDict, CIMultiDictProxy)):  # case-insensitive lookups
-        for f in fields:
-            if f in headers:
-                return True
-        return False
-    return any(isinstance(k, str) and k.lower() in fields for k in headers)
-
-
-def _light_provider() -> WorkerTracerProvider | None:
-    provider = _provider
-    return provider if isinstance(provider, WorkerTracerProvider) and provider.is_light else None
-
-
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
-_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
-
-
-class _LightSpan:
-    """Context manager for a current, non-recording span with a valid context: the parent's trace (or a new
-    one), a new span id. A root span's flags are the sampler's verdict; a child inherits its parent's flags
-    (what ParentBased, the default sampler, decides). Nothing is recorded."""
-
-    __slots__ = ("_provider", "_name", "_parent", "_kind", "_token")
-
-    def __init__(self, provider: WorkerTracerProvider, name: str, parent: otel_context.Context | None,
-                 kind: SpanKind) -> None:
-        self._provider, self._name, self._parent, self._kind = provider, name, parent, kind
-
-    def __enter__(self) -> Span:
-        parent = self._parent
-        parent_sc = trace.get_current_span(parent).get_span_context()
-        ids = self._provider.id_generator
-        if parent_sc.is_valid:
-            trace_id, trace_state, flags = parent_sc.trace_id, parent_sc.trace_state, parent_sc.trace_flags
-        else:
-            trace_id, trace_state = ids.generate_trace_id(), None
-            decision = self._provider.sampler.should_sample(parent, trace_id, self._name, self._kind).decision
-            flags = _SAMPLED if decision == Decision.RECORD_AND_SAMPLE else _NOT_SAMPLED
-        span = NonRecordingSpan(SpanContext(trace_id, ids.generate_span_id(), is_remote=False, trace_flags=flags,
-                                            trace_state=trace_state))
-        self._token = otel_context.attach(trace.set_span_in_context(span, parent))
-        return span
-
-    def __exit__(self, *exc_info) -> None:
-        otel_context.detach(self._token)
-
-
-class _CaseInsensitiveGetter(Getter):
+class _CaseInsensitiveGetter(Getter[Mapping[str, Any]]):
     """Header lookup that works for plain dicts with any capitalisation and for multidicts."""
 
-    def get(self, carrier, key):
+    def get(self, carrier: Mapping[str, Any], key: str) -> list[str] | None:
         value = carrier.get(key)
         if value is None and not isinstance(carrier, (CIMultiDict, CIMultiDictProxy)):  # those ignore case
             lowered = key.lower()
@@ -316,7 +213,7 @@ class _CaseInsensitiveGetter(Getter):
             return None
         return list(value) if isinstance(value, (list, tuple)) else [value]
 
-    def keys(self, carrier):
+    def keys(self, carrier: Mapping[str, Any]) -> list[str]:
         return list(carrier.keys())
 
 
@@ -331,7 +228,7 @@ def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
 def inject_context(headers: MutableMapping[str, str] | None = None,
                    context: otel_context.Context | None = None) -> MutableMapping[str, str]:
     """Adds traceparent (and tracestate, baggage) for the current or given context to `headers`; returns them."""
-    carrier = {} if headers is None else headers
+    carrier: MutableMapping[str, str] = {} if headers is None else headers
     propagate.inject(carrier, context=context)
     return carrier
 

@@ -1,9 +1,10 @@
 """The per-request observability glue of the worker, and router errors as JSON.
 
 Every request gets a correlation id (X-Correlation-ID when it is a plausible one, else a new uuid4; echoed in the
-response), a server span (the caller's W3C traceparent honoured) and the request scope its log lines take their
-ids from. The /v1 operations report through `record_completed` / `record_failed` (service/operations.py calls
-them) and open their kernel spans through `op_kernel_span` / `batch_tag` / `batch_span`. HDC_OBSERVABILITY=false
+response), and, through the monitoring facade (monitoring/requests.py, one call per request), a server span (the
+caller's W3C traceparent honoured) that is current while it is served and the correlation id bound for its log
+lines. The /v1 operations report through `record_completed` / `record_failed` (service/operations.py calls them)
+and open their kernel spans through `op_kernel_span` / `batch_tag` / `batch_span`. HDC_OBSERVABILITY=false
 skips the span, log context, metrics and log line of successful requests (errors are still counted).
 Router errors (404 of an unknown path, 405 of a known path with another method) answer the same JSON error body
 as every other error, and a 405 keeps its Allow header.
@@ -20,16 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 
-from hd_compute.monitoring.logging import (
-    OPERATION_COMPLETED,
-    REQUEST_SCOPE,
-    LoggerCache,
-    RequestScope,
-    log_request_line,
-)
-from hd_compute.monitoring.tracing import kernel_span, light_span_ids, records_spans, server_span
+from hd_compute.monitoring.logging import LoggerCache
+from hd_compute.monitoring.requests import LOGGER_NAME, operation_completed, operation_failed, start_request
+from hd_compute.monitoring.tracing import kernel_span, records_spans
 
 from .codec import error_body
 
@@ -40,7 +35,7 @@ CORRELATION_HEADER = "X-Correlation-ID"
 CORRELATION_ID = web.RequestKey("correlation_id", str)
 _CID_RE = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
-log = LoggerCache("hd_compute.service")  # log().info(...): bound once per logging set-up
+log = LoggerCache(LOGGER_NAME)  # log().info(...): bound once per logging set-up
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,37 +72,21 @@ def observability_middleware(in_flight: Callable[[int, bool], None], enabled: bo
         request[CORRELATION_ID] = cid
         is_op = request.path.startswith("/v1/")
         in_flight(1, is_op)
-        token = None
         try:
             if not enabled:  # no server span, no log context
                 response = await _handle(request, handler)
             else:
-                light_ids = light_span_ids(request.headers)  # None when spans are recorded (or tracing is off)
-                token = REQUEST_SCOPE.set(RequestScope(cid, *light_ids) if light_ids is not None else RequestScope(cid))
-                if light_ids is not None:  # nothing records a span: the scope carries its ids to the log lines
+                resource = request.match_info.route.resource
+                route = resource.canonical if resource is not None else "unmatched"
+                with start_request(request.method, route, request.headers, cid) as served:
                     response = await _handle(request, handler)
-                else:
-                    response = await _handle_in_span(request, handler, cid)
+                    served.status = response.status
             response.headers[CORRELATION_HEADER] = cid
             return response
         finally:
             in_flight(-1, is_op)
-            if token is not None:
-                REQUEST_SCOPE.reset(token)
 
     return middleware
-
-
-async def _handle_in_span(request: web.Request, handler: Handler, cid: str) -> web.StreamResponse:
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    attributes = {"http.request.method": request.method, "http.route": route, "hdc.correlation_id": cid}
-    with server_span(f"{request.method} {route}", request.headers, attributes=attributes) as span:
-        response = await _handle(request, handler)
-        span.set_attribute("http.response.status_code", response.status)
-        if response.status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-        return response
 
 
 async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -138,27 +117,15 @@ def record_completed(op: Op, seconds: float, status: int) -> None:
     worker = op.worker
     if not worker.settings.observability:
         return
-    worker.metrics.observe_operation(op.name, seconds, hypervectors=max(op.input_count, 1))
-    log_request_line(
-        log.name,
-        OPERATION_COMPLETED,
-        {
-            "operation": op.name,
-            "dimension": op.dimension,
-            "input_count": op.input_count,
-            "duration_ms": round(seconds * 1000, 3),
-            "device": worker.device_name,
-            "status": status,
-        },
-    )
+    operation_completed(worker.metrics, op.name, seconds, hypervectors=max(op.input_count, 1), fields={
+        "dimension": op.dimension, "input_count": op.input_count, "device": worker.device_name, "status": status})
 
 
 def record_failed(op: Op, seconds: float, status: int, error: str, detail: str, *, log_it: bool = True) -> None:
     """A failed operation: counted whatever HDC_OBSERVABILITY says, and a request_failed line unless the caller
     logged it its own way."""
-    op.worker.metrics.observe_operation(op.name, seconds, hypervectors=max(op.input_count, 1), error=error)
-    if log_it:
-        log().warning("request_failed", operation=op.name, status=status, error=error, detail=detail)
+    fields = {"status": status, "detail": detail} if log_it else None
+    operation_failed(op.worker.metrics, op.name, seconds, error, fields=fields)
 
 
 def log_failure(event: str, **fields: Any) -> None:
@@ -172,8 +139,8 @@ def log_exception(event: str, **fields: Any) -> None:
 
 
 def _spans_wanted(op: Op) -> bool:
-    # Without an exporter there is no current span to be a child of (the request's ids live in its scope), and
-    # nothing would record a kernel span.
+    # Without an exporter nothing would record a kernel span: the request's non-recording server span gives the
+    # log lines their ids.
     return op.worker.settings.observability and records_spans()
 
 
