@@ -99,7 +99,8 @@ def postgres_url():
     def run(*argv, **kw):
         result = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=120, **run_as, **kw)
         if result.returncode != 0:
-            pytest.fail(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}", pytrace=False)
+            pytest.fail(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}",
+                        pytrace=False)
 
     run(initdb, "-D", data, "-U", "hdc", "--auth=trust", "--encoding=UTF8", "--no-sync")
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=20"
@@ -165,7 +166,7 @@ def test_results_stored_and_read_back_postgresql(postgres_url, sqlite_url):
 
 
 def test_degradation_against_stored_baseline_is_exported_and_logged(sqlite_url):
-    slow = SlowAfter(calls=3)
+    slow = SlowAfter(calls=6)  # three runs of one timed call and one call for the peak memory
     bench, metrics = make_bench(sqlite_url, baseline_runs=3)
     bench.schedule_test("slowing", interval=1, alert_threshold_degradation=0.5, fn=slow)
     first = [bench.run_once("slowing") for _ in range(3)]
@@ -180,8 +181,9 @@ def test_degradation_against_stored_baseline_is_exported_and_logged(sqlite_url):
     assert result.baseline_seconds == pytest.approx(baseline)
     assert result.degradation_ratio == pytest.approx((result.duration_seconds - baseline) / baseline)
     assert result.degradation_ratio > 0.5 and result.degraded
-    assert sample(metrics, "hdc_benchmark_degradation_ratio", {"test": "slowing"}) == pytest.approx(result.degradation_ratio)
-    assert sample(metrics, "hdc_benchmark_duration_seconds", {"test": "slowing"}) == pytest.approx(result.duration_seconds)
+    slowing = {"test": "slowing"}
+    assert sample(metrics, "hdc_benchmark_degradation_ratio", slowing) == pytest.approx(result.degradation_ratio)
+    assert sample(metrics, "hdc_benchmark_duration_seconds", slowing) == pytest.approx(result.duration_seconds)
     events = {entry["event"]: entry for entry in logs}
     assert events["performance_measurement"]["degradation_ratio"] == pytest.approx(result.degradation_ratio, abs=1e-4)
     assert events["performance_degradation_detected"]["operation"] == "slowing"
@@ -243,7 +245,7 @@ def test_scheduler_defers_while_busy_and_runs_when_idle(sqlite_url):
         assert calls == [] and bench.history("background") == []  # busy: nothing ran
         assert bench.deferrals["background"] > 0
         busy.clear()
-        await wait_for(lambda: len(calls) >= 2)
+        await wait_for(lambda: len(bench.history("background")) >= 2)
         await bench.stop()
         ran = len(calls)
         await asyncio.sleep(0.2)
@@ -275,7 +277,49 @@ def test_run_in_progress_is_abandoned_when_traffic_arrives(sqlite_url):
         await bench.stop()
 
     asyncio.run(scenario())
-    assert len(calls) >= 4  # the abandoned call, then at least one full run of 3
+    assert len(calls) >= 5  # the abandoned call, then at least one full run: 3 timed calls and 1 for the memory
+
+
+def test_peak_memory_of_the_operation_is_exported_and_logged(sqlite_url):
+    """hdc_benchmark_peak_memory_bytes{test} is what one call needs at its peak beyond what was in use before it:
+    a call that builds and drops a 64 MiB tensor shows about 64 MiB, however large the process is."""
+    import torch
+
+    size = 64 << 20
+    bench, metrics = make_bench(sqlite_url)
+    bench.schedule_test("allocating", interval=60, fn=lambda: torch.ones(size // 4, dtype=torch.float32).sum())
+    bench.schedule_test("idle", interval=60, fn=lambda: None)
+    with structlog.testing.capture_logs() as logs:
+        allocating = bench.run_once("allocating")
+        idle = bench.run_once("idle")
+    assert 0.9 * size < allocating.peak_memory_bytes < 2 * size  # page-level accounting, other pages move too
+    assert idle.peak_memory_bytes < size // 8  # nothing of the process's own hundreds of MB
+    assert sample(metrics, "hdc_benchmark_peak_memory_bytes", {"test": "allocating"}) == allocating.peak_memory_bytes
+    assert sample(metrics, "hdc_benchmark_peak_memory_bytes", {"test": "idle"}) == idle.peak_memory_bytes
+    (line, _) = [entry for entry in logs if entry["event"] == "performance_measurement"]
+    assert line["memory_usage_mb"] == pytest.approx(allocating.peak_memory_bytes / 2**20, abs=1e-3)
+
+
+def test_a_run_is_abandoned_when_traffic_arrives_during_its_memory_call(sqlite_url):
+    busy = threading.Event()
+    calls = []
+
+    def fn():  # the second call of a run (repeats=1) is the one measured for memory
+        calls.append(1)
+        if len(calls) == 2:
+            busy.set()
+
+    bench, metrics = make_bench(sqlite_url, is_busy=busy.is_set)
+    bench.schedule_test("interrupted", interval=60, fn=fn)
+
+    async def scenario():
+        await bench.start()
+        await wait_for(lambda: bench.deferrals["interrupted"] >= 1)
+        await bench.stop()
+
+    asyncio.run(scenario())
+    assert calls == [1, 1] and bench.history("interrupted") == []
+    assert sample(metrics, "hdc_benchmark_peak_memory_bytes", {"test": "interrupted"}) is None
 
 
 # --- bad input and the empty history ---------------------------------------------------------------------------

@@ -11,7 +11,12 @@ median of its first `baseline_runs` stored runs on the same machine, model and d
 
     hdc_benchmark_duration_seconds{test}       median seconds of one call
     hdc_benchmark_degradation_ratio{test}      (current - baseline) / baseline; 0.25 = 25 % slower
+    hdc_benchmark_peak_memory_bytes{test}      memory one call needs at its peak beyond what was in use before
     hdc_capacity_ops_per_second                hypervector operations per second this replica can do
+
+The peak memory is measured on one more, untimed call after the timed ones (timing.peak_memory_bytes: torch's
+allocator statistics on CUDA, the process's reset resident-set high-water mark on a CPU), so the memory alert
+of a baseline judges the operation, not the whole worker process.
 
 The capacity is the lowest throughput among the latest runs of the scheduled tests, in hypervectors per
 second (the unit of hdc_hypervector_operations_total), so that an autoscaler divides demand by it.
@@ -24,6 +29,7 @@ when traffic arrives between two timed calls. Measurements run in a thread (asyn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import re
@@ -34,7 +40,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
-import structlog
 import torch
 from sqlalchemy import DateTime, Float, Integer, String, create_engine, inspect, select
 from sqlalchemy.engine import Engine, make_url
@@ -42,7 +47,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
-from hd_compute.bench.measure import time_call
+from .logging import PERFORMANCE_MEASUREMENT, get_logger
+from .timing import peak_memory_bytes, time_call
 
 if TYPE_CHECKING:
     from hd_compute.monitoring.metrics import MetricsCollector
@@ -50,7 +56,7 @@ if TYPE_CHECKING:
 
 def _log():
     # Fetched per use so that logging configured (or captured) after import applies.
-    return structlog.get_logger("hd_compute.monitoring.benchmark")
+    return get_logger("hd_compute.monitoring.benchmark")
 
 
 DEFAULT_STATE_DIR = "./hdc-state"
@@ -114,6 +120,9 @@ class BenchmarkResult:
     device: str
     machine: str
     replica: str
+    # bytes at the peak of one call beyond what was in use before it (monitoring.timing.peak_memory_bytes); only
+    # the run that measured it knows it (the stored history has no such column), None where unmeasurable
+    peak_memory_bytes: int | None = None
 
     @property
     def degraded(self) -> bool:
@@ -207,7 +216,8 @@ def parse_interval(value: object, argument: str = "interval") -> float:
     return seconds
 
 
-def standard_test(name: str, vsa: str, device: torch.device, *, scale: float = 1.0) -> tuple[Callable[[], Callable[[], object]], int]:
+def standard_test(name: str, vsa: str, device: torch.device, *,
+                  scale: float = 1.0) -> tuple[Callable[[], Callable[[], object]], int]:
     """A seed case through the functional API: (prepare, hypervector operations per call).
 
     prepare() generates the inputs (not timed) and returns the call to time; inputs are dropped after each
@@ -346,7 +356,8 @@ class ContinuousBenchmark:
             raise ValueError("interval is required (seconds, or a duration like '5m')")
         seconds = parse_interval(interval, "interval")
         threshold = alert_threshold_degradation
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold) or threshold <= 0:
+        if (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
+                or threshold <= 0):
             raise ValueError(f"alert_threshold_degradation must be a number > 0 (0.1 = 10 % slower), got {threshold!r}")
         if fn is None:
             if name not in STANDARD_TESTS:
@@ -391,10 +402,15 @@ class ContinuousBenchmark:
                 for _ in range(self.repeats):
                     self._check_preempted(preemptible)  # yield to traffic between timed calls
                     samples.append(time_call(call, self.device, repeats=1, warmup=0))
+                # One more call, untimed, for its peak memory: measuring it changes the allocator's mode. The
+                # mark is the process's, so a run that traffic interrupted is discarded.
+                self._check_preempted(preemptible)
+                peak = peak_memory_bytes(call, self.device)
+                self._check_preempted(preemptible)
             finally:
                 del call
             duration = statistics.median(samples)
-            return self._record(test, started_at, duration)
+            return self._record(test, started_at, duration, peak)
 
     def _baseline(self, session: Session, test: _Test, current: float) -> float:
         settled = self._baselines.get(test.name)
@@ -413,26 +429,29 @@ class ContinuousBenchmark:
             return self._baselines[test.name]
         return statistics.median([*first, current])  # still collecting: this run counts towards the baseline
 
-    def _record(self, test: _Test, started_at: datetime, duration: float) -> BenchmarkResult:
+    def _record(self, test: _Test, started_at: datetime, duration: float, peak: int | None) -> BenchmarkResult:
         assert self._engine is not None
         with Session(self._engine) as session, session.begin():
             baseline = self._baseline(session, test, duration)
             ratio = (duration - baseline) / baseline if baseline > 0 else 0.0
+            ops_per_second = test.ops_per_run / duration if duration > 0 else math.inf
             row = BenchmarkRun(test=test.name, started_at=started_at, duration_seconds=duration,
-                               ops_per_run=test.ops_per_run, ops_per_second=test.ops_per_run / duration if duration > 0 else math.inf,
+                               ops_per_run=test.ops_per_run, ops_per_second=ops_per_second,
                                baseline_seconds=baseline, degradation_ratio=ratio, alert_threshold=test.alert_threshold,
                                vsa=self.vsa, dimension=self.dimension, device=str(self.device), machine=self.machine,
                                replica=self.replica)
             session.add(row)
             session.flush()
-            result = BenchmarkResult.from_row(row)
-        self.metrics.record_benchmark(test.name, duration, ratio)
+            result = dataclasses.replace(BenchmarkResult.from_row(row), peak_memory_bytes=peak)
+        self.metrics.record_benchmark(test.name, duration, ratio, peak_memory_bytes=peak)
         if math.isfinite(result.ops_per_second):
             self._capacity[test.name] = result.ops_per_second
             self.metrics.set_capacity(min(self._capacity.values()))
-        _log().info("performance_measurement", operation=test.name, duration_ms=round(duration * 1e3, 3),
-                 baseline_ms=round(baseline * 1e3, 3), degradation_ratio=round(ratio, 4),
-                 throughput_ops_per_sec=round(result.ops_per_second, 1), vsa=self.vsa, device=str(self.device))
+        _log().info(PERFORMANCE_MEASUREMENT, operation=test.name, duration_ms=round(duration * 1e3, 3),
+                    baseline_ms=round(baseline * 1e3, 3), degradation_ratio=round(ratio, 4),
+                    throughput_ops_per_sec=round(result.ops_per_second, 1),
+                    memory_usage_mb=None if peak is None else round(peak / 2**20, 3), vsa=self.vsa,
+                    device=str(self.device))
         if result.degraded:
             _log().warning("performance_degradation_detected", operation=test.name, degradation_ratio=round(ratio, 4),
                         alert_threshold_degradation=test.alert_threshold, duration_ms=round(duration * 1e3, 3),
@@ -552,14 +571,16 @@ def trend(results: list[BenchmarkResult], recent: int = 3) -> str:
     return f"{verdict}: {ratio * 100:+.1f} % vs baseline (median of last {len(last)}){slope}"
 
 
-def print_history(database_url: str, test: str | None = None, *, limit: int = 20, console=None) -> list[BenchmarkResult]:
+def print_history(database_url: str, test: str | None = None, *, limit: int = 20,
+                  console=None) -> list[BenchmarkResult]:
     """Prints each test's stored runs (the latest `limit`) and its trend; returns the runs printed."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     url = _parse_url(database_url, "database_url")
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") and not os.path.exists(url.database):
+    if (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+            and not os.path.exists(url.database)):
         console.print(f"no benchmark runs stored in {_masked(url)} (the file does not exist)")
         return []
     engine = _make_engine(database_url, "database_url", create=False)
@@ -578,7 +599,8 @@ def print_history(database_url: str, test: str | None = None, *, limit: int = 20
             if not results:
                 console.print(f"no runs of {name!r} stored in {_masked(engine.url)}")
                 continue
-            table = Table(title=f"{name}  ({results[-1].vsa}, D={results[-1].dimension}, {results[-1].device}, {results[-1].machine})")
+            last = results[-1]
+            table = Table(title=f"{name}  ({last.vsa}, D={last.dimension}, {last.device}, {last.machine})")
             for column in ("started (UTC)", "replica", "duration ms", "baseline ms", "degradation", "ops/s"):
                 table.add_column(column, justify="left" if column in ("started (UTC)", "replica") else "right")
             for r in results:
