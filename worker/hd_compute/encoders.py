@@ -67,8 +67,8 @@ class IDLevelEncoder:
         return max(1, min(self.num_features, self.max_chunk_bytes // max(1, per_feature)))
 
     def encode(self, x: Any, *, quantize: bool = True) -> Hypervectors | torch.Tensor:
-        x = as_float_matrix(x, "x", num_features=self.num_features)
-        indices = self.level_indices(x).to(self.device)
+        features = as_float_matrix(x, "x", num_features=self.num_features)
+        indices = self.level_indices(features).to(self.device)
         summed = self._encode_binary(indices) if self._binary else self._encode_dense(indices)
         if not quantize:
             return summed
@@ -87,16 +87,19 @@ class IDLevelEncoder:
         return summed
 
     def _encode_dense(self, indices: torch.Tensor) -> torch.Tensor:
-        batch = indices.shape[0]
-        chunk = self._features_per_chunk(batch)
-        summed = None
-        for start in range(0, self.num_features, chunk):
-            stop = min(start + chunk, self.num_features)
-            values = self.level_vectors.data[indices[:, start:stop]]  # (batch, chunk, width)
-            bound = self.vsa.bind(self.ids.data[start:stop], values, self.dim)
-            part = self.vsa.to_dense(bound, self.dim).sum(dim=1)
-            summed = part if summed is None else summed + part
+        chunk = self._features_per_chunk(indices.shape[0])
+        starts = range(0, self.num_features, chunk)
+        summed = self._dense_part(indices, starts[0], chunk)
+        for start in starts[1:]:
+            summed = summed + self._dense_part(indices, start, chunk)
         return summed
+
+    def _dense_part(self, indices: torch.Tensor, start: int, chunk: int) -> torch.Tensor:
+        """The dense sum of bind(ID_f, level(x_f)) over features start .. start + chunk - 1."""
+        stop = min(start + chunk, self.num_features)
+        values = self.level_vectors.data[indices[:, start:stop]]  # (batch, chunk, width)
+        bound = self.vsa.bind(self.ids.data[start:stop], values, self.dim)
+        return self.vsa.to_dense(bound, self.dim).sum(dim=1)
 
     __call__ = encode
 
@@ -112,8 +115,8 @@ class RandomProjectionEncoder:
         self.projection = torch.randn((num_features, dim), generator=generator).to(self.device)
 
     def encode(self, x: Any, *, quantize: bool = True) -> Hypervectors | torch.Tensor:
-        x = as_float_matrix(x, "x", num_features=self.num_features).to(self.device, torch.float32)
-        projected = x @ self.projection
+        features = as_float_matrix(x, "x", num_features=self.num_features).to(self.device, torch.float32)
+        projected = features @ self.projection
         # Finite norms mean finite projections, and HRR's normalisation below cannot overflow.
         norms: torch.Tensor = torch.linalg.vector_norm(projected, dim=1, keepdim=True)
         if not bool(torch.isfinite(norms).all()):

@@ -49,9 +49,7 @@ class Centroid:
         if not bool(torch.isfinite(dense).all()):
             raise ValueError(f"{name} contains NaN or infinity")
         dense = dense.to(self.device)
-        if self.weights is None:
-            self.weights = torch.zeros((self.num_classes, self.dim), dtype=dense.dtype, device=self.device)
-        elif dense.dtype != self.weights.dtype:
+        if self.weights is not None and dense.dtype != self.weights.dtype:
             dense = dense.to(self.weights.dtype)
         return dense
 
@@ -82,10 +80,13 @@ class Centroid:
         """Adds a batch to the prototypes (plain sum, or the OnlineHD update when adaptive=True)."""
         samples = self._samples(x)
         labels = self._labels(y, samples.shape[0])
+        if self.weights is None:  # the first batch decides the prototypes' dtype (real, or complex for FHRR)
+            self.weights = torch.zeros((self.num_classes, self.dim), dtype=samples.dtype, device=self.device)
+        weights = self.weights
         if not adaptive:
-            self.weights.index_add_(0, labels, samples)
+            weights.index_add_(0, labels, samples)
             return self
-        similarity = self._cosine(samples)
+        similarity = _cosine(samples, weights)
         predicted = similarity.argmax(dim=1)
         wrong = predicted != labels
         if not bool(wrong.any()):
@@ -93,20 +94,17 @@ class Centroid:
         samples, labels, predicted, similarity = samples[wrong], labels[wrong], predicted[wrong], similarity[wrong]
         true_weight = lr * (1.0 - similarity.gather(1, labels.unsqueeze(1)))
         wrong_weight = lr * (similarity.gather(1, predicted.unsqueeze(1)) - 1.0)
-        self.weights.index_add_(0, labels, true_weight.to(samples.dtype) * samples)
-        self.weights.index_add_(0, predicted, wrong_weight.to(samples.dtype) * samples)
+        weights.index_add_(0, labels, true_weight.to(samples.dtype) * samples)
+        weights.index_add_(0, predicted, wrong_weight.to(samples.dtype) * samples)
         return self
 
     # --- inference ----------------------------------------------------------------------------------------
-    def _cosine(self, samples: torch.Tensor) -> torch.Tensor:
-        dots = _unit_rows(samples) @ _unit_rows(self.weights).conj().T
-        return dots.real if dots.is_complex() else dots
-
     def similarity(self, x: Any) -> torch.Tensor:
         """Cosine similarity of each sample to each class prototype, (batch, num_classes)."""
-        if self.weights is None:
+        weights = self.weights
+        if weights is None:
             raise RuntimeError("the classifier is not fitted; call fit or partial_fit first")
-        return self._cosine(self._samples(x))
+        return _cosine(self._samples(x), weights)
 
     def predict(self, x: Any) -> torch.Tensor:
         return self.similarity(x).argmax(dim=1)
@@ -119,6 +117,12 @@ class Centroid:
         predicted = self.predict(x)
         labels = self._labels(y, predicted.shape[0])
         return float((predicted == labels).float().mean())
+
+
+def _cosine(samples: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each sample to each prototype, (batch, num_classes); real for FHRR too."""
+    dots = _unit_rows(samples) @ _unit_rows(weights).conj().T
+    return dots.real if dots.is_complex() else dots
 
 
 def _unit_rows(rows: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ Search runs in chunks of items (and of queries) sized so that the score matrix o
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -115,12 +115,12 @@ class ItemMemory:
             return SearchResult(sims_out[0], ids_out[0])
         return SearchResult(sims_out.reshape(*queries.shape, k), ids_out.reshape(*queries.shape, k))
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {"dim": self.dim, "vsa": self.vsa.name, "dtype": str(self.dtype).removeprefix("torch."),
                 "vectors": self._storage[: self._size].cpu().clone()}
 
     @classmethod
-    def from_state_dict(cls, state: dict, *, device: str | torch.device | None = None) -> "ItemMemory":
+    def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device | None = None) -> "ItemMemory":
         vectors = state["vectors"]
         memory = cls(state["dim"], state["vsa"], device=device, dtype=getattr(torch, state["dtype"]),
                      initial_capacity=max(1, vectors.shape[0]))

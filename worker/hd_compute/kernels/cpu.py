@@ -13,7 +13,9 @@ every function falls back to a numpy implementation and :func:`features` returns
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Protocol, cast
 
 import numpy as np
 import torch  # first: the extension must find torch's OpenMP runtime (libgomp.so.1) already loaded
@@ -37,12 +39,28 @@ __all__ = [
     "reference_pack_sign_bits_int8",
 ]
 
-_native = None
-if os.environ.get("HDC_DISABLE_NATIVE_KERNELS", "").strip() not in ("1", "true", "True", "yes"):
+
+
+class _NativeKernels(Protocol):
+    """The compiled extension's interface (cpu_kernels.c): raw data pointers and sizes, results written in place."""
+
+    def features(self) -> str: ...
+    def hamming_matrix(self, a: int, n_a: int, b: int, n_b: int, words: int, out: int, threads: int, /) -> None: ...
+    def bit_counts(self, x: int, n: int, words: int, out: int, threads: int, /) -> None: ...
+    def int8_column_sum(self, x: int, n: int, d: int, out: int, threads: int, /) -> None: ...
+    def pack_sign_bits_int8(self, x: int, n: int, d: int, words: int, out: int, threads: int, /) -> None: ...
+
+
+def _load_native() -> _NativeKernels | None:
+    if os.environ.get("HDC_DISABLE_NATIVE_KERNELS", "").strip() in ("1", "true", "True", "yes"):
+        return None
     try:
-        from hd_compute.kernels import _cpu as _native  # type: ignore[no-redef]
+        return cast(_NativeKernels, importlib.import_module("hd_compute.kernels._cpu"))
     except ImportError:  # extension not built
-        _native = None
+        return None
+
+
+_native = _load_native()
 
 NATIVE_AVAILABLE: bool = _native is not None
 
@@ -62,7 +80,7 @@ def _threads() -> int:
 # ---------------------------------------------------------------------------------------------
 # argument checking
 # ---------------------------------------------------------------------------------------------
-def _check(t, name: str, dtype: torch.dtype) -> torch.Tensor:
+def _check(t: object, name: str, dtype: torch.dtype) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of dtype {dtype}, got {type(t).__name__}")
     if t.dtype != dtype:
@@ -182,7 +200,8 @@ def numpy_bit_counts(x: np.ndarray) -> np.ndarray:
 
 
 def numpy_int8_column_sum(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x).sum(axis=0, dtype=np.int32)
+    sums: np.ndarray = np.asarray(x).sum(axis=0, dtype=np.int32)
+    return sums
 
 
 def numpy_pack_sign_bits_int8(x: np.ndarray) -> np.ndarray:
@@ -191,39 +210,46 @@ def numpy_pack_sign_bits_int8(x: np.ndarray) -> np.ndarray:
     w = num_words(d)
     padded = np.zeros((n, w * 64), dtype=np.uint8)
     padded[:, :d] = x < 0
-    return np.packbits(padded, axis=1, bitorder="little").view(np.int64).reshape(n, w)
+    words: np.ndarray = np.packbits(padded, axis=1, bitorder="little").view(np.int64).reshape(n, w)
+    return words
 
 
 # ---------------------------------------------------------------------------------------------
 # plain references (for tests)
 # ---------------------------------------------------------------------------------------------
-def _unpack(x) -> np.ndarray:
+def _as_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    return x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _unpack(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """int64 (n, W) -> uint8 (n, W*64) bits, bit i of the hypervector at column i."""
-    x = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x, dtype=np.int64)
-    n, w = x.shape
+    words = _as_array(x).astype(np.int64, copy=False)
+    n, w = words.shape
     bits = np.zeros((n, w * 64), dtype=np.uint8)
-    u = x.view(np.uint64)
+    u = words.view(np.uint64)
     for k in range(64):
         bits[:, k::64] = ((u >> np.uint64(k)) & np.uint64(1)).astype(np.uint8)
     return bits
 
 
-def reference_hamming_matrix(a, b) -> np.ndarray:
+def reference_hamming_matrix(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> np.ndarray:
     ba, bb = _unpack(a), _unpack(b)
-    return (ba[:, None, :] != bb[None, :, :]).sum(axis=2).astype(np.int32)
+    distances: np.ndarray = (ba[:, None, :] != bb[None, :, :]).sum(axis=2).astype(np.int32)
+    return distances
 
 
-def reference_bit_counts(x) -> np.ndarray:
-    return _unpack(x).sum(axis=0).astype(np.int32)
+def reference_bit_counts(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    counts: np.ndarray = _unpack(x).sum(axis=0).astype(np.int32)
+    return counts
 
 
-def reference_int8_column_sum(x) -> np.ndarray:
-    x = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
-    return x.astype(np.int64).sum(axis=0).astype(np.int32)
+def reference_int8_column_sum(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    sums: np.ndarray = _as_array(x).astype(np.int64).sum(axis=0).astype(np.int32)
+    return sums
 
 
-def reference_pack_sign_bits_int8(x) -> np.ndarray:
-    x = np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x)
+def reference_pack_sign_bits_int8(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    x = _as_array(x)
     n, d = x.shape
     w = num_words(d)
     out = np.zeros((n, w), dtype=np.uint64)
