@@ -3,6 +3,7 @@ fields (null, booleans, overflow), and the response encoder (the same text as be
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
 import struct
@@ -263,7 +264,7 @@ def json_error(fn, *args, **kwargs) -> ApiError:
 
 def test_null_is_refused_for_every_field():
     p = Payload({"k": None, "vsa": None, "vectors": None, "y": None, "partial": None, "lr": None, "keys": None})
-    for call in (lambda: p.int("k", 1), lambda: p.vsa("MAP"), lambda: p.vectors("vectors", get_model("MAP"), None),
+    for call in (lambda: p.int("k", 1), lambda: p.vsa("MAP"), lambda: p.decode_vectors("vectors", get_model("MAP"), None),
                  lambda: p.labels("y"), lambda: p.bool("partial"), lambda: p.float("lr", 1.0),
                  lambda: p.strings("keys")):
         err = json_error(call)
@@ -288,14 +289,14 @@ def test_integers_are_bounded_and_never_leak_a_python_error():
     ("1,-1", "must be a list"),
 ])
 def test_json_vectors_hold_only_numbers_in_a_rectangle(value, words):
-    err = json_error(Payload({"a": value}).vectors, "a", get_model("MAP"), None)
+    err = json_error(Payload({"a": value}).decode_vectors, "a", get_model("MAP"), None)
     assert err.field == "a" and words in err.detail
 
 
 @pytest.mark.parametrize("vsa", ["HRR", "FHRR"])
 def test_json_values_beyond_float32_are_refused(vsa):
     big = [1e39, 0.0] if vsa == "HRR" else [[1e39, 0.0], [0.0, 1.0]]
-    err = json_error(Payload({"x": big}).vectors, "x", get_model(vsa), None)
+    err = json_error(Payload({"x": big}).decode_vectors, "x", get_model(vsa), None)
     assert err.field == "x" and "float32" in err.detail
 
 
@@ -349,10 +350,14 @@ class FakeRequest:
 
 def test_the_final_guard_refuses_an_oversized_response_before_encoding():
     fields = {"similarities": np.zeros(1000, dtype=np.float32)}
-    assert respond(FakeRequest(), None, fields, limit=30_000).status == 200
-    err = json_error(respond, FakeRequest(), None, fields, limit=20_000)
+
+    def answer(accept: str, limit: int):
+        return asyncio.run(respond(FakeRequest(accept), None, fields, limit=limit))
+
+    assert answer("", 30_000).status == 200
+    err = json_error(answer, "", 20_000)
     assert (err.status, err.error, err.field) == (400, "response_too_large", "response")
-    assert respond(FakeRequest("application/x-npz"), None, fields, limit=20_000).content_type == "application/x-npz"
+    assert answer("application/x-npz", 20_000).content_type == "application/x-npz"
     err = json_error(check_response_size, "num", 10**9, 10**6, "1000 hypervectors")
     assert (err.status, err.error, err.field) == (400, "response_too_large", "num")
     assert INLINE_CODEC_MAX_BYTES < 10**6

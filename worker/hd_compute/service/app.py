@@ -13,6 +13,7 @@ from aiohttp import web
 from hd_compute.monitoring.health import HealthChecker
 from hd_compute.monitoring.metrics import MetricsCollector
 
+from .codec import LIMITS, Limits
 from .config import WorkerSettings
 from .faults import install as install_faults
 from .middleware import batch_span, observability_middleware
@@ -37,12 +38,14 @@ def create_app(
         if is_operation:
             worker.in_flight_ops += delta
 
-    # client_max_size: aiohttp's own guard; read_payload turns it into the JSON 413.
+    # client_max_size: aiohttp's guard for bodies read through its own API (PUT /admin/faults); the /v1 routes read
+    # theirs with codec.read_body, under the limits of LIMITS.
     app = web.Application(
         middlewares=[observability_middleware(in_flight, settings.observability)],
         client_max_size=settings.max_body_bytes,
     )
     app[WORKER] = worker
+    app[LIMITS] = Limits.from_settings(settings)
     for table in ROUTE_TABLES:
         app.add_routes(table)
     install_faults(app, settings.admin_faults)

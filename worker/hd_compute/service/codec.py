@@ -113,6 +113,9 @@ class Limits:
                    settings.max_response_bytes, settings.body_timeout_seconds)
 
 
+LIMITS = web.AppKey("limits", Limits)  # the app's request limits (create_app sets them from its settings)
+
+
 async def off_loop(nbytes: int, fn: Callable[..., T], *args: Any) -> T:
     """fn(*args) inline when it handles at most INLINE_CODEC_MAX_BYTES, else in a worker thread."""
     if nbytes <= INLINE_CODEC_MAX_BYTES:
@@ -248,8 +251,8 @@ class Payload:
             raise invalid(name, "must be a list of strings")
         return raw
 
-    def vectors(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
-                default_dim: int | None = None) -> Hypervectors | None:
+    def decode_vectors(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
+                       default_dim: int | None = None) -> Hypervectors | None:
         """The hypervectors in field `name`: JSON dense form, or storage form in a binary body.
 
         dim: the dimension they must have (a memory's, another operand's), None to take it from the data;
@@ -262,14 +265,14 @@ class Payload:
             return None
         return _from_json(value, name, model, dim)
 
-    async def vectors_off_loop(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
-                               default_dim: int | None = None) -> Hypervectors | None:
-        """vectors(), in a worker thread for a large binary array (its checks and copy are numpy work that
+    async def vectors(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
+                      default_dim: int | None = None) -> Any:
+        """decode_vectors(), in a worker thread for a large binary array (its checks and copy are numpy work that
         releases the GIL); JSON vectors are converted inline, as their parse was (their size is bounded by
-        HDC_MAX_JSON_BODY_BYTES)."""
+        HDC_MAX_JSON_BODY_BYTES). Typed Any: a required field is never None."""
         nbytes = self.arrays[name].nbytes if name in self.arrays else 0
-        return await off_loop(nbytes, lambda: self.vectors(name, model, dim, required=required,
-                                                           default_dim=default_dim))
+        return await off_loop(nbytes, lambda: self.decode_vectors(name, model, dim, required=required,
+                                                                  default_dim=default_dim))
 
 
 def _shown(value: Any) -> str:
@@ -334,10 +337,21 @@ def _from_json(value: Any, name: str, model: VSAModel, dim: int | None) -> Hyper
         dense = torch.complex(torch.from_numpy(arr[..., 0]).float(), torch.from_numpy(arr[..., 1]).float())
     else:
         dense = torch.from_numpy(arr).float()
+    if model.name in ("HRR", "FHRR"):  # the dense form is the storage form
+        return _validated(dense, name, model, length)
     try:
         return Hypervectors.from_dense(dense, model)
     except (ValueError, TypeError) as exc:
         raise invalid(name, str(exc)) from None
+
+
+def _validated(data: torch.Tensor, name: str, model: VSAModel, dim: int) -> Hypervectors:
+    """Hypervectors over `data` once the model's own validation passed; its message names the field."""
+    try:
+        model.validate(data, dim, name)
+    except (ValueError, TypeError) as exc:
+        raise ApiError(400, "invalid_field", str(exc), field=name) from None
+    return Hypervectors(data, model, dim)
 
 
 def _torch_dtype(arr: np.ndarray, name: str) -> torch.dtype:
@@ -372,8 +386,8 @@ def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None,
     if width == 0:
         raise invalid(name, "hypervectors must not be empty", error="invalid_shape")
     native = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
+    data = torch.from_numpy(native)
     # MAP and BSC: the checks of MAP.validate / BSC.validate, in numpy, which does them faster than torch on a CPU.
-    validate = False
     if model.name == "MAP":
         if not bool((np.abs(native) == 1).all()):
             raise invalid(name, "MAP hypervectors must hold only +1 and -1 values")
@@ -383,11 +397,8 @@ def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None,
             if np.any(native[..., -1].view(np.uint64) & padding):
                 raise invalid(name, f"BSC words have padding bits set beyond dimension {vec_dim}")
     else:
-        validate = True
-    try:
-        return Hypervectors(torch.from_numpy(native), model, vec_dim, validate=validate)
-    except (ValueError, TypeError) as exc:
-        raise invalid(name, str(exc)) from None
+        return _validated(data, name, model, vec_dim)
+    return Hypervectors(data, model, vec_dim)
 
 
 def body_too_large(detail: str) -> ApiError:
@@ -560,6 +571,9 @@ def hv_to_json(hv: Hypervectors) -> list:
 
 
 def _dense_array(hv: Hypervectors) -> np.ndarray:
+    if hv.data.numel() == 0:  # an empty batch: nothing to convert
+        pair = (2,) if hv.vsa.name == "FHRR" else ()
+        return np.zeros((*hv.shape, hv.dim, *pair), dtype=np.int8 if hv.vsa.name in ("MAP", "BSC") else np.float32)
     dense = hv.dense().cpu()
     if hv.vsa.name in ("MAP", "BSC"):
         return dense.to(torch.int8).numpy()
@@ -673,18 +687,10 @@ def _checked_size(fields: dict[str, Any], binary: bool, limit: int | None) -> in
     return size
 
 
-def respond(request: web.Request, payload: Payload | None, fields: dict[str, Any], *, status: int = 200,
-            limit: int | None = None) -> web.Response:
-    """JSON or npz response with `fields`, encoded on the event loop (small responses)."""
-    binary = wants_binary(request, payload)
-    _checked_size(fields, binary, limit)
-    body, content_type = _encode(fields, binary)
-    return web.Response(body=body, status=status, content_type=content_type)
-
-
-async def respond_off_loop(request: web.Request, payload: Payload | None, fields: dict[str, Any], *,
-                           status: int = 200, limit: int | None = None) -> web.Response:
-    """respond(), with a response over INLINE_CODEC_MAX_BYTES (worst case) encoded in a worker thread."""
+async def respond(request: web.Request, payload: Payload | None, fields: dict[str, Any], *, status: int = 200,
+                  limit: int | None = None) -> web.Response:
+    """The JSON or npz response with `fields`; one over INLINE_CODEC_MAX_BYTES (worst case) is encoded in a worker
+    thread."""
     binary = wants_binary(request, payload)
     size = _checked_size(fields, binary, limit)
     body, content_type = await off_loop(size, _encode, fields, binary)

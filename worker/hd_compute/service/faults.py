@@ -25,7 +25,8 @@ from aiohttp import web
 
 from hd_compute.monitoring.logging import get_logger
 
-from .codec import ApiError
+from .codec import LIMITS, ApiError, read_payload
+from .middleware import error_response
 
 __all__ = ["Fault", "FaultInjector", "FAULTS", "install", "parse_fault"]
 
@@ -63,7 +64,7 @@ def parse_fault(body: Any) -> Fault:
     if unknown:
         raise ApiError(400, "invalid_field", f"{unknown[0]}: unknown field; expected latency_ms, error_ratio, "
                                              "operations", field=unknown[0])
-    operations = body.get("operations") or []
+    operations = body.get("operations", [])
     if not isinstance(operations, list) or not all(isinstance(o, str) and o for o in operations):
         raise ApiError(400, "invalid_field", "operations: must be a list of operation names such as \"bind\"",
                        field="operations")
@@ -97,13 +98,9 @@ async def _get(request: web.Request) -> web.Response:
 
 async def _put(request: web.Request) -> web.Response:
     try:
-        body = await request.json()
-    except ValueError:
-        return web.json_response({"error": "malformed_json", "detail": "body: must be JSON"}, status=400)
-    try:
-        fault = parse_fault(body)
+        fault = parse_fault((await read_payload(request, request.app[LIMITS])).fields)
     except ApiError as exc:
-        return web.json_response({"error": exc.error, "detail": exc.detail}, status=exc.status)
+        return error_response(request, exc.status, exc.error, exc.detail)
     request.app[FAULTS].fault = fault
     get_logger("hd_compute.service").warning("fault_injected", **fault.as_dict())
     return web.json_response(fault.as_dict())

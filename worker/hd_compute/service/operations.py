@@ -20,7 +20,7 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel
 
-from .codec import ApiError, Payload, invalid, read_payload, respond
+from .codec import LIMITS, ApiError, Payload, invalid, read_payload, respond, wants_binary
 from .config import WorkerSettings
 from .faults import FAULTS
 from .middleware import (
@@ -37,6 +37,9 @@ from .worker import WORKER, Worker
 
 MAX_DIMENSION = 1 << 24  # the largest dimension a request may ask for (HDC_DIMENSION's own bound)
 OPERATIONS: list[str] = []  # every operation() name: their metric series are exported at zero from the start
+# What the engine may hold per element of the hypervectors an operation works on element by element (int64
+# counters of a bundle, unpacked BSC bits, float temporaries): the bound of HDC_MAX_ALLOCATION_BYTES for them.
+WORKING_BYTES_PER_ELEMENT = 8
 
 
 class Op:
@@ -60,8 +63,25 @@ class Op:
         return self.request.match_info["name"]
 
     async def read(self) -> Payload:
-        self.payload = await read_payload(self.request, self.worker.settings.max_body_bytes)
+        self.payload = await read_payload(self.request, self.request.app[LIMITS])
         return self.payload
+
+    @property
+    def binary_response(self) -> bool:
+        """Whether the response will be an .npz (else JSON); what its size is counted in."""
+        return wants_binary(self.request, self.payload)
+
+    def check_allocation(self, field: str, nbytes: int, what: str) -> None:
+        """400 naming `field` when the request would make the worker allocate more than HDC_MAX_ALLOCATION_BYTES
+        (checked before anything is computed or allocated)."""
+        limit = self.settings.max_allocation_bytes
+        if nbytes > limit:
+            raise invalid(field, f"{what} would need {nbytes} bytes, over the limit of {limit} bytes one request may "
+                                 "make the worker allocate (HDC_MAX_ALLOCATION_BYTES); request fewer or smaller")
+
+    def check_elements(self, field: str, elements: int, what: str) -> None:
+        """check_allocation for an operation that works on `elements` hypervector elements one by one."""
+        self.check_allocation(field, elements * WORKING_BYTES_PER_ELEMENT, what)
 
     async def kernel(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs `fn` on the kernel thread (one call, not batched), inside its kernel span."""
@@ -75,8 +95,11 @@ class Op:
     def on_device(self, hv: Hypervectors) -> Hypervectors:
         return hv if hv.device == self.worker.device else hv.to(self.worker.device)
 
-    def respond(self, fields: dict[str, Any], status: int = 200) -> web.Response:
-        return respond(self.request, self.payload, fields, status=status)
+    async def respond(self, fields: dict[str, Any], status: int = 200) -> web.Response:
+        """The response with `fields` in the format the client asked for; over HDC_MAX_RESPONSE_BYTES (worst case)
+        it is a 400, and a large one is encoded off the event loop."""
+        return await respond(self.request, self.payload, fields, status=status,
+                             limit=self.settings.max_response_bytes)
 
 
 OpHandler = Callable[[Op], Awaitable[web.Response]]
@@ -96,7 +119,10 @@ def operation(name: str) -> Callable[[OpHandler], Callable[[web.Request], Awaita
                     await faults.before(name)
                 response = await fn(op)
             except ApiError as exc:
-                return _failed(op, started, exc.status, exc.error, exc.detail)
+                failed = _failed(op, started, exc.status, exc.error, exc.detail)
+                if exc.close:  # a body refused while it was arriving: do not read the rest of it
+                    failed.force_close()
+                return failed
             except torch.cuda.OutOfMemoryError as exc:
                 _log_cuda_oom(op, exc)
                 return _failed(
@@ -107,18 +133,18 @@ def operation(name: str) -> Callable[[OpHandler], Callable[[web.Request], Awaita
                     f"{name}: the device ran out of memory; retry later or send a smaller batch",
                     log_it=False,
                 )
-            except MemoryError:
-                return _failed(
-                    op,
-                    started,
-                    503,
-                    "insufficient_memory",
-                    f"{name}: the worker ran out of memory for this request; retry later or send a smaller one",
-                )
             except (ValueError, TypeError, IndexError) as exc:
                 # The engine checks its arguments and names them; the request fields carry the same names.
                 return _failed(op, started, 400, "invalid_argument", str(exc))
-            except Exception:  # noqa: BLE001 - answer 500 and keep serving
+            except Exception as exc:  # noqa: BLE001 - answer 5xx and keep serving
+                if _out_of_memory(exc):
+                    return _failed(
+                        op,
+                        started,
+                        503,
+                        "insufficient_memory",
+                        f"{name}: the worker ran out of memory for this request; retry later or send a smaller one",
+                    )
                 log_exception("request_failed_unexpectedly", operation=name)
                 return _failed(
                     op,
@@ -133,6 +159,16 @@ def operation(name: str) -> Callable[[OpHandler], Callable[[web.Request], Awaita
         return handler
 
     return decorate
+
+
+# The message of the RuntimeError torch's CPU allocator raises when the host cannot give it the memory (it raises
+# no MemoryError; its message is the only way to tell this RuntimeError from the others).
+CPU_ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory"
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    """The host ran out of memory: a transient shortage (503), not a bad request and not a bug."""
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILED in str(exc))
 
 
 def _failed(op: Op, started: float, status: int, error: str, detail: str, *, log_it: bool = True) -> web.Response:
@@ -170,6 +206,12 @@ def count(hv: Hypervectors) -> int:
     for s in hv.shape:
         n *= s
     return n
+
+
+def empty_like(hv: Hypervectors, shape: tuple[int, ...]) -> Hypervectors:
+    """An empty batch of `shape` of hv's model, dimension and dtype: the answer to a request with no hypervectors,
+    given without the engine (some of its kernels need at least one)."""
+    return Hypervectors(hv.data.new_empty((*shape, hv.data.shape[-1])), hv.vsa, hv.dim)
 
 
 def vectors_fields(hv: Hypervectors) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""Running the worker: start-up, the continuous benchmark, signals and the graceful shutdown.
+"""Running the worker: start-up, the continuous benchmark, signals, slow clients and the graceful shutdown.
+
+Slow clients (slowloris): a connection whose request head is not complete HDC_HEADER_TIMEOUT_SECONDS after it
+opened, or after its previous response, is closed. That is aiohttp's keep-alive timeout (AppRunner's
+keepalive_timeout): its timer starts when a connection is made and again after each response, and closes the
+connection when it fires while no request has been parsed; aiohttp has no separate header timeout, so the same
+setting also closes idle keep-alive connections. A body that does not arrive within HDC_BODY_TIMEOUT_SECONDS is
+the handler's 408 (codec.read_body).
 
 SIGTERM (or SIGINT): /readyz turns 503, the listening socket closes (no new connections), the requests in
 flight finish (up to 60 % of HDC_SHUTDOWN_GRACE_SECONDS, bodies still arriving included; then the rest are
@@ -43,11 +50,13 @@ def _attach_benchmark(app: web.Application, worker: Worker) -> None:
     def build() -> ContinuousBenchmark:
         kwargs = dict(database_url=s.benchmark_url, is_busy=worker.is_busy)
         try:  # the worker's model and device, where the benchmark accepts them
-            bench = ContinuousBenchmark(worker.metrics, vsa=s.vsa, dimension=s.dimension, device=worker.device, **kwargs)
+            bench = ContinuousBenchmark(worker.metrics, vsa=s.vsa, dimension=s.dimension, device=worker.device,
+                                        **kwargs)
         except TypeError:
             bench = ContinuousBenchmark(worker.metrics, **kwargs)
         for test in ("bundle_10k_vectors", "bind_32k_dimension", "similarity_batch_1000"):
-            bench.schedule_test(test, s.benchmark_interval_seconds, alert_threshold_degradation=s.benchmark_degradation_threshold)
+            bench.schedule_test(test, s.benchmark_interval_seconds,
+                                alert_threshold_degradation=s.benchmark_degradation_threshold)
         return bench
 
     async def start_when_ready() -> None:
@@ -87,12 +96,12 @@ async def serve_async(settings: WorkerSettings) -> int:
     if settings.benchmark_enabled:
         _attach_benchmark(app, worker)
     grace = settings.shutdown_grace_seconds
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=max(0.5, grace * 0.1))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=max(0.5, grace * 0.1),
+                           keepalive_timeout=settings.header_timeout_seconds)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
-    sockets = getattr(site._server, "sockets", None) or []  # the bound port when HDC_PORT=0
-    port = sockets[0].getsockname()[1] if sockets else settings.port
+    port = bound_port(runner, settings.port)
     log().info("worker_listening", host=settings.host, port=port, vsa=settings.vsa, dimension=settings.dimension,
                device=str(worker.device), state_dir=worker.store.state_dir, pid=os.getpid())
     freeze_task = asyncio.get_running_loop().create_task(freeze_heap_when_ready(worker))
@@ -137,6 +146,14 @@ async def serve_async(settings: WorkerSettings) -> int:
         pass
     flush_logs()
     return 0
+
+
+def bound_port(runner: web.AppRunner, configured: int) -> int:
+    """The port the runner's site listens on (the one the OS chose when HDC_PORT=0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:  # (host, port) or (host, port, flow, scope)
+            return int(address[1])
+    return configured
 
 
 def _flush_and_exit(code: int) -> None:

@@ -12,7 +12,7 @@ from hd_compute.hypervectors import Hypervectors
 from hd_compute.models import Centroid
 from hd_compute.vsa import get_model
 
-from ..codec import ApiError, Payload, invalid
+from ..codec import ApiError, Payload, check_response_size, invalid, number_bytes
 from ..operations import Op, operation, vsa_and_dimension
 from ..state import ClassifierEntry
 from .named import NamedKind, add_named_routes
@@ -20,13 +20,19 @@ from .named import NamedKind, add_named_routes
 routes = web.RouteTableDef()
 
 MAX_CLASSES = 1_000_000
+# The smallest softmax temperature: cosines (in [-1, 1]) divided by it stay far from float32's overflow.
+MIN_TEMPERATURE = 1e-9
+MAX_LEARNING_RATE = 1e3  # OnlineHD's lr: prototypes are sums of lr-scaled samples, which must stay finite
+PROTOTYPE_BYTES = 8  # per element of the (num_classes, D) prototypes and the fit's per-class sums
 
 
 def _build(op: Op, p: Payload) -> Callable[[], ClassifierEntry]:
     model, dim = vsa_and_dimension(op, p)
     dimension = dim or op.settings.dimension
     num_classes = p.int("num_classes", required=True, minimum=1, maximum=MAX_CLASSES)
-    temperature = p.float("temperature", 0.05, minimum=1e-9)
+    temperature = p.float("temperature", 0.05, minimum=MIN_TEMPERATURE)
+    op.check_allocation("num_classes", num_classes * dimension * PROTOTYPE_BYTES,
+                        f"{num_classes} class prototypes of dimension {dimension}")
     op.dimension = dimension
     return lambda: ClassifierEntry(
         Centroid(num_classes, dimension, device=op.worker.device, temperature=temperature), model.name
@@ -56,8 +62,8 @@ CLASSIFIERS: NamedKind[ClassifierEntry] = NamedKind(
 add_named_routes(routes, CLASSIFIERS)
 
 
-def _samples(op: Op, p: Payload, entry: ClassifierEntry) -> Hypervectors:
-    x = p.vectors("x", get_model(entry.vsa), entry.model.dim)
+async def _samples(op: Op, p: Payload, entry: ClassifierEntry) -> Hypervectors:
+    x = await p.vectors("x", get_model(entry.vsa), entry.model.dim)
     if x.data.dim() == 1:
         x = x.reshape(1)
     if x.data.dim() != 2 or x.shape[0] == 0:
@@ -76,7 +82,7 @@ async def classifier_fit(op: Op) -> web.Response:
     name = op.path_name()
     p = await op.read()
     entry = op.worker.classifiers.get(name)
-    x = _samples(op, p, entry)
+    x = await _samples(op, p, entry)
     y = p.labels("y")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise invalid(
@@ -89,7 +95,7 @@ async def classifier_fit(op: Op) -> web.Response:
     partial = p.bool("partial", False)
     adaptive = p.bool("adaptive", False)
     epochs = p.int("epochs", 1, minimum=1, maximum=1000)
-    lr = p.float("lr", 1.0, minimum=0.0)
+    lr = p.float("lr", 1.0, minimum=0.0, maximum=MAX_LEARNING_RATE)
     op.dimension, op.input_count = entry.model.dim, x.shape[0]
 
     def fit() -> ClassifierEntry:
@@ -104,7 +110,7 @@ async def classifier_fit(op: Op) -> web.Response:
         return current
 
     entry = await op.kernel(fit)
-    return op.respond(_info(name, entry))
+    return await op.respond(_info(name, entry))
 
 
 @routes.post("/v1/classifiers/{name}/predict")
@@ -116,12 +122,15 @@ async def classifier_predict(op: Op) -> web.Response:
     entry = op.worker.classifiers.get(name)
     if entry.model.weights is None:
         raise ApiError(409, "not_fitted", f"name: classifier {name!r} is not fitted; POST .../fit first", field="name")
-    x = _samples(op, p, entry)
-    op.dimension, op.input_count = entry.model.dim, x.shape[0]
+    x = await _samples(op, p, entry)
+    n, classes = x.shape[0], entry.model.num_classes
+    check_response_size("x", n * (classes + 1) * number_bytes(op.binary_response), op.settings.max_response_bytes,
+                        f"{n} samples x {classes} classes")
+    op.dimension, op.input_count = entry.model.dim, n
 
     def predict() -> tuple[torch.Tensor, torch.Tensor]:
         proba = entry.model.predict_proba(x)
         return proba.argmax(dim=1).cpu(), proba.cpu()
 
     labels, probabilities = await op.kernel(predict)
-    return op.respond({"name": name, "labels": labels, "probabilities": probabilities})
+    return await op.respond({"name": name, "labels": labels, "probabilities": probabilities})

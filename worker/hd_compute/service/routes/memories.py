@@ -13,7 +13,7 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.structures import ItemMemory
 
-from ..codec import ApiError, Payload, invalid
+from ..codec import ApiError, Payload, check_response_size, hypervector_bytes, invalid, number_bytes
 from ..operations import Op, count, operation, vsa_and_dimension
 from ..state import MemoryEntry
 from ..worker import Worker
@@ -21,12 +21,18 @@ from .named import NamedKind, add_named_routes
 
 routes = web.RouteTableDef()
 
+INITIAL_CAPACITY = 1024  # items a new memory has room for; it grows by doubling
+
 
 def _build(op: Op, p: Payload) -> Callable[[], MemoryEntry]:
     model, dim = vsa_and_dimension(op, p)
     dimension = dim or op.settings.dimension
+    reserved = INITIAL_CAPACITY * hypervector_bytes(model, dimension, binary=True)
+    op.check_allocation("dimension", reserved, f"an item memory of dimension {dimension} (room for "
+                                               f"{INITIAL_CAPACITY} items at creation)")
     op.dimension = dimension
-    return lambda: MemoryEntry(ItemMemory(dimension, model, device=op.worker.device))
+    return lambda: MemoryEntry(ItemMemory(dimension, model, device=op.worker.device,
+                                          initial_capacity=INITIAL_CAPACITY))
 
 
 def _info(name: str, entry: MemoryEntry) -> dict[str, Any]:
@@ -61,7 +67,7 @@ async def memory_add(op: Op) -> web.Response:
     name = op.path_name()
     p = await op.read()
     memory = op.worker.memories.get(name).memory
-    items = p.vectors("vectors", memory.vsa, memory.dim)
+    items = await p.vectors("vectors", memory.vsa, memory.dim)
     if items.data.dim() > 2:
         raise invalid(
             "vectors",
@@ -70,11 +76,9 @@ async def memory_add(op: Op) -> web.Response:
         )
     items = _as_memory_dtype(items, memory)
     n = count(items)
-    keys = None
-    if p.has("keys"):
-        keys = p.arrays["keys"].tolist() if "keys" in p.arrays else p.fields["keys"]
-        if not isinstance(keys, list) or len(keys) != n or not all(isinstance(k, str) for k in keys):
-            raise invalid("keys", f"must be a list of {n} strings, one per item")
+    keys = p.strings("keys")
+    if keys is not None and len(keys) != n:
+        raise invalid("keys", f"must be a list of {n} strings, one per item, got {len(keys)}")
     op.dimension, op.input_count = memory.dim, n
 
     def add() -> torch.Tensor:
@@ -86,7 +90,7 @@ async def memory_add(op: Op) -> web.Response:
 
     ids = await op.kernel(add)
     op.worker.update_state_gauges()
-    return op.respond({"name": name, "ids": ids, "size": len(memory)})
+    return await op.respond({"name": name, "ids": ids, "size": len(memory)})
 
 
 def _query_batch(
@@ -126,7 +130,7 @@ async def memory_query(op: Op) -> web.Response:
     name = op.path_name()
     p = await op.read()
     memory = op.worker.memories.get(name).memory
-    queries = p.vectors("queries", memory.vsa, memory.dim)
+    queries = await p.vectors("queries", memory.vsa, memory.dim)
     k = p.int("k", 1, minimum=1)
     if len(memory) == 0:
         raise ApiError(
@@ -136,11 +140,18 @@ async def memory_query(op: Op) -> web.Response:
         raise invalid("k", f"{k} is larger than the number of items ({len(memory)})")
     queries = _as_memory_dtype(queries, memory)
     n = count(queries)
+    what = f"{n} queries x k={k}"
+    # the search itself works in chunks of bounded size; its result is a similarity and an index per query and k
+    check_response_size("queries", n * k * 2 * number_bytes(op.binary_response), op.settings.max_response_bytes, what)
     op.dimension, op.input_count = memory.dim, n
+    if n == 0:  # no queries: an empty answer, without the search (which needs at least one)
+        nothing = np.zeros((*queries.shape, k))
+        return await op.respond({"name": name, "k": k, "similarities": nothing.astype(np.float32),
+                                 "indices": nothing.astype(np.int64)})
     sims, ids, keys = await op.batched(
         ("memory", name), max(n, 1), (op.on_device(queries), k), functools.partial(_query_batch, op.worker, name)
     )
     fields: dict[str, Any] = {"name": name, "k": k, "similarities": sims, "indices": ids}
     if keys is not None:
         fields["keys"] = keys
-    return op.respond(fields)
+    return await op.respond(fields)

@@ -54,14 +54,14 @@ def add_named_routes(routes: web.RouteTableDef, named: NamedKind[T]) -> None:
             return entry
 
         entry = await op.kernel(create_entry)
-        return op.respond(named.info(name, entry), status=201)
+        return await op.respond(named.info(name, entry), status=201)
 
     @routes.get(named.collection, allow_head=False)
     @operation(f"{named.kind}_list")
     async def list_entries(op: Op) -> web.Response:
         await op.worker.wait_state()
         listed = [named.info(name, entry) for name, entry in named.entries(op.worker).sorted_items()]
-        return op.respond({named.list_field: listed})
+        return await op.respond({named.list_field: listed})
 
     @routes.get(named.collection + "/{name}", allow_head=False)
     @operation(f"{named.kind}_get")
@@ -69,7 +69,7 @@ def add_named_routes(routes: web.RouteTableDef, named: NamedKind[T]) -> None:
         await op.worker.wait_state()
         name = op.path_name()
         entry = named.entries(op.worker).get(name)
-        return op.respond({**named.info(name, entry), **named.details(entry)})
+        return await op.respond({**named.info(name, entry), **named.details(entry)})
 
     @routes.delete(named.collection + "/{name}")
     @operation(f"{named.kind}_delete")
@@ -86,4 +86,4 @@ def add_named_routes(routes: web.RouteTableDef, named: NamedKind[T]) -> None:
 
         await op.kernel(delete_entry)
         op.worker.update_state_gauges()
-        return op.respond({"deleted": name})
+        return await op.respond({"deleted": name})

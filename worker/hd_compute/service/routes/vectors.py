@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 
 import torch
 from aiohttp import web
 
 import hd_compute.functional as F
 from hd_compute.hypervectors import Hypervectors
+from hd_compute.vsa import VSAModel
 
-from ..codec import invalid
-from ..operations import Op, count, operation, vectors_fields, vsa_and_dimension
+from ..codec import INT64_MAX, check_response_size, hypervector_bytes, invalid, number_bytes
+from ..operations import Op, count, empty_like, operation, vectors_fields, vsa_and_dimension
 
 routes = web.RouteTableDef()
+
+
+MAX_BATCH_AXES = 16  # the most batch axes `num` may give: more than any use needs, few enough for every kernel
+
+
+def _check_result(op: Op, field: str, model: VSAModel, dim: int, n: int) -> None:
+    """The response and working-memory bounds of an operation that answers `n` hypervectors."""
+    what = f"{n} hypervectors of dimension {dim}"
+    check_response_size(field, n * hypervector_bytes(model, dim, op.binary_response), op.settings.max_response_bytes,
+                        what)
+    op.check_elements(field, n * dim, what)
 
 
 @routes.post("/v1/hypervectors/random")
@@ -23,27 +36,20 @@ async def random_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
     dimension = dim or op.settings.dimension
-    raw = p.fields.get("num")
+    raw = p.raw("num", required=True)
     if isinstance(raw, list):
-        if not raw or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in raw):
-            raise invalid("num", "must be a non-negative int or a non-empty list of them (a batch shape)")
+        if not 1 <= len(raw) <= MAX_BATCH_AXES or not all(type(v) is int and 0 <= v <= INT64_MAX for v in raw):
+            raise invalid("num", f"must be a non-negative integer or a list of 1 to {MAX_BATCH_AXES} of them "
+                                 "(a batch shape)")
         shape = tuple(raw)
     else:
         shape = (p.int("num", required=True, minimum=0),)
-    n = 1
-    for s in shape:
-        n *= s
-    limit = op.settings.max_body_bytes
-    if n * dimension > limit:
-        raise invalid(
-            "num",
-            f"{n} hypervectors x dimension {dimension} exceeds the response limit of {limit} "
-            "elements (HDC_MAX_BODY_BYTES); request fewer",
-        )
+    n = math.prod(shape)
+    _check_result(op, "num", model, dimension, n)
     seed = p.int("seed", None, minimum=0)
     op.dimension, op.input_count = dimension, n
     hv = await op.kernel(lambda: F.random(shape, dimension, model, device=op.worker.device, seed=seed))
-    return op.respond(vectors_fields(hv))
+    return await op.respond(vectors_fields(hv))
 
 
 @routes.post("/v1/ops/bind")
@@ -51,12 +57,20 @@ async def random_route(op: Op) -> web.Response:
 async def bind_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
-    a = p.vectors("a", model, dim, default_dim=op.settings.dimension)
-    b = p.vectors("b", model, a.dim)
+    a = await p.vectors("a", model, dim, default_dim=op.settings.dimension)
+    b = await p.vectors("b", model, a.dim)
+    try:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        raise invalid("b", f"batch shapes of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast",
+                      error="invalid_shape") from None
+    _check_result(op, "b", model, a.dim, math.prod(shape))
     op.dimension, op.input_count = a.dim, count(a) + count(b)
     fn = F.unbind if p.bool("unbind", False) else F.bind
+    if math.prod(shape) == 0:
+        return await op.respond(vectors_fields(empty_like(a, shape)))
     hv = await op.kernel(lambda: fn(op.on_device(a), op.on_device(b)))
-    return op.respond(vectors_fields(hv))
+    return await op.respond(vectors_fields(hv))
 
 
 @routes.post("/v1/ops/bundle")
@@ -64,7 +78,7 @@ async def bind_route(op: Op) -> web.Response:
 async def bundle_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
-    x = p.vectors("vectors", model, dim, default_dim=op.settings.dimension)
+    x = await p.vectors("vectors", model, dim, default_dim=op.settings.dimension)
     if x.data.dim() < 2 or x.data.shape[-2] == 0:
         raise invalid(
             "vectors",
@@ -72,9 +86,10 @@ async def bundle_route(op: Op) -> web.Response:
             f"got batch shape {list(x.shape)}",
             error="invalid_shape",
         )
+    op.check_elements("vectors", count(x) * x.dim, f"bundling {count(x)} hypervectors of dimension {x.dim}")
     op.dimension, op.input_count = x.dim, count(x)
     hv = await op.kernel(lambda: F.multiset(op.on_device(x)))
-    return op.respond(vectors_fields(hv))
+    return await op.respond(vectors_fields(hv))
 
 
 @routes.post("/v1/ops/permute")
@@ -82,11 +97,14 @@ async def bundle_route(op: Op) -> web.Response:
 async def permute_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
-    x = p.vectors("vectors", model, dim, default_dim=op.settings.dimension)
-    shifts = p.int("shifts", 1)
+    x = await p.vectors("vectors", model, dim, default_dim=op.settings.dimension)
+    shifts = p.int("shifts", 1)  # any int64: the engine reduces a cyclic shift modulo the dimension
+    op.check_elements("vectors", count(x) * x.dim, f"permuting {count(x)} hypervectors of dimension {x.dim}")
     op.dimension, op.input_count = x.dim, count(x)
+    if count(x) == 0:
+        return await op.respond(vectors_fields(x))
     hv = await op.kernel(lambda: F.permute(op.on_device(x), shifts))
-    return op.respond(vectors_fields(hv))
+    return await op.respond(vectors_fields(hv))
 
 
 _METRICS = {"cosine": F.cosine_similarity, "dot": F.dot_similarity, "hamming": F.hamming_similarity}
@@ -111,8 +129,8 @@ async def similarity_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
     metric = p.str("metric", "cosine", choices=tuple(_METRICS))
-    queries = p.vectors("queries", model, dim, default_dim=op.settings.dimension)
-    others = p.vectors("others", model, queries.dim)
+    queries = await p.vectors("queries", model, dim, default_dim=op.settings.dimension)
+    others = await p.vectors("others", model, queries.dim)
     if others.data.dim() > 2:
         raise invalid(
             "others",
@@ -124,9 +142,13 @@ async def similarity_route(op: Op) -> web.Response:
     if queries.dtype != others.dtype:
         raise invalid("others", f"has dtype {others.dtype} but queries have {queries.dtype}")
     n = count(queries)
+    scores = n * max(count(others), 1)
+    what = f"{n} queries x {count(others)} others"
+    check_response_size("queries", scores * number_bytes(op.binary_response, 4), op.settings.max_response_bytes, what)
+    op.check_elements("queries", scores, what)
     op.dimension, op.input_count = queries.dim, n
     queries, others = op.on_device(queries), op.on_device(others)
     digest = hashlib.blake2b(others.data.cpu().numpy().tobytes(), digest_size=16).hexdigest()
     key = ("similarity", metric, model.name, others.dim, str(others.dtype), tuple(others.shape), digest)
-    scores = await op.batched(key, max(n, 1), queries, functools.partial(_similarity_batch, metric, others))
-    return op.respond({"metric": metric, "similarities": scores})
+    similarities = await op.batched(key, max(n, 1), queries, functools.partial(_similarity_batch, metric, others))
+    return await op.respond({"metric": metric, "similarities": similarities})
