@@ -59,8 +59,12 @@ def build_cases(vsa: str, device: torch.device, *, with_torchhd: bool, seed: int
     cases = []
 
     bundle_input = hd.random(10_000, 10_000, vsa, seed=seed).to(device)
-    case = Case("bundle_10k_vectors", vsa, lambda: hd.multiset(bundle_input),
-                bundle_input.nbytes + bundle_input.nbytes // 10_000)
+    case = Case(
+        "bundle_10k_vectors",
+        vsa,
+        lambda: hd.multiset(bundle_input),
+        bundle_input.nbytes + bundle_input.nbytes // 10_000,
+    )
     if with_torchhd:
         import torchhd
 
@@ -95,10 +99,12 @@ def build_cases(vsa: str, device: torch.device, *, with_torchhd: bool, seed: int
             case.baselines["dot_similarity"] = lambda: torchhd.dot_similarity(q_theirs, i_theirs)
 
             def chunked_hamming():
-                return torch.cat([
-                    torchhd.hamming_similarity(q_theirs[start : start + TORCHHD_HAMMING_QUERY_CHUNK], i_theirs)
-                    for start in range(0, q_theirs.shape[0], TORCHHD_HAMMING_QUERY_CHUNK)
-                ])
+                return torch.cat(
+                    [
+                        torchhd.hamming_similarity(q_theirs[start : start + TORCHHD_HAMMING_QUERY_CHUNK], i_theirs)
+                        for start in range(0, q_theirs.shape[0], TORCHHD_HAMMING_QUERY_CHUNK)
+                    ]
+                )
 
             case.baselines["hamming_similarity"] = chunked_hamming
             case.repeats_override["hamming_similarity"] = 1

@@ -35,32 +35,62 @@ def cpu_candidates(seed: int = 0) -> list[Candidate]:
     np_q, np_i, np_words = words_q.numpy(), words_i.numpy(), bundle_words.numpy()
     native = cpu.NATIVE_AVAILABLE
     return [
-        Candidate("BSC hamming 1000x1000 D=10k", f"native popcount ({cpu.features()})", native,
-                  lambda: cpu.hamming_matrix(words_q, words_i)),
-        Candidate("BSC hamming 1000x1000 D=10k", "numpy bitwise_count", not native,
-                  lambda: cpu.numpy_hamming_matrix(np_q, np_i)),
-        Candidate("BSC hamming 1000x1000 D=10k", "int8 GEMM on ±1 codes (torch._int_mm)", False,
-                  lambda: dispatch.int8_dot_matrix(codes_q, codes_i)),
-        Candidate("MAP dot 1000x1000 D=10k", "sign bits + native popcount", True,
-                  lambda: cpu.hamming_matrix(cpu.pack_sign_bits_int8(map_q), cpu.pack_sign_bits_int8(map_i))),
-        Candidate("MAP dot 1000x1000 D=10k", "int8 GEMM (torch._int_mm)", False,
-                  lambda: dispatch.int8_dot_matrix(map_q, map_i)),
+        Candidate(
+            "BSC hamming 1000x1000 D=10k",
+            f"native popcount ({cpu.features()})",
+            native,
+            lambda: cpu.hamming_matrix(words_q, words_i),
+        ),
+        Candidate(
+            "BSC hamming 1000x1000 D=10k",
+            "numpy bitwise_count",
+            not native,
+            lambda: cpu.numpy_hamming_matrix(np_q, np_i),
+        ),
+        Candidate(
+            "BSC hamming 1000x1000 D=10k",
+            "int8 GEMM on ±1 codes (torch._int_mm)",
+            False,
+            lambda: dispatch.int8_dot_matrix(codes_q, codes_i),
+        ),
+        Candidate(
+            "MAP dot 1000x1000 D=10k",
+            "sign bits + native popcount",
+            True,
+            lambda: cpu.hamming_matrix(cpu.pack_sign_bits_int8(map_q), cpu.pack_sign_bits_int8(map_i)),
+        ),
+        Candidate(
+            "MAP dot 1000x1000 D=10k",
+            "int8 GEMM (torch._int_mm)",
+            False,
+            lambda: dispatch.int8_dot_matrix(map_q, map_i),
+        ),
         Candidate("MAP dot 1000x1000 D=10k", "float32 GEMM", False, lambda: map_q.float() @ map_i.float().T),
-        Candidate("MAP column sum 10k x 10k", "native int8 column sum", native,
-                  lambda: cpu.int8_column_sum(bundle_map)),
-        Candidate("MAP column sum 10k x 10k", "torch.sum(int8 -> int32)", False,
-                  lambda: bundle_map.sum(dim=0, dtype=torch.int32)),
+        Candidate(
+            "MAP column sum 10k x 10k", "native int8 column sum", native, lambda: cpu.int8_column_sum(bundle_map)
+        ),
+        Candidate(
+            "MAP column sum 10k x 10k",
+            "torch.sum(int8 -> int32)",
+            False,
+            lambda: bundle_map.sum(dim=0, dtype=torch.int32),
+        ),
         Candidate("MAP column sum 10k x 10k", "torch.sum(float32)", False, lambda: bundle_float.sum(dim=0)),
         Candidate("BSC bit counts 10k x 10k", "native bit counts", native, lambda: cpu.bit_counts(bundle_words)),
-        Candidate("BSC bit counts 10k x 10k", "numpy (unpackbits + sum)", not native,
-                  lambda: cpu.numpy_bit_counts(np_words)),
+        Candidate(
+            "BSC bit counts 10k x 10k", "numpy (unpackbits + sum)", not native, lambda: cpu.numpy_bit_counts(np_words)
+        ),
     ]
 
 
 def time_candidates(candidates: list[Candidate], repeats: int) -> list[dict]:
     device = torch.device("cpu")
     return [
-        {"operation": c.operation, "implementation": c.implementation, "chosen": c.chosen,
-         "seconds": time_call(c.run, device, repeats=repeats)}
+        {
+            "operation": c.operation,
+            "implementation": c.implementation,
+            "chosen": c.chosen,
+            "seconds": time_call(c.run, device, repeats=repeats),
+        }
         for c in candidates
     ]

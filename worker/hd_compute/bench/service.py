@@ -15,7 +15,8 @@ turns on `ab_workers` processes of each setting, so that one process's luck of m
 pair; with the event loop's CPU per request of each round next to the throughput). Each service
 throughput (queries/s) is divided by the in-process throughput of the same ItemMemory.search call (same
 memory, same queries, same number of torch threads, same device) measured in the same run, in this process
-before and after the service runs of that VSA, and once more in a child process with the workers' OpenMP wait policy (PASSIVE;
+before and after the service runs of that VSA, and once more in a child process with the workers' OpenMP wait
+policy (PASSIVE;
 this process keeps libgomp's default spinning): the highest figure is the baseline (`ratio`). The shared
 machine's speed drifts within a run, so each round of a measured load is also paired with an in-process
 measurement taken right after it; the median of those per-round ratios (`paired_ratio`) is what the floors
@@ -71,6 +72,7 @@ def overhead_ceiling(queries_per_request: int) -> float:
     """The observability ceiling of a load of `queries_per_request` queries per request."""
     return SINGLE_OVERHEAD_CEILING if queries_per_request == 1 else BATCHED_OVERHEAD_CEILING
 
+
 WORKERS = {
     "default": {},
     "unbatched": {"HDC_BATCH_MAX_SIZE": "1"},
@@ -119,14 +121,26 @@ class ServiceWorker:
         package_root = str(pathlib.Path(__file__).resolve().parents[2])  # the directory holding hd_compute
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        env.update({
-            "HDC_STATE_DIR": str(self.state_dir), "HDC_BENCHMARK_ENABLED": "false", "HDC_DEVICE": device,
-            "HDC_LOG_LEVEL": "INFO", "HDC_LOG_FORMAT": "json", "HDC_SHUTDOWN_GRACE_SECONDS": "5",
-            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **self.extra_env,
-        })
+        env.update(
+            {
+                "HDC_STATE_DIR": str(self.state_dir),
+                "HDC_BENCHMARK_ENABLED": "false",
+                "HDC_DEVICE": device,
+                "HDC_LOG_LEVEL": "INFO",
+                "HDC_LOG_FORMAT": "json",
+                "HDC_SHUTDOWN_GRACE_SECONDS": "5",
+                "OMP_NUM_THREADS": str(threads),
+                "MKL_NUM_THREADS": str(threads),
+                **self.extra_env,
+            }
+        )
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "hd_compute.service", "serve", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hd_compute.service", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -233,8 +247,16 @@ def npz_body(rows: torch.Tensor) -> bytes:
 HEADERS = {"Content-Type": "application/x-npz", "Accept": "application/json"}
 
 
-async def _drive(port: int, path: str, bodies: list[bytes], queries_per_request: int, clients: int,
-                 seconds: float, max_requests: int, warmup: int) -> dict:
+async def _drive(
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    queries_per_request: int,
+    clients: int,
+    seconds: float,
+    max_requests: int,
+    warmup: int,
+) -> dict:
     """`clients` concurrent loops posting bodies round-robin, until `seconds` or `max_requests`."""
     import aiohttp
 
@@ -242,6 +264,7 @@ async def _drive(port: int, path: str, bodies: list[bytes], queries_per_request:
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
         async def post(body: bytes) -> None:
             async with session.post(url, data=body, headers=HEADERS) as response:
                 payload = await response.read()
@@ -267,16 +290,37 @@ async def _drive(port: int, path: str, bodies: list[bytes], queries_per_request:
 
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "queries": len(latencies) * queries_per_request, "seconds": elapsed,
-            "latencies": latencies, "warmup_requests": warmup}
+    return {
+        "requests": len(latencies),
+        "queries": len(latencies) * queries_per_request,
+        "seconds": elapsed,
+        "latencies": latencies,
+        "warmup_requests": warmup,
+    }
 
 
-def drive(worker: ServiceWorker, dataset: Dataset, bodies: list[bytes], queries_per_request: int, clients: int,
-          cfg: ServiceConfig) -> dict:
+def drive(
+    worker: ServiceWorker,
+    dataset: Dataset,
+    bodies: list[bytes],
+    queries_per_request: int,
+    clients: int,
+    cfg: ServiceConfig,
+) -> dict:
     calls_before, rows_before = worker.batch_counts()
     worker_cpu, loop_cpu, client_cpu = worker.cpu_seconds(), worker.loop_cpu_seconds(), time.process_time()
-    result = asyncio.run(_drive(worker.port, f"/v1/memories/{dataset.name}/query?k=1", bodies, queries_per_request,
-                                clients, cfg.seconds, cfg.max_requests, warmup=2 * clients))
+    result = asyncio.run(
+        _drive(
+            worker.port,
+            f"/v1/memories/{dataset.name}/query?k=1",
+            bodies,
+            queries_per_request,
+            clients,
+            cfg.seconds,
+            cfg.max_requests,
+            warmup=2 * clients,
+        )
+    )
     # CPU seconds of the worker (all threads, and its event loop's thread) and of the clients (this process) over
     # the run, warm-up requests included; the loop's per request counts them too.
     result["worker_cpu_s"] = worker.cpu_seconds() - worker_cpu
@@ -294,6 +338,7 @@ async def _answers(port: int, path: str, bodies: list[bytes]) -> list[list[int]]
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
+
         async def one(body: bytes) -> list[int]:
             async with session.post(f"http://127.0.0.1:{port}{path}", data=body, headers=HEADERS) as response:
                 payload = await response.read()
@@ -314,11 +359,14 @@ def check_answers(worker: ServiceWorker, dataset: Dataset, cfg: ServiceConfig, s
     got = asyncio.run(_answers(worker.port, f"/v1/memories/{dataset.name}/query?k=1", bodies))
     expected = dataset.memory.search(dataset.queries, k=1).indices.reshape(-1).cpu()
     checked = mismatches = 0
-    for (a, b), answer in zip(picks, got):
+    for (a, b), answer in zip(picks, got, strict=True):
         checked += b - a
         mismatches += int((torch.tensor(answer) != expected[a:b]).sum())
-    return {"checked": checked, "mismatches": mismatches,
-            "in_process_equals_targets": bool(torch.equal(expected, dataset.targets))}
+    return {
+        "checked": checked,
+        "mismatches": mismatches,
+        "in_process_equals_targets": bool(torch.equal(expected, dataset.targets)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -366,8 +414,9 @@ print(json.dumps({str(q): in_process_cost(dataset, q, cfg) for q in args["per_ca
 """
 
 
-def in_process_cost_passive(dataset: Dataset, per_call: list[int], cfg: ServiceConfig, state_dir: pathlib.Path,
-                            work_dir: pathlib.Path) -> dict[int, tuple[float, float]]:
+def in_process_cost_passive(
+    dataset: Dataset, per_call: list[int], cfg: ServiceConfig, state_dir: pathlib.Path, work_dir: pathlib.Path
+) -> dict[int, tuple[float, float]]:
     """The same in-process figures in a child process with OMP_WAIT_POLICY=PASSIVE, the workers' policy.
 
     libgomp reads the policy once, when torch loads, so this process cannot switch; on a busy machine the
@@ -379,10 +428,17 @@ def in_process_cost_passive(dataset: Dataset, per_call: list[int], cfg: ServiceC
     package_root = str(pathlib.Path(__file__).resolve().parents[2])
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS=str(cfg.threads))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    args = {"config": asdict(cfg), "state_dir": str(state_dir), "name": dataset.name, "vsa": dataset.vsa,
-            "queries": str(queries_path), "per_call": per_call}
-    out = subprocess.run([sys.executable, "-c", PASSIVE_CHILD, json.dumps(args)], env=env, capture_output=True,
-                         text=True, timeout=600)
+    args = {
+        "config": asdict(cfg),
+        "state_dir": str(state_dir),
+        "name": dataset.name,
+        "vsa": dataset.vsa,
+        "queries": str(queries_path),
+        "per_call": per_call,
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", PASSIVE_CHILD, json.dumps(args)], env=env, capture_output=True, text=True, timeout=600
+    )
     if out.returncode != 0:
         raise RuntimeError(f"in-process baseline (OMP_WAIT_POLICY=PASSIVE) failed:\n{out.stderr[-3000:]}")
     return {int(q): tuple(v) for q, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
@@ -399,8 +455,16 @@ def _percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
-def _row(vsa: str, scenario: str, worker: str, queries_per_request: int, clients: int, runs: list[dict],
-         baseline_qps: float, floor: float | None) -> dict:
+def _row(
+    vsa: str,
+    scenario: str,
+    worker: str,
+    queries_per_request: int,
+    clients: int,
+    runs: list[dict],
+    baseline_qps: float,
+    floor: float | None,
+) -> dict:
     requests = sum(r["requests"] for r in runs)
     queries = sum(r["queries"] for r in runs)
     seconds = sum(r["seconds"] for r in runs)
@@ -412,16 +476,30 @@ def _row(vsa: str, scenario: str, worker: str, queries_per_request: int, clients
     qps = queries / seconds if seconds > 0 else 0.0
     ratio = qps / baseline_qps if baseline_qps > 0 else float("nan")
     return {
-        "vsa": vsa, "scenario": scenario, "worker": worker, "batching": worker != "unbatched",
-        "observability": worker != "quiet", "queries_per_request": queries_per_request, "clients": clients,
-        "requests": requests, "seconds": seconds, "service_qps": qps, "in_process_qps": baseline_qps,
-        "ratio": ratio, "floor": floor, "meets_floor": None if floor is None else ratio >= floor,
-        "p50_ms": _percentile(latencies, 50) * 1e3, "p99_ms": _percentile(latencies, 99) * 1e3,
-        "batched_in_process_qps": None, "ratio_vs_batched": None,
+        "vsa": vsa,
+        "scenario": scenario,
+        "worker": worker,
+        "batching": worker != "unbatched",
+        "observability": worker != "quiet",
+        "queries_per_request": queries_per_request,
+        "clients": clients,
+        "requests": requests,
+        "seconds": seconds,
+        "service_qps": qps,
+        "in_process_qps": baseline_qps,
+        "ratio": ratio,
+        "floor": floor,
+        "meets_floor": None if floor is None else ratio >= floor,
+        "p50_ms": _percentile(latencies, 50) * 1e3,
+        "p99_ms": _percentile(latencies, 99) * 1e3,
+        "batched_in_process_qps": None,
+        "ratio_vs_batched": None,
         "cpu_us_per_query": (worker_cpu + client_cpu) / queries * 1e6 if queries else None,
         "worker_cpu_us_per_query": worker_cpu / queries * 1e6 if queries else None,
-        "in_process_cpu_us_per_query": None, "cpu_ratio": None,
-        "mean_batch_rows": rows / calls if calls else None, "kernel_calls": calls,
+        "in_process_cpu_us_per_query": None,
+        "cpu_ratio": None,
+        "mean_batch_rows": rows / calls if calls else None,
+        "kernel_calls": calls,
         "per_round_qps": [r["queries"] / r["seconds"] for r in runs if r["seconds"] > 0],
     }
 
@@ -430,7 +508,9 @@ def _pair_with_baseline(row: dict, in_process_rounds: list[float]) -> dict:
     """Each round's service throughput over the in-process throughput measured right after it (same moment of a
     shared machine's load); their median is `paired_ratio`, the figure the floor is judged on."""
     row["in_process_qps_rounds"] = in_process_rounds
-    row["paired_ratios"] = [svc / base for svc, base in zip(row["per_round_qps"], in_process_rounds) if base > 0]
+    row["paired_ratios"] = [
+        svc / base for svc, base in zip(row["per_round_qps"], in_process_rounds, strict=True) if base > 0
+    ]
     row["paired_ratio"] = statistics.median(row["paired_ratios"]) if row["paired_ratios"] else None
     return row
 
@@ -508,8 +588,14 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
 
             # Observability on vs off, alternating, on the single-query load and the first batched load.
             ab_loads = [("single", 1, cfg.single_clients, single_bodies)]
-            ab_loads.append((f"batched {cfg.batch_sizes[0]}", cfg.batch_sizes[0], cfg.batch_clients,
-                             batch_bodies[cfg.batch_sizes[0]]))
+            ab_loads.append(
+                (
+                    f"batched {cfg.batch_sizes[0]}",
+                    cfg.batch_sizes[0],
+                    cfg.batch_clients,
+                    batch_bodies[cfg.batch_sizes[0]],
+                )
+            )
             ab_rows = {}
             for scenario, q, clients, bodies in ab_loads:
                 runs = {"default": [], "quiet": []}
@@ -532,25 +618,37 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                 overhead = 1 - on["service_qps"] / off["service_qps"] if off["service_qps"] else float("nan")
                 # Each round's pair (one right after the other, the order alternating) shares that moment's
                 # load; their median is the verdict, reported next to the pooled figure.
-                paired = [1 - a / b for a, b in zip(on["per_round_qps"], off["per_round_qps"]) if b > 0]
+                paired = [1 - a / b for a, b in zip(on["per_round_qps"], off["per_round_qps"], strict=True) if b > 0]
                 paired_median = statistics.median(paired) if paired else float("nan")
                 # The event loop's CPU per request, round by round: it bounds single-query throughput wherever the
                 # kernel is fast, and a shared machine's drift moves it less than it moves queries/s.
                 loop_on = [r["loop_cpu_us_per_request"] for r in runs["default"]]
                 loop_off = [r["loop_cpu_us_per_request"] for r in runs["quiet"]]
-                loop_paired = [a - b for a, b in zip(loop_on, loop_off) if b]  # b: 0 only in clock ticks
-                loop_relative = [a / b - 1 for a, b in zip(loop_on, loop_off) if b]
-                overheads.append({"vsa": vsa, "scenario": scenario, "queries_per_request": q, "clients": clients,
-                                  "qps_on": on["service_qps"], "qps_off": off["service_qps"], "overhead": overhead,
-                                  "overhead_paired_median": paired_median, "overhead_paired": paired,
-                                  "processes": pairs, "loop_cpu_us_on": loop_on, "loop_cpu_us_off": loop_off,
-                                  "loop_cpu_us_paired": loop_paired,
-                                  "loop_cpu_us_paired_median": statistics.median(loop_paired) if loop_paired else None,
-                                  "loop_cpu_overhead_paired_median":
-                                      statistics.median(loop_relative) if loop_relative else None,
-                                  "p50_ms_on": on["p50_ms"], "p50_ms_off": off["p50_ms"],
-                                  "ceiling": overhead_ceiling(q),
-                                  "meets_ceiling": (paired_median if paired else overhead) <= overhead_ceiling(q)})
+                loop_paired = [a - b for a, b in zip(loop_on, loop_off, strict=True) if b]  # b: 0 only in clock ticks
+                loop_relative = [a / b - 1 for a, b in zip(loop_on, loop_off, strict=True) if b]
+                overheads.append(
+                    {
+                        "vsa": vsa,
+                        "scenario": scenario,
+                        "queries_per_request": q,
+                        "clients": clients,
+                        "qps_on": on["service_qps"],
+                        "qps_off": off["service_qps"],
+                        "overhead": overhead,
+                        "overhead_paired_median": paired_median,
+                        "overhead_paired": paired,
+                        "processes": pairs,
+                        "loop_cpu_us_on": loop_on,
+                        "loop_cpu_us_off": loop_off,
+                        "loop_cpu_us_paired": loop_paired,
+                        "loop_cpu_us_paired_median": statistics.median(loop_paired) if loop_paired else None,
+                        "loop_cpu_overhead_paired_median": statistics.median(loop_relative) if loop_relative else None,
+                        "p50_ms_on": on["p50_ms"],
+                        "p50_ms_off": off["p50_ms"],
+                        "ceiling": overhead_ceiling(q),
+                        "meets_ceiling": (paired_median if paired else overhead) <= overhead_ceiling(q),
+                    }
+                )
             for q in cfg.batch_sizes:
                 if f"batched {q}" in ab_rows:
                     rows.append(ab_rows[f"batched {q}"][0])
@@ -560,8 +658,16 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                     log(f"{vsa}: batched {q} x {cfg.batch_clients} clients on default")
                     batch_runs.append(drive(workers["default"], dataset, batch_bodies[q], q, cfg.batch_clients, cfg))
                     in_process_rounds.append(in_process_cost(dataset, q, cfg)[0])
-                row = _row(vsa, f"batched {q}", "default", q, cfg.batch_clients, batch_runs, baselines[q],
-                           BATCHED_FLOOR if q >= 64 else None)
+                row = _row(
+                    vsa,
+                    f"batched {q}",
+                    "default",
+                    q,
+                    cfg.batch_clients,
+                    batch_runs,
+                    baselines[q],
+                    BATCHED_FLOOR if q >= 64 else None,
+                )
                 rows.append(_pair_with_baseline(row, in_process_rounds))
             single_on = ab_rows["single"][0]
             rows.append(single_on)
@@ -574,15 +680,19 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
             measured = {q: [in_process_cost(dataset, q, cfg)] for q in baselines}
             if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
                 passive = in_process_cost_passive(dataset, sorted(baselines), cfg, first, root)
-                log(f"{vsa}: in-process queries/s with OMP_WAIT_POLICY=PASSIVE "
-                    + ", ".join(f"{q}/call {v[0]:,.0f}" for q, v in passive.items()))
+                log(
+                    f"{vsa}: in-process queries/s with OMP_WAIT_POLICY=PASSIVE "
+                    + ", ".join(f"{q}/call {v[0]:,.0f}" for q, v in passive.items())
+                )
                 for q in baselines:
                     measured[q].append(passive[q])
             for q in baselines:  # the fastest and the cheapest in-process figures are the baselines
                 baselines[q] = max([baselines[q]] + [qps for qps, _ in measured[q]])
                 cpu_baselines[q] = min([cpu_baselines[q]] + [cpu for _, cpu in measured[q]])
-            log(f"{vsa}: in-process queries/s (best of before/after/passive) "
-                + ", ".join(f"{q}/call {v:,.0f}" for q, v in baselines.items()))
+            log(
+                f"{vsa}: in-process queries/s (best of before/after/passive) "
+                + ", ".join(f"{q}/call {v:,.0f}" for q, v in baselines.items())
+            )
             best_batched = max(v for q, v in baselines.items() if q > 1)
             for row in rows + [single_off] + [pair[1] for pair in ab_rows.values()]:
                 if row["vsa"] == vsa:
@@ -592,13 +702,17 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                         decisive = row["paired_ratio"] if row.get("paired_ratio") is not None else row["ratio"]
                         row["meets_floor"] = decisive >= row["floor"]
                     row["in_process_cpu_us_per_query"] = cpu_baselines[row["queries_per_request"]]
-                    row["cpu_ratio"] = (row["in_process_cpu_us_per_query"] / row["cpu_us_per_query"]
-                                        if row["cpu_us_per_query"] else None)
+                    row["cpu_ratio"] = (
+                        row["in_process_cpu_us_per_query"] / row["cpu_us_per_query"]
+                        if row["cpu_us_per_query"]
+                        else None
+                    )
                     if row["queries_per_request"] == 1:
                         row["batched_in_process_qps"] = best_batched
                         row["ratio_vs_batched"] = row["service_qps"] / best_batched
-            single_on["batching_gain"] = (single_on["service_qps"] / single_off["service_qps"]
-                                          if single_off["service_qps"] else None)
+            single_on["batching_gain"] = (
+                single_on["service_qps"] / single_off["service_qps"] if single_off["service_qps"] else None
+            )
             for scenario in ab_rows:
                 rows.append(ab_rows[scenario][1])
     finally:
@@ -608,11 +722,21 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
             shutil.rmtree(root, ignore_errors=True)
     machine = machine_description(torch.device(cfg.device))
     machine["load_average"] = {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]}
-    machine["omp_wait_policy"] = {"in_process": os.environ.get("OMP_WAIT_POLICY", "best of unset (libgomp: spin, "
-                                                                                  "then sleep) and PASSIVE"),
-                                  "workers": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (the worker's default)")}
-    return {"machine": machine, "config": asdict(cfg), "checks": checks, "rows": rows, "overheads": overheads,
-            "floors": {"batched": BATCHED_FLOOR, "single": SINGLE_FLOOR, "observability_overhead_single": SINGLE_OVERHEAD_CEILING,
-                       "observability_overhead_batched": BATCHED_OVERHEAD_CEILING},
-            "answers_correct": all(c["mismatches"] == 0 for c in checks)}
-
+    machine["omp_wait_policy"] = {
+        "in_process": os.environ.get("OMP_WAIT_POLICY", "best of unset (libgomp: spin, then sleep) and PASSIVE"),
+        "workers": os.environ.get("OMP_WAIT_POLICY", "PASSIVE (the worker's default)"),
+    }
+    return {
+        "machine": machine,
+        "config": asdict(cfg),
+        "checks": checks,
+        "rows": rows,
+        "overheads": overheads,
+        "floors": {
+            "batched": BATCHED_FLOOR,
+            "single": SINGLE_FLOOR,
+            "observability_overhead_single": SINGLE_OVERHEAD_CEILING,
+            "observability_overhead_batched": BATCHED_OVERHEAD_CEILING,
+        },
+        "answers_correct": all(c["mismatches"] == 0 for c in checks),
+    }

@@ -178,7 +178,9 @@ def service_markdown(report: dict) -> str:
         f"{_load(machine, 'end')}; OpenMP wait policy: in-process {_omp(machine, 'in_process')}, workers "
         f"{_omp(machine, 'workers')}.",
         "",
-        "| VSA | load | worker | clients | requests | service q/s | in-process q/s | ratio | paired ratio: median (rounds) | floor | vs batched in-process | p50 ms | p99 ms | rows/kernel call | batching gain | CPU µs/query service / in-process |",
+        "| VSA | load | worker | clients | requests | service q/s | in-process q/s | ratio "
+        "| paired ratio: median (rounds) | floor | vs batched in-process | p50 ms | p99 ms | rows/kernel call "
+        "| batching gain | CPU µs/query service / in-process |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:

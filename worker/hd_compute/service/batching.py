@@ -54,9 +54,15 @@ class _Group:
 
 
 class MicroBatcher:
-    def __init__(self, runner: KernelRunner, *, max_size: int, max_wait: float,
-                 on_batch: Callable[[int], None] | None = None,
-                 around_batch: Callable[[list, int], ContextManager] | None = None) -> None:
+    def __init__(
+        self,
+        runner: KernelRunner,
+        *,
+        max_size: int,
+        max_wait: float,
+        on_batch: Callable[[int], None] | None = None,
+        around_batch: Callable[[list, int], ContextManager] | None = None,
+    ) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         if max_wait < 0:
@@ -72,8 +78,9 @@ class MicroBatcher:
         self._tasks: set[asyncio.Task] = set()
         self.kernel_calls = 0  # for tests and the benchmark: how many kernel calls the batcher made
 
-    async def submit(self, key: Hashable, rows: int, item: Any, run_batch: Callable[[list], list],
-                     tag: Any = None) -> Any:
+    async def submit(
+        self, key: Hashable, rows: int, item: Any, run_batch: Callable[[list], list], tag: Any = None
+    ) -> Any:
         """Queues `item` (which holds `rows` queries) with the others of `key`; returns its own result.
         `tag` goes to `around_batch` with those of the other requests of the same kernel call."""
         loop = asyncio.get_running_loop()

@@ -1,7 +1,7 @@
 """`hdc-worker`: serve the HDC worker API, or print the continuous benchmark's history.
 
-    hdc-worker serve --port 8080 --vsa MAP --dimension 10000      # flags override the HDC_* variables
-    hdc-worker bench --test bind_32k_dimension                     # history + trend from the benchmark store
+hdc-worker serve --port 8080 --vsa MAP --dimension 10000      # flags override the HDC_* variables
+hdc-worker bench --test bind_32k_dimension                     # history + trend from the benchmark store
 """
 
 from __future__ import annotations
@@ -14,8 +14,12 @@ import typer
 
 from .config import SettingsError, WorkerSettings
 
-app = typer.Typer(name="hdc-worker", add_completion=False, no_args_is_help=True,
-                  help="The HDC worker: an HTTP API over hd_compute (see docs/worker-api.md).")
+app = typer.Typer(
+    name="hdc-worker",
+    add_completion=False,
+    no_args_is_help=True,
+    help="The HDC worker: an HTTP API over hd_compute (see docs/worker-api.md).",
+)
 
 
 @app.command()
@@ -30,7 +34,8 @@ def serve(
     batch_max_size: Optional[int] = typer.Option(None, help="Micro-batch rows [HDC_BATCH_MAX_SIZE, 256]"),
     batch_max_wait_ms: Optional[float] = typer.Option(None, help="Micro-batch wait [HDC_BATCH_MAX_WAIT_MS, 2]"),
     snapshot_interval_seconds: Optional[float] = typer.Option(
-        None, help="Also snapshot everything this often; 0 = off [HDC_SNAPSHOT_INTERVAL_SECONDS, 0]"),
+        None, help="Also snapshot everything this often; 0 = off [HDC_SNAPSHOT_INTERVAL_SECONDS, 0]"
+    ),
     health_cuda_memory_mb: Optional[float] = typer.Option(None, help="[HDC_HEALTH_CUDA_MEMORY_MB, 1000]"),
     health_memory_percent: Optional[float] = typer.Option(None, help="[HDC_HEALTH_MEMORY_PERCENT, 90]"),
     health_disk_percent: Optional[float] = typer.Option(None, help="[HDC_HEALTH_DISK_PERCENT, 85]"),
@@ -38,13 +43,20 @@ def serve(
     log_format: Optional[str] = typer.Option(None, help="json or console [HDC_LOG_FORMAT, json]"),
     log_file: Optional[str] = typer.Option(None, help="Also log to this rotating file [HDC_LOG_FILE]"),
     observability: Optional[bool] = typer.Option(
-        None, "--observability/--no-observability",
-        help="Per-request metrics, spans and log lines [HDC_OBSERVABILITY, true]"),
-    benchmark_enabled: Optional[bool] = typer.Option(None, "--benchmark/--no-benchmark",
-                                                     help="Continuous benchmark [HDC_BENCHMARK_ENABLED, true]"),
+        None,
+        "--observability/--no-observability",
+        help="Per-request metrics, spans and log lines [HDC_OBSERVABILITY, true]",
+    ),
+    benchmark_enabled: Optional[bool] = typer.Option(
+        None, "--benchmark/--no-benchmark", help="Continuous benchmark [HDC_BENCHMARK_ENABLED, true]"
+    ),
     benchmark_interval_seconds: Optional[float] = typer.Option(None, help="[HDC_BENCHMARK_INTERVAL_SECONDS, 300]"),
-    benchmark_degradation_threshold: Optional[float] = typer.Option(None, help="[HDC_BENCHMARK_DEGRADATION_THRESHOLD, 0.1]"),
-    benchmark_database_url: Optional[str] = typer.Option(None, help="[HDC_BENCHMARK_DATABASE_URL, sqlite in the state dir]"),
+    benchmark_degradation_threshold: Optional[float] = typer.Option(
+        None, help="[HDC_BENCHMARK_DEGRADATION_THRESHOLD, 0.1]"
+    ),
+    benchmark_database_url: Optional[str] = typer.Option(
+        None, help="[HDC_BENCHMARK_DATABASE_URL, sqlite in the state dir]"
+    ),
     shutdown_grace_seconds: Optional[float] = typer.Option(None, help="[HDC_SHUTDOWN_GRACE_SECONDS, 25]"),
 ) -> None:
     """Serve the worker API until SIGTERM."""
@@ -76,7 +88,9 @@ def prefer_passive_openmp_waits(environ=os.environ) -> bool:
 
 @app.command()
 def bench(
-    database_url: Optional[str] = typer.Option(None, help="Benchmark store [HDC_BENCHMARK_DATABASE_URL, sqlite in HDC_STATE_DIR]"),
+    database_url: Optional[str] = typer.Option(
+        None, help="Benchmark store [HDC_BENCHMARK_DATABASE_URL, sqlite in HDC_STATE_DIR]"
+    ),
     test: Optional[str] = typer.Option(None, help="Only this test"),
 ) -> None:
     """Print the continuous benchmark's stored history and trend."""

@@ -32,7 +32,9 @@ TMP_PREFIX = ".tmp-"
 def check_name(name: Any, field_name: str = "name") -> str:
     """Names become file names: 1-128 letters, digits, '_', '.', '-', starting with a letter or digit."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise ValueError(f"{field_name} must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}")
+        raise ValueError(
+            f"{field_name} must be 1-128 letters, digits, '_', '.' or '-' starting with a letter or digit, got {name!r}"
+        )
     return name
 
 
@@ -103,9 +105,16 @@ class StateStore:
     def save_classifier(self, name: str, entry: ClassifierEntry) -> None:
         model = entry.model
         weights = None if model.weights is None else model.weights.detach().cpu().clone()
-        state = {"format": FORMAT_VERSION, "name": name, "vsa": entry.vsa, "num_classes": model.num_classes,
-                 "dim": model.dim, "temperature": model.temperature, "samples_seen": entry.samples_seen,
-                 "weights": weights}
+        state = {
+            "format": FORMAT_VERSION,
+            "name": name,
+            "vsa": entry.vsa,
+            "num_classes": model.num_classes,
+            "dim": model.dim,
+            "temperature": model.temperature,
+            "samples_seen": entry.samples_seen,
+            "weights": weights,
+        }
         self._save(self._path("classifier", name), state)
 
     def _save(self, path: str, state: dict) -> None:
@@ -153,7 +162,9 @@ class StateStore:
                         keys = list(state.get("keys") or [])
                         memories[name] = MemoryEntry(memory, keys + [""] * (len(memory) - len(keys)))
                     else:
-                        model = Centroid(state["num_classes"], state["dim"], device=device, temperature=state["temperature"])
+                        model = Centroid(
+                            state["num_classes"], state["dim"], device=device, temperature=state["temperature"]
+                        )
                         if state["weights"] is not None:
                             model.weights = state["weights"].to(model.device)
                         classifiers[name] = ClassifierEntry(model, state["vsa"], int(state.get("samples_seen", 0)))
