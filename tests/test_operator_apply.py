@@ -157,19 +157,23 @@ def test_cli_refuses_bad_settings_and_missing_kubeconfig(tmp_path):
 
 
 def test_peering_rule_matches_kopf():
+    """kopf 1.45.2 pauses an operator for a live peer of higher priority, and every operator for live peers of
+    equal priority (tests/test_operator_k8s.py checks both with real processes)."""
     import datetime as dt
 
-    from hdc_operator.reconcile import outranked
+    from hdc_operator.reconcile import paused_by_peers
 
-    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
-    alive = {"priority": 20, "lifetime": 60, "lastseen": "2026-11-28T11:59:30+00:00"}
-    dead = {"priority": 20, "lifetime": 60, "lastseen": "2026-11-28T11:58:00+00:00"}
-    assert outranked({"me": {"priority": 10}, "other": alive}, "me", 10, now)
-    assert not outranked({"other": alive}, "me", 30, now)
-    assert not outranked({"other": alive}, "me", 20, now)  # equal: kopf warns, both run
-    assert not outranked({"other": dead}, "me", 10, now)
-    assert not outranked({"other": None, "x": {"lastseen": "garbage"}}, "me", 10, now)
-    assert not outranked(None, "me", 10, now)
+    now = dt.datetime(2027, 1, 15, 12, 0, tzinfo=dt.timezone.utc)
+    alive = {"priority": 20, "lifetime": 60, "lastseen": "2027-01-15T11:59:30+00:00"}
+    dead = {"priority": 20, "lifetime": 60, "lastseen": "2027-01-15T11:58:00+00:00"}
+    assert paused_by_peers({"me": {"priority": 10}, "other": alive}, "me", 10, now)
+    assert not paused_by_peers({"other": alive}, "me", 30, now)
+    assert paused_by_peers({"other": alive}, "me", 20, now)  # equal: kopf pauses both
+    assert not paused_by_peers({"me": alive}, "me", 20, now)  # our own entry never pauses us
+    assert not paused_by_peers({"other": dead}, "me", 10, now)
+    assert paused_by_peers({"other": {"priority": 20}}, "me", 20, now)  # no lastseen: kopf counts it as seen now
+    assert not paused_by_peers({"other": None, "x": {"lastseen": "garbage"}}, "me", 10, now)
+    assert not paused_by_peers(None, "me", 10, now)
 
 
 class _Response:

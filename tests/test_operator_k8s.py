@@ -15,9 +15,9 @@ import time
 
 import pytest
 import yaml
+from operator_process import OperatorProcess
 
 from hdc_operator.apply import KubeApi
-from operator_process import OperatorProcess
 
 pytestmark = pytest.mark.k8s
 
@@ -70,7 +70,8 @@ def crd_installed(k8s_cluster):
 
 CPU_NODE = {
     "apiVersion": "v1", "kind": "Node",
-    "metadata": {"name": "hdc-cpu-0", "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+    "metadata": {"name": "hdc-cpu-0",
+                 "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
                  "labels": {"kubernetes.io/hostname": "hdc-cpu-0", "kubernetes.io/os": "linux",
                             "kubernetes.io/arch": "amd64", "type": "kwok"}},
     "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
@@ -174,7 +175,8 @@ def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_n
         assert any(m["manager"] == "hdc-operator" and m["operation"] == "Apply"
                    for m in obj["metadata"]["managedFields"]), kind
     st = w["status"]
-    assert st["replicas"] == 2 and st["selector"] == "app.kubernetes.io/instance=alpha,app.kubernetes.io/name=hdc-worker"
+    assert st["replicas"] == 2
+    assert st["selector"] == "app.kubernetes.io/instance=alpha,app.kubernetes.io/name=hdc-worker"
     assert cond(w, "Ready")["status"] == "True" and cond(w, "Degraded")["status"] == "False"
     assert cond(w, "MonitoringUnavailable")["status"] == "False"
     assert st["lastReconcileTime"]
@@ -188,7 +190,8 @@ def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_n
     assert any(e["reason"] == "Created" for e in events(api, ns, "alpha"))
     assert operator.metric_sum("hdc_operator_managed_workloads") == 1
     # a spec edit: applied to the Deployment, an Updated Event names the generation, status catches up
-    kubectl(crd_installed, "patch", "hdcw", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"hdc":{"dimension":4096}}}')
+    kubectl(crd_installed, "patch", "hdcw", "alpha", "-n", ns, "--type=merge", "-p",
+            '{"spec":{"hdc":{"dimension":4096}}}')
 
     def dimension_applied():
         env = api.get("apps/v1", "deployments", ns, "alpha")["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -487,20 +490,25 @@ def test_apiserver_restart_is_survived(operator, k8s_namespace, api, crd_install
     assert operator.alive()
 
 
+def peered_replicas(cluster, tmp_path, ns: str, *priorities: int) -> list[OperatorProcess]:
+    """Operators (not started) that share the KopfPeering `hdc-operator` of `ns`, one per priority; the peering CRD
+    and object are created here, as kopf does not create them."""
+    kubectl(cluster, "apply", "--server-side", "-f", str(REPO / "crds" / "kopf-peering.yaml"))
+    kubectl(cluster, "wait", "--for", "condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
+    apply(cluster, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "hdc-operator",
+                                                                                    "namespace": ns}})
+    replicas = []
+    for i, priority in enumerate(priorities):
+        (tmp_path / f"replica-{i}").mkdir()
+        replicas.append(OperatorProcess(cluster.kubeconfig, tmp_path / f"replica-{i}", "--namespace", ns,
+                                        "--resync-interval", str(RESYNC_S), "--peering", "hdc-operator",
+                                        "--priority", str(priority), HDC_OPERATOR_PEERING_LIFETIME="10"))
+    return replicas
+
+
 def test_two_peered_replicas_have_one_active(crd_installed, cpu_node, k8s_namespace, api, tmp_path):
     ns = k8s_namespace
-    kubectl(crd_installed, "apply", "--server-side", "-f", str(REPO / "crds" / "kopf-peering.yaml"))
-    kubectl(crd_installed, "wait", "--for", "condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
-    apply(crd_installed, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
-                          "metadata": {"name": "hdc-operator", "namespace": ns}})
-    standby = OperatorProcess(crd_installed.kubeconfig, tmp_path / "standby", "--namespace", ns, "--resync-interval",
-                              str(RESYNC_S), "--peering", "hdc-operator", "--priority", "10",
-                              HDC_OPERATOR_PEERING_LIFETIME="10")
-    active = OperatorProcess(crd_installed.kubeconfig, tmp_path / "active", "--namespace", ns, "--resync-interval",
-                             str(RESYNC_S), "--peering", "hdc-operator", "--priority", "20",
-                             HDC_OPERATOR_PEERING_LIFETIME="10")
-    (tmp_path / "standby").mkdir()
-    (tmp_path / "active").mkdir()
+    standby, active = peered_replicas(crd_installed, tmp_path, ns, 10, 20)
     try:
         active.start()
         standby.start()
@@ -519,6 +527,38 @@ def test_two_peered_replicas_have_one_active(crd_installed, cpu_node, k8s_namesp
     finally:
         active.stop()
         standby.stop()
+
+
+def test_equal_priorities_pause_both_replicas(crd_installed, cpu_node, k8s_namespace, api, tmp_path):
+    """kopf 1.45.2 does not let two live peers of the same priority both run: it logs "Possibly conflicting
+    operators" and pauses all of them, the one that was active included. The resync loop follows kopf
+    (reconcile.paused_by_peers): no replica reconciles until one of them leaves the peering."""
+    ns = k8s_namespace
+    first, second = peered_replicas(crd_installed, tmp_path, ns, 10, 10)
+    reconciles = "hdc_operator_reconciles_total"
+    try:
+        first.start()
+        apply(crd_installed, workload("tie", ns, resources={"gpus": 0}))
+        wait_for(running(api, ns, "tie", 1), 60, "tie Running", first)
+        second.start()  # kopf starts it paused until it has read the peering: it stays paused
+        wait_for(lambda: "Possibly conflicting operators with the same priority" in second.log(), 30,
+                 "kopf sees the tie in the joining replica", second)
+        wait_for(lambda: "Pausing all operators, including self" in first.log(), 30, "kopf pauses the first", first)
+        time.sleep(RESYNC_S + 2)  # the resync loop reads the peering object once per interval
+        before = first.metric_sum(reconciles)
+        kubectl(crd_installed, "scale", "hdcw/tie", "--replicas=2", "-n", ns)
+        time.sleep(3 * RESYNC_S)
+        assert first.metric_sum(reconciles) == before, "the paused replica's resync loop still reconciles"
+        assert (second.metric_sum(reconciles), second.writes()) == (0, 0), "the joining replica reconciled"
+        assert "Resuming operations" not in second.log()
+        assert api.get("apps/v1", "deployments", ns, "tie")["spec"]["replicas"] == 1, "someone acted on the scale"
+        second.stop()  # it leaves the peering: the first one is alone and resumes
+        wait_for(running(api, ns, "tie", 2), 60, "the remaining replica resumed", first)
+        assert "Resuming operations after the pause" in first.log()
+        kubectl(crd_installed, "delete", "hdcw", "tie", "-n", ns, "--wait=true", "--timeout=60s")
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_invalid_spec_in_a_stored_object_is_a_condition(crd_installed, k8s_namespace, api):
@@ -563,7 +603,8 @@ def test_operator_needs_only_its_rbac(crd_installed, cpu_node, k8s_namespace, ap
     ns = k8s_namespace
     kubectl(crd_installed, "create", "namespace", "hdc-system", check=False)
     kubectl(crd_installed, "apply", "-f", str(REPO / "deploy" / "operator" / "rbac.yaml"))
-    token = kubectl(crd_installed, "create", "token", "hdc-operator", "-n", "hdc-system", "--duration=1h").stdout.strip()
+    token = kubectl(crd_installed, "create", "token", "hdc-operator", "-n", "hdc-system",
+                    "--duration=1h").stdout.strip()
     admin = yaml.safe_load(pathlib.Path(crd_installed.kubeconfig).read_text())
     context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
     cluster = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
@@ -580,7 +621,8 @@ def test_operator_needs_only_its_rbac(crd_installed, cpu_node, k8s_namespace, ap
                                       autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 2}))
         wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac")
                  and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac"), 60, "children", proc)
-        apply(crd_installed, workload("rbac", ns, resources={"gpus": 0}, monitoring={"serviceMonitor": {"enabled": False}}))
+        apply(crd_installed, workload("rbac", ns, resources={"gpus": 0},
+                                      monitoring={"serviceMonitor": {"enabled": False}}))
         wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac") is None
                  and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac") is None, 30, "pruned", proc)
         wait_for(running(api, ns, "rbac", 1), 60, "rbac Running", proc)

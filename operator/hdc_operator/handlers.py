@@ -7,8 +7,9 @@ interval, scope) are plain arguments instead of import-time globals.
 kopf itself writes nothing to a workload: there are no create/update/resume handlers (no diff-base annotation,
 no progress storage) and no kopf timers or daemons (they would need a finalizer on every workload, and kopf stops
 serving a namespace once it terminates, so its workloads' finalizers would never be removed). The periodic
-resync is the reconciler's own loop, which follows kopf's peering rule (reconcile.outranked) so that a paused
-replica stays idle. kopf's own k8s Event posting is off (the operator posts its own Events).
+resync is the reconciler's own loop, which follows kopf's peering rule (reconcile.paused_by_peers) so that a
+replica stays idle exactly while kopf has paused its watches. kopf's own k8s Event posting is off (the operator
+posts its own Events).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .autoscaler import Autoscaler
 from .config import OperatorConfig
 from .metrics import OperatorMetrics
 from .names import CHILD_KINDS, GROUP, MANAGED_BY, MANAGED_SELECTOR, PLURAL, VERSION, WORKLOAD_LABEL
-from .reconcile import Caches, Reconciler, controller_uid, outranked
+from .reconcile import Caches, Reconciler, controller_uid, paused_by_peers
 
 # No handler needs a finalizer; naming kopf's lets it remove the one earlier versions of the operator added.
 FINALIZER = f"{GROUP}/operator"
@@ -84,7 +85,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         reconciler.autoscaler = Autoscaler(api, metrics, config.prometheus_url, io=reconciler.run_blocking)
 
         async def paused_namespaces() -> set[str] | None:
-            """Namespaces where a higher-priority peer is active (kopf peering), read from the peering objects."""
+            """Namespaces where kopf's peering pauses this operator (reconcile.paused_by_peers), read from the
+            peering objects; a namespace whose KopfPeering is missing counts as paused."""
             if not config.peering:
                 return set()
             now = dt.datetime.now(dt.timezone.utc)
@@ -93,11 +95,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
                                                     config.peering)
                 if obj is None:
                     return None
-                return {"*"} if outranked(obj.get("status"), identity, config.priority, now) else set()
+                return {"*"} if paused_by_peers(obj.get("status"), identity, config.priority, now) else set()
             paused = set()
             for namespace in config.namespaces:
                 obj = await reconciler.run_blocking(api.get, "kopf.dev/v1", "kopfpeerings", namespace, config.peering)
-                if obj is None or outranked(obj.get("status"), identity, config.priority, now):
+                if obj is None or paused_by_peers(obj.get("status"), identity, config.priority, now):
                     paused.add(namespace)
             return paused
 

@@ -104,7 +104,8 @@ def main(
     autoscale_interval: Optional[float] = typer.Option(
         None, help="Seconds between evaluations of the scaler (autoscaling.mode operator). Default 15."),
     peering: Optional[str] = typer.Option(None, help="KopfPeering name for HA (empty: standalone)."),
-    priority: Optional[int] = typer.Option(None, help="Peering priority (highest live peer is active)."),
+    priority: Optional[int] = typer.Option(
+        None, help="Peering priority: the highest live peer is active; equal priorities pause all of them."),
     workers: Optional[int] = typer.Option(None, help="Concurrent reconciles. Default 8."),
     log_level: Optional[str] = typer.Option(None, help="DEBUG, INFO, WARNING, ERROR."),
     log_format: Optional[str] = typer.Option(None, help="json or console."),

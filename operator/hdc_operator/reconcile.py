@@ -137,8 +137,8 @@ class Reconciler:
         """Level-based resync: every interval, queue every known workload, each after a random share of
         jitter * interval (so a thousand workloads do not all reconcile in the same second).
 
-        `paused()` names the namespaces in which a peer with a higher priority is active (kopf peering; "*" for
-        all): their workloads are left to it. None from it means "unknown this time": nothing is queued.
+        `paused()` names the namespaces in which kopf's peering pauses this operator (paused_by_peers; "*" for
+        all): their workloads are left alone. None from it means "unknown this time": nothing is queued.
         """
         loop = asyncio.get_running_loop()
         while True:
@@ -428,21 +428,28 @@ class Reconciler:
                                                         f"to {desired_replicas} replicas")
 
 
-def outranked(peers: Mapping | None, own_identity: str, own_priority: int, now: dt.datetime) -> bool:
-    """kopf's peering rule: a live peer (lastseen + lifetime in the future) with a higher priority is active,
-    so this operator pauses. `peers` is the status of a (Cluster)KopfPeering object: identity -> {priority,
-    lifetime, lastseen}. Equal priorities do not pause (kopf warns and both run)."""
+def paused_by_peers(peers: Mapping[str, Any] | None, own_identity: str, own_priority: int,
+                    now: dt.datetime) -> bool:
+    """Whether kopf's peering pauses this operator, by kopf's own rule (kopf 1.45.2,
+    kopf/_core/engines/peering.py, process_peering_event): a live peer with a higher priority pauses it, and a
+    live peer with the same priority pauses both (kopf logs "Pausing all operators, including self"; only shard
+    selectors, which this operator does not use, let equal priorities run). The resync loop must stop exactly
+    when kopf stops the watches, or a paused replica would reconcile from caches that no longer follow the cluster.
+
+    `peers` is the status of a (Cluster)KopfPeering object: identity -> {priority, lifetime, lastseen}, with
+    kopf's defaults (priority 0, lifetime 60 s, no lastseen: seen now); a peer is live while lastseen + lifetime
+    is in the future. Entries kopf could not read either (not an object, an unreadable time) are skipped."""
     for identity, info in (peers or {}).items():
         if identity == own_identity or not isinstance(info, Mapping):
             continue
         try:
-            lastseen = dt.datetime.fromisoformat(str(info["lastseen"]))
+            lastseen = dt.datetime.fromisoformat(str(info["lastseen"])) if info.get("lastseen") is not None else now
             if lastseen.tzinfo is None:
                 lastseen = lastseen.replace(tzinfo=dt.timezone.utc)
             alive = lastseen + dt.timedelta(seconds=int(info.get("lifetime", 60))) > now
-            if alive and int(info.get("priority", 0)) > own_priority:
+            if alive and int(info.get("priority", 0)) >= own_priority:
                 return True
-        except (KeyError, TypeError, ValueError):
+        except (TypeError, ValueError):
             continue
     return False
 
@@ -460,5 +467,5 @@ def controller_uid(meta: Mapping) -> str | None:
     return None
 
 
-__all__ = ["Reconciler", "Caches", "workload_of", "controller_uid", "outranked"]
+__all__ = ["Reconciler", "Caches", "workload_of", "controller_uid", "paused_by_peers"]
 
