@@ -23,7 +23,8 @@ LOADERS = {"digits": datasets.load_digits, "iris": datasets.load_iris, "wine": d
 def load_split(name):
     data = LOADERS[name]()
     x_train, x_test, y_train, y_test = model_selection.train_test_split(
-        data.data, data.target, test_size=0.25, stratify=data.target, random_state=0)
+        data.data, data.target, test_size=0.25, stratify=data.target, random_state=0
+    )
     x_train = torch.as_tensor(x_train, dtype=torch.float32)
     x_test = torch.as_tensor(x_test, dtype=torch.float32)
     low, high = x_train.min(dim=0).values, x_train.max(dim=0).values
@@ -85,8 +86,10 @@ def test_accuracy_at_least_torchhd(name):
     ours = sum(ours_accuracy(*split, seed, adaptive=True) for seed in SEEDS) / len(SEEDS)
     ours_plain = sum(ours_accuracy(*split, seed, adaptive=False) for seed in SEEDS) / len(SEEDS)
     theirs = sum(torchhd_accuracy(*split, seed) for seed in SEEDS) / len(SEEDS)
-    print(f"\n{name}: hd_compute {ours:.4f} (plain centroid {ours_plain:.4f}), torchhd {theirs:.4f} "
-          f"(D={DIM}, {LEVELS} levels, MAP, mean of {len(SEEDS)} seeds)")
+    print(
+        f"\n{name}: hd_compute {ours:.4f} (plain centroid {ours_plain:.4f}), torchhd {theirs:.4f} "
+        f"(D={DIM}, {LEVELS} levels, MAP, mean of {len(SEEDS)} seeds)"
+    )
     assert ours >= theirs
     if name == "digits":
         assert ours >= 0.90

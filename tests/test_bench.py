@@ -43,8 +43,20 @@ def test_torchhd_baselines_compute_the_same_results(vsa):
 
 
 def test_cli_writes_json_and_markdown(tmp_path):
-    result = CliRunner().invoke(app, ["--repeats", "1", "--no-torchhd", "--vsa", "BSC",
-                                      "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--repeats",
+            "1",
+            "--no-torchhd",
+            "--vsa",
+            "BSC",
+            "--json",
+            str(tmp_path / "r.json"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ],
+    )
     assert result.exit_code in (0, 1), result.output  # 1 = a target missed on a busy machine, still a report
     report = json.loads((tmp_path / "r.json").read_text())
     assert [c["case"] for c in report["cases"]] == ["bundle_10k_vectors", "bind_32k_dimension", "similarity_batch_1000"]

@@ -32,14 +32,27 @@ def test_observability_rounds_take_turns_on_several_processes_per_setting():
 
 @pytest.mark.slow
 def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
-    cfg = ServiceConfig(vsas=["MAP", "BSC"], items=300, dimension=1000, batch_sizes=[64, 96], batch_clients=2,
-                        single_clients=4, seconds=0.2, max_requests=30, rounds=2, ab_workers=2, threads=1, repeats=1)
+    cfg = ServiceConfig(
+        vsas=["MAP", "BSC"],
+        items=300,
+        dimension=1000,
+        batch_sizes=[64, 96],
+        batch_clients=2,
+        single_clients=4,
+        seconds=0.2,
+        max_requests=30,
+        rounds=2,
+        ab_workers=2,
+        threads=1,
+        repeats=1,
+    )
     report = run_service_bench(cfg, log=lambda *_: None, work_dir=tmp_path)
 
     assert report["answers_correct"] is True
     # every worker (batching on/off, observability on/off) answered batched and concurrent single queries
-    assert {(c["vsa"], c["worker"]) for c in report["checks"]} == \
-        {(v, w) for v in ("MAP", "BSC") for w in ("default", "unbatched", "quiet", "default-2", "quiet-2")}
+    assert {(c["vsa"], c["worker"]) for c in report["checks"]} == {
+        (v, w) for v in ("MAP", "BSC") for w in ("default", "unbatched", "quiet", "default-2", "quiet-2")
+    }
     for check in report["checks"]:
         assert check["checked"] == 96 + 16 and check["mismatches"] == 0 and check["in_process_equals_targets"]
 
@@ -47,8 +60,14 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
     for vsa in ("MAP", "BSC"):
         mine = [r for r in rows if r["vsa"] == vsa]
         loads = {(r["queries_per_request"], r["batching"], r["observability"]) for r in mine}
-        assert loads == {(64, True, True), (96, True, True), (1, True, True), (1, False, True), (1, True, False),
-                         (64, True, False)}
+        assert loads == {
+            (64, True, True),
+            (96, True, True),
+            (1, True, True),
+            (1, False, True),
+            (1, True, False),
+            (64, True, False),
+        }
         for r in mine:
             assert 0 < r["requests"] <= (60 if r["worker"] in ("default", "quiet") else 30)
             assert r["service_qps"] > 0 and r["in_process_qps"] > 0 and r["ratio"] > 0
@@ -63,8 +82,10 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
         single = next(r for r in mine if r["queries_per_request"] == 1 and r["batching"] and r["observability"])
         assert single["floor"] == 0.5 and single["batching_gain"] > 0
         # single queries: the floor's ratio is against one-query search calls; the batched comparison is reported too
-        assert single["in_process_qps"] == next(r for r in mine if r["queries_per_request"] == 1
-                                                and not r["batching"])["in_process_qps"]
+        assert (
+            single["in_process_qps"]
+            == next(r for r in mine if r["queries_per_request"] == 1 and not r["batching"])["in_process_qps"]
+        )
         best_batched = max(r["in_process_qps"] for r in mine if r["queries_per_request"] > 1)
         for r in mine:
             if r["queries_per_request"] == 1:
@@ -80,23 +101,31 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
                 assert r.get("paired_ratio") is None
                 continue
             assert len(r["in_process_qps_rounds"]) == len(r["per_round_qps"]) == 2
-            ratios = [a / b for a, b in zip(r["per_round_qps"], r["in_process_qps_rounds"])]
+            ratios = [a / b for a, b in zip(r["per_round_qps"], r["in_process_qps_rounds"], strict=True)]
             assert r["paired_ratio"] == pytest.approx(sum(ratios) / 2)
             assert r["meets_floor"] == (r["paired_ratio"] >= r["floor"])
-    assert {(o["vsa"], o["queries_per_request"]) for o in report["overheads"]} == \
-        {(v, q) for v in ("MAP", "BSC") for q in (1, 64)}
+    assert {(o["vsa"], o["queries_per_request"]) for o in report["overheads"]} == {
+        (v, q) for v in ("MAP", "BSC") for q in (1, 64)
+    }
     for o in report["overheads"]:
-        assert o["qps_on"] > 0 and o["qps_off"] > 0 and o["ceiling"] == (0.15 if o["queries_per_request"] == 1 else 0.05)
+        assert (
+            o["qps_on"] > 0 and o["qps_off"] > 0 and o["ceiling"] == (0.15 if o["queries_per_request"] == 1 else 0.05)
+        )
         assert len(o["overhead_paired"]) == 2
         assert o["overhead_paired_median"] == pytest.approx(sum(o["overhead_paired"]) / 2)
         assert o["meets_ceiling"] == (o["overhead_paired_median"] <= o["ceiling"])
         # the second round ran on the second process of each setting, in the other order
-        assert o["processes"] == [{"default": "default", "quiet": "quiet"}, {"quiet": "quiet-2", "default": "default-2"}]
+        assert o["processes"] == [
+            {"default": "default", "quiet": "quiet"},
+            {"quiet": "quiet-2", "default": "default-2"},
+        ]
         assert list(o["processes"][1]) == ["quiet", "default"]
         # the event loop's CPU per request, round by round (the scheduler's ns run time: never 0 for a request)
         assert len(o["loop_cpu_us_on"]) == len(o["loop_cpu_us_off"]) == 2
         assert all(x > 0 for x in o["loop_cpu_us_on"] + o["loop_cpu_us_off"])
-        assert o["loop_cpu_us_paired"] == [a - b for a, b in zip(o["loop_cpu_us_on"], o["loop_cpu_us_off"]) if b]
+        assert o["loop_cpu_us_paired"] == [
+            a - b for a, b in zip(o["loop_cpu_us_on"], o["loop_cpu_us_off"], strict=True) if b
+        ]
 
     assert len(report["machine"]["load_average"]["start"]) == 3 and "in_process" in report["machine"]["omp_wait_policy"]
     text = service_markdown(report)
@@ -110,10 +139,36 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
 @pytest.mark.slow
 def test_service_flag_on_the_bench_command(tmp_path):
     out, md = tmp_path / "service.json", tmp_path / "service.md"
-    result = CliRunner().invoke(app, [
-        "--service", "--vsa", "BSC", "--service-items", "200", "--service-dimension", "640", "--service-seconds", "0.1",
-        "--service-max-requests", "10", "--service-clients", "3", "--service-batch", "64", "--service-rounds", "1",
-        "--service-threads", "1", "--repeats", "1", "--json", str(out), "--markdown", str(md)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "--service",
+            "--vsa",
+            "BSC",
+            "--service-items",
+            "200",
+            "--service-dimension",
+            "640",
+            "--service-seconds",
+            "0.1",
+            "--service-max-requests",
+            "10",
+            "--service-clients",
+            "3",
+            "--service-batch",
+            "64",
+            "--service-rounds",
+            "1",
+            "--service-threads",
+            "1",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+            "--markdown",
+            str(md),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())["service"]
     assert report["answers_correct"] and report["config"]["threads"] == 1

@@ -18,8 +18,9 @@ native = pytest.importorskip("hd_compute.kernels._cpu") if cpu.NATIVE_AVAILABLE 
 needs_native = pytest.mark.skipif(not cpu.NATIVE_AVAILABLE, reason="compiled extension not available")
 
 LEVELS = list(range(native._max_level() + 1)) if native is not None else []
-HYP = settings(max_examples=15, deadline=None,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+HYP = settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(params=LEVELS or [None], ids=lambda lvl: f"level{lvl}")
@@ -203,9 +204,7 @@ def test_pack_sign_bits_random(level, threads, n, d, extremes, seed):
 
 def test_pack_sign_bits_big_threads(level, threads):
     x = rand_int8(np.random.default_rng(3), 3001, 1111)
-    np.testing.assert_array_equal(
-        cpu.pack_sign_bits_int8(x).numpy(), cpu.numpy_pack_sign_bits_int8(x.numpy())
-    )
+    np.testing.assert_array_equal(cpu.pack_sign_bits_int8(x).numpy(), cpu.numpy_pack_sign_bits_int8(x.numpy()))
 
 
 @needs_native

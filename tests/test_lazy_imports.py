@@ -16,8 +16,10 @@ def run_python(code: str) -> str:
 
 
 def test_logging_module_imports_without_torch():
-    assert run_python("import sys, hd_compute.monitoring.logging, hd_compute.monitoring; "
-                      "print('torch' in sys.modules)") == "False"
+    assert (
+        run_python("import sys, hd_compute.monitoring.logging, hd_compute.monitoring; print('torch' in sys.modules)")
+        == "False"
+    )
 
 
 def test_every_public_name_resolves_and_star_import_works():
@@ -27,8 +29,10 @@ def test_every_public_name_resolves_and_star_import_works():
     for package in (hd_compute, hd_compute.monitoring):
         for name in package.__all__:
             assert getattr(package, name) is not None, name
-    names = run_python("from hd_compute import *; from hd_compute.monitoring import *; "
-                       "print(sorted(k for k in dir() if not k.startswith('_')))")
+    names = run_python(
+        "from hd_compute import *; from hd_compute.monitoring import *; "
+        "print(sorted(k for k in dir() if not k.startswith('_')))"
+    )
     assert "MAP" in names and "multiset" in names and "MetricsCollector" in names
 
 
@@ -41,16 +45,20 @@ def test_unknown_name_is_an_attribute_error_naming_it():
 
 def test_engine_needs_only_torch_and_numpy():
     """The engine (layers 1-3) adds no third-party import beyond what torch and numpy load themselves."""
-    code = ("import sys; import torch, numpy; before = set(sys.modules); "
-            "import hd_compute, hd_compute.functional, hd_compute.structures, hd_compute.models, hd_compute.encoders; "
-            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
-            "print(sorted(m for m in new if m not in sys.stdlib_module_names and m != 'hd_compute'))")
+    code = (
+        "import sys; import torch, numpy; before = set(sys.modules); "
+        "import hd_compute, hd_compute.functional, hd_compute.structures, hd_compute.models, hd_compute.encoders; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print(sorted(m for m in new if m not in sys.stdlib_module_names and m != 'hd_compute'))"
+    )
     assert run_python(code) == "[]"
 
 
 def test_kernels_import_nothing_from_the_layers_above():
     """Layer 1 (kernels) stands alone: the bit layout lives with it, and vsa/ imports kernels, not the reverse."""
-    code = ("import sys; import hd_compute.kernels.dispatch, hd_compute.kernels.cpu, hd_compute.kernels.bits; "
-            "print(sorted(m for m in sys.modules if m.startswith('hd_compute.')"
-            " and not m.startswith('hd_compute.kernels') and m != 'hd_compute._lazy'))")
+    code = (
+        "import sys; import hd_compute.kernels.dispatch, hd_compute.kernels.cpu, hd_compute.kernels.bits; "
+        "print(sorted(m for m in sys.modules if m.startswith('hd_compute.')"
+        " and not m.startswith('hd_compute.kernels') and m != 'hd_compute._lazy'))"
+    )
     assert run_python(code) == "[]"

@@ -28,8 +28,12 @@ def at_norm(direction: torch.Tensor, norm: float) -> torch.Tensor:
 
 
 @settings(max_examples=40, deadline=None)
-@given(dim=st.integers(1, 300), dtype=st.sampled_from(FLOATS), bad=st.sampled_from(NON_FINITE),
-       position=st.floats(0, 1, exclude_max=True))
+@given(
+    dim=st.integers(1, 300),
+    dtype=st.sampled_from(FLOATS),
+    bad=st.sampled_from(NON_FINITE),
+    position=st.floats(0, 1, exclude_max=True),
+)
 def test_hrr_refuses_nan_and_infinity_anywhere(dim, dtype, bad, position):
     data = hc.random(3, dim, "HRR", dtype=dtype, seed=dim).data
     data[1, int(position * dim)] = bad
@@ -54,8 +58,7 @@ def test_float64_values_that_overflow_float32_storage_are_refused():
 
 
 @settings(max_examples=40, deadline=None)
-@given(dim=st.integers(1, 512), dtype=st.sampled_from(FLOATS), seed=st.integers(0, 2**16),
-       constant=st.booleans())
+@given(dim=st.integers(1, 512), dtype=st.sampled_from(FLOATS), seed=st.integers(0, 2**16), constant=st.booleans())
 def test_hrr_at_the_bound_is_accepted_and_every_operation_stays_finite(dim, dtype, seed, constant):
     """Just under the bound, bind/unbind (spectra up to D |a| |b|), dot and cosine are all finite. A constant
     vector puts its whole spectrum in one coefficient, the worst case for the transforms."""

@@ -15,10 +15,31 @@ __version__ = "0.1.0"
 # public name -> the submodule that defines it
 _EXPORTS = {
     **dict.fromkeys(("resolve_device",), ".device"),
-    **dict.fromkeys((
-        "CleanupResult", "bind", "bind_sequence", "bundle", "circular", "cleanup", "cosine_similarity",
-        "dot_similarity", "hamming_similarity", "hash_table", "identity", "inverse", "level", "multiset",
-        "ngrams", "permute", "random", "sequence", "thermometer", "unbind"), ".functional"),
+    **dict.fromkeys(
+        (
+            "CleanupResult",
+            "bind",
+            "bind_sequence",
+            "bundle",
+            "circular",
+            "cleanup",
+            "cosine_similarity",
+            "dot_similarity",
+            "hamming_similarity",
+            "hash_table",
+            "identity",
+            "inverse",
+            "level",
+            "multiset",
+            "ngrams",
+            "permute",
+            "random",
+            "sequence",
+            "thermometer",
+            "unbind",
+        ),
+        ".functional",
+    ),
     **dict.fromkeys(("Hypervectors", "cat"), ".hypervectors"),
     **dict.fromkeys(("BSC", "FHRR", "HRR", "MAP", "get_model"), ".vsa"),
 }

@@ -28,9 +28,19 @@ from .vsa import VSAModel, get_model
 
 
 class IDLevelEncoder:
-    def __init__(self, num_features: int, dim: int, vsa: str | VSAModel = "MAP", *, levels: int = 100,
-                 low: float = 0.0, high: float = 1.0, device: str | torch.device | None = None,
-                 seed: int | None = 0, max_chunk_bytes: int = 64 << 20):
+    def __init__(
+        self,
+        num_features: int,
+        dim: int,
+        vsa: str | VSAModel = "MAP",
+        *,
+        levels: int = 100,
+        low: float = 0.0,
+        high: float = 1.0,
+        device: str | torch.device | None = None,
+        seed: int | None = 0,
+        max_chunk_bytes: int = 64 << 20,
+    ):
         self.num_features = check_positive_int(num_features, "num_features")
         self.dim = check_positive_int(dim, "dim")
         self.levels = check_positive_int(levels, "levels")
@@ -105,8 +115,15 @@ class IDLevelEncoder:
 
 
 class RandomProjectionEncoder:
-    def __init__(self, num_features: int, dim: int, vsa: str | VSAModel = "MAP", *,
-                 device: str | torch.device | None = None, seed: int | None = 0):
+    def __init__(
+        self,
+        num_features: int,
+        dim: int,
+        vsa: str | VSAModel = "MAP",
+        *,
+        device: str | torch.device | None = None,
+        seed: int | None = 0,
+    ):
         self.num_features = check_positive_int(num_features, "num_features")
         self.dim = check_positive_int(dim, "dim")
         self.vsa = get_model(vsa)

@@ -73,9 +73,16 @@ def _random_source(
 # creation
 
 
-def random(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *,
-           device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-           generator: torch.Generator | None = None, seed: int | None = None) -> Hypervectors:
+def random(
+    num: int | tuple[int, ...],
+    dim: int,
+    vsa: str | VSAModel = "MAP",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Hypervectors:
     """`num` (a count or a batch shape) random hypervectors of dimension `dim`; quasi-orthogonal for large dim."""
     shape = check_shape(num, "num")
     check_positive_int(dim, "dim")
@@ -87,8 +94,14 @@ def random(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *,
     return Hypervectors(data.to(target), model, dim)
 
 
-def identity(num: int | tuple[int, ...], dim: int, vsa: str | VSAModel = "MAP", *,
-             device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Hypervectors:
+def identity(
+    num: int | tuple[int, ...],
+    dim: int,
+    vsa: str | VSAModel = "MAP",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Hypervectors:
     """Identity hypervectors of binding: bind(x, identity) == x."""
     shape = check_shape(num, "num")
     check_positive_int(dim, "dim")
@@ -218,8 +231,13 @@ def cleanup(query: Hypervectors, memory: Hypervectors, threshold: float = 0.0) -
 
 
 def _selection_embedding(
-    masks: torch.Tensor, model: VSAModel, dim: int, dtype: torch.dtype, gen: torch.Generator | None,
-    gen_device: torch.device, target: torch.device,
+    masks: torch.Tensor,
+    model: VSAModel,
+    dim: int,
+    dtype: torch.dtype,
+    gen: torch.Generator | None,
+    gen_device: torch.device,
+    target: torch.device,
 ) -> Hypervectors:
     """Per dimension, take `high` where masks is True and `low` elsewhere."""
     low = model.random((), dim, dtype, gen, gen_device)
@@ -229,9 +247,16 @@ def _selection_embedding(
     return Hypervectors(data.to(target), model, dim)
 
 
-def level(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
-          dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
-          seed: int | None = None) -> Hypervectors:
+def level(
+    num: int,
+    dim: int,
+    vsa: str | VSAModel = "MAP",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Hypervectors:
     """`num` level hypervectors for ordered values: neighbours are similar, the two ends quasi-orthogonal.
 
     Each dimension flips from a random `low` vector to a random `high` vector at its own random threshold,
@@ -249,9 +274,16 @@ def level(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torc
     return _selection_embedding(masks, model, dim, storage_dtype, gen, gen_device, target)
 
 
-def circular(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
-             seed: int | None = None) -> Hypervectors:
+def circular(
+    num: int,
+    dim: int,
+    vsa: str | VSAModel = "MAP",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> Hypervectors:
     """`num` hypervectors for values on a circle (angles, hours): similarity falls with circular distance,
     opposite points are quasi-orthogonal and the last level is as close to the first as to its other neighbour.
     """
@@ -270,8 +302,14 @@ def circular(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | t
     return _selection_embedding(masks, model, dim, storage_dtype, gen, gen_device, target)
 
 
-def thermometer(num: int, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
-                dtype: torch.dtype | None = None) -> Hypervectors:
+def thermometer(
+    num: int,
+    dim: int,
+    vsa: str | VSAModel = "MAP",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Hypervectors:
     """`num` deterministic thermometer codes: level i has its first round(i * D / (num - 1)) dimensions at -1
     (bit 1 for BSC) and the rest at +1; level 0 and level num-1 are opposite."""
     check_positive_int(num, "num")

@@ -108,13 +108,19 @@ class Hypervectors:
         return self.vsa.to_dense(self.data, self.dim)
 
     def equal(self, other: "Hypervectors") -> bool:
-        return (isinstance(other, Hypervectors) and other.vsa is self.vsa and other.dim == self.dim
-                and other.data.shape == self.data.shape
-                and bool(torch.equal(other.data, self.data.to(other.data.dtype))))
+        return (
+            isinstance(other, Hypervectors)
+            and other.vsa is self.vsa
+            and other.dim == self.dim
+            and other.data.shape == self.data.shape
+            and bool(torch.equal(other.data, self.data.to(other.data.dtype)))
+        )
 
     def __repr__(self) -> str:
-        return (f"Hypervectors(vsa={self.vsa.name}, dim={self.dim}, shape={tuple(self.shape)}, "
-                f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device})")
+        return (
+            f"Hypervectors(vsa={self.vsa.name}, dim={self.dim}, shape={tuple(self.shape)}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')}, device={self.device})"
+        )
 
 
 def cat(items: list[Hypervectors], name: str = "items") -> Hypervectors:

@@ -18,8 +18,9 @@ from .hypervectors import Hypervectors
 
 
 class Centroid:
-    def __init__(self, num_classes: int, dim: int, *, device: str | torch.device | None = None,
-                 temperature: float = 0.05):
+    def __init__(
+        self, num_classes: int, dim: int, *, device: str | torch.device | None = None, temperature: float = 0.05
+    ):
         self.num_classes = check_positive_int(num_classes, "num_classes")
         self.dim = check_positive_int(dim, "dim")
         self.device = resolve_device(device)

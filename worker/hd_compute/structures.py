@@ -32,16 +32,25 @@ def _with_capacity(rows: torch.Tensor, used: int, needed: int) -> torch.Tensor:
 
 
 class ItemMemory:
-    def __init__(self, dim: int, vsa: str | VSAModel = "MAP", *, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, initial_capacity: int = 1024, max_chunk_bytes: int = 64 << 20):
+    def __init__(
+        self,
+        dim: int,
+        vsa: str | VSAModel = "MAP",
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        initial_capacity: int = 1024,
+        max_chunk_bytes: int = 64 << 20,
+    ):
         self.dim = check_positive_int(dim, "dim")
         self.vsa = get_model(vsa)
         self.device = resolve_device(device)
         self.dtype = self.vsa.storage_dtype(dtype)
         self.max_chunk_bytes = check_positive_int(max_chunk_bytes, "max_chunk_bytes")
         width = self.vsa.storage_width(dim)
-        self._storage = torch.empty((check_positive_int(initial_capacity, "initial_capacity"), width),
-                                    dtype=self.dtype, device=self.device)
+        self._storage = torch.empty(
+            (check_positive_int(initial_capacity, "initial_capacity"), width), dtype=self.dtype, device=self.device
+        )
         # What the model searches fastest (MAP int8 on CPU: packed sign bits), kept in step with _storage;
         # None where that is the data itself.
         empty = self._storage[:0]
@@ -116,13 +125,22 @@ class ItemMemory:
         return SearchResult(sims_out.reshape(*queries.shape, k), ids_out.reshape(*queries.shape, k))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"dim": self.dim, "vsa": self.vsa.name, "dtype": str(self.dtype).removeprefix("torch."),
-                "vectors": self._storage[: self._size].cpu().clone()}
+        return {
+            "dim": self.dim,
+            "vsa": self.vsa.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "vectors": self._storage[: self._size].cpu().clone(),
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], *, device: str | torch.device | None = None) -> "ItemMemory":
         vectors = state["vectors"]
-        memory = cls(state["dim"], state["vsa"], device=device, dtype=getattr(torch, state["dtype"]),
-                     initial_capacity=max(1, vectors.shape[0]))
+        memory = cls(
+            state["dim"],
+            state["vsa"],
+            device=device,
+            dtype=getattr(torch, state["dtype"]),
+            initial_capacity=max(1, vectors.shape[0]),
+        )
         memory.add(Hypervectors(vectors.to(memory.device), memory.vsa, memory.dim, validate=True))
         return memory

@@ -40,7 +40,6 @@ __all__ = [
 ]
 
 
-
 class _NativeKernels(Protocol):
     """The compiled extension's interface (cpu_kernels.c): raw data pointers and sizes, results written in place."""
 

@@ -46,8 +46,14 @@ class VSAModel(abc.ABC):
         return dtype
 
     @abc.abstractmethod
-    def random(self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, generator: torch.Generator | None,
-               device: torch.device) -> torch.Tensor: ...
+    def random(
+        self,
+        shape: tuple[int, ...],
+        dim: int,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
+        device: torch.device,
+    ) -> torch.Tensor: ...
 
     @abc.abstractmethod
     def identity(self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor: ...

@@ -25,7 +25,11 @@ class BSC(VSAModel):
         return num_words(dim)
 
     def random(
-        self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, generator: torch.Generator | None,
+        self,
+        shape: tuple[int, ...],
+        dim: int,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
         device: torch.device,
     ) -> torch.Tensor:
         return random_words(shape, dim, generator, device)

@@ -23,7 +23,11 @@ class FHRR(VSAModel):
     allowed_dtypes = (torch.complex64, torch.complex128)
 
     def random(
-        self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, generator: torch.Generator | None,
+        self,
+        shape: tuple[int, ...],
+        dim: int,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
         device: torch.device,
     ) -> torch.Tensor:
         real_dtype = torch.float32 if dtype == torch.complex64 else torch.float64

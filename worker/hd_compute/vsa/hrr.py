@@ -59,7 +59,11 @@ class HRR(VSAModel):
     allowed_dtypes = (torch.float32, torch.float64)
 
     def random(
-        self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, generator: torch.Generator | None,
+        self,
+        shape: tuple[int, ...],
+        dim: int,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
         device: torch.device,
     ) -> torch.Tensor:
         return torch.randn((*shape, dim), dtype=dtype, generator=generator, device=device) / math.sqrt(dim)

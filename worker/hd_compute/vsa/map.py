@@ -21,7 +21,11 @@ class MAP(VSAModel):
     supports_hamming = True
 
     def random(
-        self, shape: tuple[int, ...], dim: int, dtype: torch.dtype, generator: torch.Generator | None,
+        self,
+        shape: tuple[int, ...],
+        dim: int,
+        dtype: torch.dtype,
+        generator: torch.Generator | None,
         device: torch.device,
     ) -> torch.Tensor:
         bits = torch.randint(0, 2, (*shape, dim), dtype=torch.int8, generator=generator, device=device)
@@ -87,5 +91,3 @@ class MAP(VSAModel):
     def validate(self, data: torch.Tensor, dim: int, name: str = "data") -> None:
         if not bool(((data == 1) | (data == -1)).all()):
             raise ValueError(f"{name}: MAP hypervectors must hold only +1 and -1 values")
-
-
