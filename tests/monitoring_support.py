@@ -11,9 +11,15 @@ import subprocess
 import time
 
 import yaml
-from worker_process import WorkerProcess
+from worker_process import REPO, WorkerProcess  # noqa: F401 - REPO: re-exported for the monitoring-stack tests
 
-from hdc_operator.dev.prometheus import ToolProcess, alertmanager_process, prometheus_process, tool, tools_dir  # noqa: F401
+from hdc_operator.dev.prometheus import (  # noqa: F401 - re-exported for the alert and monitoring-stack tests
+    ToolProcess,
+    alertmanager_process,
+    prometheus_process,
+    tool,
+    tools_dir,
+)
 from hdc_operator.spec import default_spec
 
 # The HDCWorkload spec with every schema default, read from crds/hdcworkload.yaml (the one source of truth).
