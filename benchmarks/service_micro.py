@@ -1,131 +1,164 @@
-"""Micro-benchmark of the worker's per-request costs on the event loop: spans, the log line, metrics, and the
-decoding of .npz query bodies (docs/benchmarks.md, "Where the time of a request went").
+"""Micro-benchmark of what one request pays for observability on the worker's event loop: the per-request facade
+(monitoring/requests.py: start_request + operation_completed), and each stock library call it makes, so that the
+cost can be told per library call (docs/benchmarks.md, "Observability on stock libraries").
 
-Run: PYTHONPATH=worker python benchmarks/service_micro.py
-Against another version of the package (the "before" column), with its worker/ directory extracted by
-`git archive <rev> worker | tar -x -C /tmp/old`: PYTHONPATH=/tmp/old/worker python benchmarks/service_micro.py
-(the script only uses functions that existed before the speed work; the rows of the worker's present request
-path - light span ids, the request scope, the completion line - are timed where the package has them).
-Prints the best of 3 means, in µs. Tracing is configured without an exporter (the default), logs go to
-/dev/null as JSON lines. Timed alone in a loop, these costs are several times lower than what the same calls
-add to the event loop of a serving worker (docs/benchmarks.md).
+Run: PYTHONPATH=worker .venv/bin/python benchmarks/service_micro.py
+Prints the load average, then the best of 5 means, in µs, of each row. Logs go to /dev/null as JSON lines: stdout
+only (structlog's WriteLogger; standard records through the logging handler), or with a log file as well
+(HDC_LOG_FILE: every line through the standard handlers). "no exporter": tracing as the worker configures it
+without OTEL_EXPORTER_OTLP_ENDPOINT (non-recording spans with real ids); "exporter": a BatchSpanProcessor whose
+exporter drops the spans, so the request path pays for recording and queueing them, not for sending them.
+Timed alone in a loop these costs are lower than what the same calls add to a serving event loop
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import io
+import logging
 import os
 import sys
 import timeit
+from collections.abc import Callable
 
-import numpy as np
+from multidict import CIMultiDict, CIMultiDictProxy
+
+NUMBER = 3000
+HEADERS = {"Host": "127.0.0.1:8080", "Content-Type": "application/x-npz", "Accept": "application/json",
+           "Content-Length": "10234", "User-Agent": "Python/3.11 aiohttp/3.14", "Accept-Encoding": "gzip, deflate"}
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+FIELDS = {"dimension": 10000, "input_count": 1, "device": "cpu", "status": 200}
 
 
-def best_us(fn, number: int) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=3)) / number * 1e6
+def best_us(fn: Callable[[], object], number: int = NUMBER) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+
+def headers(traced: bool) -> CIMultiDictProxy[str]:
+    extra = {"traceparent": TRACEPARENT} if traced else {}
+    return CIMultiDictProxy(CIMultiDict({**HEADERS, **extra}))
+
+
+def facade_rows(metrics, label: str) -> list[tuple[str, float]]:
+    """What one request pays through the facade, with and without a caller's traceparent."""
+    from hd_compute.monitoring.requests import operation_completed, start_request
+
+    rows = []
+    for traced in (False, True):
+        h = headers(traced)
+        suffix = f"{label}, {'traceparent' if traced else 'no traceparent'}"
+
+        def start_only(h: CIMultiDictProxy[str] = h) -> None:
+            with start_request("POST", "/v1/memories/{name}/query", h, "c-1") as served:
+                served.status = 200
+
+        def request(h: CIMultiDictProxy[str] = h) -> None:
+            with start_request("POST", "/v1/memories/{name}/query", h, "c-1") as served:
+                operation_completed(metrics, "memory_query", 0.001234, hypervectors=1, fields=FIELDS)
+                served.status = 200
+
+        rows.append((f"facade: start_request + end ({suffix})", best_us(start_only)))
+        rows.append((f"facade: one request, start + operation_completed ({suffix})", best_us(request)))
+    return rows
+
+
+def library_rows(metrics, label: str) -> list[tuple[str, float]]:
+    """The stock calls the facade makes, each alone."""
+    import structlog
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanKind
+
+    from hd_compute.monitoring.tracing import extract_context, get_tracer
+
+    tracer = get_tracer()
+    traced, plain = headers(True), headers(False)
+    parent = extract_context(traced)
+    span = tracer.start_span("POST /x", context=parent, kind=SpanKind.SERVER)
+    histogram = metrics.operation_duration_seconds.labels("memory_query")
+    counter = metrics.operation_total.labels("memory_query")
+
+    def attach_detach() -> None:
+        otel_context.detach(otel_context.attach(trace.set_span_in_context(span, parent)))
+
+    def start_end() -> None:
+        tracer.start_span("POST /x", context=parent, kind=SpanKind.SERVER).end()
+
+    def bind_reset() -> None:
+        structlog.contextvars.reset_contextvars(**structlog.contextvars.bind_contextvars(correlation_id="c-1"))
+
+    return [
+        ("propagate.extract, traceparent (OpenTelemetry)", best_us(lambda: extract_context(traced))),
+        ("propagate.extract, no traceparent (OpenTelemetry)", best_us(lambda: extract_context(plain))),
+        (f"tracer.start_span + span.end, server span ({label})", best_us(start_end)),
+        ("context.attach + detach (OpenTelemetry)", best_us(attach_detach)),
+        ("bind_contextvars + reset_contextvars (structlog)", best_us(bind_reset)),
+        ("Histogram child .observe (prometheus_client)", best_us(lambda: histogram.observe(0.001))),
+        ("Counter child .inc (prometheus_client)", best_us(lambda: counter.inc())),
+        ("MetricsCollector.observe_operation (3 metrics + window)",
+         best_us(lambda: metrics.observe_operation("memory_query", 0.001, hypervectors=1))),
+    ]
+
+
+def log_rows(label: str) -> list[tuple[str, float]]:
+    from hd_compute.monitoring.logging import OPERATION_COMPLETED, LoggerCache
+
+    log = LoggerCache("hd_compute.service")
+    access = logging.getLogger("aiohttp.access")
+    return [
+        (f"one hypervector_operation_completed line, structlog ({label})",
+         best_us(lambda: log().info(OPERATION_COMPLETED, operation="memory_query", duration_ms=1.234, **FIELDS))),
+        (f"one standard record, e.g. aiohttp's access log ({label})",
+         best_us(lambda: access.info('%s "%s" %s', "127.0.0.1", "POST /v1/memories/m/query HTTP/1.1", 200))),
+    ]
+
+
+class _Dropping:
+    """A span exporter that drops what it gets (the batch processor's queueing is what the request pays)."""
+
+    def export(self, spans):
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
 
 
 def main() -> None:
-    from multidict import CIMultiDict, CIMultiDictProxy
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from hd_compute.monitoring.logging import (bind_request_context, clear_request_context, configure_logging,
-                                               get_logger)
+    from hd_compute.monitoring.logging import configure_logging
     from hd_compute.monitoring.metrics import MetricsCollector
-    from hd_compute.monitoring.tracing import configure_tracing, current_trace_id, kernel_span, server_span
-    from hd_compute.service.codec import _from_storage, _read_npz
-    from hd_compute.vsa import get_model
+    from hd_compute.monitoring.tracing import configure_tracing, shutdown_tracing
 
-    configure_tracing("hdc-micro", set_global=False)
-    configure_logging("INFO", "json")
+    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER"):
+        os.environ.pop(var, None)
     out, sys.stdout = sys.stdout, open(os.devnull, "w")  # the log lines
     metrics = MetricsCollector()
-    headers = CIMultiDictProxy(CIMultiDict({
-        "Host": "127.0.0.1:8080", "Content-Type": "application/x-npz", "Accept": "application/json",
-        "Content-Length": "10234", "User-Agent": "Python/3.11 aiohttp/3.14", "Accept-Encoding": "gzip, deflate",
-        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}))
-    log = get_logger("hd_compute.service")
-
-    def spans() -> None:
-        with server_span("POST /v1/memories/{name}/query", headers, attributes={"http.request.method": "POST"}):
-            current_trace_id()
-            with kernel_span("memory_query", 1, 10000):
-                pass
-
-    def log_line() -> None:
-        log.info("hypervector_operation_completed", operation="memory_query", dimension=10000, input_count=1,
-                 duration_ms=1.234, device="cpu", status=200)
-
-    def observe() -> None:
-        metrics.observe_operation("memory_query", 0.001, hypervectors=1)
-
-    def request() -> None:  # what the middleware and the operation wrapper add to one request
-        with server_span("POST /v1/memories/{name}/query", headers, attributes={"http.request.method": "POST"}):
-            bind_request_context("c-1", current_trace_id())
-            with kernel_span("memory_query", 1, 10000):
-                pass
-            observe()
-            log_line()
-        clear_request_context()
-
-    rows = [("server span + kernel span", best_us(spans, 2000)),
-            ("one hypervector_operation_completed log line", best_us(log_line, 2000)),
-            ("observe_operation", best_us(observe, 5000)),
-            ("all per-request observability", best_us(request, 2000))]
-    rows += present_request_path(headers, metrics)
-    plain = CIMultiDictProxy(CIMultiDict((k, v) for k, v in headers.items() if k != "traceparent"))
-    rows += [(f"{name}, no traceparent", us) for name, us in present_request_path(plain, metrics)]
-    rng = np.random.default_rng(0)
-    for n in (1, 64):
-        bodies = {
-            "MAP": np.where(rng.random((n, 10000)) < 0.5, 1, -1).astype(np.int8),
-            "BSC": rng.integers(0, 1 << 62, (n, 157)) & np.array([-1] * 156 + [(1 << 16) - 1]),
-        }
-        for vsa, array in bodies.items():
-            buf = io.BytesIO()
-            np.savez(buf, queries=array)
-            raw, model = buf.getvalue(), get_model(vsa)
-            decoded = _read_npz(raw, 1 << 30)["queries"]
-            rows.append((f"read .npz body, {vsa}, {n} queries", best_us(lambda: _read_npz(raw, 1 << 30), 500)))
-            rows.append((f"check and convert, {vsa}, {n} queries",
-                         best_us(lambda: _from_storage(decoded, "queries", model, 10000, 10000), 500)))
-    sys.stdout.close()
-    sys.stdout = out
+    rows: list[tuple[str, float]] = []
+    try:
+        configure_logging("INFO", "json")
+        provider = configure_tracing("hdc-micro", set_global=False)
+        rows += facade_rows(metrics, "no exporter")
+        rows += library_rows(metrics, "no exporter")
+        rows += log_rows("stdout")
+        provider.add_span_processor(BatchSpanProcessor(_Dropping()))
+        rows += facade_rows(metrics, "exporter")
+        rows += library_rows(metrics, "exporter")[2:3]
+        shutdown_tracing()
+        configure_tracing("hdc-micro", set_global=False)
+        configure_logging("INFO", "json", file=os.devnull)
+        rows += facade_rows(metrics, "no exporter, HDC_LOG_FILE")[1:2]
+        rows += log_rows("stdout + HDC_LOG_FILE")
+    finally:
+        sys.stdout.close()
+        sys.stdout = out
     print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     for name, us in rows:
-        print(f"{name:68s} {us:9.1f} us")
-
-
-def present_request_path(headers, metrics) -> list[tuple[str, float]]:
-    """What the worker's request path does since 1b04647 (service/app.py), outside an event loop (so each line
-    is written at once instead of with its loop iteration's others); [] for versions without it."""
-    try:
-        from hd_compute.monitoring.logging import REQUEST_SCOPE, RequestScope, log_request_line
-        from hd_compute.monitoring.tracing import light_span_ids
-    except ImportError:
-        return []
-    fields = {"operation": "memory_query", "dimension": 10000, "input_count": 1, "duration_ms": 1.234,
-              "device": "cpu", "status": 200}
-
-    def scope() -> None:
-        token = REQUEST_SCOPE.set(RequestScope("c-1", *light_span_ids(headers)))
-        REQUEST_SCOPE.reset(token)
-
-    def line() -> None:
-        log_request_line("hd_compute.service", "hypervector_operation_completed", dict(fields))
-
-    def request() -> None:
-        token = REQUEST_SCOPE.set(RequestScope("c-1", *light_span_ids(headers)))
-        try:
-            metrics.observe_operation("memory_query", 0.001, hypervectors=1)
-            log_request_line("hd_compute.service", "hypervector_operation_completed", dict(fields))
-        finally:
-            REQUEST_SCOPE.reset(token)
-
-    if light_span_ids(headers) is None:  # spans are recorded: the worker opens server_span, timed above
-        return []
-    return [("light span ids + request scope (present path)", best_us(scope, 5000)),
-            ("completion line via log_request_line (present path)", best_us(line, 2000)),
-            ("all per-request observability (present path)", best_us(request, 2000))]
+        print(f"{name:88s} {us:7.1f} us")
 
 
 if __name__ == "__main__":
