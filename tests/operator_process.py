@@ -12,7 +12,6 @@ import sys
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
-
 from worker_process import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

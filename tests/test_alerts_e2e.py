@@ -10,10 +10,10 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-
-from hdc_operator.alerts import build_rule_groups, rule_file
 from monitoring_support import alertmanager_process, prometheus_process, spec_with, write_yaml
 from worker_process import WorkerProcess, free_port
+
+from hdc_operator.alerts import build_rule_groups, rule_file
 
 NAMESPACE, WORKLOAD, POD = "hdc-test", "e2e", "e2e-worker-0"
 FOR = "10s"
@@ -158,7 +158,7 @@ async def test_injected_fault_fires_and_resolves_alerts_through_alertmanager(tmp
             await wait_for(lambda: set(WATCHED) <= set(hook.alerts("resolved")), 240,
                            "both alerts resolved at the webhook", diagnose)
             resolved = hook.alerts("resolved")
-            print(f"\nfiring after the fault: " + ", ".join(
+            print("\nfiring after the fault: " + ", ".join(
                 f"{n} {firing[n][0] - injected:.1f}s" for n in WATCHED) +
                   "; resolved after its removal: " + ", ".join(f"{n} {resolved[n][0] - removed:.1f}s" for n in WATCHED)
                   + f"; requests {counts}")

@@ -51,8 +51,9 @@ def scaled_workload(name: str, namespace: str, mode: str) -> dict:
 @pytest.mark.slow
 def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_namespace, tmp_path):
     from dev_harness import LocalMonitoring
-    from hdc_operator.dev.load import LoadGenerator
     from operator_process import OperatorProcess
+
+    from hdc_operator.dev.load import LoadGenerator
 
     ns, name = k8s_namespace, "scaled"
     mon = LocalMonitoring(k8s_cluster.kubeconfig, tmp_path, ns, scrape_interval=f"{SCRAPE_S}s")
@@ -170,14 +171,14 @@ def test_hpa_mode_scales_through_prometheus_adapter(k8s_cluster, k8s_namespace, 
     """Mode hpa: the operator's HPA, kube-controller-manager's HPA controller, the real prometheus-adapter with the
     chart's rules registered as custom.metrics.k8s.io (an APIService whose ExternalName Service points the
     aggregator at the adapter's local port), a real Prometheus scraping the mirror's workers."""
+    import yaml
     from dev_harness import LocalMonitoring
-    from hdc_operator.builders.hpa import THROUGHPUT_METRIC
-    from hdc_operator.dev.load import LoadGenerator
     from operator_process import OperatorProcess
     from test_chart import adapter_rules, tools_bin
     from worker_process import free_port
 
-    import yaml
+    from hdc_operator.builders.hpa import THROUGHPUT_METRIC
+    from hdc_operator.dev.load import LoadGenerator
 
     ns, name = k8s_namespace, "hpa"
     mon = LocalMonitoring(k8s_cluster.kubeconfig, tmp_path, ns, scrape_interval=f"{SCRAPE_S}s")

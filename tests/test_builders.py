@@ -10,6 +10,7 @@ import copy
 import pathlib
 
 import pytest
+
 from hd_compute.service.config import ENV_VARS, WorkerSettings
 from hdc_operator import alerts
 from hdc_operator.builders import Capabilities, build_children

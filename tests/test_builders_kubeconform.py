@@ -65,7 +65,8 @@ def core_schema(name: str) -> dict:
     schemas refer to a shared /api/_definitions.json; kubeconform (and jsonschema) need each standalone."""
     import kubernetes_validate
 
-    source = pathlib.Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"{KUBE_VERSION}-local-strict"
+    schemas = pathlib.Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    source = schemas / f"{KUBE_VERSION}-local-strict"
     prefix = "/api/_definitions.json#/$defs/"
     schema = json.loads((source / f"{name}.json").read_text())
     schema.pop("$id", None)

@@ -17,11 +17,11 @@ import jsonschema
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from test_builders_kubeconform import core_schema, crd_schemas, tools_bin
 
 from hd_compute.service.config import WorkerSettings
 from hdc_operator.builders import Capabilities, build_children
 from hdc_operator.spec import InvalidSpec, parse_workload, spec_schema
-from test_builders_kubeconform import core_schema, crd_schemas, tools_bin
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -66,8 +66,9 @@ def _strategy(schema: dict, key: str = "") -> st.SearchStrategy:
         return st.lists(_strategy(schema["items"], key), max_size=3)
     if kind == "object" and "properties" in schema:
         optional = {k: _strategy(sub, k) for k, sub in schema["properties"].items()}
-        return st.fixed_dictionaries({k: _strategy(schema["properties"][k], k) for k in schema.get("required", ())},
-                                     optional={k: v for k, v in optional.items() if k not in schema.get("required", ())})
+        required = schema.get("required", ())
+        return st.fixed_dictionaries({k: _strategy(schema["properties"][k], k) for k in required},
+                                     optional={k: v for k, v in optional.items() if k not in required})
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
         return st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(["a", "1", "x-y"]), max_size=2)
     return st.nothing()
@@ -89,7 +90,8 @@ def body(spec, name="prop", uid="3a2b1c0d-0000-4000-8000-00000000000f"):
 def validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> a strict JSON-schema validator of that child kind."""
     core = {("v1", "ConfigMap"): "configmap-v1", ("v1", "Service"): "service-v1",
-            ("v1", "PersistentVolumeClaim"): "persistentvolumeclaim-v1", ("apps/v1", "Deployment"): "deployment-apps-v1",
+            ("v1", "PersistentVolumeClaim"): "persistentvolumeclaim-v1",
+            ("apps/v1", "Deployment"): "deployment-apps-v1",
             ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudget-policy-v1",
             ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscaler-autoscaling-v2"}
     out = {gvk: jsonschema.Draft202012Validator(core_schema(name)) for gvk, name in core.items()}

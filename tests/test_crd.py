@@ -8,6 +8,7 @@ does, rejects every bad spec below with a message naming the field, and scales t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import pathlib
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from hdc_operator import spec as specmod
-from hdc_operator.spec import InvalidSpec, Workload, default_spec, parse_workload, validate_workload
+from hdc_operator.spec import InvalidSpec, default_spec, parse_workload, validate_workload
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -159,7 +160,7 @@ def test_workload_metadata_and_accessors():
     assert w.selector == "app.kubernetes.io/name=hdc-worker,app.kubernetes.io/instance=demo"
     assert parse_workload(body()).namespace == "default"
     assert parse_workload(body(), namespace="x").namespace == "x"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         w.name = "other"  # frozen
 
 
@@ -288,7 +289,8 @@ def test_api_server_defaults_equal_parse_workload(crd_installed, k8s_namespace):
 def test_api_server_defaults_a_partial_spec_equal_parse_workload(crd_installed, k8s_namespace):
     local = body("partial", {"hdc": {"vsa": "FHRR", "dimension": 4096}, "resources": {"gpus": 0, "cpu": 1},
                              "baselines": [{"name": "bind_32k_dimension", "operation": "bind", "maxLatencyMs": 10}],
-                             "autoscaling": {"mode": "hpa", "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}},
+                             "autoscaling": {"mode": "hpa",
+                                             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}},
                              "tracing": {"enabled": True, "otlpEndpoint": "http://otel:4318", "samplingRatio": 0.25}})
     apply(crd_installed, k8s_namespace, local)
     assert parse_workload(get(crd_installed, k8s_namespace, "partial")).spec == \
@@ -327,7 +329,8 @@ def test_kubectl_scale_writes_spec_replicas_through_the_scale_subresource(crd_in
 
 @pytest.mark.k8s
 def test_printer_columns(crd_installed, k8s_namespace):
-    apply(crd_installed, k8s_namespace, body("cols", {"hdc": {"vsa": "BSC", "dimension": 8192}, "resources": {"gpus": 2}}))
+    apply(crd_installed, k8s_namespace,
+          body("cols", {"hdc": {"vsa": "BSC", "dimension": 8192}, "resources": {"gpus": 2}}))
     out = kubectl(crd_installed, "get", "-n", k8s_namespace, "hdcw").stdout.splitlines()
     assert out[0].split() == ["NAME", "VSA", "DIM", "GPUS", "REPLICAS", "READY", "THROUGHPUT", "STATUS", "AGE"]
     assert out[1].split()[:4] == ["cols", "BSC", "8192", "2"]
@@ -381,7 +384,8 @@ def test_server_side_dry_run_accepts_every_rendered_child(crd_installed, k8s_nam
 @pytest.mark.k8s
 def test_examples_apply_and_default_as_parse_workload_says(crd_installed, k8s_namespace):
     examples = sorted((REPO / "deploy" / "examples").glob("*.yaml"))
-    kubectl(crd_installed, "apply", "--dry-run=server", "-n", k8s_namespace, *sum((["-f", str(p)] for p in examples), []))
+    files = [arg for p in examples for arg in ("-f", str(p))]
+    kubectl(crd_installed, "apply", "--dry-run=server", "-n", k8s_namespace, *files)
     for path in examples:
         kubectl(crd_installed, "apply", "-n", k8s_namespace, "-f", str(path))
         local = yaml.safe_load(path.read_text())
@@ -502,6 +506,7 @@ def test_the_rendered_hpa_scales_the_hdcworkload_through_its_scale_subresource(c
     else:
         described = kubectl(crd_installed, "describe", "hpa", "-n", k8s_namespace, "auto").stdout
         pytest.fail(f"the HPA did not scale the HDCWorkload to minReplicas:\n{described}")
-    status = json.loads(kubectl(crd_installed, "get", "hpa", "-n", k8s_namespace, "auto", "-o", "json").stdout)["status"]
+    hpa = kubectl(crd_installed, "get", "hpa", "-n", k8s_namespace, "auto", "-o", "json").stdout
+    status = json.loads(hpa)["status"]
     able = [c for c in status.get("conditions", []) if c["type"] == "AbleToScale"]
     assert able and able[0]["status"] == "True", status

@@ -7,11 +7,10 @@ import json
 import re
 
 import pytest
+from monitoring_support import SEED_BASELINES, promtool_parse, rule_file_path, run_tool, spec_with, tool, unknown_names
 
 from hdc_operator.alerts import build_rule_groups
 from hdc_operator.dashboards import OPERATOR_SERIES, PerformanceDashboard, build_dashboards
-from monitoring_support import (SEED_BASELINES, promtool_parse, rule_file_path, run_tool, spec_with, tool,
-                                unknown_names)
 
 NS, WL = "ml", "demo"
 
@@ -129,7 +128,8 @@ def test_seed_example_builds_a_dashboard_and_a_rule(tmp_path):
     alert_panel = model["panels"][-1]
     assert alert_panel["type"] == "stat"
     assert alert_panel["targets"][0]["expr"] == "count(hdc_latency_percentiles{quantile='0.95'} > 100) or vector(0)"
-    assert [s.get("color") for s in alert_panel["fieldConfig"]["defaults"]["thresholds"]["steps"]] == ["green", "orange"]
+    steps = alert_panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [s.get("color") for s in steps] == ["green", "orange"]
     rules = dashboard.alert_rules()
     assert rules == [{"alert": "high_latency", "expr": "hdc_latency_percentiles{quantile='0.95'} > 100",
                       "labels": {"severity": "warning"}, "annotations": {"summary": "high_latency (warning)"}}]

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hdc_operator.builders import Capabilities, build_children
-from hdc_operator.cli import app, load_command_modules, parse_capabilities, CliError
+from hdc_operator.cli import CliError, app, load_command_modules, parse_capabilities
 from hdc_operator.crd_docs import render_crd_reference
 from hdc_operator.spec import parse_workload
 

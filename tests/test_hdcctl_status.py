@@ -179,11 +179,11 @@ def workload(name: str, ns: str, **spec) -> dict:
 def live(k8s_cluster, tmp_path_factory):
     """A namespace with two HDCWorkloads reconciled by a real operator: `ok` (1 replica, a real worker process behind
     its pod, scraped by a real Prometheus, under load) and `greedy` (16 GPUs: Degraded/InsufficientGPU)."""
-    from kubernetes import client
-
     from dev_harness import LocalMonitoring
-    from hdc_operator.dev.load import LoadGenerator
+    from kubernetes import client
     from operator_process import OperatorProcess
+
+    from hdc_operator.dev.load import LoadGenerator
 
     tmp = tmp_path_factory.mktemp("status")
     core = client.CoreV1Api(k8s_cluster.api)

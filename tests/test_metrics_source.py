@@ -11,11 +11,11 @@ import threading
 import time
 
 import pytest
+from worker_process import WorkerProcess
 
 from hdc_operator.dev.prometheus import prometheus_config, prometheus_process, query
 from hdc_operator.metrics_source import MetricsUnavailable, PrometheusMetricsSource, label_selector, queries
 from hdc_operator.scaling import History, ScalerConfig, decide
-from worker_process import WorkerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hdc_operator.scaling import (
     Behavior,
     Decision,
@@ -19,8 +22,6 @@ from hdc_operator.scaling import (
     scaling_active_condition,
     status_fields,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NOW = 1_800_000_000.0
 

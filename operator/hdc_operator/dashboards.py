@@ -269,7 +269,8 @@ def build_dashboards(name: str, namespace: str, spec: Mapping[str, Any]) -> dict
                  legend="{{test}}", unit="s", minimum=0)
     d.add_metric("Benchmark degradation", f"max by (test) (hdc_benchmark_degradation_ratio{{{sel}}})",
                  legend="{{test}}", unit="percentunit", thresholds=[(degradation, "red")],
-                 description=f"(current - baseline) / baseline; HDC_BenchmarkRegression over {_num(degradation * 100)}%")
+                 description=("(current - baseline) / baseline; HDC_BenchmarkRegression over "
+                              f"{_num(degradation * 100)}%"))
     d.add_metric("SLO burn rate (1h)", [
         (f"hdc:slo_availability_errors:ratio_rate1h{{{sel}}} / {_num(1 - availability / 100)}",
          f"availability ({_num(availability)}%)"),

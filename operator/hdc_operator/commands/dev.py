@@ -72,8 +72,8 @@ def workers(
 @dev_app.command("prometheus")
 def prometheus(
     file_sd: pathlib.Path = typer.Option(..., "--file-sd", help="The pod mirror's file_sd JSON file."),
-    kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig",
-                                             help="Cluster whose hdc PrometheusRules are loaded (default: $KUBECONFIG)."),
+    kubeconfig: Optional[str] = typer.Option(
+        None, "--kubeconfig", help="Cluster whose hdc PrometheusRules are loaded (default: $KUBECONFIG)."),
     namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Only this namespace's rules."),
     port: int = typer.Option(9090, "--port", min=0, max=65535, help="Listen port on 127.0.0.1 (0: a free one)."),
     data_dir: Optional[pathlib.Path] = typer.Option(None, "--data-dir", help="Config, rules, TSDB, log."),

@@ -30,10 +30,10 @@ def register(app: typer.Typer) -> None:
             result = cli(json_path, plot_path, seed, hours)
         except ValueError as exc:
             typer.echo(f"hdcctl: error: {exc}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except OSError as exc:
             typer.echo(f"hdcctl: error: cannot write {exc.filename}: {exc.strerror}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         if json_path != "-":
             typer.echo(json.dumps(summary(result), indent=1))
         raise typer.Exit(0 if result["floorMet"] else 1)

@@ -33,11 +33,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from ..live_metrics import fetch_live_metrics
+from ..live_metrics import fmt as _fmt
 from . import prometheus as prom
 from .load import LoadGenerator
 from .workers import _die_with_parent
-from ..live_metrics import fetch_live_metrics
-from ..live_metrics import fmt as _fmt
 
 REPO = prom.REPO
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -77,7 +77,8 @@ class Settings:
             raise DemoError(f"HDC_DEMO_EXAMPLE: {example} is not a file")
         namespace = env.get("HDC_DEMO_NAMESPACE") or "hdc-demo"
         work = env.get("HDC_DEMO_DIR")
-        return cls(seconds=number("HDC_DEMO_SECONDS", None, float, 1), keep_cluster=env.get("HDC_DEMO_KEEP_CLUSTER") == "1",
+        return cls(seconds=number("HDC_DEMO_SECONDS", None, float, 1),
+                   keep_cluster=env.get("HDC_DEMO_KEEP_CLUSTER") == "1",
                    example=example, namespace=namespace, clients=number("HDC_DEMO_CLIENTS", 4, int, 1),
                    work_dir=pathlib.Path(work) if work else None)
 
@@ -204,8 +205,8 @@ def render(snap: Snapshot, title: str, elapsed_s: float) -> Group:
     for col in ("phase", "replicas\ndesired/current/ready", "worker\nprocesses ready", "targets\nup",
                 "throughput\nops/s", "p50\nms", "p95\nms", "p99\nms", "errors/s"):
         main.add_column(col, justify="right")
-    main.add_row(snap.phase, f"{snap.desired if snap.desired is not None else '-'}/"
-                 f"{snap.replicas if snap.replicas is not None else '-'}/{snap.ready if snap.ready is not None else '-'}",
+    counts = "/".join("-" if n is None else str(n) for n in (snap.desired, snap.replicas, snap.ready))
+    main.add_row(snap.phase, counts,
                  f"{snap.workers_ready}/{snap.workers}" + (f" ({snap.restarts} restarts)" if snap.restarts else ""),
                  str(snap.targets_up), _fmt(snap.throughput), _fmt(snap.p50_ms, digits=2), _fmt(snap.p95_ms, digits=2),
                  _fmt(snap.p99_ms, digits=2), _fmt(snap.errors_per_s, digits=2))
@@ -319,8 +320,8 @@ class Demo:
         self.kubectl("apply", "-n", self.s.namespace, "-f", str(self.s.example))
         self.workload_applied = True
         self.name = workload["metadata"]["name"]
-        self.step(f"applied {self.s.example.relative_to(REPO) if self.s.example.is_relative_to(REPO) else self.s.example}"
-                  f": HDCWorkload {self.s.namespace}/{self.name}")
+        example = self.s.example.relative_to(REPO) if self.s.example.is_relative_to(REPO) else self.s.example
+        self.step(f"applied {example}: HDCWorkload {self.s.namespace}/{self.name}")
         return workload
 
     def workload_obj(self) -> dict | None:
@@ -366,7 +367,8 @@ class Demo:
                   auto_refresh=interactive, transient=False) as live:
             while deadline is None or time.monotonic() < deadline:
                 self.check_alive()
-                snap = collect(self.prom_url, self.s.namespace, self.name, self.workload_obj(), self.mirror_status, self.load)
+                snap = collect(self.prom_url, self.s.namespace, self.name, self.workload_obj(), self.mirror_status,
+                               self.load)
                 if snap.throughput and snap.throughput > 0:
                     peak = max(peak, snap.throughput)
                     if first_throughput is None:
@@ -379,7 +381,8 @@ class Demo:
         self.console.print()
         self.console.print(summary_line(snap), highlight=False)
         if first_throughput is not None:
-            self.console.print(f"demo: start-up to first throughput in Prometheus {first_throughput - self.started:.1f} s "
+            self.console.print("demo: start-up to first throughput in Prometheus "
+                               f"{first_throughput - self.started:.1f} s "
                                f"(load started at {load_started - self.started:.1f} s); peak {peak:,.1f} ops/s",
                                highlight=False)
         else:
