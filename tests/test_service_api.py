@@ -145,7 +145,8 @@ async def test_binary_npz_round_trip(client):
                              headers={"Content-Type": NPZ, "Accept": "application/json"})
     assert resp.status == 200, await resp.text()
     assert torch.allclose(torch.tensor((await resp.json())["vectors"]), F.permute(x, 2).dense())
-    resp = await client.post("/v1/hypervectors/random", json={"num": 2, "seed": 1, "vsa": "FHRR"}, headers={"Accept": NPZ})
+    resp = await client.post("/v1/hypervectors/random", json={"num": 2, "seed": 1, "vsa": "FHRR"},
+                             headers={"Accept": NPZ})
     out = read_npz(await resp.read())
     assert out["vectors"].dtype == np.complex64
     assert torch.equal(torch.from_numpy(out["vectors"]), F.random(2, DIM, "FHRR", seed=1).data)
@@ -230,8 +231,9 @@ async def test_probes_health_metrics_openapi(client):
 async def test_an_idle_worker_exports_its_operation_series_at_zero(client):
     """Before any request every operation's counters exist at 0: an HPA on their per-pod rate gets 0 for a fresh
     or idle replica instead of "metric not found" (which blocks scaling down)."""
-    from hd_compute.service.app import OPERATIONS
     from prometheus_client.parser import text_string_to_metric_families
+
+    from hd_compute.service.app import OPERATIONS
 
     text = await (await client.get("/metrics")).text()
     samples = {(s.name, s.labels.get("operation")): s.value
@@ -255,8 +257,9 @@ async def test_concurrent_similarity_requests_are_coalesced(client):
     count_before = sample(client, "hdc_batch_size_distribution_count")
     sum_before = sample(client, "hdc_batch_size_distribution_sum")
     responses = await asyncio.gather(*[
-        client.post("/v1/ops/similarity", json={"queries": hv_to_json(q), "others": hv_to_json(others)}) for q in queries])
-    for q, resp in zip(queries, responses):
+        client.post("/v1/ops/similarity", json={"queries": hv_to_json(q), "others": hv_to_json(others)})
+        for q in queries])
+    for q, resp in zip(queries, responses, strict=True):
         assert resp.status == 200
         got = torch.tensor((await resp.json())["similarities"])
         assert torch.allclose(got, F.cosine_similarity(q, others), atol=1e-6)
@@ -276,7 +279,7 @@ async def test_concurrent_memory_queries_are_coalesced(client):
     ks = [1 + i % 4 for i in range(12)]
     responses = await asyncio.gather(*[
         client.post("/v1/memories/mq/query", json={"queries": hv_to_json(items[i]), "k": k}) for i, k in enumerate(ks)])
-    for i, (k, resp) in enumerate(zip(ks, responses)):
+    for i, (k, resp) in enumerate(zip(ks, responses, strict=True)):
         body = await resp.json()
         assert resp.status == 200 and len(body["indices"]) == k and body["indices"][0] == i
     assert worker.batcher.kernel_calls - before < 12
@@ -315,7 +318,8 @@ BAD_REQUESTS = [
     ("/v1/ops/bind", {"a": [1, -1] * 128}, 400, "missing_field", "b"),
     ("/v1/ops/bind", {"a": [1, 0] * 128, "b": [1, -1] * 128}, 400, "invalid_field", "a"),
     ("/v1/ops/bind", {"vsa": "XYZ", "a": [1], "b": [1]}, 400, "unknown_vsa", "vsa"),
-    ("/v1/ops/similarity", {"queries": [1, -1] * 128, "others": [1, -1] * 128, "metric": "l2"}, 400, "invalid_field", "metric"),
+    ("/v1/ops/similarity", {"queries": [1, -1] * 128, "others": [1, -1] * 128, "metric": "l2"}, 400, "invalid_field",
+     "metric"),
     ("/v1/memories/nope/query", {"queries": [1, -1] * 128}, 404, "memory_not_found", "name"),
     ("/v1/classifiers/nope/predict", {"x": [[1, -1] * 128]}, 404, "classifier_not_found", "name"),
     ("/v1/hypervectors/random", {"num": "three"}, 400, "invalid_field", "num"),
@@ -354,7 +358,8 @@ async def test_body_over_the_limit_is_413(client):
     assert resp.status == 413
     body = await resp.json()
     assert body["error"] == "body_too_large" and body["detail"].startswith("body")
-    assert sample(client, "hdc_operation_errors_total", {"operation": "bundle", "error": "body_too_large"}) == before + 1
+    labels = {"operation": "bundle", "error": "body_too_large"}
+    assert sample(client, "hdc_operation_errors_total", labels) == before + 1
     assert (await client.post("/v1/hypervectors/random", json={"num": 1})).status == 200
 
 
@@ -381,3 +386,54 @@ async def test_cuda_out_of_memory_is_503_and_the_worker_keeps_serving(client, mo
     monkeypatch.undo()
     resp = await client.post("/v1/ops/bind", json={"a": hv_to_json(a), "b": hv_to_json(b)})
     assert resp.status == 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("failure, status, error", [
+    (MemoryError(), 503, "insufficient_memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 1125899906842624 bytes"), 503, "insufficient_memory"),
+    (RuntimeError("secret internals of a bug"), 500, "internal_error"),
+])
+async def test_host_out_of_memory_is_503_a_bug_500_without_internals(client, monkeypatch, failure, status, error):
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(F, "bind", fail)
+    a, b = rand(2, seed=1), rand(2, seed=2)
+    resp = await client.post("/v1/ops/bind", json={"a": hv_to_json(a), "b": hv_to_json(b)})
+    body = await resp.json()
+    assert (resp.status, body["error"]) == (status, error)
+    assert body["detail"].startswith("bind:") and "alloc_cpu" not in body["detail"] and "secret" not in body["detail"]
+    monkeypatch.undo()
+    assert (await client.post("/v1/ops/bind", json={"a": hv_to_json(a), "b": hv_to_json(b)})).status == 200
+
+
+@pytest.mark.asyncio
+async def test_large_bodies_and_responses_are_handled_off_the_event_loop(client, monkeypatch):
+    from hd_compute.service import codec
+
+    threads: dict[str, list[str]] = {"read": [], "encode": []}
+    read_npz, encode = codec.read_npz, codec._encode
+
+    def spy_read(*args):
+        threads["read"].append(threading.current_thread().name)
+        return read_npz(*args)
+
+    def spy_encode(*args):
+        threads["encode"].append(threading.current_thread().name)
+        return encode(*args)
+
+    monkeypatch.setattr(codec, "read_npz", spy_read)
+    monkeypatch.setattr(codec, "_encode", spy_encode)
+    loop_thread = threading.current_thread().name
+    rows = codec.INLINE_CODEC_MAX_BYTES // DIM + 1  # int8: one byte per element
+    for n in (1, rows):
+        data = rand(n).data.numpy()
+        resp = await client.post("/v1/ops/bundle?vsa=MAP", data=npz_bytes(vectors=data[None]),
+                                 headers={"Content-Type": NPZ, "Accept": "application/json"})
+        assert resp.status == 200, await resp.text()
+    assert threads["read"][0] == loop_thread and threads["read"][1] != loop_thread
+    resp = await client.post("/v1/hypervectors/random", json={"num": codec.INLINE_CODEC_MAX_BYTES // (3 * DIM) + 1})
+    assert resp.status == 200
+    assert threads["encode"][:2] == [loop_thread, loop_thread] and threads["encode"][2] != loop_thread

@@ -264,9 +264,9 @@ def json_error(fn, *args, **kwargs) -> ApiError:
 
 def test_null_is_refused_for_every_field():
     p = Payload({"k": None, "vsa": None, "vectors": None, "y": None, "partial": None, "lr": None, "keys": None})
-    for call in (lambda: p.int("k", 1), lambda: p.vsa("MAP"), lambda: p.decode_vectors("vectors", get_model("MAP"), None),
-                 lambda: p.labels("y"), lambda: p.bool("partial"), lambda: p.float("lr", 1.0),
-                 lambda: p.strings("keys")):
+    for call in (lambda: p.int("k", 1), lambda: p.vsa("MAP"),
+                 lambda: p.decode_vectors("vectors", get_model("MAP"), None), lambda: p.labels("y"),
+                 lambda: p.bool("partial"), lambda: p.float("lr", 1.0), lambda: p.strings("keys")):
         err = json_error(call)
         assert err.status == 400 and "must not be null" in err.detail
         assert err.detail.split(":")[0] in p.fields
@@ -328,7 +328,7 @@ def old_json(fields: dict) -> bytes:
 def test_json_responses_are_the_same_text_and_within_their_worst_case(vsa, num):
     hv = F.random(num, 100, vsa, seed=3)
     scores = torch.randn(*num, 4)
-    fields = {"vsa": vsa, "shape": list(num), "vectors": hv, "similarities": scores,
+    fields = {"vsa": vsa, "shape": list(num), "vectors": hv, "similarities": scores, "score": scores.sum(),
               "indices": np.arange(math.prod(num) * 4).reshape(*num, 4), "keys": ["a", "é\n"] * 3}
     body = encode_json(fields)
     assert body == old_json(fields)

@@ -9,6 +9,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -60,7 +61,8 @@ class WorkerProcess:
             conn.request(method, path, body=data, headers=all_headers)
             resp = conn.getresponse()
             payload = resp.read()
-            return resp.status, (json.loads(payload) if resp.getheader("Content-Type", "").startswith("application/json") else payload)
+            is_json = resp.getheader("Content-Type", "").startswith("application/json")
+            return resp.status, (json.loads(payload) if is_json else payload)
         finally:
             conn.close()
 
@@ -68,3 +70,49 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def peak_rss_bytes(self) -> int:
+        """The worker process's peak resident memory so far (VmHWM), from /proc."""
+        assert self.proc is not None
+        for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+class LivenessProbe:
+    """GET /livez every `interval` seconds on a thread while the `with` block runs, as the kubelet would; keeps
+    each answer's latency and every probe that failed or timed out (after `timeout` seconds)."""
+
+    def __init__(self, worker: WorkerProcess, *, interval: float = 0.05, timeout: float = 10.0):
+        self.worker, self.interval, self.timeout = worker, interval, timeout
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                status, _ = self.worker.request("GET", "/livez", timeout=self.timeout)
+                if status != 200:
+                    self.failures.append(f"status {status}")
+            except OSError as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            self.latencies.append(time.perf_counter() - started)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "LivenessProbe":
+        self._thread.start()
+        time.sleep(self.interval)  # at least one probe before the hostile request
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        time.sleep(self.interval)
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def worst(self) -> float:
+        return max(self.latencies)

@@ -49,6 +49,7 @@ from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel, get_model
 
 from .config import WorkerSettings
+from .openapi import INT64_MAX, INT64_MIN
 
 JSON_TYPE = "application/json"
 NPZ_TYPE = "application/x-npz"
@@ -75,7 +76,6 @@ JSON_PHASOR_BYTES = 2 * JSON_NUMBER_BYTES + 2
 # headers) and the zip local and central headers with the member's name twice and a zip64 extra field.
 NPZ_MEMBER_OVERHEAD_BYTES = 512
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 T = TypeVar("T")
 
@@ -635,8 +635,10 @@ def _json_array(array: np.ndarray) -> bytes:
         array = array.astype(np.float64)
     elif array.dtype.kind not in "biuf":
         raise TypeError(f"cannot write a {array.dtype} array as JSON")
+    if array.ndim == 0:  # orjson writes arrays, not 0-d ones
+        return orjson.dumps(array.item())
     array = np.ascontiguousarray(array)
-    if array.ndim == 0 or array.size <= JSON_PIECE_ELEMENTS:
+    if array.size <= JSON_PIECE_ELEMENTS:
         return orjson.dumps(array, option=orjson.OPT_SERIALIZE_NUMPY)
     row = array[0].size
     if row > JSON_PIECE_ELEMENTS:

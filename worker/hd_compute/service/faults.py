@@ -27,10 +27,10 @@ from hd_compute.monitoring.logging import get_logger
 
 from .codec import LIMITS, ApiError, read_payload
 from .middleware import error_response
+from .openapi import MAX_LATENCY_MS
 
 __all__ = ["Fault", "FaultInjector", "FAULTS", "install", "parse_fault"]
 
-MAX_LATENCY_MS = 60_000.0
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ from .middleware import (
     record_completed,
     record_failed,
 )
+from .openapi import MAX_DIMENSION
 from .state import check_name
 from .worker import WORKER, Worker
 
-MAX_DIMENSION = 1 << 24  # the largest dimension a request may ask for (HDC_DIMENSION's own bound)
 OPERATIONS: list[str] = []  # every operation() name: their metric series are exported at zero from the start
 # What the engine may hold per element of the hypervectors an operation works on element by element (int64
 # counters of a bundle, unpacked BSC bits, float temporaries): the bound of HDC_MAX_ALLOCATION_BYTES for them.

@@ -13,16 +13,13 @@ from hd_compute.models import Centroid
 from hd_compute.vsa import get_model
 
 from ..codec import ApiError, Payload, check_response_size, invalid, number_bytes
+from ..openapi import MAX_CLASSES, MAX_EPOCHS, MAX_LEARNING_RATE, MIN_TEMPERATURE
 from ..operations import Op, operation, vsa_and_dimension
 from ..state import ClassifierEntry
 from .named import NamedKind, add_named_routes
 
 routes = web.RouteTableDef()
 
-MAX_CLASSES = 1_000_000
-# The smallest softmax temperature: cosines (in [-1, 1]) divided by it stay far from float32's overflow.
-MIN_TEMPERATURE = 1e-9
-MAX_LEARNING_RATE = 1e3  # OnlineHD's lr: prototypes are sums of lr-scaled samples, which must stay finite
 PROTOTYPE_BYTES = 8  # per element of the (num_classes, D) prototypes and the fit's per-class sums
 
 
@@ -94,7 +91,7 @@ async def classifier_fit(op: Op) -> web.Response:
         raise invalid("y", f"labels must be in [0, {entry.model.num_classes}), got {int(y.min())}..{int(y.max())}")
     partial = p.bool("partial", False)
     adaptive = p.bool("adaptive", False)
-    epochs = p.int("epochs", 1, minimum=1, maximum=1000)
+    epochs = p.int("epochs", 1, minimum=1, maximum=MAX_EPOCHS)
     lr = p.float("lr", 1.0, minimum=0.0, maximum=MAX_LEARNING_RATE)
     op.dimension, op.input_count = entry.model.dim, x.shape[0]
 

@@ -13,13 +13,11 @@ import hd_compute.functional as F
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel
 
-from ..codec import INT64_MAX, check_response_size, hypervector_bytes, invalid, number_bytes
+from ..codec import check_response_size, hypervector_bytes, invalid, number_bytes
+from ..openapi import INT64_MAX, MAX_BATCH_AXES, METRICS
 from ..operations import Op, count, empty_like, operation, vectors_fields, vsa_and_dimension
 
 routes = web.RouteTableDef()
-
-
-MAX_BATCH_AXES = 16  # the most batch axes `num` may give: more than any use needs, few enough for every kernel
 
 
 def _check_result(op: Op, field: str, model: VSAModel, dim: int, n: int) -> None:
@@ -107,7 +105,7 @@ async def permute_route(op: Op) -> web.Response:
     return await op.respond(vectors_fields(hv))
 
 
-_METRICS = {"cosine": F.cosine_similarity, "dot": F.dot_similarity, "hamming": F.hamming_similarity}
+_METRICS = dict(zip(METRICS, (F.cosine_similarity, F.dot_similarity, F.hamming_similarity), strict=True))
 
 
 def _similarity_batch(metric: str, others: Hypervectors, items: list[Hypervectors]) -> list[torch.Tensor]:
@@ -128,7 +126,7 @@ def _similarity_batch(metric: str, others: Hypervectors, items: list[Hypervector
 async def similarity_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
-    metric = p.str("metric", "cosine", choices=tuple(_METRICS))
+    metric = p.str("metric", "cosine", choices=METRICS)
     queries = await p.vectors("queries", model, dim, default_dim=op.settings.dimension)
     others = await p.vectors("others", model, queries.dim)
     if others.data.dim() > 2:
