@@ -15,6 +15,7 @@ from hd_compute.monitoring import tracing
 from hd_compute.monitoring.metrics import MetricsCollector
 from hd_compute.service.app import create_app
 from hd_compute.service.cli import app as cli_app
+from hd_compute.service.codec import Limits
 from hd_compute.service.config import ENV_VARS, SettingsError, WorkerSettings
 
 
@@ -41,11 +42,28 @@ def test_defaults_env_and_overrides():
 @pytest.mark.parametrize("var, value", [
     ("HDC_DIMENSION", "ten"), ("HDC_DIMENSION", "0"), ("HDC_VSA", "XOR"), ("HDC_DEVICE", "tpu"),
     ("HDC_PORT", "70000"), ("HDC_BENCHMARK_ENABLED", "maybe"), ("HDC_HEALTH_MEMORY_PERCENT", "120"),
-    ("HDC_SHUTDOWN_GRACE_SECONDS", "nan"), ("HDC_LOG_FORMAT", "xml"),
+    ("HDC_SHUTDOWN_GRACE_SECONDS", "nan"), ("HDC_LOG_FORMAT", "xml"), ("HDC_MAX_JSON_BODY_BYTES", "100"),
+    ("HDC_MAX_RESPONSE_BYTES", "-1"), ("HDC_MAX_ALLOCATION_BYTES", "1k"), ("HDC_HEADER_TIMEOUT_SECONDS", "0"),
+    ("HDC_BODY_TIMEOUT_SECONDS", "inf"), ("HDC_BODY_TIMEOUT_SECONDS", "7200"),
 ])
 def test_invalid_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
         WorkerSettings.from_env(environ={var: value})
+
+
+def test_the_input_limits_and_timeouts():
+    s = WorkerSettings.from_env(environ={})
+    assert (s.max_json_body_bytes, s.max_response_bytes, s.max_allocation_bytes) == (4 << 20, 64 << 20, 1 << 30)
+    assert (s.header_timeout_seconds, s.body_timeout_seconds) == (15.0, 30.0)
+    env = {"HDC_MAX_JSON_BODY_BYTES": "2048", "HDC_MAX_RESPONSE_BYTES": "4096", "HDC_MAX_ALLOCATION_BYTES": "2097152",
+           "HDC_HEADER_TIMEOUT_SECONDS": "2.5", "HDC_BODY_TIMEOUT_SECONDS": "9"}
+    s = WorkerSettings.from_env(environ=env)
+    assert (s.max_json_body_bytes, s.max_response_bytes, s.max_allocation_bytes) == (2048, 4096, 2 << 20)
+    assert (s.header_timeout_seconds, s.body_timeout_seconds) == (2.5, 9.0)
+    # a JSON limit above the body limit is the body limit
+    limits = Limits.from_settings(WorkerSettings(max_body_bytes=8192, max_json_body_bytes=1 << 20))
+    assert limits.json_body_bytes == 8192
+    assert WorkerSettings.from_env(environ={}) == WorkerSettings()  # one definition of each default
 
 
 def test_cli_rejects_bad_configuration_and_bench_prints_history(tmp_path, monkeypatch):
