@@ -1,0 +1,154 @@
+"""`StateStore`: the one interface to the state, whichever backend holds it.
+
+    store = StateStore.open(database_url=os.environ.get("HDC_STATE_DATABASE_URL"), state_dir="hdc-state")
+    written = store.add_items("animals", items, keys=["cat", "dog"])   # returns once committed
+    written.version, written.ids                                       # the state version, the items' ids
+
+Every write method returns a `Committed` only after its transaction has committed, and raises otherwise
+(`NotFound`, `AlreadyExists`, `ValueError` for a bad argument, `StoreUnavailable` when the database did not
+answer). Thread-safe: each call takes its own connection (SQLite: one writer at a time in the process).
+Objects whose uncompacted entries reached `compact_every` are remembered and compacted by `compact_due()`,
+which a `Follower`'s background thread calls after catching up, so writes never wait for a compaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from hd_compute.hypervectors import Hypervectors
+
+from . import compaction, reader
+from .cache import StateCache
+from .database import POSTGRESQL, Database
+from .schema import Kind
+from .writes import Committed, Transaction
+
+DEFAULT_COMPACT_EVERY = 1000  # uncompacted entries of one object that make it due for compaction
+DEFAULT_RETAIN_VERSIONS = 100_000  # versions of log kept beyond what compaction covers, for lagging followers
+
+
+class StateStore:
+    def __init__(self, database: Database, *, compact_every: int = DEFAULT_COMPACT_EVERY,
+                 retain_versions: int = DEFAULT_RETAIN_VERSIONS) -> None:
+        if compact_every < 0 or retain_versions < 0:
+            raise ValueError("compact_every and retain_versions must be >= 0")
+        self.database = database
+        self.compact_every = compact_every
+        self.retain_versions = retain_versions
+        self._commit_hooks: list[Callable[[int], None]] = []
+        self._due: set[tuple[Kind, str]] = set()
+        self._due_lock = threading.Lock()
+
+    # -- opening -------------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, *, database_url: str | None = None, state_dir: str | None = None, **options: Any) -> "StateStore":
+        """PostgreSQL when `database_url` is given (the shared system of record), else SQLite in `state_dir`
+        (one process; a second one gets `StateDirLocked` naming the directory and the holder)."""
+        if database_url:
+            return cls(Database.postgres(database_url), **options)
+        if state_dir:
+            return cls(Database.sqlite(state_dir), **options)
+        raise ValueError("the state store needs database_url (PostgreSQL) or state_dir (SQLite)")
+
+    @property
+    def backend(self) -> str:
+        """"postgresql" or "sqlite"."""
+        return self.database.backend
+
+    @property
+    def shared(self) -> bool:
+        """True when several processes may share this store (PostgreSQL)."""
+        return self.database.backend == POSTGRESQL
+
+    @property
+    def description(self) -> str:
+        """The database URL without its password, or the SQLite state directory."""
+        return self.database.description
+
+    def close(self) -> None:
+        """Closes the connections and, for SQLite, releases the state directory."""
+        self.database.close()
+
+    # -- writing -----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """Several writes that commit together (or not at all) when the block ends."""
+        with self.database.writing("write") as conn:
+            tx = Transaction(self.database, conn, self.compact_every)
+            yield tx
+        if tx.committed:
+            with self._due_lock:
+                self._due |= tx.due
+            newest = tx.committed[-1].version
+            for hook in list(self._commit_hooks):
+                hook(newest)
+
+    def _write(self, write: Callable[[Transaction], Committed]) -> Committed:
+        with self.transaction() as tx:
+            committed = write(tx)
+        return committed
+
+    def create_memory(self, name: str, dim: int, vsa: str = "MAP", dtype: torch.dtype | None = None) -> Committed:
+        return self._write(lambda tx: tx.create_memory(name, dim, vsa, dtype))
+
+    def add_items(self, name: str, items: Hypervectors, keys: Sequence[str] | None = None) -> Committed:
+        return self._write(lambda tx: tx.add_items(name, items, keys))
+
+    def create_classifier(self, name: str, num_classes: int, dim: int, vsa: str = "MAP",
+                          temperature: float = 0.05) -> Committed:
+        return self._write(lambda tx: tx.create_classifier(name, num_classes, dim, vsa, temperature))
+
+    def fit_classifier(self, name: str, x: Any, y: Any, *, partial: bool = False, adaptive: bool = False,
+                       epochs: int = 1, lr: float = 1.0) -> Committed:
+        return self._write(lambda tx: tx.fit_classifier(name, x, y, partial=partial, adaptive=adaptive,
+                                                        epochs=epochs, lr=lr))
+
+    def delete(self, kind: Kind | str, name: str) -> Committed:
+        return self._write(lambda tx: tx.delete(Kind(kind), name))
+
+    def on_commit(self, hook: Callable[[int], None]) -> None:
+        """Calls hook(version) in the writing thread after each of this process's commits (a local wake-up)."""
+        self._commit_hooks.append(hook)
+
+    def remove_commit_hook(self, hook: Callable[[int], None]) -> None:
+        if hook in self._commit_hooks:
+            self._commit_hooks.remove(hook)
+
+    # -- reading -----------------------------------------------------------------------------------------------
+    def head_version(self) -> int:
+        """The newest committed state version."""
+        with self.database.reading("head read") as conn:
+            return reader.head_of(conn)
+
+    def read_since(self, version: int, limit: int) -> reader.LogSlice:
+        return reader.read_since(self.database, version, limit)
+
+    def load_cache(self, device: torch.device) -> StateCache:
+        return reader.load_cache(self.database, device)
+
+    # -- compaction ----------------------------------------------------------------------------------------------
+    def compact(self, kind: Kind | str, name: str) -> bool:
+        """Folds one object's new entries into segments (False: not live, or nothing new)."""
+        return compaction.compact_object(self.database, Kind(kind), name)
+
+    def compact_due(self) -> int:
+        """Compacts the objects this process's writes made due, then prunes; returns how many were compacted."""
+        with self._due_lock:
+            due, self._due = self._due, set()
+        if not due:
+            return 0
+        compacted = sum(compaction.compact_object(self.database, kind, name) for kind, name in sorted(due))
+        compaction.prune(self.database, self.retain_versions)
+        return compacted
+
+    def compact_all(self) -> int:
+        """Compacts every live object with new entries, then prunes; returns how many were compacted."""
+        targets = compaction.uncompacted(self.database)
+        compacted = sum(compaction.compact_object(self.database, kind, name) for kind, name in targets)
+        compaction.prune(self.database, self.retain_versions)
+        return compacted
