@@ -60,8 +60,10 @@ def test_cuda_requested_without_cuda():
         rnd(device="tpu")
 
 
-@pytest.mark.parametrize("op,argname", [("bind", "a"), ("unbind", "a"), ("bundle", "a"),
-                                        ("cosine_similarity", "input"), ("hamming_similarity", "input")])
+@pytest.mark.parametrize(
+    "op,argname",
+    [("bind", "a"), ("unbind", "a"), ("bundle", "a"), ("cosine_similarity", "input"), ("hamming_similarity", "input")],
+)
 def test_plain_tensor_instead_of_hypervectors(op, argname):
     fn = getattr(hc, op)
     x = rnd()
@@ -119,8 +121,13 @@ def test_dim_not_positive(make, dim):
 
 @pytest.mark.parametrize("dim", [0, -1, 2.5, True])
 def test_dim_not_positive_classes(dim):
-    for build in (lambda: ItemMemory(dim), lambda: Centroid(2, dim), lambda: IDLevelEncoder(3, dim),
-                  lambda: RandomProjectionEncoder(3, dim), lambda: hc.Hypervectors(torch.ones(1, dtype=torch.int8), "MAP", dim)):
+    for build in (
+        lambda: ItemMemory(dim),
+        lambda: Centroid(2, dim),
+        lambda: IDLevelEncoder(3, dim),
+        lambda: RandomProjectionEncoder(3, dim),
+        lambda: hc.Hypervectors(torch.ones(1, dtype=torch.int8), "MAP", dim),
+    ):
         with pytest.raises((ValueError, TypeError), match="dim must be"):
             build()
 

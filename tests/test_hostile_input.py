@@ -89,8 +89,11 @@ def test_a_zip_bomb_is_refused_without_unpacking_it(worker, record_property):
     """Was: 400 only after 7.5-10 s, peak RSS 686 -> 2,780 MB, /livez blocked 10.3 s. (It runs before the tests of
     large bodies and responses, whose own peaks would hide a growth of the peak.)"""
     before = worker.peak_rss_bytes()
-    for name, body in (("honest_bomb", zip_bomb((16,), 256 * MIB)), ("lying_bomb", lying_bomb()),
-                       ("declared_bomb", zip_bomb((256 * MIB,), 256 * MIB))):
+    for name, body in (
+        ("honest_bomb", zip_bomb((16,), 256 * MIB)),
+        ("lying_bomb", lying_bomb()),
+        ("declared_bomb", zip_bomb((256 * MIB,), 256 * MIB)),
+    ):
         with LivenessProbe(worker) as probe:
             code, answer = worker.request("POST", "/v1/ops/bundle?vsa=MAP", body, content_type=NPZ)
         assert code in (400, 413) and answer["error"] in ("malformed_body", "invalid_field", "body_too_large"), answer
@@ -127,8 +130,9 @@ def test_zero_hypervectors_are_an_empty_answer(worker, vsa):
     status, body = worker.request("POST", "/v1/hypervectors/random", {"num": [2, 0], "vsa": vsa, "dimension": 8})
     assert status == 200 and body["vectors"] == [[], []]
     words = np.zeros((0, 16), dtype=np.int64)
-    status, body = worker.request("POST", "/v1/ops/permute?vsa=BSC", npz(vectors=words), content_type=NPZ,
-                                  headers={"Accept": "application/json"})
+    status, body = worker.request(
+        "POST", "/v1/ops/permute?vsa=BSC", npz(vectors=words), content_type=NPZ, headers={"Accept": "application/json"}
+    )
     assert status == 200 and body["shape"] == [0]
 
 
@@ -143,19 +147,29 @@ def test_permute_takes_every_int64_shift_modulo_the_dimension(worker, shifts):
 
 def test_a_classifier_too_large_to_allocate_is_refused_naming_num_classes(worker):
     """Was: a 500 at fit, when num_classes x dimension could not be allocated."""
-    refused(worker.request("POST", "/v1/classifiers", {"name": "huge", "num_classes": 1_000_000,
-                                                        "dimension": 1 << 20}), 400, "num_classes")
-    refused(worker.request("POST", "/v1/memories", {"name": "wide", "dimension": 1 << 24, "vsa": "HRR"}),
-            400, "dimension")
+    refused(
+        worker.request("POST", "/v1/classifiers", {"name": "huge", "num_classes": 1_000_000, "dimension": 1 << 20}),
+        400,
+        "num_classes",
+    )
+    refused(
+        worker.request("POST", "/v1/memories", {"name": "wide", "dimension": 1 << 24, "vsa": "HRR"}), 400, "dimension"
+    )
     assert worker.request("GET", "/v1/classifiers/huge")[0] == 404
 
 
 def test_overflowing_and_non_finite_hrr_values_are_refused_naming_the_field(worker):
     """Was: 200 with null similarities for 3e38, and a NaN item ranked first in an HRR memory."""
-    refused(worker.request("POST", "/v1/ops/similarity", {"queries": [3e38, 3e38], "others": [[3e38, 1.0]],
-                                                           "vsa": "HRR"}), 400, "queries")
-    refused(worker.request("POST", "/v1/ops/similarity", {"queries": [1e39, 0.0], "others": [[1.0, 0.0]],
-                                                           "vsa": "HRR"}), 400, "queries")
+    refused(
+        worker.request("POST", "/v1/ops/similarity", {"queries": [3e38, 3e38], "others": [[3e38, 1.0]], "vsa": "HRR"}),
+        400,
+        "queries",
+    )
+    refused(
+        worker.request("POST", "/v1/ops/similarity", {"queries": [1e39, 0.0], "others": [[1.0, 0.0]], "vsa": "HRR"}),
+        400,
+        "queries",
+    )
     assert worker.request("POST", "/v1/memories", {"name": "reals", "dimension": 4, "vsa": "HRR"})[0] == 201
     items = np.array([[0.5, 0.5, 0.5, 0.5], [np.nan, 0.0, 0.0, 0.0]], dtype=np.float32)
     refused(worker.request("POST", "/v1/memories/reals/items", npz(vectors=items), content_type=NPZ), 400, "vectors")
@@ -191,8 +205,13 @@ def test_the_largest_json_body_and_the_largest_npz_body(worker, record_property)
     packed = npz(queries=queries, others=queries[:2])
     assert npz_limit - 8192 < len(packed) <= npz_limit
     with LivenessProbe(worker) as probe:
-        status, answer = worker.request("POST", f"/v1/ops/similarity?dimension={D}", packed, content_type=NPZ,
-                                        headers={"Accept": "application/json"})
+        status, answer = worker.request(
+            "POST",
+            f"/v1/ops/similarity?dimension={D}",
+            packed,
+            content_type=NPZ,
+            headers={"Accept": "application/json"},
+        )
     assert status == 200 and len(answer["similarities"]) == rows, str(answer)[:300]
     report(record_property, f"npz_body_{len(packed)}_bytes", probe)
     del packed, queries
@@ -227,8 +246,10 @@ def test_slow_headers_and_slow_bodies_are_cut_off(worker, record_property):
             heads.append(s)
         for _ in range(50):
             s = socket.create_connection(("127.0.0.1", worker.port))
-            s.sendall(b"POST /v1/ops/bind HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 100000\r\n\r\n{\"a\": [")  # and never the rest of the body
+            s.sendall(
+                b"POST /v1/ops/bind HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b'Content-Length: 100000\r\n\r\n{"a": ['
+            )  # and never the rest of the body
             bodies.append(s)
         for s in heads:
             assert recv_until_closed(s, started + HEADER_TIMEOUT + 20) == b""
@@ -243,16 +264,19 @@ def test_slow_headers_and_slow_bodies_are_cut_off(worker, record_property):
     serves(worker)
 
 
-@pytest.mark.parametrize("path, body, field", [
-    ("/v1/memories/none/query", {"queries": [1, -1], "k": None}, "k"),
-    ("/v1/ops/similarity", {"queries": [1, -1], "others": [[1, -1]], "metric": None}, "metric"),
-    ("/v1/hypervectors/random", {"num": None}, "num"),
-    ("/v1/hypervectors/random", {"num": 2, "seed": None}, "seed"),
-    ("/v1/ops/bind", {"a": [1, -1], "b": None}, "b"),
-    ("/v1/classifiers", {"name": "c", "num_classes": 2, "temperature": None}, "temperature"),
-    ("/v1/ops/bundle", {"vectors": [[1, True]], "vsa": "MAP"}, "vectors"),
-    ("/v1/hypervectors/random", {"num": [2, True]}, "num"),
-])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        ("/v1/memories/none/query", {"queries": [1, -1], "k": None}, "k"),
+        ("/v1/ops/similarity", {"queries": [1, -1], "others": [[1, -1]], "metric": None}, "metric"),
+        ("/v1/hypervectors/random", {"num": None}, "num"),
+        ("/v1/hypervectors/random", {"num": 2, "seed": None}, "seed"),
+        ("/v1/ops/bind", {"a": [1, -1], "b": None}, "b"),
+        ("/v1/classifiers", {"name": "c", "num_classes": 2, "temperature": None}, "temperature"),
+        ("/v1/ops/bundle", {"vectors": [[1, True]], "vsa": "MAP"}, "vectors"),
+        ("/v1/hypervectors/random", {"num": [2, True]}, "num"),
+    ],
+)
 def test_null_and_other_wrong_types_are_400_naming_the_field(worker, path, body, field):
     """Was: null accepted for non-nullable fields; `k: null` answered with an internal TypeError message."""
     if path.startswith("/v1/memories/none"):

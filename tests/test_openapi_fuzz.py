@@ -30,8 +30,15 @@ MAX_EXAMPLES = int(os.environ.get("HDC_FUZZ_EXAMPLES", "100"))  # per operation:
 @pytest.fixture
 def worker(tmp_path):
     # Dimension 4 and a small allocation bound: the fuzzer's valid requests stay cheap on a shared machine.
-    w = WorkerProcess(tmp_path, tmp_path / "state", HDC_DIMENSION="4", HDC_VSA="MAP", HDC_LOG_LEVEL="WARNING",
-                      HDC_MAX_ALLOCATION_BYTES=str(64 << 20), HDC_MAX_RESPONSE_BYTES=str(4 << 20)).start()
+    w = WorkerProcess(
+        tmp_path,
+        tmp_path / "state",
+        HDC_DIMENSION="4",
+        HDC_VSA="MAP",
+        HDC_LOG_LEVEL="WARNING",
+        HDC_MAX_ALLOCATION_BYTES=str(64 << 20),
+        HDC_MAX_RESPONSE_BYTES=str(4 << 20),
+    ).start()
     # the named entries of the document's examples, so that their routes get past 404
     assert w.request("POST", "/v1/memories", {"name": "colors", "dimension": 4})[0] == 201
     assert w.request("POST", "/v1/memories/colors/items", {"vectors": [[1, -1, 1, -1]], "keys": ["red"]})[0] == 200
@@ -45,10 +52,28 @@ def worker(tmp_path):
 
 
 def test_the_live_worker_matches_its_openapi_document(worker, tmp_path):
-    command = [str(SCHEMATHESIS), "run", f"http://127.0.0.1:{worker.port}/openapi.json",
-               "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-               "--phases", "examples,coverage,fuzzing", "--max-examples", str(MAX_EXAMPLES), "--seed", str(SEED),
-               "--workers", "1", "--generation-database", "none", "--request-timeout", "30", "--no-color"]
+    command = [
+        str(SCHEMATHESIS),
+        "run",
+        f"http://127.0.0.1:{worker.port}/openapi.json",
+        "--checks",
+        "all",
+        "--exclude-checks",
+        "positive_data_acceptance",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        str(SEED),
+        "--workers",
+        "1",
+        "--generation-database",
+        "none",
+        "--request-timeout",
+        "30",
+        "--no-color",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report[-8000:]

@@ -31,8 +31,15 @@ NPZ = "application/x-npz"
 
 
 def make_settings(tmp_path, **kw) -> WorkerSettings:
-    base = dict(dimension=DIM, vsa="MAP", device="cpu", state_dir=str(tmp_path / "state"), batch_max_wait_ms=20,
-                benchmark_enabled=False, max_body_bytes=1 << 20)
+    base = dict(
+        dimension=DIM,
+        vsa="MAP",
+        device="cpu",
+        state_dir=str(tmp_path / "state"),
+        batch_max_wait_ms=20,
+        benchmark_enabled=False,
+        max_body_bytes=1 << 20,
+    )
     base.update(kw)
     return WorkerSettings(**base)
 
@@ -121,8 +128,9 @@ async def test_bind_bundle_permute_match_functional(client, vsa):
 async def test_similarity_matches_functional(client):
     q, others = rand(3, seed=3), rand(5, seed=4)
     for metric, fn in (("cosine", F.cosine_similarity), ("dot", F.dot_similarity), ("hamming", F.hamming_similarity)):
-        resp = await client.post("/v1/ops/similarity", json={"queries": hv_to_json(q), "others": hv_to_json(others),
-                                                             "metric": metric})
+        resp = await client.post(
+            "/v1/ops/similarity", json={"queries": hv_to_json(q), "others": hv_to_json(others), "metric": metric}
+        )
         assert resp.status == 200, await resp.text()
         got = torch.tensor((await resp.json())["similarities"], dtype=torch.float64)
         assert torch.allclose(got, fn(q, others).double(), atol=1e-5), metric
@@ -132,8 +140,11 @@ async def test_similarity_matches_functional(client):
 async def test_binary_npz_round_trip(client):
     # BSC travels as packed int64 words; the response keeps the storage form bit for bit.
     a, b = rand(6, "BSC", 5), rand(6, "BSC", 6)
-    resp = await client.post("/v1/ops/bind?vsa=BSC&dimension=256", data=npz_bytes(a=a.data.numpy(), b=b.data.numpy()),
-                             headers={"Content-Type": NPZ})
+    resp = await client.post(
+        "/v1/ops/bind?vsa=BSC&dimension=256",
+        data=npz_bytes(a=a.data.numpy(), b=b.data.numpy()),
+        headers={"Content-Type": NPZ},
+    )
     assert resp.status == 200, await resp.text()
     assert resp.content_type == NPZ
     out = read_npz(await resp.read())
@@ -141,12 +152,16 @@ async def test_binary_npz_round_trip(client):
     assert torch.equal(torch.from_numpy(out["vectors"]), F.bind(a, b).data)
     # Big-endian input is read by its header; JSON in, npz out via Accept.
     x = rand(2, "HRR", 7)
-    resp = await client.post("/v1/ops/permute?vsa=HRR&shifts=2", data=npz_bytes(vectors=x.data.numpy().astype(">f4")),
-                             headers={"Content-Type": NPZ, "Accept": "application/json"})
+    resp = await client.post(
+        "/v1/ops/permute?vsa=HRR&shifts=2",
+        data=npz_bytes(vectors=x.data.numpy().astype(">f4")),
+        headers={"Content-Type": NPZ, "Accept": "application/json"},
+    )
     assert resp.status == 200, await resp.text()
     assert torch.allclose(torch.tensor((await resp.json())["vectors"]), F.permute(x, 2).dense())
-    resp = await client.post("/v1/hypervectors/random", json={"num": 2, "seed": 1, "vsa": "FHRR"},
-                             headers={"Accept": NPZ})
+    resp = await client.post(
+        "/v1/hypervectors/random", json={"num": 2, "seed": 1, "vsa": "FHRR"}, headers={"Accept": NPZ}
+    )
     out = read_npz(await resp.read())
     assert out["vectors"].dtype == np.complex64
     assert torch.equal(torch.from_numpy(out["vectors"]), F.random(2, DIM, "FHRR", seed=1).data)
@@ -159,8 +174,9 @@ async def test_item_memory_lifecycle(client):
     assert resp.status == 201, await resp.text()
     assert (await resp.json()) == {"name": "m1", "vsa": "MAP", "dimension": DIM, "size": 0}
     assert (await client.post("/v1/memories", json={"name": "m1"})).status == 409
-    resp = await client.post("/v1/memories/m1/items", json={"vectors": hv_to_json(items),
-                                                           "keys": [f"k{i}" for i in range(20)]})
+    resp = await client.post(
+        "/v1/memories/m1/items", json={"vectors": hv_to_json(items), "keys": [f"k{i}" for i in range(20)]}
+    )
     assert resp.status == 200, await resp.text()
     assert (await resp.json())["ids"] == list(range(20))
     resp = await client.post("/v1/memories/m1/query", json={"queries": hv_to_json(queries), "k": 3})
@@ -173,8 +189,9 @@ async def test_item_memory_lifecycle(client):
     assert torch.allclose(torch.tensor(body["similarities"]), want.similarities, atol=1e-6)
     assert body["keys"] == [f"k{i}" for i in want.indices.reshape(-1).tolist()]
     # a query for a stored item finds it, via npz too
-    resp = await client.post("/v1/memories/m1/query?k=1", data=npz_bytes(queries=items.data[5:6].numpy()),
-                             headers={"Content-Type": NPZ})
+    resp = await client.post(
+        "/v1/memories/m1/query?k=1", data=npz_bytes(queries=items.data[5:6].numpy()), headers={"Content-Type": NPZ}
+    )
     assert read_npz(await resp.read())["indices"].tolist() == [[5]]
     assert (await (await client.get("/v1/memories/m1")).json())["size"] == 20
     assert [m["name"] for m in (await (await client.get("/v1/memories")).json())["memories"]] == ["m1"]
@@ -187,8 +204,20 @@ async def test_item_memory_lifecycle(client):
 async def test_classifier_fit_predict_matches_centroid(client):
     protos = rand(3, seed=20)
     noise = [F.random(1, DIM, seed=30 + i) for i in range(12)]
-    x = Hypervectors(torch.stack([torch.where(torch.rand(DIM, generator=torch.Generator().manual_seed(i)) < 0.2,
-                                              noise[i].data[0], protos.data[i % 3]) for i in range(12)]), "MAP", DIM)
+    x = Hypervectors(
+        torch.stack(
+            [
+                torch.where(
+                    torch.rand(DIM, generator=torch.Generator().manual_seed(i)) < 0.2,
+                    noise[i].data[0],
+                    protos.data[i % 3],
+                )
+                for i in range(12)
+            ]
+        ),
+        "MAP",
+        DIM,
+    )
     y = [i % 3 for i in range(12)]
     assert (await client.post("/v1/classifiers", json={"name": "c", "num_classes": 3})).status == 201
     resp = await client.post("/v1/classifiers/c/predict", json={"x": hv_to_json(x)})
@@ -214,9 +243,22 @@ async def test_probes_health_metrics_openapi(client):
     text = await resp.text()
     assert resp.status == 200 and 'hdc_operation_total{operation="random"}' in text
     spec = await (await client.get("/openapi.json")).json()
-    for path in ("/v1/hypervectors/random", "/v1/ops/bind", "/v1/ops/bundle", "/v1/ops/permute", "/v1/ops/similarity",
-                 "/v1/memories", "/v1/memories/{name}/items", "/v1/memories/{name}/query", "/v1/classifiers",
-                 "/v1/classifiers/{name}/fit", "/v1/classifiers/{name}/predict", "/health", "/readyz", "/metrics"):
+    for path in (
+        "/v1/hypervectors/random",
+        "/v1/ops/bind",
+        "/v1/ops/bundle",
+        "/v1/ops/permute",
+        "/v1/ops/similarity",
+        "/v1/memories",
+        "/v1/memories/{name}/items",
+        "/v1/memories/{name}/query",
+        "/v1/classifiers",
+        "/v1/classifiers/{name}/fit",
+        "/v1/classifiers/{name}/predict",
+        "/health",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in spec["paths"], path
     resp = await client.get("/livez", headers={"X-Correlation-ID": "abc-123"})
     assert resp.headers["X-Correlation-ID"] == "abc-123"
@@ -236,8 +278,9 @@ async def test_an_idle_worker_exports_its_operation_series_at_zero(client):
     from hd_compute.service.app import OPERATIONS
 
     text = await (await client.get("/metrics")).text()
-    samples = {(s.name, s.labels.get("operation")): s.value
-               for f in text_string_to_metric_families(text) for s in f.samples}
+    samples = {
+        (s.name, s.labels.get("operation")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
     assert {"random", "memory_query", "classifier_predict"} <= set(OPERATIONS)
     for op in OPERATIONS:
         assert samples[("hdc_hypervector_operations_total", op)] == 0, op
@@ -256,9 +299,12 @@ async def test_concurrent_similarity_requests_are_coalesced(client):
     calls_before = worker.batcher.kernel_calls
     count_before = sample(client, "hdc_batch_size_distribution_count")
     sum_before = sample(client, "hdc_batch_size_distribution_sum")
-    responses = await asyncio.gather(*[
-        client.post("/v1/ops/similarity", json={"queries": hv_to_json(q), "others": hv_to_json(others)})
-        for q in queries])
+    responses = await asyncio.gather(
+        *[
+            client.post("/v1/ops/similarity", json={"queries": hv_to_json(q), "others": hv_to_json(others)})
+            for q in queries
+        ]
+    )
     for q, resp in zip(queries, responses, strict=True):
         assert resp.status == 200
         got = torch.tensor((await resp.json())["similarities"])
@@ -277,8 +323,12 @@ async def test_concurrent_memory_queries_are_coalesced(client):
     await client.post("/v1/memories/mq/items", json={"vectors": hv_to_json(items)})
     before = worker.batcher.kernel_calls
     ks = [1 + i % 4 for i in range(12)]
-    responses = await asyncio.gather(*[
-        client.post("/v1/memories/mq/query", json={"queries": hv_to_json(items[i]), "k": k}) for i, k in enumerate(ks)])
+    responses = await asyncio.gather(
+        *[
+            client.post("/v1/memories/mq/query", json={"queries": hv_to_json(items[i]), "k": k})
+            for i, k in enumerate(ks)
+        ]
+    )
     for i, (k, resp) in enumerate(zip(ks, responses, strict=True)):
         body = await resp.json()
         assert resp.status == 200 and len(body["indices"]) == k and body["indices"][0] == i
@@ -318,8 +368,13 @@ BAD_REQUESTS = [
     ("/v1/ops/bind", {"a": [1, -1] * 128}, 400, "missing_field", "b"),
     ("/v1/ops/bind", {"a": [1, 0] * 128, "b": [1, -1] * 128}, 400, "invalid_field", "a"),
     ("/v1/ops/bind", {"vsa": "XYZ", "a": [1], "b": [1]}, 400, "unknown_vsa", "vsa"),
-    ("/v1/ops/similarity", {"queries": [1, -1] * 128, "others": [1, -1] * 128, "metric": "l2"}, 400, "invalid_field",
-     "metric"),
+    (
+        "/v1/ops/similarity",
+        {"queries": [1, -1] * 128, "others": [1, -1] * 128, "metric": "l2"},
+        400,
+        "invalid_field",
+        "metric",
+    ),
     ("/v1/memories/nope/query", {"queries": [1, -1] * 128}, 404, "memory_not_found", "name"),
     ("/v1/classifiers/nope/predict", {"x": [[1, -1] * 128]}, 404, "classifier_not_found", "name"),
     ("/v1/hypervectors/random", {"num": "three"}, 400, "invalid_field", "num"),
@@ -330,9 +385,14 @@ BAD_REQUESTS = [
 @pytest.mark.asyncio
 @pytest.mark.parametrize("path, body, status, error, field", BAD_REQUESTS)
 async def test_bad_input_is_a_4xx_naming_the_field(client, path, body, status, error, field):
-    operation = {"/v1/ops/bind": "bind", "/v1/ops/similarity": "similarity", "/v1/memories/nope/query": "memory_query",
-                 "/v1/classifiers/nope/predict": "classifier_predict", "/v1/hypervectors/random": "random",
-                 "/v1/memories": "memory_create"}[path]
+    operation = {
+        "/v1/ops/bind": "bind",
+        "/v1/ops/similarity": "similarity",
+        "/v1/memories/nope/query": "memory_query",
+        "/v1/classifiers/nope/predict": "classifier_predict",
+        "/v1/hypervectors/random": "random",
+        "/v1/memories": "memory_create",
+    }[path]
     labels = {"operation": operation, "error": error}
     before = sample(client, "hdc_operation_errors_total", labels)
     if isinstance(body, bytes):
@@ -389,12 +449,21 @@ async def test_cuda_out_of_memory_is_503_and_the_worker_keeps_serving(client, mo
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("failure, status, error", [
-    (MemoryError(), 503, "insufficient_memory"),
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
-                  "allocate 1125899906842624 bytes"), 503, "insufficient_memory"),
-    (RuntimeError("secret internals of a bug"), 500, "internal_error"),
-])
+@pytest.mark.parametrize(
+    "failure, status, error",
+    [
+        (MemoryError(), 503, "insufficient_memory"),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried to "
+                "allocate 1125899906842624 bytes"
+            ),
+            503,
+            "insufficient_memory",
+        ),
+        (RuntimeError("secret internals of a bug"), 500, "internal_error"),
+    ],
+)
 async def test_host_out_of_memory_is_503_a_bug_500_without_internals(client, monkeypatch, failure, status, error):
     def fail(*args, **kwargs):
         raise failure
@@ -430,8 +499,11 @@ async def test_large_bodies_and_responses_are_handled_off_the_event_loop(client,
     rows = codec.INLINE_CODEC_MAX_BYTES // DIM + 1  # int8: one byte per element
     for n in (1, rows):
         data = rand(n).data.numpy()
-        resp = await client.post("/v1/ops/bundle?vsa=MAP", data=npz_bytes(vectors=data[None]),
-                                 headers={"Content-Type": NPZ, "Accept": "application/json"})
+        resp = await client.post(
+            "/v1/ops/bundle?vsa=MAP",
+            data=npz_bytes(vectors=data[None]),
+            headers={"Content-Type": NPZ, "Accept": "application/json"},
+        )
         assert resp.status == 200, await resp.text()
     assert threads["read"][0] == loop_thread and threads["read"][1] != loop_thread
     resp = await client.post("/v1/hypervectors/random", json={"num": codec.INLINE_CODEC_MAX_BYTES // (3 * DIM) + 1})

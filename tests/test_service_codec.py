@@ -45,8 +45,11 @@ def npz(compressed: bool = False, **arrays) -> bytes:
 
 def npy_header(descr: str, shape: tuple, *, spaced: bool = False) -> bytes:
     """A version 1.0 .npy header; `spaced` writes it in a spelling numpy.save never uses (the reader must not care)."""
-    text = (f"{{ 'shape' : {shape!r} , 'descr' : '{descr}' , 'fortran_order' : False }}" if spaced
-            else f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}")
+    text = (
+        f"{{ 'shape' : {shape!r} , 'descr' : '{descr}' , 'fortran_order' : False }}"
+        if spaced
+        else f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}"
+    )
     text += " " * (63 - (10 + len(text)) % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
 
@@ -162,8 +165,12 @@ def test_short_long_corrupt_and_foreign_members_are_400():
     member = io.BytesIO()
     np.save(member, np.ones((4, 8), dtype=np.int8))
     good = member.getvalue()
-    for data, words in ((good[:-3], "data end after"), (good + b"\x01", "more data than"),
-                        (b"hello", "not a readable .npy"), (good[:8], "not a readable .npy")):
+    for data, words in (
+        (good[:-3], "data end after"),
+        (good + b"\x01", "more data than"),
+        (b"hello", "not a readable .npy"),
+        (good[:8], "not a readable .npy"),
+    ):
         err = refused(archive({"q.npy": data}))
         assert (err.status, err.field) == (400, "q") and words in err.detail, err.detail
     # flipped bytes inside the stored data: the zip CRC catches them
@@ -245,9 +252,11 @@ def test_bsc_padding_bits_are_refused():
 
 
 def test_binary_hrr_and_fhrr_values_are_validated_by_the_engine():
-    for arr, vsa in ((np.array([[np.nan, 0.0]], dtype=np.float32), "HRR"),
-                     (np.array([[np.inf, 0.0]], dtype=np.float64), "HRR"),
-                     (np.array([[2 + 0j, 1j]], dtype=np.complex64), "FHRR")):
+    for arr, vsa in (
+        (np.array([[np.nan, 0.0]], dtype=np.float32), "HRR"),
+        (np.array([[np.inf, 0.0]], dtype=np.float64), "HRR"),
+        (np.array([[2 + 0j, 1j]], dtype=np.complex64), "FHRR"),
+    ):
         with pytest.raises(ApiError) as err:
             _from_storage(arr, "x", get_model(vsa), 2, 2)
         assert err.value.status == 400 and err.value.field == "x"
@@ -264,9 +273,15 @@ def json_error(fn, *args, **kwargs) -> ApiError:
 
 def test_null_is_refused_for_every_field():
     p = Payload({"k": None, "vsa": None, "vectors": None, "y": None, "partial": None, "lr": None, "keys": None})
-    for call in (lambda: p.int("k", 1), lambda: p.vsa("MAP"),
-                 lambda: p.decode_vectors("vectors", get_model("MAP"), None), lambda: p.labels("y"),
-                 lambda: p.bool("partial"), lambda: p.float("lr", 1.0), lambda: p.strings("keys")):
+    for call in (
+        lambda: p.int("k", 1),
+        lambda: p.vsa("MAP"),
+        lambda: p.decode_vectors("vectors", get_model("MAP"), None),
+        lambda: p.labels("y"),
+        lambda: p.bool("partial"),
+        lambda: p.float("lr", 1.0),
+        lambda: p.strings("keys"),
+    ):
         err = json_error(call)
         assert err.status == 400 and "must not be null" in err.detail
         assert err.detail.split(":")[0] in p.fields
@@ -283,11 +298,18 @@ def test_integers_are_bounded_and_never_leak_a_python_error():
     assert Payload({"k": "12"}, binary=True).int("k") == 12  # the query string of a binary body
 
 
-@pytest.mark.parametrize("value, words", [
-    ([1, True, -1], "only numbers"), (["1", "-1"], "only numbers"), ([1, None], "only numbers"),
-    ([[1, -1], [1]], "rectangular"), ([[1, -1], 1], "rectangular"), ([{"a": 1}], "only numbers"),
-    ("1,-1", "must be a list"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ([1, True, -1], "only numbers"),
+        (["1", "-1"], "only numbers"),
+        ([1, None], "only numbers"),
+        ([[1, -1], [1]], "rectangular"),
+        ([[1, -1], 1], "rectangular"),
+        ([{"a": 1}], "only numbers"),
+        ("1,-1", "must be a list"),
+    ],
+)
 def test_json_vectors_hold_only_numbers_in_a_rectangle(value, words):
     err = json_error(Payload({"a": value}).decode_vectors, "a", get_model("MAP"), None)
     assert err.field == "a" and words in err.detail
@@ -314,12 +336,14 @@ def test_labels_and_strings():
 
 def old_json(fields: dict) -> bytes:
     """What the worker wrote before the piecewise encoder: orjson over tolist()."""
+
     def plain(v):
         if isinstance(v, torch.Tensor):
             return v.tolist()
         if isinstance(v, np.ndarray):
             return v.tolist()
         return hv_to_json(v) if hasattr(v, "vsa") else v
+
     return orjson.dumps({k: plain(v) for k, v in fields.items()})
 
 
@@ -328,8 +352,15 @@ def old_json(fields: dict) -> bytes:
 def test_json_responses_are_the_same_text_and_within_their_worst_case(vsa, num):
     hv = F.random(num, 100, vsa, seed=3)
     scores = torch.randn(*num, 4)
-    fields = {"vsa": vsa, "shape": list(num), "vectors": hv, "similarities": scores, "score": scores.sum(),
-              "indices": np.arange(math.prod(num) * 4).reshape(*num, 4), "keys": ["a", "é\n"] * 3}
+    fields = {
+        "vsa": vsa,
+        "shape": list(num),
+        "vectors": hv,
+        "similarities": scores,
+        "score": scores.sum(),
+        "indices": np.arange(math.prod(num) * 4).reshape(*num, 4),
+        "keys": ["a", "é\n"] * 3,
+    }
     body = encode_json(fields)
     assert body == old_json(fields)
     assert len(body) <= response_size(fields, binary=False)

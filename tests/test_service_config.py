@@ -21,31 +21,78 @@ from hd_compute.service.config import ENV_VARS, SettingsError, WorkerSettings
 
 def test_defaults_env_and_overrides():
     s = WorkerSettings.from_env(environ={})
-    assert (s.dimension, s.vsa, s.device, s.port, s.max_body_bytes, s.batch_max_size, s.batch_max_wait_ms) == \
-        (10_000, "MAP", "auto", 8080, 64 << 20, 256, 2.0)
+    assert (s.dimension, s.vsa, s.device, s.port, s.max_body_bytes, s.batch_max_size, s.batch_max_wait_ms) == (
+        10_000,
+        "MAP",
+        "auto",
+        8080,
+        64 << 20,
+        256,
+        2.0,
+    )
     assert s.benchmark_enabled is True and s.shutdown_grace_seconds == 25.0
     assert s.benchmark_url.startswith("sqlite:///") and s.benchmark_url.endswith("hdc-state/benchmarks.db")
-    env = {"HDC_DIMENSION": "4096", "HDC_VSA": "bsc", "HDC_PORT": "9000", "HDC_BENCHMARK_ENABLED": "false",
-           "HDC_LOG_FILE": "", "HDC_BATCH_MAX_WAIT_MS": "0.5"}
+    env = {
+        "HDC_DIMENSION": "4096",
+        "HDC_VSA": "bsc",
+        "HDC_PORT": "9000",
+        "HDC_BENCHMARK_ENABLED": "false",
+        "HDC_LOG_FILE": "",
+        "HDC_BATCH_MAX_WAIT_MS": "0.5",
+    }
     s = WorkerSettings.from_env({"port": 9100, "dimension": None}, environ=env)
-    assert (s.dimension, s.vsa, s.port, s.benchmark_enabled, s.log_file, s.batch_max_wait_ms) == \
-        (4096, "BSC", 9100, False, None, 0.5)
-    assert set(ENV_VARS.values()) >= {"HDC_DIMENSION", "HDC_VSA", "HDC_DEVICE", "HDC_PORT", "HDC_HOST",
-                                      "HDC_MAX_BODY_BYTES", "HDC_STATE_DIR", "HDC_BATCH_MAX_SIZE",
-                                      "HDC_BATCH_MAX_WAIT_MS", "HDC_HEALTH_CUDA_MEMORY_MB", "HDC_HEALTH_MEMORY_PERCENT",
-                                      "HDC_HEALTH_DISK_PERCENT", "HDC_LOG_LEVEL", "HDC_LOG_FORMAT", "HDC_LOG_FILE",
-                                      "HDC_BENCHMARK_ENABLED", "HDC_BENCHMARK_INTERVAL_SECONDS",
-                                      "HDC_BENCHMARK_DEGRADATION_THRESHOLD", "HDC_BENCHMARK_DATABASE_URL",
-                                      "HDC_SHUTDOWN_GRACE_SECONDS"}
+    assert (s.dimension, s.vsa, s.port, s.benchmark_enabled, s.log_file, s.batch_max_wait_ms) == (
+        4096,
+        "BSC",
+        9100,
+        False,
+        None,
+        0.5,
+    )
+    assert set(ENV_VARS.values()) >= {
+        "HDC_DIMENSION",
+        "HDC_VSA",
+        "HDC_DEVICE",
+        "HDC_PORT",
+        "HDC_HOST",
+        "HDC_MAX_BODY_BYTES",
+        "HDC_STATE_DIR",
+        "HDC_BATCH_MAX_SIZE",
+        "HDC_BATCH_MAX_WAIT_MS",
+        "HDC_HEALTH_CUDA_MEMORY_MB",
+        "HDC_HEALTH_MEMORY_PERCENT",
+        "HDC_HEALTH_DISK_PERCENT",
+        "HDC_LOG_LEVEL",
+        "HDC_LOG_FORMAT",
+        "HDC_LOG_FILE",
+        "HDC_BENCHMARK_ENABLED",
+        "HDC_BENCHMARK_INTERVAL_SECONDS",
+        "HDC_BENCHMARK_DEGRADATION_THRESHOLD",
+        "HDC_BENCHMARK_DATABASE_URL",
+        "HDC_SHUTDOWN_GRACE_SECONDS",
+    }
 
 
-@pytest.mark.parametrize("var, value", [
-    ("HDC_DIMENSION", "ten"), ("HDC_DIMENSION", "0"), ("HDC_VSA", "XOR"), ("HDC_DEVICE", "tpu"),
-    ("HDC_PORT", "70000"), ("HDC_BENCHMARK_ENABLED", "maybe"), ("HDC_HEALTH_MEMORY_PERCENT", "120"),
-    ("HDC_SHUTDOWN_GRACE_SECONDS", "nan"), ("HDC_LOG_FORMAT", "xml"), ("HDC_MAX_JSON_BODY_BYTES", "100"),
-    ("HDC_MAX_RESPONSE_BYTES", "-1"), ("HDC_MAX_ALLOCATION_BYTES", "1k"), ("HDC_HEADER_TIMEOUT_SECONDS", "0"),
-    ("HDC_BODY_TIMEOUT_SECONDS", "inf"), ("HDC_BODY_TIMEOUT_SECONDS", "7200"),
-])
+@pytest.mark.parametrize(
+    "var, value",
+    [
+        ("HDC_DIMENSION", "ten"),
+        ("HDC_DIMENSION", "0"),
+        ("HDC_VSA", "XOR"),
+        ("HDC_DEVICE", "tpu"),
+        ("HDC_PORT", "70000"),
+        ("HDC_BENCHMARK_ENABLED", "maybe"),
+        ("HDC_HEALTH_MEMORY_PERCENT", "120"),
+        ("HDC_SHUTDOWN_GRACE_SECONDS", "nan"),
+        ("HDC_LOG_FORMAT", "xml"),
+        ("HDC_MAX_JSON_BODY_BYTES", "100"),
+        ("HDC_MAX_RESPONSE_BYTES", "-1"),
+        ("HDC_MAX_ALLOCATION_BYTES", "1k"),
+        ("HDC_HEADER_TIMEOUT_SECONDS", "0"),
+        ("HDC_BODY_TIMEOUT_SECONDS", "inf"),
+        ("HDC_BODY_TIMEOUT_SECONDS", "7200"),
+    ],
+)
 def test_invalid_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
         WorkerSettings.from_env(environ={var: value})
@@ -55,8 +102,13 @@ def test_the_input_limits_and_timeouts():
     s = WorkerSettings.from_env(environ={})
     assert (s.max_json_body_bytes, s.max_response_bytes, s.max_allocation_bytes) == (4 << 20, 64 << 20, 1 << 30)
     assert (s.header_timeout_seconds, s.body_timeout_seconds) == (15.0, 30.0)
-    env = {"HDC_MAX_JSON_BODY_BYTES": "2048", "HDC_MAX_RESPONSE_BYTES": "4096", "HDC_MAX_ALLOCATION_BYTES": "2097152",
-           "HDC_HEADER_TIMEOUT_SECONDS": "2.5", "HDC_BODY_TIMEOUT_SECONDS": "9"}
+    env = {
+        "HDC_MAX_JSON_BODY_BYTES": "2048",
+        "HDC_MAX_RESPONSE_BYTES": "4096",
+        "HDC_MAX_ALLOCATION_BYTES": "2097152",
+        "HDC_HEADER_TIMEOUT_SECONDS": "2.5",
+        "HDC_BODY_TIMEOUT_SECONDS": "9",
+    }
     s = WorkerSettings.from_env(environ=env)
     assert (s.max_json_body_bytes, s.max_response_bytes, s.max_allocation_bytes) == (2048, 4096, 2 << 20)
     assert (s.header_timeout_seconds, s.body_timeout_seconds) == (2.5, 9.0)
@@ -80,8 +132,9 @@ def test_cli_rejects_bad_configuration_and_bench_prints_history(tmp_path, monkey
 
 @pytest.mark.asyncio
 async def test_unsupported_type_bad_npz_and_unknown_route_are_json_errors(tmp_path):
-    settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False,
-                              max_body_bytes=4096)
+    settings = WorkerSettings(
+        dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False, max_body_bytes=4096
+    )
     app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
     async with TestClient(TestServer(app)) as c:
         resp = await c.post("/v1/ops/permute", data=b"x", headers={"Content-Type": "text/csv"})
@@ -116,8 +169,9 @@ async def test_server_span_continues_the_callers_w3c_trace(tmp_path, monkeypatch
     settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False)
     app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
     async with TestClient(TestServer(app)) as c:
-        resp = await c.post("/v1/hypervectors/random", json={"num": 2},
-                            headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+        resp = await c.post(
+            "/v1/hypervectors/random", json={"num": 2}, headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}
+        )
         assert resp.status == 200
         await asyncio.sleep(0)
     spans = {s.name: s for s in exporter.get_finished_spans()}
@@ -141,15 +195,21 @@ async def test_a_micro_batch_gets_one_kernel_span_linked_to_every_request(tmp_pa
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     monkeypatch.setattr(tracing, "_provider", provider)
-    settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False,
-                              batch_max_wait_ms=500.0)
+    settings = WorkerSettings(
+        dimension=64, device="cpu", state_dir=str(tmp_path), benchmark_enabled=False, batch_max_wait_ms=500.0
+    )
     app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
     others = [[1] * 64, [-1] * 64]
     async with TestClient(TestServer(app)) as c:
+
         async def one(i: int):
-            resp = await c.post("/v1/ops/similarity", json={"queries": [[1] * 64] * (i + 1), "others": others},
-                                headers={"X-Correlation-ID": f"batch-{i}"})
+            resp = await c.post(
+                "/v1/ops/similarity",
+                json={"queries": [[1] * 64] * (i + 1), "others": others},
+                headers={"X-Correlation-ID": f"batch-{i}"},
+            )
             assert resp.status == 200, await resp.text()
+
         await asyncio.gather(*(one(i) for i in range(4)))
         await asyncio.sleep(0)
     finished = exporter.get_finished_spans()
@@ -185,14 +245,22 @@ async def test_observability_off_skips_metrics_spans_and_log_lines(tmp_path, mon
     registries = {}
     for observability in (True, False):
         registries[observability] = CollectorRegistry()
-        settings = WorkerSettings(dimension=64, device="cpu", state_dir=str(tmp_path / str(observability)),
-                                  benchmark_enabled=False, observability=observability)
+        settings = WorkerSettings(
+            dimension=64,
+            device="cpu",
+            state_dir=str(tmp_path / str(observability)),
+            benchmark_enabled=False,
+            observability=observability,
+        )
         app = create_app(settings, metrics=MetricsCollector(registries[observability]))
         async with TestClient(TestServer(app)) as c:
             capsys.readouterr()
             exporter.clear()
-            resp = await c.post("/v1/ops/similarity", json={"queries": [[1] * 64], "others": [[1] * 64, [-1] * 64]},
-                                headers={"X-Correlation-ID": "abc-1"})
+            resp = await c.post(
+                "/v1/ops/similarity",
+                json={"queries": [[1] * 64], "others": [[1] * 64, [-1] * 64]},
+                headers={"X-Correlation-ID": "abc-1"},
+            )
             assert resp.status == 200 and resp.headers["X-Correlation-ID"] == "abc-1"
             assert (await resp.json())["similarities"] == [[1.0, -1.0]]
             resp = await c.post("/v1/ops/bind", json={"a": [[1] * 64], "b": [[1] * 63]})  # errors still count
@@ -202,7 +270,8 @@ async def test_observability_off_skips_metrics_spans_and_log_lines(tmp_path, mon
             names = {s.name for s in exporter.get_finished_spans()}
         ops = registries[observability].get_sample_value("hdc_operation_total", {"operation": "similarity"}) or 0
         errors = registries[observability].get_sample_value(
-            "hdc_operation_errors_total", {"operation": "bind", "error": "dimension_mismatch"})
+            "hdc_operation_errors_total", {"operation": "bind", "error": "dimension_mismatch"}
+        )
         batches = registries[observability].get_sample_value("hdc_batch_size_distribution_count")
         assert errors == 1 and batches >= 1 and "request_failed" in lines
         if observability:
@@ -221,8 +290,13 @@ async def test_light_tracing_logs_the_callers_trace_id(tmp_path, monkeypatch, ca
 
     from hd_compute.monitoring.logging import configure_logging
 
-    for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER",
-                "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER"):
+    for var in (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_SDK_DISABLED",
+        "OTEL_TRACES_SAMPLER",
+    ):
         monkeypatch.delenv(var, raising=False)
     provider = tracing.configure_tracing("hdc-test", set_global=False)
     assert provider.is_light
@@ -233,13 +307,19 @@ async def test_light_tracing_logs_the_callers_trace_id(tmp_path, monkeypatch, ca
         app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
         async with TestClient(TestServer(app)) as c:
             capsys.readouterr()
-            resp = await c.post("/v1/hypervectors/random", json={"num": 2},
-                                headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "X-Correlation-ID": "c-42"})
+            resp = await c.post(
+                "/v1/hypervectors/random",
+                json={"num": 2},
+                headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "X-Correlation-ID": "c-42"},
+            )
             assert resp.status == 200 and resp.headers["X-Correlation-ID"] == "c-42"
             resp = await c.post("/v1/hypervectors/random", json={"num": 1})
             assert resp.status == 200
-            resp = await c.post("/v1/hypervectors/random", json={"num": -1},
-                                headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "X-Correlation-ID": "c-43"})
+            resp = await c.post(
+                "/v1/hypervectors/random",
+                json={"num": -1},
+                headers={"traceparent": f"00-{trace_id}-{parent_id}-01", "X-Correlation-ID": "c-43"},
+            )
             assert resp.status == 400
             await asyncio.sleep(0)
             out = capsys.readouterr().out
@@ -264,17 +344,24 @@ def test_worker_prefers_passive_openmp_waits_unless_told_otherwise():
     import subprocess
     import sys
 
-    code = ("import os, sys\n"
-            "from hd_compute.service.cli import prefer_passive_openmp_waits\n"
-            "print(prefer_passive_openmp_waits(), os.environ.get('OMP_WAIT_POLICY'))\n"
-            "import torch\n"
-            "print(prefer_passive_openmp_waits({}))\n")  # too late once torch (libgomp) is loaded
+    code = (
+        "import os, sys\n"
+        "from hd_compute.service.cli import prefer_passive_openmp_waits\n"
+        "print(prefer_passive_openmp_waits(), os.environ.get('OMP_WAIT_POLICY'))\n"
+        "import torch\n"
+        "print(prefer_passive_openmp_waits({}))\n"
+    )  # too late once torch (libgomp) is loaded
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "PASSIVE", "False"]
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.stdout.split() == ["False", "ACTIVE", "False"]
 
 

@@ -35,11 +35,23 @@ class WorkerProcess:
         command = [str(script)] if script.exists() else [sys.executable, "-m", "hd_compute.service"]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "worker"), env.get("PYTHONPATH")) if p)
-        env.update({"HDC_STATE_DIR": str(self.state_dir), "HDC_BENCHMARK_ENABLED": "false", "HDC_DEVICE": "cpu",
-                    "HDC_SHUTDOWN_GRACE_SECONDS": "10", "HDC_LOG_LEVEL": "INFO", **self.extra_env})
+        env.update(
+            {
+                "HDC_STATE_DIR": str(self.state_dir),
+                "HDC_BENCHMARK_ENABLED": "false",
+                "HDC_DEVICE": "cpu",
+                "HDC_SHUTDOWN_GRACE_SECONDS": "10",
+                "HDC_LOG_LEVEL": "INFO",
+                **self.extra_env,
+            }
+        )
         self.log_path = self.tmp_path / f"worker-{self.starts}.log"
-        self.proc = subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(self.port)], env=env,
-                                     stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [*command, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"worker exited early:\n{self.log_path.read_text()[-3000:]}"
@@ -51,8 +63,15 @@ class WorkerProcess:
             time.sleep(0.1)
         raise AssertionError(f"worker never became ready:\n{self.log_path.read_text()[-3000:]}")
 
-    def request(self, method: str, path: str, body=None, content_type: str = "application/json", timeout: float = 60,
-                headers: dict[str, str] | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        content_type: str = "application/json",
+        timeout: float = 60,
+        headers: dict[str, str] | None = None,
+    ):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
             data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body

@@ -109,8 +109,12 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> "Limits":
-        return cls(settings.max_body_bytes, min(settings.max_json_body_bytes, settings.max_body_bytes),
-                   settings.max_response_bytes, settings.body_timeout_seconds)
+        return cls(
+            settings.max_body_bytes,
+            min(settings.max_json_body_bytes, settings.max_body_bytes),
+            settings.max_response_bytes,
+            settings.body_timeout_seconds,
+        )
 
 
 LIMITS = web.AppKey("limits", Limits)  # the app's request limits (create_app sets them from its settings)
@@ -153,8 +157,15 @@ class Payload:
             raise invalid(name, "is required", error="missing_field")
         return default
 
-    def int(self, name: str, default: Any = None, *, required: bool = False, minimum: int = INT64_MIN,
-            maximum: int = INT64_MAX) -> Any:
+    def int(
+        self,
+        name: str,
+        default: Any = None,
+        *,
+        required: bool = False,
+        minimum: int = INT64_MIN,
+        maximum: int = INT64_MAX,
+    ) -> Any:
         raw = self.raw(name, default, required)
         if raw is None:
             return None
@@ -170,8 +181,16 @@ class Payload:
             raise invalid(name, f"must be between {minimum} and {maximum}, got {value}")
         return value
 
-    def float(self, name: str, default: Any = None, *, required: bool = False, minimum: float | None = None,
-              maximum: float | None = None, exclusive_minimum: bool = False) -> Any:
+    def float(
+        self,
+        name: str,
+        default: Any = None,
+        *,
+        required: bool = False,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        exclusive_minimum: bool = False,
+    ) -> Any:
         raw = self.raw(name, default, required)
         if raw is None:
             return None
@@ -180,8 +199,11 @@ class Payload:
                 raw = float(raw)
             except ValueError:
                 raise invalid(name, f"must be a number, got {_shown(raw)}") from None
-        if isinstance(raw, (bool, np.bool_)) or not isinstance(raw, (int, float, np.integer, np.floating)) \
-                or not math.isfinite(raw):
+        if (
+            isinstance(raw, (bool, np.bool_))
+            or not isinstance(raw, (int, float, np.integer, np.floating))
+            or not math.isfinite(raw)
+        ):
             raise invalid(name, f"must be a finite number, got {_shown(raw)}")
         value = float(raw)
         if minimum is not None and (value <= minimum if exclusive_minimum else value < minimum):
@@ -201,8 +223,15 @@ class Payload:
             raise invalid(name, f"must be true or false, got {_shown(raw)}")
         return bool(raw)
 
-    def str(self, name: str, default: Any = None, *, required: bool = False, choices: tuple[str, ...] | None = None,
-            upper: bool = False) -> Any:
+    def str(
+        self,
+        name: str,
+        default: Any = None,
+        *,
+        required: bool = False,
+        choices: tuple[str, ...] | None = None,
+        upper: bool = False,
+    ) -> Any:
         raw = self.raw(name, default, required)
         if raw is None:
             return None
@@ -218,8 +247,9 @@ class Payload:
         try:
             return get_model(name)
         except (ValueError, TypeError, KeyError):
-            raise invalid("vsa", f"unknown VSA model {_shown(name)}; use MAP, BSC, HRR or FHRR",
-                          error="unknown_vsa") from None
+            raise invalid(
+                "vsa", f"unknown VSA model {_shown(name)}; use MAP, BSC, HRR or FHRR", error="unknown_vsa"
+            ) from None
 
     def labels(self, name: str, *, required: bool = True) -> torch.Tensor | None:
         """Integer class labels: a list of JSON integers, or an integer array of a binary body."""
@@ -251,8 +281,9 @@ class Payload:
             raise invalid(name, "must be a list of strings")
         return raw
 
-    def decode_vectors(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
-                       default_dim: int | None = None) -> Hypervectors | None:
+    def decode_vectors(
+        self, name: str, model: VSAModel, dim: int | None, *, required: bool = True, default_dim: int | None = None
+    ) -> Hypervectors | None:
         """The hypervectors in field `name`: JSON dense form, or storage form in a binary body.
 
         dim: the dimension they must have (a memory's, another operand's), None to take it from the data;
@@ -265,21 +296,24 @@ class Payload:
             return None
         return _from_json(value, name, model, dim)
 
-    async def vectors(self, name: str, model: VSAModel, dim: int | None, *, required: bool = True,
-                      default_dim: int | None = None) -> Any:
+    async def vectors(
+        self, name: str, model: VSAModel, dim: int | None, *, required: bool = True, default_dim: int | None = None
+    ) -> Any:
         """decode_vectors(), in a worker thread for a large binary array (its checks and copy are numpy work that
         releases the GIL); JSON vectors are converted inline, as their parse was (their size is bounded by
         HDC_MAX_JSON_BODY_BYTES). Typed Any: a required field is never None."""
         nbytes = self.arrays[name].nbytes if name in self.arrays else 0
-        return await off_loop(nbytes, lambda: self.decode_vectors(name, model, dim, required=required,
-                                                                  default_dim=default_dim))
+        return await off_loop(
+            nbytes, lambda: self.decode_vectors(name, model, dim, required=required, default_dim=default_dim)
+        )
 
 
 def _shown(value: Any) -> str:
     """A request value as an error detail quotes it: JSON for a scalar (strings cut short), else its kind."""
     if value is None or isinstance(value, (bool, int, float, str, np.generic)):
-        text = json.dumps(value[:80] if isinstance(value, str) else value.item() if isinstance(value, np.generic)
-                          else value)
+        text = json.dumps(
+            value[:80] if isinstance(value, str) else value.item() if isinstance(value, np.generic) else value
+        )
         return text if len(text) <= 80 else text[:77] + "..."
     return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
@@ -301,8 +335,11 @@ def _check_numbers(value: list, name: str) -> None:
             return
         if kinds != {list}:
             if list in kinds:
-                raise invalid(name, "must be a rectangular nested list of numbers (all hypervectors the same "
-                                    "length)", error="invalid_shape")
+                raise invalid(
+                    name,
+                    "must be a rectangular nested list of numbers (all hypervectors the same length)",
+                    error="invalid_shape",
+                )
             raise invalid(name, "must hold only numbers")
         level = [item for row in level for item in row]
 
@@ -314,12 +351,18 @@ def _from_json(value: Any, name: str, model: VSAModel, dim: int | None) -> Hyper
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
-        raise invalid(name, "must be a rectangular nested list of numbers (all hypervectors the same length)",
-                      error="invalid_shape") from None
+        raise invalid(
+            name,
+            "must be a rectangular nested list of numbers (all hypervectors the same length)",
+            error="invalid_shape",
+        ) from None
     if model.name == "FHRR":
         if arr.ndim < 2 or arr.shape[-1] != 2:
-            raise invalid(name, f"FHRR hypervectors are lists of [re, im] pairs (shape (..., D, 2)), got shape "
-                                f"{arr.shape}", error="invalid_shape")
+            raise invalid(
+                name,
+                f"FHRR hypervectors are lists of [re, im] pairs (shape (..., D, 2)), got shape {arr.shape}",
+                error="invalid_shape",
+            )
         length = arr.shape[-2]
     else:
         if arr.ndim < 1:
@@ -361,8 +404,9 @@ def _torch_dtype(arr: np.ndarray, name: str) -> torch.dtype:
         raise invalid(name, f"unsupported dtype {arr.dtype}") from None
 
 
-def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None,
-                  assumed_dim: int | None) -> Hypervectors:
+def _from_storage(
+    arr: np.ndarray, name: str, model: VSAModel, dim: int | None, assumed_dim: int | None
+) -> Hypervectors:
     """Hypervectors over the array's data (converted to native byte order and C order only where needed: the
     payload's arrays are the request's own, read from the archive, never views of another buffer)."""
     if arr.ndim < 1:
@@ -377,8 +421,12 @@ def _from_storage(arr: np.ndarray, name: str, model: VSAModel, dim: int | None,
             raise invalid("dimension", "is required for packed BSC words", error="missing_field")
         vec_dim = assumed_dim
         if width != model.storage_width(vec_dim):
-            raise invalid(name, f"packed BSC words for dimension {vec_dim} have {model.storage_width(vec_dim)} words, "
-                                f"got {width} (pass ?dimension= if the dimension differs)", error="dimension_mismatch")
+            raise invalid(
+                name,
+                f"packed BSC words for dimension {vec_dim} have {model.storage_width(vec_dim)} words, "
+                f"got {width} (pass ?dimension= if the dimension differs)",
+                error="dimension_mismatch",
+            )
     else:
         vec_dim = width
         if dim is not None and width != dim:
@@ -421,8 +469,13 @@ async def read_body(request: web.Request, limit: int, setting: str, timeout: flo
                     raise body_too_large(f"exceeds the limit of {limit} bytes ({setting})")
                 chunks.append(chunk)
     except TimeoutError:
-        raise ApiError(408, "body_timeout", f"body: not received within {timeout:g} s (HDC_BODY_TIMEOUT_SECONDS)",
-                       field="body", close=True) from None
+        raise ApiError(
+            408,
+            "body_timeout",
+            f"body: not received within {timeout:g} s (HDC_BODY_TIMEOUT_SECONDS)",
+            field="body",
+            close=True,
+        ) from None
     except web.RequestPayloadError as exc:
         raise ApiError(400, "malformed_body", f"body: not received whole ({exc})", field="body", close=True) from None
     return b"".join(chunks)
@@ -441,10 +494,18 @@ async def read_payload(request: web.Request, limits: Limits | int) -> Payload:
         arrays = await off_loop(len(raw), read_npz, raw, limits.body_bytes)
         return Payload(dict(request.query), arrays, binary=True)
     if ctype not in JSON_LIKE_TYPES and request.body_exists:
-        raise ApiError(415, "unsupported_media_type", f"Content-Type: {ctype!r} is not supported; send {JSON_TYPE} or "
-                                                      f"{NPZ_TYPE}", field="Content-Type")
-    raw = await read_body(request, limits.json_body_bytes, "HDC_MAX_JSON_BODY_BYTES; send bulk vectors as "
-                                                           f"{NPZ_TYPE}", limits.body_timeout)
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type: {ctype!r} is not supported; send {JSON_TYPE} or {NPZ_TYPE}",
+            field="Content-Type",
+        )
+    raw = await read_body(
+        request,
+        limits.json_body_bytes,
+        f"HDC_MAX_JSON_BODY_BYTES; send bulk vectors as {NPZ_TYPE}",
+        limits.body_timeout,
+    )
     if not raw.strip():
         return Payload({})
     try:
@@ -457,8 +518,18 @@ async def read_payload(request: web.Request, limits: Limits | int) -> Payload:
 
 
 # What zipfile and the decompressors raise for a damaged or unsupported archive (RuntimeError: an encrypted member).
-_ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, struct.error, ValueError,
-                   OSError, EOFError, NotImplementedError, RuntimeError)
+_ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    struct.error,
+    ValueError,
+    OSError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 def read_npz(raw: bytes, budget: int) -> dict[str, np.ndarray]:
@@ -470,8 +541,12 @@ def read_npz(raw: bytes, budget: int) -> dict[str, np.ndarray]:
     with archive:
         infos = archive.infolist()
         if len(infos) > NPZ_MAX_MEMBERS:
-            raise ApiError(400, "malformed_body", f"body: the archive has {len(infos)} members, more than the "
-                                                  f"{NPZ_MAX_MEMBERS} a request can use", field="body")
+            raise ApiError(
+                400,
+                "malformed_body",
+                f"body: the archive has {len(infos)} members, more than the {NPZ_MAX_MEMBERS} a request can use",
+                field="body",
+            )
         arrays: dict[str, np.ndarray] = {}
         for info in infos:
             key = info.filename.removesuffix(".npy")
@@ -483,8 +558,9 @@ def read_npz(raw: bytes, budget: int) -> dict[str, np.ndarray]:
             except ApiError:
                 raise
             except _ARCHIVE_ERRORS as exc:
-                raise ApiError(400, "malformed_body", f"body: member {key!r} of the archive cannot be read ({exc})",
-                               field="body") from None
+                raise ApiError(
+                    400, "malformed_body", f"body: member {key!r} of the archive cannot be read ({exc})", field="body"
+                ) from None
             budget -= array.nbytes
             arrays[key] = array
     return arrays
@@ -515,16 +591,19 @@ def _read_npy(stream: Any, key: str, budget: int) -> np.ndarray:
         raise invalid(key, f"shape {shape} has a negative length")
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > budget:
-        raise body_too_large(f"the archive unpacks to more than its limit ({key}: {nbytes} bytes, {max(budget, 0)} "
-                             "left of HDC_MAX_BODY_BYTES)")
+        raise body_too_large(
+            f"the archive unpacks to more than its limit ({key}: {nbytes} bytes, {max(budget, 0)} "
+            "left of HDC_MAX_BODY_BYTES)"
+        )
     buffer = bytearray(nbytes)
     view = memoryview(buffer)
     filled = 0
     while filled < nbytes:
         got = stream.readinto(view[filled : filled + NPZ_READ_CHUNK_BYTES])
         if not got:
-            raise invalid(key, f"the data end after {filled} of the {nbytes} bytes that shape {shape} and dtype "
-                               f"{dtype} declare")
+            raise invalid(
+                key, f"the data end after {filled} of the {nbytes} bytes that shape {shape} and dtype {dtype} declare"
+            )
         filled += got
     if stream.read(1):
         raise invalid(key, f"holds more data than shape {shape} and dtype {dtype} declare")
@@ -547,8 +626,9 @@ def hypervector_bytes(model: VSAModel, dim: int, binary: bool, dtype: torch.dtyp
     if binary:
         storage = model.storage_dtype(dtype)
         return model.storage_width(dim) * storage.itemsize
-    per_element = {"MAP": JSON_SIGN_BYTES, "BSC": JSON_SIGN_BYTES, "FHRR": JSON_PHASOR_BYTES}.get(model.name,
-                                                                                                  JSON_NUMBER_BYTES)
+    per_element = {"MAP": JSON_SIGN_BYTES, "BSC": JSON_SIGN_BYTES, "FHRR": JSON_PHASOR_BYTES}.get(
+        model.name, JSON_NUMBER_BYTES
+    )
     return dim * per_element + 3  # "[", "]," around it
 
 
@@ -561,8 +641,12 @@ def check_response_size(field: str, nbytes: int, limit: int, what: str) -> None:
     """400 naming `field` when a response of `nbytes` (worst case) would exceed HDC_MAX_RESPONSE_BYTES; called
     before computing, where the request says how large the result will be."""
     if nbytes > limit:
-        raise invalid(field, f"{what} would make a response of up to {nbytes} bytes, over the limit of {limit} "
-                             "bytes (HDC_MAX_RESPONSE_BYTES); request fewer", error="response_too_large")
+        raise invalid(
+            field,
+            f"{what} would make a response of up to {nbytes} bytes, over the limit of {limit} "
+            "bytes (HDC_MAX_RESPONSE_BYTES); request fewer",
+            error="response_too_large",
+        )
 
 
 def hv_to_json(hv: Hypervectors) -> list:
@@ -617,8 +701,11 @@ def _npz_size(value: Any) -> int:
         return array.nbytes + NPZ_MEMBER_OVERHEAD_BYTES
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         return 4 * max(map(len, value)) * len(value) + NPZ_MEMBER_OVERHEAD_BYTES  # numpy's UCS-4 text
-    return 8 * max(len(value), 1) + NPZ_MEMBER_OVERHEAD_BYTES if isinstance(value, (list, tuple)) \
+    return (
+        8 * max(len(value), 1) + NPZ_MEMBER_OVERHEAD_BYTES
+        if isinstance(value, (list, tuple))
         else 8 + NPZ_MEMBER_OVERHEAD_BYTES
+    )
 
 
 def response_size(fields: dict[str, Any], binary: bool) -> int:
@@ -644,8 +731,10 @@ def _json_array(array: np.ndarray) -> bytes:
     if row > JSON_PIECE_ELEMENTS:
         return b"[" + b",".join(_json_array(part) for part in array) + b"]"
     step = max(JSON_PIECE_ELEMENTS // max(row, 1), 1)
-    pieces = (orjson.dumps(array[i : i + step], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
-              for i in range(0, array.shape[0], step))
+    pieces = (
+        orjson.dumps(array[i : i + step], option=orjson.OPT_SERIALIZE_NUMPY)[1:-1]
+        for i in range(0, array.shape[0], step)
+    )
     return b"[" + b",".join(pieces) + b"]"
 
 
@@ -656,8 +745,9 @@ def _json_value(value: Any) -> bytes:
     if array is not None:
         return _json_array(array)
     if isinstance(value, list) and len(value) > JSON_PIECE_ELEMENTS:
-        pieces = (orjson.dumps(value[i : i + JSON_PIECE_ELEMENTS])[1:-1]
-                  for i in range(0, len(value), JSON_PIECE_ELEMENTS))
+        pieces = (
+            orjson.dumps(value[i : i + JSON_PIECE_ELEMENTS])[1:-1] for i in range(0, len(value), JSON_PIECE_ELEMENTS)
+        )
         return b"[" + b",".join(pieces) + b"]"
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
@@ -684,13 +774,23 @@ def _checked_size(fields: dict[str, Any], binary: bool, limit: int | None) -> in
     encoded (the routes check what they can before computing, naming the request's field)."""
     size = response_size(fields, binary)
     if limit is not None and size > limit:
-        raise ApiError(400, "response_too_large", f"response: up to {size} bytes, over the limit of {limit} bytes "
-                                                  "(HDC_MAX_RESPONSE_BYTES); request fewer", field="response")
+        raise ApiError(
+            400,
+            "response_too_large",
+            f"response: up to {size} bytes, over the limit of {limit} bytes (HDC_MAX_RESPONSE_BYTES); request fewer",
+            field="response",
+        )
     return size
 
 
-async def respond(request: web.Request, payload: Payload | None, fields: dict[str, Any], *, status: int = 200,
-                  limit: int | None = None) -> web.Response:
+async def respond(
+    request: web.Request,
+    payload: Payload | None,
+    fields: dict[str, Any],
+    *,
+    status: int = 200,
+    limit: int | None = None,
+) -> web.Response:
     """The JSON or npz response with `fields`; one over INLINE_CODEC_MAX_BYTES (worst case) is encoded in a worker
     thread."""
     binary = wants_binary(request, payload)

@@ -169,8 +169,9 @@ class WorkerSettings:
     extra: dict = field(default_factory=dict, repr=False, compare=False)  # free slot for embedding code/tests
 
     @classmethod
-    def from_env(cls, overrides: Mapping[str, Any] | None = None, *,
-                 environ: Mapping[str, str] | None = None) -> "WorkerSettings":
+    def from_env(
+        cls, overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> "WorkerSettings":
         """Defaults <- HDC_* environment variables <- overrides (CLI flags; None values are ignored)."""
         env = os.environ if environ is None else environ
         overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

@@ -32,7 +32,6 @@ from .openapi import MAX_LATENCY_MS
 __all__ = ["Fault", "FaultInjector", "FAULTS", "install", "parse_fault"]
 
 
-
 @dataclass(frozen=True)
 class Fault:
     latency_ms: float = 0.0
@@ -49,10 +48,15 @@ class Fault:
 
 def _number(body: dict, field: str, maximum: float) -> float:
     value = body.get(field, 0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= maximum:
-        raise ApiError(400, "invalid_field", f"{field}: must be a number between 0 and {maximum:g}, got {value!r}",
-                       field=field)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= maximum
+    ):
+        raise ApiError(
+            400, "invalid_field", f"{field}: must be a number between 0 and {maximum:g}, got {value!r}", field=field
+        )
     return float(value)
 
 
@@ -62,14 +66,18 @@ def parse_fault(body: Any) -> Fault:
         raise ApiError(400, "malformed_body", "body: must be a JSON object with latency_ms, error_ratio, operations")
     unknown = sorted(set(body) - {"latency_ms", "error_ratio", "operations"})
     if unknown:
-        raise ApiError(400, "invalid_field", f"{unknown[0]}: unknown field; expected latency_ms, error_ratio, "
-                                             "operations", field=unknown[0])
+        raise ApiError(
+            400,
+            "invalid_field",
+            f"{unknown[0]}: unknown field; expected latency_ms, error_ratio, operations",
+            field=unknown[0],
+        )
     operations = body.get("operations", [])
     if not isinstance(operations, list) or not all(isinstance(o, str) and o for o in operations):
-        raise ApiError(400, "invalid_field", "operations: must be a list of operation names such as \"bind\"",
-                       field="operations")
-    return Fault(_number(body, "latency_ms", MAX_LATENCY_MS), _number(body, "error_ratio", 1.0),
-                 frozenset(operations))
+        raise ApiError(
+            400, "invalid_field", 'operations: must be a list of operation names such as "bind"', field="operations"
+        )
+    return Fault(_number(body, "latency_ms", MAX_LATENCY_MS), _number(body, "error_ratio", 1.0), frozenset(operations))
 
 
 class FaultInjector:

@@ -76,8 +76,11 @@ class Op:
         (checked before anything is computed or allocated)."""
         limit = self.settings.max_allocation_bytes
         if nbytes > limit:
-            raise invalid(field, f"{what} would need {nbytes} bytes, over the limit of {limit} bytes one request may "
-                                 "make the worker allocate (HDC_MAX_ALLOCATION_BYTES); request fewer or smaller")
+            raise invalid(
+                field,
+                f"{what} would need {nbytes} bytes, over the limit of {limit} bytes one request may "
+                "make the worker allocate (HDC_MAX_ALLOCATION_BYTES); request fewer or smaller",
+            )
 
     def check_elements(self, field: str, elements: int, what: str) -> None:
         """check_allocation for an operation that works on `elements` hypervector elements one by one."""
@@ -98,8 +101,7 @@ class Op:
     async def respond(self, fields: dict[str, Any], status: int = 200) -> web.Response:
         """The response with `fields` in the format the client asked for; over HDC_MAX_RESPONSE_BYTES (worst case)
         it is a 400, and a large one is encoded off the event loop."""
-        return await respond(self.request, self.payload, fields, status=status,
-                             limit=self.settings.max_response_bytes)
+        return await respond(self.request, self.payload, fields, status=status, limit=self.settings.max_response_bytes)
 
 
 OpHandler = Callable[[Op], Awaitable[web.Response]]

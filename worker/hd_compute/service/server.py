@@ -50,13 +50,15 @@ def _attach_benchmark(app: web.Application, worker: Worker) -> None:
     def build() -> ContinuousBenchmark:
         kwargs = dict(database_url=s.benchmark_url, is_busy=worker.is_busy)
         try:  # the worker's model and device, where the benchmark accepts them
-            bench = ContinuousBenchmark(worker.metrics, vsa=s.vsa, dimension=s.dimension, device=worker.device,
-                                        **kwargs)
+            bench = ContinuousBenchmark(
+                worker.metrics, vsa=s.vsa, dimension=s.dimension, device=worker.device, **kwargs
+            )
         except TypeError:
             bench = ContinuousBenchmark(worker.metrics, **kwargs)
         for test in ("bundle_10k_vectors", "bind_32k_dimension", "similarity_batch_1000"):
-            bench.schedule_test(test, s.benchmark_interval_seconds,
-                                alert_threshold_degradation=s.benchmark_degradation_threshold)
+            bench.schedule_test(
+                test, s.benchmark_interval_seconds, alert_threshold_degradation=s.benchmark_degradation_threshold
+            )
         return bench
 
     async def start_when_ready() -> None:
@@ -96,14 +98,27 @@ async def serve_async(settings: WorkerSettings) -> int:
     if settings.benchmark_enabled:
         _attach_benchmark(app, worker)
     grace = settings.shutdown_grace_seconds
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=max(0.5, grace * 0.1),
-                           keepalive_timeout=settings.header_timeout_seconds)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=max(0.5, grace * 0.1),
+        keepalive_timeout=settings.header_timeout_seconds,
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
     port = bound_port(runner, settings.port)
-    log().info("worker_listening", host=settings.host, port=port, vsa=settings.vsa, dimension=settings.dimension,
-               device=str(worker.device), state_dir=worker.store.state_dir, pid=os.getpid())
+    log().info(
+        "worker_listening",
+        host=settings.host,
+        port=port,
+        vsa=settings.vsa,
+        dimension=settings.dimension,
+        device=str(worker.device),
+        state_dir=worker.store.state_dir,
+        pid=os.getpid(),
+    )
     freeze_task = asyncio.get_running_loop().create_task(freeze_heap_when_ready(worker))
 
     stop = asyncio.Event()
@@ -119,8 +134,9 @@ async def serve_async(settings: WorkerSettings) -> int:
     await stop.wait()
 
     started = time.monotonic()
-    log().info("shutdown_started", signal=received[0] if received else None, in_flight=worker.in_flight,
-               grace_seconds=grace)
+    log().info(
+        "shutdown_started", signal=received[0] if received else None, in_flight=worker.in_flight, grace_seconds=grace
+    )
     # 1. Stop accepting: close the listening sockets (open connections stay up) and fail /readyz.
     worker.shutting_down = True
     freeze_task.cancel()

@@ -28,8 +28,11 @@ def _build(op: Op, p: Payload) -> Callable[[], ClassifierEntry]:
     dimension = dim or op.settings.dimension
     num_classes = p.int("num_classes", required=True, minimum=1, maximum=MAX_CLASSES)
     temperature = p.float("temperature", 0.05, minimum=MIN_TEMPERATURE)
-    op.check_allocation("num_classes", num_classes * dimension * PROTOTYPE_BYTES,
-                        f"{num_classes} class prototypes of dimension {dimension}")
+    op.check_allocation(
+        "num_classes",
+        num_classes * dimension * PROTOTYPE_BYTES,
+        f"{num_classes} class prototypes of dimension {dimension}",
+    )
     op.dimension = dimension
     return lambda: ClassifierEntry(
         Centroid(num_classes, dimension, device=op.worker.device, temperature=temperature), model.name
@@ -121,8 +124,12 @@ async def classifier_predict(op: Op) -> web.Response:
         raise ApiError(409, "not_fitted", f"name: classifier {name!r} is not fitted; POST .../fit first", field="name")
     x = await _samples(op, p, entry)
     n, classes = x.shape[0], entry.model.num_classes
-    check_response_size("x", n * (classes + 1) * number_bytes(op.binary_response), op.settings.max_response_bytes,
-                        f"{n} samples x {classes} classes")
+    check_response_size(
+        "x",
+        n * (classes + 1) * number_bytes(op.binary_response),
+        op.settings.max_response_bytes,
+        f"{n} samples x {classes} classes",
+    )
     op.dimension, op.input_count = entry.model.dim, n
 
     def predict() -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,11 +28,13 @@ def _build(op: Op, p: Payload) -> Callable[[], MemoryEntry]:
     model, dim = vsa_and_dimension(op, p)
     dimension = dim or op.settings.dimension
     reserved = INITIAL_CAPACITY * hypervector_bytes(model, dimension, binary=True)
-    op.check_allocation("dimension", reserved, f"an item memory of dimension {dimension} (room for "
-                                               f"{INITIAL_CAPACITY} items at creation)")
+    op.check_allocation(
+        "dimension",
+        reserved,
+        f"an item memory of dimension {dimension} (room for {INITIAL_CAPACITY} items at creation)",
+    )
     op.dimension = dimension
-    return lambda: MemoryEntry(ItemMemory(dimension, model, device=op.worker.device,
-                                          initial_capacity=INITIAL_CAPACITY))
+    return lambda: MemoryEntry(ItemMemory(dimension, model, device=op.worker.device, initial_capacity=INITIAL_CAPACITY))
 
 
 def _info(name: str, entry: MemoryEntry) -> dict[str, Any]:
@@ -146,8 +148,9 @@ async def memory_query(op: Op) -> web.Response:
     op.dimension, op.input_count = memory.dim, n
     if n == 0:  # no queries: an empty answer, without the search (which needs at least one)
         nothing = np.zeros((*queries.shape, k))
-        return await op.respond({"name": name, "k": k, "similarities": nothing.astype(np.float32),
-                                 "indices": nothing.astype(np.int64)})
+        return await op.respond(
+            {"name": name, "k": k, "similarities": nothing.astype(np.float32), "indices": nothing.astype(np.int64)}
+        )
     sims, ids, keys = await op.batched(
         ("memory", name), max(n, 1), (op.on_device(queries), k), functools.partial(_query_batch, op.worker, name)
     )

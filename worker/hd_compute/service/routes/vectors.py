@@ -23,8 +23,9 @@ routes = web.RouteTableDef()
 def _check_result(op: Op, field: str, model: VSAModel, dim: int, n: int) -> None:
     """The response and working-memory bounds of an operation that answers `n` hypervectors."""
     what = f"{n} hypervectors of dimension {dim}"
-    check_response_size(field, n * hypervector_bytes(model, dim, op.binary_response), op.settings.max_response_bytes,
-                        what)
+    check_response_size(
+        field, n * hypervector_bytes(model, dim, op.binary_response), op.settings.max_response_bytes, what
+    )
     op.check_elements(field, n * dim, what)
 
 
@@ -37,8 +38,9 @@ async def random_route(op: Op) -> web.Response:
     raw = p.raw("num", required=True)
     if isinstance(raw, list):
         if not 1 <= len(raw) <= MAX_BATCH_AXES or not all(type(v) is int and 0 <= v <= INT64_MAX for v in raw):
-            raise invalid("num", f"must be a non-negative integer or a list of 1 to {MAX_BATCH_AXES} of them "
-                                 "(a batch shape)")
+            raise invalid(
+                "num", f"must be a non-negative integer or a list of 1 to {MAX_BATCH_AXES} of them (a batch shape)"
+            )
         shape = tuple(raw)
     else:
         shape = (p.int("num", required=True, minimum=0),)
@@ -60,8 +62,9 @@ async def bind_route(op: Op) -> web.Response:
     try:
         shape = torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError:
-        raise invalid("b", f"batch shapes of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast",
-                      error="invalid_shape") from None
+        raise invalid(
+            "b", f"batch shapes of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast", error="invalid_shape"
+        ) from None
     _check_result(op, "b", model, a.dim, math.prod(shape))
     op.dimension, op.input_count = a.dim, count(a) + count(b)
     fn = F.unbind if p.bool("unbind", False) else F.bind
