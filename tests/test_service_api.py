@@ -480,10 +480,10 @@ async def test_host_out_of_memory_is_503_a_bug_500_without_internals(client, mon
 
 @pytest.mark.asyncio
 async def test_large_bodies_and_responses_are_handled_off_the_event_loop(client, monkeypatch):
-    from hd_compute.service import codec
+    from hd_compute.service import codec, payload, responses
 
     threads: dict[str, list[str]] = {"read": [], "encode": []}
-    read_npz, encode = codec.read_npz, codec._encode
+    read_npz, encode = payload.read_npz, responses._encode
 
     def spy_read(*args):
         threads["read"].append(threading.current_thread().name)
@@ -493,8 +493,8 @@ async def test_large_bodies_and_responses_are_handled_off_the_event_loop(client,
         threads["encode"].append(threading.current_thread().name)
         return encode(*args)
 
-    monkeypatch.setattr(codec, "read_npz", spy_read)
-    monkeypatch.setattr(codec, "_encode", spy_encode)
+    monkeypatch.setattr(payload, "read_npz", spy_read)
+    monkeypatch.setattr(responses, "_encode", spy_encode)
     loop_thread = threading.current_thread().name
     rows = codec.INLINE_CODEC_MAX_BYTES // DIM + 1  # int8: one byte per element
     for n in (1, rows):

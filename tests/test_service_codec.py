@@ -1,5 +1,6 @@
-"""The request codec: the .npz reader (zipfile + numpy.lib.format, sizes enforced while reading), JSON vectors and
-fields (null, booleans, overflow), and the response encoder (the same text as before, worst-case sizes that hold)."""
+"""The wire format (service/codec, npz, payload, responses): the .npz reader (zipfile + numpy.lib.format, sizes
+enforced while reading), JSON vectors and fields (null, booleans, overflow), and the response encoder (the same
+text as before, worst-case sizes that hold)."""
 
 from __future__ import annotations
 
@@ -17,18 +18,15 @@ import pytest
 import torch
 
 import hd_compute.functional as F
-from hd_compute.service.codec import (
-    INLINE_CODEC_MAX_BYTES,
+from hd_compute.service.codec import INLINE_CODEC_MAX_BYTES, ApiError, hv_to_json
+from hd_compute.service.npz import read_npz
+from hd_compute.service.payload import Payload, _from_storage
+from hd_compute.service.responses import (
     JSON_PIECE_ELEMENTS,
-    ApiError,
-    Payload,
-    _from_storage,
     check_response_size,
     encode_json,
     encode_npz,
-    hv_to_json,
     hypervector_bytes,
-    read_npz,
     respond,
     response_size,
 )

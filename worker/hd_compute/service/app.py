@@ -39,7 +39,7 @@ def create_app(
             worker.in_flight_ops += delta
 
     # client_max_size: aiohttp's guard for bodies read through its own API (PUT /admin/faults); the /v1 routes read
-    # theirs with codec.read_body, under the limits of LIMITS.
+    # theirs with payload.read_body, under the limits of LIMITS.
     app = web.Application(
         middlewares=[observability_middleware(in_flight, settings.observability)],
         client_max_size=settings.max_body_bytes,

@@ -25,9 +25,10 @@ from aiohttp import web
 
 from hd_compute.monitoring.logging import get_logger
 
-from .codec import LIMITS, ApiError, read_payload
+from .codec import LIMITS, ApiError
 from .middleware import error_response
 from .openapi import MAX_LATENCY_MS
+from .payload import read_payload
 
 __all__ = ["Fault", "FaultInjector", "FAULTS", "install", "parse_fault"]
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel
 
-from .codec import LIMITS, ApiError, Payload, invalid, read_payload, respond, wants_binary
+from .codec import LIMITS, ApiError, invalid
 from .config import WorkerSettings
 from .faults import FAULTS
 from .middleware import (
@@ -33,6 +33,8 @@ from .middleware import (
     record_failed,
 )
 from .openapi import MAX_DIMENSION
+from .payload import Payload, read_payload
+from .responses import respond, wants_binary
 from .state import check_name
 from .worker import WORKER, Worker
 

@@ -5,7 +5,7 @@ opened, or after its previous response, is closed. That is aiohttp's keep-alive 
 keepalive_timeout): its timer starts when a connection is made and again after each response, and closes the
 connection when it fires while no request has been parsed; aiohttp has no separate header timeout, so the same
 setting also closes idle keep-alive connections. A body that does not arrive within HDC_BODY_TIMEOUT_SECONDS is
-the handler's 408 (codec.read_body).
+the handler's 408 (payload.read_body).
 
 SIGTERM (or SIGINT): /readyz turns 503, the listening socket closes (no new connections), the requests in
 flight finish (up to 60 % of HDC_SHUTDOWN_GRACE_SECONDS, bodies still arriving included; then the rest are

@@ -12,9 +12,11 @@ from hd_compute.hypervectors import Hypervectors
 from hd_compute.models import Centroid
 from hd_compute.vsa import get_model
 
-from ..codec import ApiError, Payload, check_response_size, invalid, number_bytes
+from ..codec import ApiError, invalid
 from ..openapi import MAX_CLASSES, MAX_EPOCHS, MAX_LEARNING_RATE, MIN_TEMPERATURE
 from ..operations import Op, operation, vsa_and_dimension
+from ..payload import Payload
+from ..responses import check_response_size, number_bytes
 from ..state import ClassifierEntry
 from .named import NamedKind, add_named_routes
 

@@ -13,8 +13,10 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.structures import ItemMemory
 
-from ..codec import ApiError, Payload, check_response_size, hypervector_bytes, invalid, number_bytes
+from ..codec import ApiError, invalid
 from ..operations import Op, count, operation, vsa_and_dimension
+from ..payload import Payload
+from ..responses import check_response_size, hypervector_bytes, number_bytes
 from ..state import MemoryEntry
 from ..worker import Worker
 from .named import NamedKind, add_named_routes

@@ -12,9 +12,9 @@ from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
-from ..codec import Payload
 from ..entries import NamedEntries
 from ..operations import Op, entry_name, operation
+from ..payload import Payload
 from ..worker import Worker
 
 T = TypeVar("T")

@@ -13,9 +13,10 @@ import hd_compute.functional as F
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel
 
-from ..codec import check_response_size, hypervector_bytes, invalid, number_bytes
+from ..codec import invalid
 from ..openapi import INT64_MAX, MAX_BATCH_AXES, METRICS
 from ..operations import Op, count, empty_like, operation, vectors_fields, vsa_and_dimension
+from ..responses import check_response_size, hypervector_bytes, number_bytes
 
 routes = web.RouteTableDef()
 
