@@ -509,3 +509,40 @@ async def test_large_bodies_and_responses_are_handled_off_the_event_loop(client,
     resp = await client.post("/v1/hypervectors/random", json={"num": codec.INLINE_CODEC_MAX_BYTES // (3 * DIM) + 1})
     assert resp.status == 200
     assert threads["encode"][:2] == [loop_thread, loop_thread] and threads["encode"][2] != loop_thread
+
+
+@pytest.mark.asyncio
+async def test_bodies_held_at_once_are_bounded_and_released_with_the_answer(tmp_path):
+    """HDC_MAX_INFLIGHT_BODY_BYTES: a body that would pass it while another is held is a 503 to retry; once the
+    first is answered its bytes are free again."""
+    settings = make_settings(
+        tmp_path, max_body_bytes=1 << 20, max_json_body_bytes=1 << 20, max_inflight_body_bytes=1 << 20
+    )
+    app = create_app(settings, metrics=MetricsCollector(CollectorRegistry()))
+    rows = hv_to_json(rand(256))  # about 190 KB of JSON per copy
+    first_half = json.dumps({"vectors": rows * 3})[:-1].encode()  # all but the closing brace
+    go_on = asyncio.Event()
+
+    async def slow_body():
+        yield first_half
+        await go_on.wait()
+        yield b"}"
+
+    async with TestClient(TestServer(app)) as c:
+        await wait_ready(c)
+        held = asyncio.ensure_future(
+            c.post("/v1/ops/bundle", data=slow_body(), headers={"Content-Type": "application/json"})
+        )
+        budget = c.server.app[app_module.BODIES]
+        for _ in range(200):  # until the server holds the first body
+            if budget.held >= len(first_half):
+                break
+            await asyncio.sleep(0.01)
+        assert budget.held >= len(first_half)
+        resp = await c.post("/v1/ops/bundle", json={"vectors": rows * 3})
+        body = await resp.json()
+        assert (resp.status, body["error"]) == (503, "insufficient_memory") and body["detail"].startswith("body:")
+        go_on.set()
+        assert (await held).status == 200
+        assert budget.held == 0
+        assert (await c.post("/v1/ops/bundle", json={"vectors": rows * 3})).status == 200

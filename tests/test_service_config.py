@@ -101,7 +101,7 @@ def test_invalid_values_name_the_variable(var, value):
 def test_the_input_limits_and_timeouts():
     s = WorkerSettings.from_env(environ={})
     assert (s.max_json_body_bytes, s.max_response_bytes, s.max_allocation_bytes) == (4 << 20, 64 << 20, 1 << 30)
-    assert (s.header_timeout_seconds, s.body_timeout_seconds) == (15.0, 30.0)
+    assert (s.header_timeout_seconds, s.body_timeout_seconds, s.max_inflight_body_bytes) == (15.0, 30.0, 256 << 20)
     env = {
         "HDC_MAX_JSON_BODY_BYTES": "2048",
         "HDC_MAX_RESPONSE_BYTES": "4096",
@@ -113,8 +113,10 @@ def test_the_input_limits_and_timeouts():
     assert (s.max_json_body_bytes, s.max_response_bytes, s.max_allocation_bytes) == (2048, 4096, 2 << 20)
     assert (s.header_timeout_seconds, s.body_timeout_seconds) == (2.5, 9.0)
     # a JSON limit above the body limit is the body limit
-    limits = Limits.from_settings(WorkerSettings(max_body_bytes=8192, max_json_body_bytes=1 << 20))
-    assert limits.json_body_bytes == 8192
+    limits = Limits.from_settings(
+        WorkerSettings(max_body_bytes=8192, max_json_body_bytes=1 << 20, max_inflight_body_bytes=4096)
+    )
+    assert (limits.json_body_bytes, limits.inflight_body_bytes) == (8192, 8192)  # both at most / least the body's
     assert WorkerSettings.from_env(environ={}) == WorkerSettings()  # one definition of each default
 
 

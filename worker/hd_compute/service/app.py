@@ -13,7 +13,7 @@ from aiohttp import web
 from hd_compute.monitoring.health import HealthChecker
 from hd_compute.monitoring.metrics import MetricsCollector
 
-from .codec import LIMITS, Limits
+from .codec import BODIES, LIMITS, BodyBudget, Limits
 from .config import WorkerSettings
 from .faults import install as install_faults
 from .middleware import batch_span, observability_middleware
@@ -21,7 +21,7 @@ from .operations import OPERATIONS
 from .routes import ROUTE_TABLES
 from .worker import WORKER, Worker
 
-__all__ = ["OPERATIONS", "WORKER", "Worker", "create_app"]
+__all__ = ["BODIES", "OPERATIONS", "WORKER", "Worker", "create_app"]
 
 
 def create_app(
@@ -45,7 +45,8 @@ def create_app(
         client_max_size=settings.max_body_bytes,
     )
     app[WORKER] = worker
-    app[LIMITS] = Limits.from_settings(settings)
+    app[LIMITS] = limits = Limits.from_settings(settings)
+    app[BODIES] = BodyBudget(limits.inflight_body_bytes)
     for table in ROUTE_TABLES:
         app.add_routes(table)
     install_faults(app, settings.admin_faults)

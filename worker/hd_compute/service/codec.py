@@ -73,6 +73,7 @@ class Limits:
     json_body_bytes: int  # a JSON body (at most body_bytes)
     response_bytes: int  # an encoded response, worst case
     body_timeout: float  # seconds for the whole body to arrive
+    inflight_body_bytes: int  # the bodies of all requests being served together (at least body_bytes)
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> "Limits":
@@ -81,10 +82,54 @@ class Limits:
             min(settings.max_json_body_bytes, settings.max_body_bytes),
             settings.max_response_bytes,
             settings.body_timeout_seconds,
+            max(settings.max_inflight_body_bytes, settings.max_body_bytes),
         )
 
 
 LIMITS = web.AppKey("limits", Limits)  # the app's request limits (create_app sets them from its settings)
+
+
+class BodyBudget:
+    """The bytes of request bodies the worker holds at once: each request's body as it arrives and the arrays
+    decoded from it, until the request is answered. Over `limit` (HDC_MAX_INFLIGHT_BODY_BYTES) a request gets a
+    503 insufficient_memory, a transient shortage to retry, instead of every request sharing the host's memory.
+    Event-loop only (no lock): takes and releases happen in the requests' coroutines."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def hold(self) -> "Held":
+        return Held(self)
+
+
+class Held:
+    """What one request holds of the BodyBudget; released once, when the request is answered."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.nbytes = 0
+
+    def take(self, nbytes: int) -> None:
+        budget = self.budget
+        if budget.held + nbytes > budget.limit:
+            raise ApiError(
+                503,
+                "insufficient_memory",
+                f"body: the worker holds {budget.held} bytes of request bodies, {nbytes} more would pass "
+                f"HDC_MAX_INFLIGHT_BODY_BYTES ({budget.limit}); retry shortly",
+                field="body",
+                close=True,
+            )
+        budget.held += nbytes
+        self.nbytes += nbytes
+
+    def release(self) -> None:
+        self.budget.held -= self.nbytes
+        self.nbytes = 0
+
+
+BODIES = web.AppKey("bodies", BodyBudget)  # the app's BodyBudget (create_app sets it)
 
 
 async def off_loop(nbytes: int, fn: Callable[..., T], *args: Any) -> T:

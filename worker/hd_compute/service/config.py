@@ -108,6 +108,7 @@ _SPEC: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "host": ("HDC_HOST", _text),
     "max_body_bytes": ("HDC_MAX_BODY_BYTES", lambda n, v: _int(n, v, minimum=1024)),
     "max_json_body_bytes": ("HDC_MAX_JSON_BODY_BYTES", lambda n, v: _int(n, v, minimum=1024)),
+    "max_inflight_body_bytes": ("HDC_MAX_INFLIGHT_BODY_BYTES", lambda n, v: _int(n, v, minimum=1024)),
     "max_response_bytes": ("HDC_MAX_RESPONSE_BYTES", lambda n, v: _int(n, v, minimum=1024)),
     "max_allocation_bytes": ("HDC_MAX_ALLOCATION_BYTES", lambda n, v: _int(n, v, minimum=1 << 20)),
     "header_timeout_seconds": ("HDC_HEADER_TIMEOUT_SECONDS", _timeout),
@@ -145,6 +146,9 @@ class WorkerSettings:
     # JSON bodies: json parsing holds the GIL for the whole body, so no thread frees the event loop from it; bulk
     # vectors travel as .npz, whose decoding runs off the loop. The limit is at most max_body_bytes.
     max_json_body_bytes: int = 4 << 20
+    # the bodies of all requests together, from their first byte to their answer (at least max_body_bytes): many
+    # large requests at once are a 503 for some of them instead of the host's memory for all
+    max_inflight_body_bytes: int = 256 << 20
     max_response_bytes: int = 64 << 20  # an encoded response (checked before computing where the size is known)
     max_allocation_bytes: int = 1 << 30  # what one request may make the worker allocate up front (new state)
     header_timeout_seconds: float = 15.0  # a connection's request head must be complete within this (keep-alive too)

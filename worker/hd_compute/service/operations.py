@@ -20,7 +20,7 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel
 
-from .codec import LIMITS, ApiError, invalid
+from .codec import BODIES, LIMITS, ApiError, Held, invalid
 from .config import WorkerSettings
 from .faults import FAULTS
 from .middleware import (
@@ -53,6 +53,7 @@ class Op:
         self.request = request
         self.name = name
         self.payload: Payload | None = None
+        self.held: Held | None = None  # what read() took of the worker's BodyBudget; released by the wrapper
         self.dimension: int | None = None
         self.input_count = 0
 
@@ -65,7 +66,8 @@ class Op:
         return self.request.match_info["name"]
 
     async def read(self) -> Payload:
-        self.payload = await read_payload(self.request, self.request.app[LIMITS])
+        self.held = self.request.app[BODIES].hold()
+        self.payload = await read_payload(self.request, self.request.app[LIMITS], self.held)
         return self.payload
 
     @property
@@ -117,48 +119,11 @@ def operation(name: str) -> Callable[[OpHandler], Callable[[web.Request], Awaita
         @functools.wraps(fn)
         async def handler(request: web.Request) -> web.Response:
             op = Op(request.app[WORKER], request, name)
-            started = time.perf_counter()
             try:
-                if (faults := request.app.get(FAULTS)) is not None:
-                    await faults.before(name)
-                response = await fn(op)
-            except ApiError as exc:
-                failed = _failed(op, started, exc.status, exc.error, exc.detail)
-                if exc.close:  # a body refused while it was arriving: do not read the rest of it
-                    failed.force_close()
-                return failed
-            except torch.cuda.OutOfMemoryError as exc:
-                _log_cuda_oom(op, exc)
-                return _failed(
-                    op,
-                    started,
-                    503,
-                    "cuda_out_of_memory",
-                    f"{name}: the device ran out of memory; retry later or send a smaller batch",
-                    log_it=False,
-                )
-            except (ValueError, TypeError, IndexError) as exc:
-                # The engine checks its arguments and names them; the request fields carry the same names.
-                return _failed(op, started, 400, "invalid_argument", str(exc))
-            except Exception as exc:  # noqa: BLE001 - answer 5xx and keep serving
-                if _out_of_memory(exc):
-                    return _failed(
-                        op,
-                        started,
-                        503,
-                        "insufficient_memory",
-                        f"{name}: the worker ran out of memory for this request; retry later or send a smaller one",
-                    )
-                log_exception("request_failed_unexpectedly", operation=name)
-                return _failed(
-                    op,
-                    started,
-                    500,
-                    "internal_error",
-                    f"{name}: an internal error; the worker's log has it under this correlation id",
-                )
-            record_completed(op, time.perf_counter() - started, response.status)
-            return response
+                return await _served(op, fn)
+            finally:
+                if op.held is not None:
+                    op.held.release()
 
         return handler
 
@@ -173,6 +138,53 @@ CPU_ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory"
 def _out_of_memory(exc: Exception) -> bool:
     """The host ran out of memory: a transient shortage (503), not a bad request and not a bug."""
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and CPU_ALLOCATION_FAILED in str(exc))
+
+
+async def _served(op: Op, fn: OpHandler) -> web.Response:
+    """fn(op)'s response, or the JSON error its failure maps to (see the module's docstring)."""
+    name, request = op.name, op.request
+    started = time.perf_counter()
+    try:
+        if (faults := request.app.get(FAULTS)) is not None:
+            await faults.before(name)
+        response = await fn(op)
+    except ApiError as exc:
+        failed = _failed(op, started, exc.status, exc.error, exc.detail)
+        if exc.close:  # a body refused while it was arriving: do not read the rest of it
+            failed.force_close()
+        return failed
+    except torch.cuda.OutOfMemoryError as exc:
+        _log_cuda_oom(op, exc)
+        return _failed(
+            op,
+            started,
+            503,
+            "cuda_out_of_memory",
+            f"{name}: the device ran out of memory; retry later or send a smaller batch",
+            log_it=False,
+        )
+    except (ValueError, TypeError, IndexError) as exc:
+        # The engine checks its arguments and names them; the request fields carry the same names.
+        return _failed(op, started, 400, "invalid_argument", str(exc))
+    except Exception as exc:  # noqa: BLE001 - answer 5xx and keep serving
+        if _out_of_memory(exc):
+            return _failed(
+                op,
+                started,
+                503,
+                "insufficient_memory",
+                f"{name}: the worker ran out of memory for this request; retry later or send a smaller one",
+            )
+        log_exception("request_failed_unexpectedly", operation=name)
+        return _failed(
+            op,
+            started,
+            500,
+            "internal_error",
+            f"{name}: an internal error; the worker's log has it under this correlation id",
+        )
+    record_completed(op, time.perf_counter() - started, response.status)
+    return response
 
 
 def _failed(op: Op, started: float, status: int, error: str, detail: str, *, log_it: bool = True) -> web.Response:

@@ -25,7 +25,7 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel, get_model
 
-from .codec import JSON_TYPE, NPZ_TYPE, ApiError, Limits, body_too_large, invalid, off_loop
+from .codec import JSON_TYPE, NPZ_TYPE, ApiError, Held, Limits, body_too_large, invalid, off_loop
 from .npz import read_npz
 from .openapi import INT64_MAX, INT64_MIN
 
@@ -349,9 +349,10 @@ def _from_storage(
     return Hypervectors(data, model, vec_dim)
 
 
-async def read_body(request: web.Request, limit: int, setting: str, timeout: float) -> bytes:
+async def read_body(request: web.Request, limit: int, setting: str, timeout: float, held: Held | None) -> bytes:
     """The request body, read in the chunks it arrives in: 413 as soon as it passes `limit` (or declares more),
-    408 when it has not arrived within `timeout` seconds. Both close the connection after the answer."""
+    408 when it has not arrived within `timeout` seconds, 503 when `held` cannot take a chunk from the worker's
+    BodyBudget. All three close the connection after the answer."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise body_too_large(f"{declared} bytes exceeds the limit of {limit} bytes ({setting})")
@@ -363,6 +364,8 @@ async def read_body(request: web.Request, limit: int, setting: str, timeout: flo
                 size += len(chunk)
                 if size > limit:
                     raise body_too_large(f"exceeds the limit of {limit} bytes ({setting})")
+                if held is not None:
+                    held.take(len(chunk))
                 chunks.append(chunk)
     except TimeoutError:
         raise ApiError(
@@ -377,15 +380,17 @@ async def read_body(request: web.Request, limit: int, setting: str, timeout: flo
     return b"".join(chunks)
 
 
-async def read_payload(request: web.Request, limits: Limits) -> Payload:
+async def read_payload(request: web.Request, limits: Limits, held: Held | None = None) -> Payload:
     """Reads and decodes the body (JSON or npz); raises ApiError for anything malformed, too large or too slow.
 
     The Content-Type decides the limit before a byte is read: JSON bodies are parsed on the event loop (no thread
     frees it from a parser that holds the GIL), so they have the smaller one."""
     ctype = request.content_type
     if ctype == NPZ_TYPE:
-        raw = await read_body(request, limits.body_bytes, "HDC_MAX_BODY_BYTES", limits.body_timeout)
+        raw = await read_body(request, limits.body_bytes, "HDC_MAX_BODY_BYTES", limits.body_timeout, held)
         arrays = await off_loop(len(raw), read_npz, raw, limits.body_bytes)
+        if held is not None:  # the decoded arrays are held too, until the answer
+            held.take(sum(array.nbytes for array in arrays.values()))
         return Payload(dict(request.query), arrays, binary=True)
     if ctype not in JSON_LIKE_TYPES and request.body_exists:
         raise ApiError(
@@ -399,6 +404,7 @@ async def read_payload(request: web.Request, limits: Limits) -> Payload:
         limits.json_body_bytes,
         f"HDC_MAX_JSON_BODY_BYTES; send bulk vectors as {NPZ_TYPE}",
         limits.body_timeout,
+        held,
     )
     if not raw.strip():
         return Payload({})
