@@ -11,6 +11,7 @@ import json
 import socket
 import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -112,6 +113,21 @@ def test_the_largest_allowed_json_response_is_encoded_off_the_event_loop(worker,
     assert status == 200 and body["shape"] == [num] and len(body["vectors"][-1]) == D
     report(record_property, f"random_BSC_{num}x{D}_json", probe)
     refused(worker.request("POST", "/v1/hypervectors/random", {"num": num + 400}), 400, "num", "response_too_large")
+
+
+def test_a_compressed_body_is_refused_without_inflating_it(worker, record_property):
+    """Content-Encoding: gzip, 512 KiB on the wire that inflate to 512 MiB: 415, and nothing is inflated (aiohttp
+    would inflate the rest of a refused body on the event loop while it drains the connection)."""
+    gzip = zlib.compressobj(9, zlib.DEFLATED, 31)
+    chunk = gzip.compress(b"1," * (1 << 19))
+    body = gzip.compress(b'{"vectors": [') + b"".join([chunk] + [gzip.compress(b"1," * (1 << 19)) for _ in range(511)])
+    body += gzip.flush()
+    before = worker.peak_rss_bytes()
+    with LivenessProbe(worker) as probe:
+        answer = worker.request("POST", "/v1/ops/bundle", body, headers={"Content-Encoding": "gzip"})
+    refused(answer, 415, "Content-Encoding", "unsupported_media_type")
+    assert worker.peak_rss_bytes() - before < 64 * MIB
+    report(record_property, "gzip_json_bomb", probe)
 
 
 def test_a_non_standard_npy_header_declaring_a_huge_shape_is_413(worker):

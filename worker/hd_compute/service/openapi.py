@@ -118,7 +118,7 @@ _ERRORS = {
     "408": "the body did not arrive within HDC_BODY_TIMEOUT_SECONDS",
     "409": "already exists / empty memory / classifier not fitted",
     "413": "body (or the unpacked npz) over its limit (HDC_MAX_JSON_BODY_BYTES for JSON, HDC_MAX_BODY_BYTES)",
-    "415": "a Content-Type other than application/json or application/x-npz",
+    "415": "a Content-Type other than application/json or application/x-npz, or a Content-Encoding but identity",
     "500": "a bug (no internals in detail; the worker's log has it under the correlation id), or an injected "
     "fault (HDC_ADMIN_FAULTS)",
     "503": "a transient shortage: host or device memory (retry), or the worker failed to load its state",

@@ -385,6 +385,16 @@ async def read_payload(request: web.Request, limits: Limits, held: Held | None =
 
     The Content-Type decides the limit before a byte is read: JSON bodies are parsed on the event loop (no thread
     frees it from a parser that holds the GIL), so they have the smaller one."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Encoding: {encoding!r} is not supported; send the body uncompressed (an .npz archive may "
+            "compress its members)",
+            field="Content-Encoding",
+            close=True,
+        )
     ctype = request.content_type
     if ctype == NPZ_TYPE:
         raw = await read_body(request, limits.body_bytes, "HDC_MAX_BODY_BYTES", limits.body_timeout, held)

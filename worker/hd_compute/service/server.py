@@ -104,6 +104,7 @@ async def serve_async(settings: WorkerSettings) -> int:
         access_log=None,
         shutdown_timeout=max(0.5, grace * 0.1),
         keepalive_timeout=settings.header_timeout_seconds,
+        auto_decompress=False,  # a compressed body is refused (payload.read_payload), never inflated on the loop
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
