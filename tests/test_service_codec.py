@@ -190,6 +190,25 @@ def test_short_long_corrupt_and_foreign_members_are_400():
     assert refused(b"not a zip").error == "malformed_body"
 
 
+def test_a_directory_no_request_needs_is_refused_before_zipfile_parses_it():
+    """A body of nothing but central-directory entries: refused at the directory's size, before zipfile builds an
+    object per entry; an archive with the longest comment a zip can have still reads."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for i in range(5000):
+            z.writestr(f"m{i}.npy", b"")
+    err, peak = refused_with_peak(buf.getvalue(), MIB)
+    assert err.error == "malformed_body" and "directory" in err.detail
+    assert peak < 4 * MIB
+    member = io.BytesIO()
+    np.save(member, np.arange(3))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.comment = b"x" * 65535
+        z.writestr("q.npy", member.getvalue())
+    assert read_npz(buf.getvalue(), MIB)["q"].tolist() == [0, 1, 2]
+
+
 def test_damaged_archives_are_400_never_a_crash():
     """Every single-byte change and every truncation of a valid body: the same arrays, or a 400/413."""
     raw = npz(q=np.arange(24, dtype=np.int16).reshape(4, 6), k=np.array(5))

@@ -27,6 +27,30 @@ from .codec import ApiError, body_too_large, invalid
 NPZ_READ_CHUNK_BYTES = 1 << 20
 # More members than any request has fields; bounds the per-member work of one archive.
 NPZ_MAX_MEMBERS = 64
+# The most zipfile may read at once while it opens an archive: its search for the end record (at most 64 KiB of
+# comment and the record) and the central directory, which for NPZ_MAX_MEMBERS members is a few KiB. zipfile
+# builds an object per central-directory entry before anyone can count them, so a body of nothing but entries
+# would cost seconds of CPU and hundreds of MiB; the cap refuses it after one read.
+NPZ_MAX_OPENING_READ_BYTES = 128 << 10
+
+
+class _Body(io.BytesIO):
+    """The body as zipfile's file object; while `opening`, a read of more than NPZ_MAX_OPENING_READ_BYTES (a
+    central directory no request needs) is refused."""
+
+    opening = True
+
+    def read(self, size: int | None = -1) -> bytes:
+        wanted = len(self.getbuffer()) - self.tell() if size is None or size < 0 else size
+        if self.opening and wanted > NPZ_MAX_OPENING_READ_BYTES:
+            raise ApiError(
+                400,
+                "malformed_body",
+                f"body: the archive's directory is larger than {NPZ_MAX_OPENING_READ_BYTES} bytes; a request has "
+                f"at most {NPZ_MAX_MEMBERS} members",
+                field="body",
+            )
+        return super().read(size)
 
 
 # What zipfile and the decompressors raise for a damaged or unsupported archive (RuntimeError: an encrypted member).
@@ -46,10 +70,12 @@ _ARCHIVE_ERRORS = (
 
 def read_npz(raw: bytes, budget: int) -> dict[str, np.ndarray]:
     """The archive's arrays, their unpacked sizes together at most `budget` bytes (413 otherwise)."""
+    body = _Body(raw)
     try:
-        archive = zipfile.ZipFile(io.BytesIO(raw))
+        archive = zipfile.ZipFile(body)
     except _ARCHIVE_ERRORS as exc:
         raise ApiError(400, "malformed_body", f"body: not a valid .npz archive ({exc})", field="body") from None
+    body.opening = False
     with archive:
         infos = archive.infolist()
         if len(infos) > NPZ_MAX_MEMBERS:
