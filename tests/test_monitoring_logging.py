@@ -181,22 +181,18 @@ ISO_Z = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$"
 
 
 def test_timestamps_always_have_microseconds_and_z(capsys, monkeypatch):
-    import datetime
     import re
 
     configure_logging("INFO", "json")
     get_logger().info("any")
-
-    class OnTheSecond(datetime.datetime):  # microsecond 0: isoformat() alone would drop the fraction
-        @classmethod
-        def now(cls, tz=None):
-            return datetime.datetime(2025, 11, 29, 7, 6, 40, 0, tzinfo=tz)
-
-    monkeypatch.setattr(hdc_logging.datetime, "datetime", OnTheSecond)
-    get_logger().info("on_the_second")
-    first, second = lines(capsys.readouterr().out)
-    assert re.match(ISO_Z, first["timestamp"])
-    assert second["timestamp"] == "2025-11-29T07:06:40.000000Z"
+    for now in (1_764_400_000_000_000_000, 1_764_400_000_123_456_789, 1_764_400_001_000_001_000):
+        monkeypatch.setattr(hdc_logging.time, "time_ns", lambda now=now: now)
+        get_logger().info("at")
+    logging.getLogger("lib").info("a standard record: the time it was created")
+    first, *at, record = lines(capsys.readouterr().out)
+    assert re.match(ISO_Z, first["timestamp"]) and re.match(ISO_Z, record["timestamp"])
+    assert [e["timestamp"] for e in at] == ["2025-11-29T07:06:40.000000Z", "2025-11-29T07:06:40.123456Z",
+                                            "2025-11-29T07:06:41.000001Z"]
 
 
 @pytest.mark.parametrize("with_file", [False, True])
