@@ -332,6 +332,19 @@ def test_json_vectors_hold_only_numbers_in_a_rectangle(value, words):
     assert err.field == "a" and words in err.detail
 
 
+def test_more_batch_axes_than_the_kernels_take_are_refused():
+    deep, fine = [1, -1], [1, -1]
+    for _ in range(17):
+        deep = [deep]
+    for _ in range(16):
+        fine = [fine]
+    assert Payload({"a": fine}).decode_vectors("a", get_model("BSC"), None).data.dim() == 17
+    err = json_error(Payload({"a": deep}).decode_vectors, "a", get_model("BSC"), None)
+    assert err.error == "invalid_shape" and "17 batch axes" in err.detail
+    err = json_error(_from_storage, np.ones((1,) * 18 + (4,), dtype=np.int8), "x", get_model("MAP"), None, None)
+    assert err.error == "invalid_shape" and err.field == "x"
+
+
 @pytest.mark.parametrize("vsa", ["HRR", "FHRR"])
 def test_json_values_beyond_float32_are_refused(vsa):
     big = [1e39, 0.0] if vsa == "HRR" else [[1e39, 0.0], [0.0, 1.0]]

@@ -60,7 +60,9 @@ _STRINGS = _array({"type": "string"})
 _SCHEMAS: dict[str, Any] = {
     "Vectors": {
         "description": "Hypervectors in dense form: a list of D numbers (MAP/BSC: +1/-1, HRR: reals, FHRR: [re, im] "
-        "pairs, so a list of D pairs), or a nested list for a batch; rectangular, no empty list. In "
+        "pairs, so a list of D pairs), or a nested list for a batch of at most "
+        f"{MAX_BATCH_AXES} batch axes; "
+        "rectangular, no empty list. In "
         "an application/x-npz body: the storage form (MAP int8/float32, BSC int64 packed words, HRR "
         "float32/64, FHRR complex64/128).",
         **_array({"anyOf": [{"type": "number"}, {"$ref": _REF + "Vectors"}]}, minItems=1),

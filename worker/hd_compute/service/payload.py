@@ -27,7 +27,7 @@ from hd_compute.vsa import VSAModel, get_model
 
 from .codec import JSON_TYPE, NPZ_TYPE, ApiError, Held, Limits, body_too_large, invalid, off_loop
 from .npz import read_npz
-from .openapi import INT64_MAX, INT64_MIN
+from .openapi import INT64_MAX, INT64_MIN, MAX_BATCH_AXES
 
 JSON_LIKE_TYPES = (JSON_TYPE, "application/octet-stream", "text/plain")  # what clients send JSON as
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -270,6 +270,7 @@ def _from_json(value: Any, name: str, model: VSAModel, dim: int | None) -> Hyper
         length = arr.shape[-1]
     if length == 0:
         raise invalid(name, "hypervectors must not be empty", error="invalid_shape")
+    _check_batch_axes(name, arr.ndim - (2 if model.name == "FHRR" else 1))
     if dim is not None and length != dim:
         raise _dimension_error(name, length, dim)
     if arr.size and not bool(np.isfinite(arr).all()):
@@ -286,6 +287,13 @@ def _from_json(value: Any, name: str, model: VSAModel, dim: int | None) -> Hyper
         return Hypervectors.from_dense(dense, model)
     except (ValueError, TypeError) as exc:
         raise invalid(name, str(exc)) from None
+
+
+def _check_batch_axes(name: str, axes: int) -> None:
+    """At most MAX_BATCH_AXES batch axes: the kernels add axes of their own (unpacked bits, [re, im] pairs) to
+    torch's limit of 64."""
+    if axes > MAX_BATCH_AXES:
+        raise invalid(name, f"has {axes} batch axes, more than {MAX_BATCH_AXES}", error="invalid_shape")
 
 
 def _validated(data: torch.Tensor, name: str, model: VSAModel, dim: int) -> Hypervectors:
@@ -311,6 +319,7 @@ def _from_storage(
     payload's arrays are the request's own, read from the archive, never views of another buffer)."""
     if arr.ndim < 1:
         raise invalid(name, "must have at least one axis (the hypervector axis)", error="invalid_shape")
+    _check_batch_axes(name, arr.ndim - 1)
     dtype = _torch_dtype(arr, name)
     if dtype not in model.allowed_dtypes:
         allowed = ", ".join(str(d).removeprefix("torch.") for d in model.allowed_dtypes)
