@@ -150,6 +150,14 @@ def test_zero_hypervectors_are_an_empty_answer(worker, vsa):
         "POST", "/v1/ops/permute?vsa=BSC", npz(vectors=words), content_type=NPZ, headers={"Accept": "application/json"}
     )
     assert status == 200 and body["shape"] == [0]
+    status, body = worker.request(
+        "POST",
+        "/v1/ops/bundle?vsa=BSC",
+        npz(vectors=np.zeros((0, 3, 16), dtype=np.int64)),
+        content_type=NPZ,
+        headers={"Accept": "application/json"},
+    )
+    assert status == 200 and body["shape"] == [0]
 
 
 @pytest.mark.parametrize("shifts", [-(2**63), 2**63 - 1, -1, D + 3])

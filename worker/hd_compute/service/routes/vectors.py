@@ -90,6 +90,8 @@ async def bundle_route(op: Op) -> web.Response:
         )
     op.check_elements("vectors", count(x) * x.dim, f"bundling {count(x)} hypervectors of dimension {x.dim}")
     op.dimension, op.input_count = x.dim, count(x)
+    if count(x) == 0:  # bundles of nothing: (0, ..., n, D) -> (0, ..., D)
+        return await op.respond(vectors_fields(empty_like(x, tuple(x.shape[:-1]))))
     hv = await op.kernel(lambda: F.multiset(op.on_device(x)))
     return await op.respond(vectors_fields(hv))
 
