@@ -19,8 +19,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # What a refusal by RBAC looks like in the operator's log: the API's reason (kopf's APIForbiddenError, our
 # reconcile errors), kopf's own warning for a resource it may not watch, or a 403 as a status code. Not any
 # "403" in the text: timestamps and ports hold those digits too.
-PERMISSION_DENIAL = re.compile(r"forbidden|not enough permissions|[\"']code[\"']:\s*403\b|\bHTTP/1\.1\\?\"? 403\b",
-                               re.IGNORECASE)
+PERMISSION_DENIAL = re.compile(
+    r"forbidden|not enough permissions|[\"']code[\"']:\s*403\b|\bHTTP/1\.1\\?\"? 403\b", re.IGNORECASE
+)
 
 
 class OperatorProcess:
@@ -37,12 +38,23 @@ class OperatorProcess:
         command = [str(script)] if script.exists() else [sys.executable, "-m", "hdc_operator.main"]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO / "operator"), str(REPO / "worker"), env.get("PYTHONPATH")) if p)
+            p for p in (str(REPO / "operator"), str(REPO / "worker"), env.get("PYTHONPATH")) if p
+        )
         env.update({"KUBECONFIG": self.kubeconfig, "HDC_OPERATOR_LOG_LEVEL": "INFO", **self.extra_env})
         self.log_path = self.tmp_path / f"operator-{self.starts}.log"
         self.proc = subprocess.Popen(
-            [*command, "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port),
-             *self.args], env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT)
+            [
+                *command,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--liveness-port",
+                str(self.liveness_port),
+                *self.args,
+            ],
+            env=env,
+            stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"operator exited early:\n{self.log()[-4000:]}"
@@ -74,12 +86,18 @@ class OperatorProcess:
         """Every sample of /metrics: (name, sorted label items) -> value."""
         status, text = self._get(self.metrics_port, "/metrics")
         assert status == 200
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
 
     def metric_sum(self, name: str, **labels: str) -> float:
-        return sum(v for (n, items), v in self.metrics().items()
-                   if n == name and all(dict(items).get(k) == val for k, val in labels.items()))
+        return sum(
+            v
+            for (n, items), v in self.metrics().items()
+            if n == name and all(dict(items).get(k) == val for k, val in labels.items())
+        )
 
     def writes(self) -> float:
         return self.metric_sum("hdc_operator_api_writes_total")

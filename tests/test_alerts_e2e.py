@@ -73,38 +73,66 @@ async def wait_for(condition, timeout: float, what: str, diagnose) -> None:
 @pytest.mark.slow
 @pytest.mark.asyncio
 async def test_injected_fault_fires_and_resolves_alerts_through_alertmanager(tmp_path):
-    spec = spec_with(**{"resources.gpus": 0,
-                        "alerts.highLatency": {"p95ThresholdMs": 100, "for": FOR},
-                        "alerts.highErrorRate": {"thresholdPercent": 1, "for": FOR}})
+    spec = spec_with(
+        **{
+            "resources.gpus": 0,
+            "alerts.highLatency": {"p95ThresholdMs": 100, "for": FOR},
+            "alerts.highErrorRate": {"thresholdPercent": 1, "for": FOR},
+        }
+    )
     write_yaml(tmp_path / "rules.yml", rule_file(build_rule_groups(WORKLOAD, NAMESPACE, spec)))
 
     hook = Webhook()
     await hook.start()
     worker = WorkerProcess(tmp_path, tmp_path / "state", HDC_ADMIN_FAULTS="true", HDC_DIMENSION="4")
     await asyncio.to_thread(worker.start)
-    am = alertmanager_process(tmp_path, {
-        "route": {"receiver": "test", "group_by": ["alertname"], "group_wait": "1s", "group_interval": "1s",
-                  "repeat_interval": "1h"},
-        "receivers": [{"name": "test", "webhook_configs": [
-            {"url": f"http://127.0.0.1:{hook.port}/alerts", "send_resolved": True}]}],
-    })
+    am = alertmanager_process(
+        tmp_path,
+        {
+            "route": {
+                "receiver": "test",
+                "group_by": ["alertname"],
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1h",
+            },
+            "receivers": [
+                {
+                    "name": "test",
+                    "webhook_configs": [{"url": f"http://127.0.0.1:{hook.port}/alerts", "send_resolved": True}],
+                }
+            ],
+        },
+    )
     prometheus = None
     stop, counts = asyncio.Event(), {}
     loaders: list[asyncio.Task] = []
     try:
         await asyncio.to_thread(am.start)
         # The scrape job labels every series like the ServiceMonitor's relabelling does in a cluster.
-        prometheus = prometheus_process(tmp_path, {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(tmp_path / "rules.yml")],
-            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am.port}"]}]}]},
-            "scrape_configs": [{"job_name": "hdc-worker", "static_configs": [{
-                "targets": [f"127.0.0.1:{worker.port}"],
-                "labels": {"namespace": NAMESPACE, "workload": WORKLOAD, "pod": POD}}]}],
-        })
+        prometheus = prometheus_process(
+            tmp_path,
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(tmp_path / "rules.yml")],
+                "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am.port}"]}]}]},
+                "scrape_configs": [
+                    {
+                        "job_name": "hdc-worker",
+                        "static_configs": [
+                            {
+                                "targets": [f"127.0.0.1:{worker.port}"],
+                                "labels": {"namespace": NAMESPACE, "workload": WORKLOAD, "pod": POD},
+                            }
+                        ],
+                    }
+                ],
+            },
+        )
         await asyncio.to_thread(prometheus.start)
 
         async with aiohttp.ClientSession() as session:
+
             async def query(promql: str) -> list:
                 async with session.get(f"{prometheus.url}/api/v1/query", params={"query": promql}) as resp:
                     return (await resp.json())["data"]["result"]
@@ -115,11 +143,13 @@ async def test_injected_fault_fires_and_resolves_alerts_through_alertmanager(tmp
 
             async def diagnose() -> str:
                 p95 = await query('hdc_latency_percentiles{quantile="0.95"}')
-                return (f"requests by status: {counts}\nprometheus alerts: {await prom_alerts()}\n"
-                        f"webhook: {hook.notifications}\n"
-                        f"p95: {p95}\n"
-                        f"prometheus log: {prometheus.log_path.read_text()[-1500:]}\n"
-                        f"alertmanager log: {am.log_path.read_text()[-1500:]}")
+                return (
+                    f"requests by status: {counts}\nprometheus alerts: {await prom_alerts()}\n"
+                    f"webhook: {hook.notifications}\n"
+                    f"p95: {p95}\n"
+                    f"prometheus log: {prometheus.log_path.read_text()[-1500:]}\n"
+                    f"alertmanager log: {am.log_path.read_text()[-1500:]}"
+                )
 
             loaders = [asyncio.create_task(load(worker, stop, counts)) for _ in range(3)]
             # Healthy: the target is up, traffic is measured, and neither alert is even pending.
@@ -136,8 +166,9 @@ async def test_injected_fault_fires_and_resolves_alerts_through_alertmanager(tmp
             async with session.put(f"http://127.0.0.1:{worker.port}/admin/faults", json=FAULT) as resp:
                 assert resp.status == 200
             injected = time.monotonic()
-            await wait_for(lambda: set(WATCHED) <= set(hook.alerts("firing")), 120,
-                           "both alerts firing at the webhook", diagnose)
+            await wait_for(
+                lambda: set(WATCHED) <= set(hook.alerts("firing")), 120, "both alerts firing at the webhook", diagnose
+            )
             firing = hook.alerts("firing")
             for name in WATCHED:
                 arrived, alert = firing[name]
@@ -147,7 +178,8 @@ async def test_injected_fault_fires_and_resolves_alerts_through_alertmanager(tmp
             assert firing["HDC_HighLatency"][1]["labels"]["operation"] == "bind"
             assert firing["HDC_HighLatency"][1]["labels"]["severity"] == "warning"
             assert firing["HDC_HighLatency"][1]["annotations"]["description"].startswith(
-                f"95th percentile latency of bind on {POD} is ")
+                f"95th percentile latency of bind on {POD} is "
+            )
             assert firing["HDC_HighErrorRate"][1]["labels"]["severity"] == "critical"
             assert "% (threshold 1%)" in firing["HDC_HighErrorRate"][1]["annotations"]["description"]
             assert counts.get(500, 0) > 0
@@ -155,13 +187,20 @@ async def test_injected_fault_fires_and_resolves_alerts_through_alertmanager(tmp
             async with session.delete(f"http://127.0.0.1:{worker.port}/admin/faults") as resp:
                 assert resp.status == 200
             removed = time.monotonic()
-            await wait_for(lambda: set(WATCHED) <= set(hook.alerts("resolved")), 240,
-                           "both alerts resolved at the webhook", diagnose)
+            await wait_for(
+                lambda: set(WATCHED) <= set(hook.alerts("resolved")),
+                240,
+                "both alerts resolved at the webhook",
+                diagnose,
+            )
             resolved = hook.alerts("resolved")
-            print("\nfiring after the fault: " + ", ".join(
-                f"{n} {firing[n][0] - injected:.1f}s" for n in WATCHED) +
-                  "; resolved after its removal: " + ", ".join(f"{n} {resolved[n][0] - removed:.1f}s" for n in WATCHED)
-                  + f"; requests {counts}")
+            print(
+                "\nfiring after the fault: "
+                + ", ".join(f"{n} {firing[n][0] - injected:.1f}s" for n in WATCHED)
+                + "; resolved after its removal: "
+                + ", ".join(f"{n} {resolved[n][0] - removed:.1f}s" for n in WATCHED)
+                + f"; requests {counts}"
+            )
     finally:
         stop.set()
         await asyncio.gather(*loaders, return_exceptions=True)

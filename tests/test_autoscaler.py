@@ -37,9 +37,15 @@ def body(replicas=2, annotation=None, generation=1, rv="10", mode="operator"):
 
 
 def spec(target=100.0, **autoscaling):
-    a = {"mode": "operator", "minReplicas": 1, "maxReplicas": 10, "targetUtilizationPercent": 50,
-         "targetOpsPerReplica": target, "tolerancePercent": 10,
-         "behavior": {"scaleDown": {"stabilizationWindowSeconds": 20}}}
+    a = {
+        "mode": "operator",
+        "minReplicas": 1,
+        "maxReplicas": 10,
+        "targetUtilizationPercent": 50,
+        "targetOpsPerReplica": target,
+        "tolerancePercent": 10,
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 20}},
+    }
     a.update(autoscaling)
     return {"autoscaling": a}
 
@@ -51,8 +57,11 @@ def obs(demand, at=T0, reporting=2):
 def step_of(demand, replicas=2, history=None, now=T0):
     history = History() if history is None else history
     decision, current = evaluate(body(replicas), spec(), history, obs(demand, now), now, ready_replicas=replicas)
-    return Step(status_fields(decision, obs(demand, now), current, "2027-01-15T08:00:00Z"),
-                scaling_active_condition(decision), decision), decision
+    return Step(
+        status_fields(decision, obs(demand, now), current, "2027-01-15T08:00:00Z"),
+        scaling_active_condition(decision),
+        decision,
+    ), decision
 
 
 def base_status():
@@ -121,8 +130,11 @@ def test_metrics_unavailable_flips_the_condition_and_keeps_observed_values():
     new, changed = merge_status(base_status(), first, down, "2027-01-15T08:05:00Z")
     assert changed
     cond = next(c for c in new["conditions"] if c["type"] == "ScalingActive")
-    assert (cond["status"], cond["reason"], cond["lastTransitionTime"]) == ("False", "MetricsUnavailable",
-                                                                             "2027-01-15T08:05:00Z")
+    assert (cond["status"], cond["reason"], cond["lastTransitionTime"]) == (
+        "False",
+        "MetricsUnavailable",
+        "2027-01-15T08:05:00Z",
+    )
     assert new["observedDemandOpsPerSec"] == 100.0  # the last measured value stays
     again, changed = merge_status(base_status(), new, down, "2027-01-15T08:06:00Z")
     assert not changed and again == new
@@ -151,8 +163,10 @@ def test_without_prometheus_it_holds_and_reports_metrics_unavailable():
     assert step.decision.desired_replicas == 3
     assert step.condition["status"] == "False" and step.condition["reason"] == "MetricsUnavailable"
     assert NO_PROMETHEUS in step.condition["message"]
-    assert metrics.registry.get_sample_value("hdc_operator_autoscaler_decisions_total",
-                                             {"reason": "MetricsUnavailable"}) == 1
+    assert (
+        metrics.registry.get_sample_value("hdc_operator_autoscaler_decisions_total", {"reason": "MetricsUnavailable"})
+        == 1
+    )
     assert asyncio.run(scaler.step(("ns", "w"), body(3), {"autoscaling": {"mode": "hpa"}}, None)) is None
 
 
@@ -166,6 +180,7 @@ class _RecordingApi:
         def call(*args):
             self.calls.append((name, args))
             return {}
+
         return call
 
 

@@ -21,8 +21,13 @@ SCRAPE_S = 1
 
 
 def kubectl(cluster, *args, input=None):
-    out = subprocess.run([prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args], capture_output=True,
-                         text=True, input=input, timeout=120)
+    out = subprocess.run(
+        [prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+    )
     assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
     return out.stdout
 
@@ -31,20 +36,37 @@ def start_stack(cluster, mon, operator) -> None:
     """The CRD (applied, Established), the mirror with Prometheus, the operator."""
     kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     # (kubectl wait fails at once while a new CRD has no status.conditions yet: hence wait around it)
-    mon.wait(lambda: kubectl(cluster, "wait", "--for", "condition=Established", "--timeout=30s",
-                             "crd/hdcworkloads.hdcompute.io") is not None, "the CRD Established")
+    mon.wait(
+        lambda: (
+            kubectl(cluster, "wait", "--for", "condition=Established", "--timeout=30s", "crd/hdcworkloads.hdcompute.io")
+            is not None
+        ),
+        "the CRD Established",
+    )
     mon.start()
     operator.start()
 
 
 def scaled_workload(name: str, namespace: str, mode: str) -> dict:
     """1 to 3 replicas at 0.5 ops/s each (1 op/s x 50 %): any load wants 3, no load wants 1."""
-    return {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"replicas": 1, "hdc": {"dimension": 1024}, "continuousBenchmark": {"enabled": False},
-                     "autoscaling": {"mode": mode, "minReplicas": 1, "maxReplicas": 3, "targetOpsPerReplica": 1,
-                                     "targetUtilizationPercent": 50,
-                                     "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S}}}}}
+    return {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "hdc": {"dimension": 1024},
+            "continuousBenchmark": {"enabled": False},
+            "autoscaling": {
+                "mode": mode,
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetOpsPerReplica": 1,
+                "targetUtilizationPercent": 50,
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S}},
+            },
+        },
+    }
 
 
 @pytest.mark.k8s
@@ -57,8 +79,18 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
 
     ns, name = k8s_namespace, "scaled"
     mon = LocalMonitoring(k8s_cluster.kubeconfig, tmp_path, ns, scrape_interval=f"{SCRAPE_S}s")
-    operator = OperatorProcess(k8s_cluster.kubeconfig, tmp_path, "--namespace", ns, "--resync-interval", "30",
-                               "--autoscale-interval", str(TICK_S), "--prometheus-url", mon.url)
+    operator = OperatorProcess(
+        k8s_cluster.kubeconfig,
+        tmp_path,
+        "--namespace",
+        ns,
+        "--resync-interval",
+        "30",
+        "--autoscale-interval",
+        str(TICK_S),
+        "--prometheus-url",
+        mon.url,
+    )
     workload = scaled_workload(name, ns, "operator")
 
     def hdcw() -> dict:
@@ -71,8 +103,19 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
         return next((c for c in hdcw().get("status", {}).get("conditions", []) if c["type"] == "ScalingActive"), {})
 
     def autoscaled_events(reason: str = "Autoscaled", type_: str = "Normal") -> list[str]:
-        out = json.loads(kubectl(k8s_cluster, "get", "events", "-n", ns, "--field-selector",
-                                 f"reason={reason},type={type_}", "-o", "json"))
+        out = json.loads(
+            kubectl(
+                k8s_cluster,
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                f"reason={reason},type={type_}",
+                "-o",
+                "json",
+            )
+        )
         return [e["message"] for e in out["items"]]
 
     def wait_replicas(n: int, timeout_s: float) -> float:
@@ -149,8 +192,11 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
         time.sleep(max(0.0, 75 - (time.monotonic() - down_at)))
         writes, evaluations = operator.writes(), operator.metric_sum("hdc_operator_autoscaler_decisions_total")
         # at least 3 more evaluations (4 ticks when the machine is quiet; a loaded machine delays ticks)
-        mon.wait(lambda: operator.metric_sum("hdc_operator_autoscaler_decisions_total") >= evaluations + 3,
-                 "3 more scaler evaluations", 20 * TICK_S)
+        mon.wait(
+            lambda: operator.metric_sum("hdc_operator_autoscaler_decisions_total") >= evaluations + 3,
+            "3 more scaler evaluations",
+            20 * TICK_S,
+        )
         assert operator.writes() == writes, "an idle workload in mode operator was written to"
         assert operator.metric_sum("hdc_operator_autoscaler_scales_total", direction="up") >= 2
         assert operator.metric_sum("hdc_operator_autoscaler_decisions_total", reason="MetricsUnavailable") >= 1
@@ -158,8 +204,22 @@ def test_operator_mode_scales_on_load_holds_without_prometheus(k8s_cluster, k8s_
     finally:
         if load is not None:
             load.stop()
-        subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "delete", "hdcw", name, "-n",
-                        ns, "--wait=true", "--timeout=60s"], capture_output=True, timeout=90)
+        subprocess.run(
+            [
+                prom.tool("kubectl"),
+                "--kubeconfig",
+                k8s_cluster.kubeconfig,
+                "delete",
+                "hdcw",
+                name,
+                "-n",
+                ns,
+                "--wait=true",
+                "--timeout=60s",
+            ],
+            capture_output=True,
+            timeout=90,
+        )
         mon.stop()
         operator.stop()
         print(operator.log()[-3000:] if numbers.get("scale_down_after_restart_s") is None else "")
@@ -187,13 +247,26 @@ def test_hpa_mode_scales_through_prometheus_adapter(k8s_cluster, k8s_namespace, 
     (tmp_path / "adapter.yaml").write_text(yaml.safe_dump({"rules": adapter_rules()}))
     adapter_log = tmp_path / "adapter.log"
     registration = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hdc-prometheus-adapter", "namespace": ns},
-         "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"name": "https", "port": port}]}},
-        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
-         "metadata": {"name": "v1beta1.custom.metrics.k8s.io"},
-         "spec": {"service": {"name": "hdc-prometheus-adapter", "namespace": ns, "port": port},
-                  "group": "custom.metrics.k8s.io", "version": "v1beta1", "insecureSkipTLSVerify": True,
-                  "groupPriorityMinimum": 100, "versionPriority": 100}}]
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "hdc-prometheus-adapter", "namespace": ns},
+            "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"name": "https", "port": port}]},
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": "v1beta1.custom.metrics.k8s.io"},
+            "spec": {
+                "service": {"name": "hdc-prometheus-adapter", "namespace": ns, "port": port},
+                "group": "custom.metrics.k8s.io",
+                "version": "v1beta1",
+                "insecureSkipTLSVerify": True,
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    ]
     workload = scaled_workload(name, ns, "hpa")
 
     def replicas() -> int:
@@ -201,9 +274,19 @@ def test_hpa_mode_scales_through_prometheus_adapter(k8s_cluster, k8s_namespace, 
 
     def pod_metric() -> list[dict]:
         """The per-pod metric through the aggregated API ([] while the adapter has not listed the series yet)."""
-        out = subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "get", "--raw",
-                              f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{ns}/pods/*/{THROUGHPUT_METRIC}"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                prom.tool("kubectl"),
+                "--kubeconfig",
+                k8s_cluster.kubeconfig,
+                "get",
+                "--raw",
+                f"/apis/custom.metrics.k8s.io/v1beta1/namespaces/{ns}/pods/*/{THROUGHPUT_METRIC}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return json.loads(out.stdout)["items"] if out.returncode == 0 else []
 
     adapter = load = None
@@ -211,28 +294,55 @@ def test_hpa_mode_scales_through_prometheus_adapter(k8s_cluster, k8s_namespace, 
     try:
         start_stack(k8s_cluster, mon, operator)
         adapter = subprocess.Popen(
-            [str(tools_bin() / "prometheus-adapter"), f"--config={tmp_path / 'adapter.yaml'}",
-             f"--lister-kubeconfig={k8s_cluster.kubeconfig}", f"--authentication-kubeconfig={k8s_cluster.kubeconfig}",
-             f"--authorization-kubeconfig={k8s_cluster.kubeconfig}", f"--prometheus-url={mon.url}/",
-             f"--secure-port={port}", f"--cert-dir={tmp_path / 'certs'}", "--metrics-relist-interval=5s"],
-            stdout=subprocess.DEVNULL, stderr=open(adapter_log, "wb"))
-        kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                   "items": registration}))
-        kubectl(k8s_cluster, "wait", "--for=condition=Available", "--timeout=60s",
-                "apiservice/v1beta1.custom.metrics.k8s.io")
+            [
+                str(tools_bin() / "prometheus-adapter"),
+                f"--config={tmp_path / 'adapter.yaml'}",
+                f"--lister-kubeconfig={k8s_cluster.kubeconfig}",
+                f"--authentication-kubeconfig={k8s_cluster.kubeconfig}",
+                f"--authorization-kubeconfig={k8s_cluster.kubeconfig}",
+                f"--prometheus-url={mon.url}/",
+                f"--secure-port={port}",
+                f"--cert-dir={tmp_path / 'certs'}",
+                "--metrics-relist-interval=5s",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(adapter_log, "wb"),
+        )
+        kubectl(
+            k8s_cluster,
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": registration}),
+        )
+        kubectl(
+            k8s_cluster,
+            "wait",
+            "--for=condition=Available",
+            "--timeout=60s",
+            "apiservice/v1beta1.custom.metrics.k8s.io",
+        )
         kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(workload))
-        hpa = mon.wait(lambda: json.loads(kubectl(k8s_cluster, "get", "hpa", "-n", ns, "-o", "json"))["items"],
-                       "the operator's HPA")[0]
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-                                                 "name": name}
+        hpa = mon.wait(
+            lambda: json.loads(kubectl(k8s_cluster, "get", "hpa", "-n", ns, "-o", "json"))["items"],
+            "the operator's HPA",
+        )[0]
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "hdcompute.io/v1alpha1",
+            "kind": "HDCWorkload",
+            "name": name,
+        }
         assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == THROUGHPUT_METRIC
         mon.wait_workers(1)
 
         load = LoadGenerator(mon.status_file, ns, name, "MAP", 1024, clients=2).start()
         started = time.monotonic()
         # the adapter answers through the aggregator with the per-pod rate the HPA reads
-        items = mon.wait(lambda: [i for i in pod_metric() if float(i["value"].rstrip("m")) > 0] or None,
-                         "the custom metric through the aggregated API", 120)
+        items = mon.wait(
+            lambda: [i for i in pod_metric() if float(i["value"].rstrip("m")) > 0] or None,
+            "the custom metric through the aggregated API",
+            120,
+        )
         assert items[0]["describedObject"]["kind"] == "Pod"
         numbers["metric_visible_s"] = time.monotonic() - started
         mon.wait(lambda: replicas() == 3, "the HPA scaling the HDCWorkload to 3", 180)
@@ -251,19 +361,58 @@ def test_hpa_mode_scales_through_prometheus_adapter(k8s_cluster, k8s_namespace, 
     except AssertionError:
         print(adapter_log.read_text(errors="replace")[-3000:] if adapter_log.exists() else "", operator.log()[-2000:])
         # what the HPA controller saw last (conditions: AbleToScale, ScalingActive, ScalingLimited; metrics)
-        hpa_now = subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "get", "hpa", "-n", ns,
-                                  "-o", "jsonpath={.items[*].status}"], capture_output=True, text=True, timeout=60)
+        hpa_now = subprocess.run(
+            [
+                prom.tool("kubectl"),
+                "--kubeconfig",
+                k8s_cluster.kubeconfig,
+                "get",
+                "hpa",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.items[*].status}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         print("HPA status:", hpa_now.stdout[-4000:], hpa_now.stderr[-500:])
         raise
     finally:
         if load is not None:
             load.stop()
-        subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "delete", "apiservice",
-                        "v1beta1.custom.metrics.k8s.io", "--ignore-not-found"], capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                prom.tool("kubectl"),
+                "--kubeconfig",
+                k8s_cluster.kubeconfig,
+                "delete",
+                "apiservice",
+                "v1beta1.custom.metrics.k8s.io",
+                "--ignore-not-found",
+            ],
+            capture_output=True,
+            timeout=60,
+        )
         if adapter is not None:
             adapter.terminate()
             adapter.wait(20)
-        subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "delete", "hdcw", name, "-n",
-                        ns, "--wait=true", "--timeout=60s"], capture_output=True, timeout=90)
+        subprocess.run(
+            [
+                prom.tool("kubectl"),
+                "--kubeconfig",
+                k8s_cluster.kubeconfig,
+                "delete",
+                "hdcw",
+                name,
+                "-n",
+                ns,
+                "--wait=true",
+                "--timeout=60s",
+            ],
+            capture_output=True,
+            timeout=90,
+        )
         mon.stop()
         operator.stop()

@@ -30,9 +30,14 @@ CONTRACT_LABELS = {
 
 
 def workload(spec=None, name="demo", namespace="ml", uid="0b9f6a2e-1111-2222-3333-444455556666"):
-    return parse_workload({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-                           "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": 2},
-                           "spec": spec or {}})
+    return parse_workload(
+        {
+            "apiVersion": "hdcompute.io/v1alpha1",
+            "kind": "HDCWorkload",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "generation": 2},
+            "spec": spec or {},
+        }
+    )
 
 
 def children(spec=None, capabilities=None, **kw) -> dict[str, dict]:
@@ -56,8 +61,13 @@ def test_builders_import_neither_kopf_nor_the_kubernetes_client():
     for path in BUILDERS.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert not name.startswith(("kopf", "kubernetes")), f"{path.name} imports {name}"
 
@@ -65,11 +75,20 @@ def test_builders_import_neither_kopf_nor_the_kubernetes_client():
 def test_default_children_in_order():
     built = build_children(workload(), Capabilities.all())
     kinds = [(c["apiVersion"], c["kind"]) for c in built]
-    assert kinds == [(k.api_version, k.kind) for k in CHILD_KINDS
-                     if k.kind not in ("PersistentVolumeClaim", "HorizontalPodAutoscaler")]
+    assert kinds == [
+        (k.api_version, k.kind)
+        for k in CHILD_KINDS
+        if k.kind not in ("PersistentVolumeClaim", "HorizontalPodAutoscaler")
+    ]
     names = {c["kind"]: c["metadata"]["name"] for c in built}
-    assert names == {"Deployment": "demo", "Service": "demo", "PodDisruptionBudget": "demo",
-                     "ServiceMonitor": "demo", "PrometheusRule": "demo", "ConfigMap": "demo-dashboards"}
+    assert names == {
+        "Deployment": "demo",
+        "Service": "demo",
+        "PodDisruptionBudget": "demo",
+        "ServiceMonitor": "demo",
+        "PrometheusRule": "demo",
+        "ConfigMap": "demo-dashboards",
+    }
 
 
 def test_every_child_has_namespace_labels_and_a_controller_owner_reference():
@@ -79,11 +98,20 @@ def test_every_child_has_namespace_labels_and_a_controller_owner_reference():
     for child in built:
         meta = child["metadata"]
         assert meta["namespace"] == "ml"
-        assert meta["labels"].items() >= {**CONTRACT_LABELS, "app.kubernetes.io/instance": "demo",
-                                          "hdcompute.io/workload": "demo"}.items()
-        assert meta["ownerReferences"] == [{"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-                                            "name": "demo", "uid": "0b9f6a2e-1111-2222-3333-444455556666",
-                                            "controller": True, "blockOwnerDeletion": True}], child["kind"]
+        assert (
+            meta["labels"].items()
+            >= {**CONTRACT_LABELS, "app.kubernetes.io/instance": "demo", "hdcompute.io/workload": "demo"}.items()
+        )
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "hdcompute.io/v1alpha1",
+                "kind": "HDCWorkload",
+                "name": "demo",
+                "uid": "0b9f6a2e-1111-2222-3333-444455556666",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ], child["kind"]
 
 
 def test_no_owner_reference_without_a_uid():
@@ -123,8 +151,11 @@ def test_persistence_mounts_a_claim_instead_of_an_empty_dir():
     c = children({"persistence": {"enabled": True, "size": "5Gi", "storageClassName": "fast"}, "replicas": 1})
     pvc = c["PersistentVolumeClaim"]
     assert pvc["metadata"]["name"] == "demo-state"
-    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
-                           "storageClassName": "fast"}
+    assert pvc["spec"] == {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "5Gi"}},
+        "storageClassName": "fast",
+    }
     volumes = {v["name"]: v for v in c["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["state"] == {"name": "state", "persistentVolumeClaim": {"claimName": "demo-state"}}
     assert "storageClassName" not in children({"persistence": {"enabled": True}})["PersistentVolumeClaim"]["spec"]
@@ -153,8 +184,15 @@ def test_user_tolerations_are_merged_with_the_gpu_one_without_duplicates():
 
 
 def test_scheduling_is_passed_through():
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H100"]}]}]}}}
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H100"]}]}
+                ]
+            }
+        }
+    }
     p = pod({"scheduling": {"nodeSelector": {"pool": "gpu"}, "affinity": affinity, "priorityClassName": "high"}})
     assert (p["nodeSelector"], p["affinity"], p["priorityClassName"]) == ({"pool": "gpu"}, affinity, "high")
     assert not {"nodeSelector", "affinity", "priorityClassName"} & set(pod())
@@ -163,9 +201,13 @@ def test_scheduling_is_passed_through():
 def test_probes_wire_the_worker_endpoints_with_the_spec_timings():
     container = pod({"probes": {"startup": {"failureThreshold": 120, "periodSeconds": 2}}})["containers"][0]
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert container["livenessProbe"] == {"httpGet": {"path": "/livez", "port": "http", "scheme": "HTTP"},
-                                          "initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 2,
-                                          "failureThreshold": 3}
+    assert container["livenessProbe"] == {
+        "httpGet": {"path": "/livez", "port": "http", "scheme": "HTTP"},
+        "initialDelaySeconds": 0,
+        "periodSeconds": 10,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
+    }
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["readinessProbe"]["periodSeconds"] == 5
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
@@ -173,21 +215,30 @@ def test_probes_wire_the_worker_endpoints_with_the_spec_timings():
 
 
 def test_worker_env_parses_into_the_spec_values():
-    spec = {"hdc": {"dimension": 4096, "vsa": "HRR", "device": "cpu"}, "resources": {"gpus": 0},
-            "health": {"cudaMemoryThresholdMb": 512, "memoryThresholdPercent": 80.5, "diskThresholdPercent": 70},
-            "logging": {"level": "DEBUG", "format": "console"},
-            "continuousBenchmark": {"enabled": False, "intervalSeconds": 60, "degradationThreshold": 0.25}}
+    spec = {
+        "hdc": {"dimension": 4096, "vsa": "HRR", "device": "cpu"},
+        "resources": {"gpus": 0},
+        "health": {"cudaMemoryThresholdMb": 512, "memoryThresholdPercent": 80.5, "diskThresholdPercent": 70},
+        "logging": {"level": "DEBUG", "format": "console"},
+        "continuousBenchmark": {"enabled": False, "intervalSeconds": 60, "degradationThreshold": 0.25},
+    }
     variables = env(spec)
     hdc_vars = {k: v for k, v in variables.items() if k.startswith("HDC_")}
     assert set(hdc_vars) <= set(ENV_VARS.values()), set(hdc_vars) - set(ENV_VARS.values())
     settings = WorkerSettings.from_env(environ=hdc_vars)  # the worker's own parser
     assert (settings.dimension, settings.vsa, settings.device) == (4096, "HRR", "cpu")
     assert (settings.port, settings.host, settings.state_dir) == (8080, "0.0.0.0", "/var/lib/hdc")
-    assert (settings.health_cuda_memory_mb, settings.health_memory_percent, settings.health_disk_percent) == \
-        (512, 80.5, 70)
+    assert (settings.health_cuda_memory_mb, settings.health_memory_percent, settings.health_disk_percent) == (
+        512,
+        80.5,
+        70,
+    )
     assert (settings.log_level, settings.log_format) == ("DEBUG", "console")
-    assert (settings.benchmark_enabled, settings.benchmark_interval_seconds,
-            settings.benchmark_degradation_threshold) == (False, 60, 0.25)
+    assert (
+        settings.benchmark_enabled,
+        settings.benchmark_interval_seconds,
+        settings.benchmark_degradation_threshold,
+    ) == (False, 60, 0.25)
     assert settings.shutdown_grace_seconds < pod(spec)["terminationGracePeriodSeconds"]
 
 
@@ -227,63 +278,89 @@ def test_replicas_follow_spec_and_are_clamped_when_autoscaled():
 
 def test_service():
     svc = children()["Service"]
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP",
-                                     "appProtocol": "http"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
+    ]
 
 
 def test_service_monitor_scrapes_with_the_contract_target_labels():
     sm = children({"monitoring": {"serviceMonitor": {"interval": "15s", "labels": {"release": "prom"}}}})[
-        "ServiceMonitor"]
+        "ServiceMonitor"
+    ]
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["labels"]["release"] == "prom"
     (endpoint,) = sm["spec"]["endpoints"]
     assert (endpoint["port"], endpoint["path"], endpoint["interval"]) == ("http", "/metrics", "15s")
     targets = {r["targetLabel"]: r["sourceLabels"] for r in endpoint["relabelings"]}
-    assert targets == {"namespace": ["__meta_kubernetes_namespace"], "pod": ["__meta_kubernetes_pod_name"],
-                       "workload": ["__meta_kubernetes_pod_label_hdcompute_io_workload"]}
+    assert targets == {
+        "namespace": ["__meta_kubernetes_namespace"],
+        "pod": ["__meta_kubernetes_pod_name"],
+        "workload": ["__meta_kubernetes_pod_label_hdcompute_io_workload"],
+    }
 
 
 def test_extra_labels_never_override_the_contract_labels():
-    sm = children({"monitoring": {"serviceMonitor": {"labels": {"app.kubernetes.io/name": "evil"}}}})[
-        "ServiceMonitor"]
+    sm = children({"monitoring": {"serviceMonitor": {"labels": {"app.kubernetes.io/name": "evil"}}}})["ServiceMonitor"]
     assert sm["metadata"]["labels"]["app.kubernetes.io/name"] == "hdc-worker"
 
 
 def test_prometheus_rule_groups_come_from_the_alerts_module():
-    w = workload({"baselines": [{"name": "bundle_10k_vectors", "operation": "bundle", "maxLatencyMs": 50}],
-                  "monitoring": {"prometheusRule": {"labels": {"role": "alert-rules"}}}})
+    w = workload(
+        {
+            "baselines": [{"name": "bundle_10k_vectors", "operation": "bundle", "maxLatencyMs": 50}],
+            "monitoring": {"prometheusRule": {"labels": {"role": "alert-rules"}}},
+        }
+    )
     rule = {c["kind"]: c for c in build_children(w, Capabilities.all())}["PrometheusRule"]
     assert rule["spec"]["groups"] == alerts.build_rule_groups("demo", "ml", w.spec)
     assert rule["metadata"]["labels"]["role"] == "alert-rules"
     assert any("bundle_10k_vectors" in str(g) for g in rule["spec"]["groups"])
 
 
-@pytest.mark.parametrize("caps,expected", [
-    (Capabilities.all(), {"ServiceMonitor", "PrometheusRule"}),
-    (Capabilities.none(), set()),
-    (Capabilities(service_monitor=True, prometheus_rule=False), {"ServiceMonitor"}),
-    (Capabilities(service_monitor=False, prometheus_rule=True), {"PrometheusRule"}),
-])
+@pytest.mark.parametrize(
+    "caps,expected",
+    [
+        (Capabilities.all(), {"ServiceMonitor", "PrometheusRule"}),
+        (Capabilities.none(), set()),
+        (Capabilities(service_monitor=True, prometheus_rule=False), {"ServiceMonitor"}),
+        (Capabilities(service_monitor=False, prometheus_rule=True), {"PrometheusRule"}),
+    ],
+)
 def test_monitoring_children_follow_the_capabilities(caps, expected):
     assert set(children(capabilities=caps)) & {"ServiceMonitor", "PrometheusRule"} == expected
 
 
 def test_monitoring_children_follow_the_spec_switches():
-    off = {"monitoring": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False},
-                          "dashboards": {"enabled": False}}, "podDisruptionBudget": {"enabled": False}}
+    off = {
+        "monitoring": {
+            "serviceMonitor": {"enabled": False},
+            "prometheusRule": {"enabled": False},
+            "dashboards": {"enabled": False},
+        },
+        "podDisruptionBudget": {"enabled": False},
+    }
     assert set(children(off)) == {"Deployment", "Service"}
 
 
 def test_hpa_only_in_hpa_mode_and_it_targets_the_workload():
     assert "HorizontalPodAutoscaler" not in children({"autoscaling": {"mode": "none"}})
     assert "HorizontalPodAutoscaler" not in children({"autoscaling": {"mode": "operator"}})
-    behavior = {"scaleDown": {"stabilizationWindowSeconds": 120, "selectPolicy": "Min",
-                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}}
+    behavior = {
+        "scaleDown": {
+            "stabilizationWindowSeconds": 120,
+            "selectPolicy": "Min",
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+        }
+    }
     hpa = children({"autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 8, "behavior": behavior}})[
-        "HorizontalPodAutoscaler"]
+        "HorizontalPodAutoscaler"
+    ]
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-                                             "name": "demo"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "name": "demo",
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     assert hpa["spec"]["behavior"] == behavior
     assert "behavior" not in children({"autoscaling": {"mode": "hpa"}})["HorizontalPodAutoscaler"]["spec"]
@@ -301,8 +378,10 @@ def test_hpa_metric():
 
 def test_pdb():
     assert children()["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
-    assert children({"podDisruptionBudget": {"maxUnavailable": "25%"}})["PodDisruptionBudget"]["spec"][
-        "maxUnavailable"] == "25%"
+    assert (
+        children({"podDisruptionBudget": {"maxUnavailable": "25%"}})["PodDisruptionBudget"]["spec"]["maxUnavailable"]
+        == "25%"
+    )
 
 
 def test_dashboards_configmap():
@@ -320,8 +399,12 @@ def test_dashboards_configmap():
 
 
 def test_building_does_not_change_the_workload():
-    w = workload({"scheduling": {"tolerations": [{"key": "a", "operator": "Exists"}]},
-                  "autoscaling": {"mode": "hpa", "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0}}}})
+    w = workload(
+        {
+            "scheduling": {"tolerations": [{"key": "a", "operator": "Exists"}]},
+            "autoscaling": {"mode": "hpa", "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0}}},
+        }
+    )
     before = copy.deepcopy(w.spec)
     build_children(w, Capabilities.all())
     assert w.spec == before

@@ -23,32 +23,70 @@ from hdc_operator.spec import load_crd, parse_workload
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 KUBE_VERSION = "v1.36.0"  # the pinned kube-apiserver's minor (hack/tools/go.mod)
-CORE_SCHEMAS = ("configmap-v1", "service-v1", "persistentvolumeclaim-v1", "deployment-apps-v1",
-                "poddisruptionbudget-policy-v1", "horizontalpodautoscaler-autoscaling-v2")
+CORE_SCHEMAS = (
+    "configmap-v1",
+    "service-v1",
+    "persistentvolumeclaim-v1",
+    "deployment-apps-v1",
+    "poddisruptionbudget-policy-v1",
+    "horizontalpodautoscaler-autoscaling-v2",
+)
 
 SPECS = {
     "defaults": {},
     "everything": {
-        "autoscaling": {"mode": "hpa", "minReplicas": 2, "maxReplicas": 6, "targetOpsPerReplica": 1234.5,
-                        "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                                                 "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]},
-                                     "scaleDown": {"stabilizationWindowSeconds": 300}}},
+        "autoscaling": {
+            "mode": "hpa",
+            "minReplicas": 2,
+            "maxReplicas": 6,
+            "targetOpsPerReplica": 1234.5,
+            "behavior": {
+                "scaleUp": {
+                    "stabilizationWindowSeconds": 0,
+                    "selectPolicy": "Max",
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+                },
+                "scaleDown": {"stabilizationWindowSeconds": 300},
+            },
+        },
         "persistence": {"enabled": True, "size": "10Gi", "storageClassName": "standard"},
         "resources": {"gpus": 4, "cpu": 8, "memory": "64Gi"},
-        "scheduling": {"nodeSelector": {"pool": "gpu"}, "priorityClassName": "high",
-                       "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "hdc",
-                                        "effect": "NoExecute", "tolerationSeconds": 60}],
-                       "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                           {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
-                                                               "labelSelector": {"matchLabels": {"a": "b"}}}}]}}},
+        "scheduling": {
+            "nodeSelector": {"pool": "gpu"},
+            "priorityClassName": "high",
+            "tolerations": [
+                {
+                    "key": "dedicated",
+                    "operator": "Equal",
+                    "value": "hdc",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 60,
+                }
+            ],
+            "affinity": {
+                "podAntiAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "podAffinityTerm": {
+                                "topologyKey": "kubernetes.io/hostname",
+                                "labelSelector": {"matchLabels": {"a": "b"}},
+                            },
+                        }
+                    ]
+                }
+            },
+        },
         "tracing": {"enabled": True, "otlpEndpoint": "http://otel-collector:4318", "samplingRatio": 0.1},
         "baselines": [{"name": "bind_32k_dimension", "operation": "bind", "maxLatencyMs": 10, "maxMemoryMb": 256}],
-        "monitoring": {"serviceMonitor": {"labels": {"release": "prom"}}, "prometheusRule": {"labels": {"r": "1"}},
-                       "dashboards": {"labels": {"team": "ml"}}},
+        "monitoring": {
+            "serviceMonitor": {"labels": {"release": "prom"}},
+            "prometheusRule": {"labels": {"r": "1"}},
+            "dashboards": {"labels": {"team": "ml"}},
+        },
         "podDisruptionBudget": {"maxUnavailable": "25%"},
     },
-    "cpu-only": {"resources": {"gpus": 0}, "hdc": {"device": "cpu", "vsa": "BSC"},
-                 "autoscaling": {"mode": "operator"}},
+    "cpu-only": {"resources": {"gpus": 0}, "hdc": {"device": "cpu", "vsa": "BSC"}, "autoscaling": {"mode": "operator"}},
 }
 
 
@@ -135,24 +173,40 @@ def kubeconform_runner(schema_dir: pathlib.Path, core_names, crds):
     def run(stream: str) -> subprocess.CompletedProcess:
         path = schema_dir / f"input-{os.urandom(4).hex()}.yaml"
         path.write_text(stream)
-        return subprocess.run([str(binary), "-strict", "-summary", "-output", "text",
-                               "-schema-location", f"{core}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
-                               "-schema-location",
-                               f"{schema_dir}/{{{{.Group}}}}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json",
-                               str(path)], capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [
+                str(binary),
+                "-strict",
+                "-summary",
+                "-output",
+                "text",
+                "-schema-location",
+                f"{core}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
+                "-schema-location",
+                f"{schema_dir}/{{{{.Group}}}}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json",
+                str(path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     return run
 
 
 def prometheus_operator_crds() -> list[dict]:
-    return [yaml.safe_load(p.read_text())
-            for p in sorted((tools_bin().parent / "share" / "prometheus-operator-crds").glob("*.yaml"))]
+    return [
+        yaml.safe_load(p.read_text())
+        for p in sorted((tools_bin().parent / "share" / "prometheus-operator-crds").glob("*.yaml"))
+    ]
 
 
 @pytest.fixture(scope="module")
 def kubeconform(tmp_path_factory):
     """Runs kubeconform -strict over a YAML stream; returns the CompletedProcess."""
-    return kubeconform_runner(tmp_path_factory.mktemp("schemas"), CORE_SCHEMAS,
-                              [load_crd()] + prometheus_operator_crds())
+    return kubeconform_runner(
+        tmp_path_factory.mktemp("schemas"), CORE_SCHEMAS, [load_crd()] + prometheus_operator_crds()
+    )
 
 
 def stream(objects) -> str:
@@ -160,8 +214,14 @@ def stream(objects) -> str:
 
 
 def render(spec: dict, uid="6f1c2b7e-0000-4000-8000-000000000001") -> list[dict]:
-    w = parse_workload({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-                        "metadata": {"name": "demo", "namespace": "ml", "uid": uid}, "spec": spec})
+    w = parse_workload(
+        {
+            "apiVersion": "hdcompute.io/v1alpha1",
+            "kind": "HDCWorkload",
+            "metadata": {"name": "demo", "namespace": "ml", "uid": uid},
+            "spec": spec,
+        }
+    )
     return build_children(w, Capabilities.all())
 
 
@@ -175,8 +235,16 @@ def test_rendered_children_pass_kubeconform_strict(kubeconform, name):
 
 def test_every_child_kind_was_checked(kubeconform):
     kinds = {c["kind"] for c in render(SPECS["everything"])}
-    assert kinds == {"PersistentVolumeClaim", "Deployment", "Service", "PodDisruptionBudget",
-                     "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    assert kinds == {
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    }
 
 
 def test_examples_pass_kubeconform_strict_against_the_crd(kubeconform):
@@ -217,7 +285,11 @@ def test_kubeconform_catches_each_broken_child(kubeconform):
 
 
 def test_kubeconform_catches_a_bad_hdcworkload(kubeconform):
-    bad = {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload", "metadata": {"name": "x"},
-           "spec": {"hdc": {"dimension": 32}, "bogus": True}}
+    bad = {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "metadata": {"name": "x"},
+        "spec": {"hdc": {"dimension": 32}, "bogus": True},
+    }
     proc = kubeconform(stream([bad]))
     assert proc.returncode != 0 and "Invalid: 1" in proc.stdout

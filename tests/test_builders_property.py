@@ -42,14 +42,27 @@ LABEL_KEYS = ["release", "team", "app.kubernetes.io/part-of", "example.com/tier"
 
 def _strategy(schema: dict, key: str = "") -> st.SearchStrategy:
     if schema.get("x-kubernetes-preserve-unknown-fields"):
-        return st.sampled_from([{}, {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}]}}}])
+        return st.sampled_from(
+            [
+                {},
+                {
+                    "nodeAffinity": {
+                        "requiredDuringSchedulingIgnoredDuringExecution": {
+                            "nodeSelectorTerms": [
+                                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["gpu"]}]}
+                            ]
+                        }
+                    }
+                },
+            ]
+        )
     if schema.get("x-kubernetes-int-or-string"):
         return st.one_of(st.integers(-2, 64), st.sampled_from(QUANTITIES))
     if "enum" in schema:
         values = list(schema["enum"])
-        return st.one_of(st.sampled_from(values), st.sampled_from(values), st.sampled_from(values),
-                         st.just("not-" + str(values[0])))
+        return st.one_of(
+            st.sampled_from(values), st.sampled_from(values), st.sampled_from(values), st.just("not-" + str(values[0]))
+        )
     kind = schema.get("type")
     if kind == "boolean":
         return st.booleans()
@@ -58,8 +71,10 @@ def _strategy(schema: dict, key: str = "") -> st.SearchStrategy:
         return st.integers(low - 1, min(high + 1, low + 100_000))
     if kind == "number":
         low, high = schema.get("minimum", 0), schema.get("maximum", 100_000)
-        return st.one_of(st.floats(low - 1, high + 1, allow_nan=False, allow_infinity=False),
-                         st.integers(int(low) - 1, int(high) + 1))
+        return st.one_of(
+            st.floats(low - 1, high + 1, allow_nan=False, allow_infinity=False),
+            st.integers(int(low) - 1, int(high) + 1),
+        )
     if kind == "string":
         return st.sampled_from(STRINGS.get(key, ["", "a", "some-value"]))
     if kind == "array":
@@ -67,8 +82,10 @@ def _strategy(schema: dict, key: str = "") -> st.SearchStrategy:
     if kind == "object" and "properties" in schema:
         optional = {k: _strategy(sub, k) for k, sub in schema["properties"].items()}
         required = schema.get("required", ())
-        return st.fixed_dictionaries({k: _strategy(schema["properties"][k], k) for k in required},
-                                     optional={k: v for k, v in optional.items() if k not in required})
+        return st.fixed_dictionaries(
+            {k: _strategy(schema["properties"][k], k) for k in required},
+            optional={k: v for k, v in optional.items() if k not in required},
+        )
     if kind == "object" and isinstance(schema.get("additionalProperties"), dict):
         return st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(["a", "1", "x-y"]), max_size=2)
     return st.nothing()
@@ -82,18 +99,25 @@ def workload_specs() -> st.SearchStrategy:
 
 
 def body(spec, name="prop", uid="3a2b1c0d-0000-4000-8000-00000000000f"):
-    return {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-            "metadata": {"name": name, "namespace": "ns1", "uid": uid}, "spec": spec}
+    return {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "metadata": {"name": name, "namespace": "ns1", "uid": uid},
+        "spec": spec,
+    }
 
 
 @functools.lru_cache(maxsize=None)
 def validators() -> dict[tuple[str, str], jsonschema.protocols.Validator]:
     """(apiVersion, kind) -> a strict JSON-schema validator of that child kind."""
-    core = {("v1", "ConfigMap"): "configmap-v1", ("v1", "Service"): "service-v1",
-            ("v1", "PersistentVolumeClaim"): "persistentvolumeclaim-v1",
-            ("apps/v1", "Deployment"): "deployment-apps-v1",
-            ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudget-policy-v1",
-            ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscaler-autoscaling-v2"}
+    core = {
+        ("v1", "ConfigMap"): "configmap-v1",
+        ("v1", "Service"): "service-v1",
+        ("v1", "PersistentVolumeClaim"): "persistentvolumeclaim-v1",
+        ("apps/v1", "Deployment"): "deployment-apps-v1",
+        ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudget-policy-v1",
+        ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscaler-autoscaling-v2",
+    }
     out = {gvk: jsonschema.Draft202012Validator(core_schema(name)) for gvk, name in core.items()}
     share = tools_bin().parent / "share" / "prometheus-operator-crds"
     for kind, file in (("ServiceMonitor", "servicemonitors"), ("PrometheusRule", "prometheusrules")):
@@ -124,8 +148,11 @@ def test_accepted_specs_build_valid_children_and_rejected_ones_name_a_field(spec
         assert meta["ownerReferences"][0]["controller"] is True
     # the worker accepts the configuration it is given
     deployment = next(c for c in children if c["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-           if e["name"].startswith("HDC_")}
+    env = {
+        e["name"]: e["value"]
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        if e["name"].startswith("HDC_")
+    }
     settings_ = WorkerSettings.from_env(environ=env)
     assert settings_.dimension == workload.dimension and settings_.vsa == workload.vsa
     # pure and deterministic: the same workload builds the same children

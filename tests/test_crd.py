@@ -50,8 +50,15 @@ CONTRACT_DEFAULTS = {
         "benchmarkRegression": {"for": "5m"},
         "slo": {"availabilityTargetPercent": 99.9, "latencyTargetMs": 100, "latencyTargetPercent": 99},
     },
-    "autoscaling": {"mode": "none", "minReplicas": 1, "maxReplicas": 10, "targetUtilizationPercent": 70,
-                    "targetOpsPerReplica": None, "tolerancePercent": 10, "behavior": {}},
+    "autoscaling": {
+        "mode": "none",
+        "minReplicas": 1,
+        "maxReplicas": 10,
+        "targetUtilizationPercent": 70,
+        "targetOpsPerReplica": None,
+        "tolerancePercent": 10,
+        "behavior": {},
+    },
     "tracing": {"enabled": False, "otlpEndpoint": "", "samplingRatio": 1.0},
     "logging": {"level": "INFO", "format": "json"},
     "continuousBenchmark": {"enabled": True, "intervalSeconds": 300, "degradationThreshold": 0.1},
@@ -74,45 +81,87 @@ BAD_SPECS = [
     ("replicas-negative", {"replicas": -1}, "spec.replicas"),
     ("min-above-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
     ("autoscaling-mode-enum", {"autoscaling": {"mode": "keda"}}, "spec.autoscaling.mode"),
-    ("target-utilization-above-100", {"autoscaling": {"targetUtilizationPercent": 101}},
-     "spec.autoscaling.targetUtilizationPercent"),
+    (
+        "target-utilization-above-100",
+        {"autoscaling": {"targetUtilizationPercent": 101}},
+        "spec.autoscaling.targetUtilizationPercent",
+    ),
     ("target-ops-zero", {"autoscaling": {"targetOpsPerReplica": 0}}, "spec.autoscaling.targetOpsPerReplica"),
-    ("behavior-policy-type", {"autoscaling": {"behavior": {"scaleUp": {"policies": [
-        {"type": "Nodes", "value": 1, "periodSeconds": 60}]}}}}, "spec.autoscaling.behavior.scaleUp.policies[0].type"),
+    (
+        "behavior-policy-type",
+        {"autoscaling": {"behavior": {"scaleUp": {"policies": [{"type": "Nodes", "value": 1, "periodSeconds": 60}]}}}},
+        "spec.autoscaling.behavior.scaleUp.policies[0].type",
+    ),
     ("memory-percent-above-100", {"health": {"memoryThresholdPercent": 101}}, "spec.health.memoryThresholdPercent"),
     ("disk-percent-negative", {"health": {"diskThresholdPercent": -1}}, "spec.health.diskThresholdPercent"),
-    ("error-rate-above-100", {"alerts": {"highErrorRate": {"thresholdPercent": 150}}},
-     "spec.alerts.highErrorRate.thresholdPercent"),
-    ("gpu-util-negative", {"alerts": {"lowGpuUtilization": {"thresholdPercent": -5}}},
-     "spec.alerts.lowGpuUtilization.thresholdPercent"),
+    (
+        "error-rate-above-100",
+        {"alerts": {"highErrorRate": {"thresholdPercent": 150}}},
+        "spec.alerts.highErrorRate.thresholdPercent",
+    ),
+    (
+        "gpu-util-negative",
+        {"alerts": {"lowGpuUtilization": {"thresholdPercent": -5}}},
+        "spec.alerts.lowGpuUtilization.thresholdPercent",
+    ),
     ("for-not-a-duration", {"alerts": {"highLatency": {"for": "5 minutes"}}}, "spec.alerts.highLatency.for"),
-    ("availability-100", {"alerts": {"slo": {"availabilityTargetPercent": 100}}},
-     "spec.alerts.slo.availabilityTargetPercent"),
-    ("interval-not-a-duration", {"monitoring": {"serviceMonitor": {"interval": "often"}}},
-     "spec.monitoring.serviceMonitor.interval"),
+    (
+        "availability-100",
+        {"alerts": {"slo": {"availabilityTargetPercent": 100}}},
+        "spec.alerts.slo.availabilityTargetPercent",
+    ),
+    (
+        "interval-not-a-duration",
+        {"monitoring": {"serviceMonitor": {"interval": "often"}}},
+        "spec.monitoring.serviceMonitor.interval",
+    ),
     ("baseline-without-bound", {"baselines": [{"name": "b", "operation": "bind"}]}, "spec.baselines[0]"),
-    ("baseline-duplicate-name", {"baselines": [{"name": "b", "operation": "bind", "maxLatencyMs": 1},
-                                               {"name": "b", "operation": "bundle", "maxLatencyMs": 2}]},
-     "spec.baselines[1]"),
-    ("baseline-operation-enum", {"baselines": [{"name": "b", "operation": "teleport", "maxLatencyMs": 1}]},
-     "spec.baselines[0].operation"),
-    ("baseline-name-pattern", {"baselines": [{"name": "Bad Name", "operation": "bind", "maxLatencyMs": 1}]},
-     "spec.baselines[0].name"),
+    (
+        "baseline-duplicate-name",
+        {
+            "baselines": [
+                {"name": "b", "operation": "bind", "maxLatencyMs": 1},
+                {"name": "b", "operation": "bundle", "maxLatencyMs": 2},
+            ]
+        },
+        "spec.baselines[1]",
+    ),
+    (
+        "baseline-operation-enum",
+        {"baselines": [{"name": "b", "operation": "teleport", "maxLatencyMs": 1}]},
+        "spec.baselines[0].operation",
+    ),
+    (
+        "baseline-name-pattern",
+        {"baselines": [{"name": "Bad Name", "operation": "bind", "maxLatencyMs": 1}]},
+        "spec.baselines[0].name",
+    ),
     ("baseline-missing-operation", {"baselines": [{"name": "b", "maxLatencyMs": 1}]}, "spec.baselines[0].operation"),
-    ("baseline-latency-zero", {"baselines": [{"name": "b", "operation": "bind", "maxLatencyMs": 0}]},
-     "spec.baselines[0].maxLatencyMs"),
+    (
+        "baseline-latency-zero",
+        {"baselines": [{"name": "b", "operation": "bind", "maxLatencyMs": 0}]},
+        "spec.baselines[0].maxLatencyMs",
+    ),
     ("sampling-ratio-above-1", {"tracing": {"samplingRatio": 1.5}}, "spec.tracing.samplingRatio"),
     ("tracing-without-endpoint", {"tracing": {"enabled": True}}, "spec.tracing.otlpEndpoint"),
     ("otlp-endpoint-not-a-url", {"tracing": {"otlpEndpoint": "collector:4318"}}, "spec.tracing.otlpEndpoint"),
     ("log-level-enum", {"logging": {"level": "TRACE"}}, "spec.logging.level"),
-    ("degradation-threshold-zero", {"continuousBenchmark": {"degradationThreshold": 0}},
-     "spec.continuousBenchmark.degradationThreshold"),
-    ("max-unavailable-garbage", {"podDisruptionBudget": {"maxUnavailable": "half"}},
-     "spec.podDisruptionBudget.maxUnavailable"),
+    (
+        "degradation-threshold-zero",
+        {"continuousBenchmark": {"degradationThreshold": 0}},
+        "spec.continuousBenchmark.degradationThreshold",
+    ),
+    (
+        "max-unavailable-garbage",
+        {"podDisruptionBudget": {"maxUnavailable": "half"}},
+        "spec.podDisruptionBudget.maxUnavailable",
+    ),
     ("persistence-size-zero", {"persistence": {"size": "0"}}, "spec.persistence.size"),
-    ("toleration-effect-enum", {"scheduling": {"tolerations": [{"key": "k", "operator": "Exists",
-                                                                 "effect": "Sometimes"}]}},
-     "spec.scheduling.tolerations[0].effect"),
+    (
+        "toleration-effect-enum",
+        {"scheduling": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "Sometimes"}]}},
+        "spec.scheduling.tolerations[0].effect",
+    ),
     ("wrong-type", {"replicas": "three"}, "spec.replicas"),
 ]
 
@@ -125,6 +174,7 @@ def body(name="w", spec=None, **metadata):
 
 
 # --- pure --------------------------------------------------------------------------------------------------
+
 
 def test_defaults_are_the_contracts():
     assert default_spec() == CONTRACT_DEFAULTS
@@ -152,8 +202,16 @@ def test_the_parser_does_not_change_its_input():
 
 
 def test_workload_metadata_and_accessors():
-    w = parse_workload(body("demo", {"replicas": 7, "autoscaling": {"mode": "operator", "maxReplicas": 4}},
-                            namespace="ml", uid="u-1", generation=3, labels={"team": "a"}))
+    w = parse_workload(
+        body(
+            "demo",
+            {"replicas": 7, "autoscaling": {"mode": "operator", "maxReplicas": 4}},
+            namespace="ml",
+            uid="u-1",
+            generation=3,
+            labels={"team": "a"},
+        )
+    )
     assert (w.name, w.namespace, w.uid, w.generation, dict(w.labels)) == ("demo", "ml", "u-1", 3, {"team": "a"})
     assert (w.replicas, w.desired_replicas, w.autoscaling_mode) == (7, 4, "operator")
     assert (w.dimension, w.vsa, w.device, w.gpus) == (10000, "MAP", "auto", 1)
@@ -178,16 +236,19 @@ def test_every_error_is_listed_not_just_the_first():
     assert {f for f, _ in errors} == {"spec.hdc.dimension", "spec.hdc.vsa", "spec.replicas"}
 
 
-@pytest.mark.parametrize("obj,field", [
-    ({"apiVersion": "v1", "kind": "HDCWorkload", "metadata": {"name": "w"}}, "apiVersion"),
-    ({"apiVersion": "hdcompute.io/v1alpha1", "kind": "Deployment", "metadata": {"name": "w"}}, "kind"),
-    ({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload", "metadata": {}}, "metadata.name"),
-    (body("9-starts-with-a-digit"), "metadata.name"),
-    (body("x" * 53), "metadata.name"),
-    (body(spec={"unknownField": 1}), "spec.unknownField"),
-    (body(spec={"hdc": {"dimensions": 4096}}), "spec.hdc.dimensions"),
-    ("not a mapping", "<object>"),
-])
+@pytest.mark.parametrize(
+    "obj,field",
+    [
+        ({"apiVersion": "v1", "kind": "HDCWorkload", "metadata": {"name": "w"}}, "apiVersion"),
+        ({"apiVersion": "hdcompute.io/v1alpha1", "kind": "Deployment", "metadata": {"name": "w"}}, "kind"),
+        ({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload", "metadata": {}}, "metadata.name"),
+        (body("9-starts-with-a-digit"), "metadata.name"),
+        (body("x" * 53), "metadata.name"),
+        (body(spec={"unknownField": 1}), "spec.unknownField"),
+        (body(spec={"hdc": {"dimensions": 4096}}), "spec.hdc.dimensions"),
+        ("not a mapping", "<object>"),
+    ],
+)
 def test_bad_objects_name_the_field(obj, field):
     with pytest.raises(InvalidSpec) as err:
         parse_workload(obj)
@@ -195,8 +256,15 @@ def test_bad_objects_name_the_field(obj, field):
 
 
 def test_int_or_string_quantities_and_percentages_are_accepted():
-    w = parse_workload(body(spec={"resources": {"cpu": 4, "memory": "512Mi", "gpus": 0},
-                                  "podDisruptionBudget": {"maxUnavailable": "25%"}, "hdc": {"device": "cpu"}}))
+    w = parse_workload(
+        body(
+            spec={
+                "resources": {"cpu": 4, "memory": "512Mi", "gpus": 0},
+                "podDisruptionBudget": {"maxUnavailable": "25%"},
+                "hdc": {"device": "cpu"},
+            }
+        )
+    )
     assert (w.spec["resources"]["cpu"], w.spec["podDisruptionBudget"]["maxUnavailable"]) == (4, "25%")
     for cpu in ("500m", "0.5", "1e3", "2k"):
         parse_workload(body(spec={"resources": {"cpu": cpu}}))
@@ -216,8 +284,12 @@ def test_every_cel_rule_of_the_crd_has_a_python_mirror_and_a_bad_case():
 
 
 def test_a_cel_rule_without_mirror_is_refused_at_load():
-    schema = {"type": "object", "properties": {"x": {"type": "integer", "x-kubernetes-validations": [
-        {"rule": "self > 1", "message": "x must be > 1"}]}}}
+    schema = {
+        "type": "object",
+        "properties": {
+            "x": {"type": "integer", "x-kubernetes-validations": [{"rule": "self > 1", "message": "x must be > 1"}]}
+        },
+    }
     with pytest.raises(RuntimeError, match="self > 1"):
         specmod._check_mirrors(schema)
 
@@ -227,9 +299,14 @@ def test_crd_shape():
     assert crd["spec"]["group"] == "hdcompute.io" and crd["spec"]["scope"] == "Namespaced"
     assert crd["spec"]["names"]["shortNames"] == ["hdcw"] and crd["spec"]["names"]["plural"] == "hdcworkloads"
     version = crd["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
-                                                              "statusReplicasPath": ".status.replicas",
-                                                              "labelSelectorPath": ".status.selector"}}
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns == ["VSA", "DIM", "GPUS", "REPLICAS", "READY", "THROUGHPUT", "STATUS", "AGE"]
 
@@ -246,15 +323,22 @@ def test_crd_shape():
 
 # --- on the real API server ----------------------------------------------------------------------------------
 
+
 def kubectl_bin() -> str:
-    out = subprocess.run([str(REPO / "hack" / "build-tools.sh"), "--print-bin-dir"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [str(REPO / "hack" / "build-tools.sh"), "--print-bin-dir"], capture_output=True, text=True, check=True
+    )
     return os.path.join(out.stdout.strip(), "kubectl")
 
 
 def kubectl(cluster, *args, stdin: str | None = None, check=True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([kubectl_bin(), "--kubeconfig", cluster.kubeconfig, *args], input=stdin,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [kubectl_bin(), "--kubeconfig", cluster.kubeconfig, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
     return proc
@@ -287,14 +371,21 @@ def test_api_server_defaults_equal_parse_workload(crd_installed, k8s_namespace):
 
 @pytest.mark.k8s
 def test_api_server_defaults_a_partial_spec_equal_parse_workload(crd_installed, k8s_namespace):
-    local = body("partial", {"hdc": {"vsa": "FHRR", "dimension": 4096}, "resources": {"gpus": 0, "cpu": 1},
-                             "baselines": [{"name": "bind_32k_dimension", "operation": "bind", "maxLatencyMs": 10}],
-                             "autoscaling": {"mode": "hpa",
-                                             "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}},
-                             "tracing": {"enabled": True, "otlpEndpoint": "http://otel:4318", "samplingRatio": 0.25}})
+    local = body(
+        "partial",
+        {
+            "hdc": {"vsa": "FHRR", "dimension": 4096},
+            "resources": {"gpus": 0, "cpu": 1},
+            "baselines": [{"name": "bind_32k_dimension", "operation": "bind", "maxLatencyMs": 10}],
+            "autoscaling": {"mode": "hpa", "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60}}},
+            "tracing": {"enabled": True, "otlpEndpoint": "http://otel:4318", "samplingRatio": 0.25},
+        },
+    )
     apply(crd_installed, k8s_namespace, local)
-    assert parse_workload(get(crd_installed, k8s_namespace, "partial")).spec == \
-        parse_workload(local, namespace=k8s_namespace).spec
+    assert (
+        parse_workload(get(crd_installed, k8s_namespace, "partial")).spec
+        == parse_workload(local, namespace=k8s_namespace).spec
+    )
 
 
 @pytest.mark.k8s
@@ -322,15 +413,22 @@ def test_kubectl_scale_writes_spec_replicas_through_the_scale_subresource(crd_in
     assert server["spec"]["replicas"] == 3
     assert parse_workload(server).desired_replicas == 3
     # the scale subresource itself reads it back (what an HPA reads)
-    scale = json.loads(kubectl(crd_installed, "get", "--raw",
-                               f"/apis/hdcompute.io/v1alpha1/namespaces/{k8s_namespace}/hdcworkloads/scaled/scale").stdout)
+    scale = json.loads(
+        kubectl(
+            crd_installed,
+            "get",
+            "--raw",
+            f"/apis/hdcompute.io/v1alpha1/namespaces/{k8s_namespace}/hdcworkloads/scaled/scale",
+        ).stdout
+    )
     assert scale["kind"] == "Scale" and scale["spec"]["replicas"] == 3
 
 
 @pytest.mark.k8s
 def test_printer_columns(crd_installed, k8s_namespace):
-    apply(crd_installed, k8s_namespace,
-          body("cols", {"hdc": {"vsa": "BSC", "dimension": 8192}, "resources": {"gpus": 2}}))
+    apply(
+        crd_installed, k8s_namespace, body("cols", {"hdc": {"vsa": "BSC", "dimension": 8192}, "resources": {"gpus": 2}})
+    )
     out = kubectl(crd_installed, "get", "-n", k8s_namespace, "hdcw").stdout.splitlines()
     assert out[0].split() == ["NAME", "VSA", "DIM", "GPUS", "REPLICAS", "READY", "THROUGHPUT", "STATUS", "AGE"]
     assert out[1].split()[:4] == ["cols", "BSC", "8192", "2"]
@@ -339,25 +437,51 @@ def test_printer_columns(crd_installed, k8s_namespace):
 # --- the rendered children and the examples on the real API server ---------------------------------------------
 
 EVERYTHING = {
-    "autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 4, "targetOpsPerReplica": 1000,
-                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": 60,
-                                               "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}]}}},
+    "autoscaling": {
+        "mode": "hpa",
+        "minReplicas": 1,
+        "maxReplicas": 4,
+        "targetOpsPerReplica": 1000,
+        "behavior": {
+            "scaleDown": {
+                "stabilizationWindowSeconds": 60,
+                "policies": [{"type": "Pods", "value": 1, "periodSeconds": 30}],
+            }
+        },
+    },
     "persistence": {"enabled": True, "size": "2Gi"},
-    "scheduling": {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "hdc", "effect": "NoSchedule"}],
-                   "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
-                       {"weight": 1, "preference": {"matchExpressions": [
-                           {"key": "nvidia.com/gpu.product", "operator": "Exists"}]}}]}}},
+    "scheduling": {
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "hdc", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 1,
+                        "preference": {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "Exists"}]},
+                    }
+                ]
+            }
+        },
+    },
     "tracing": {"enabled": True, "otlpEndpoint": "http://otel-collector:4318"},
-    "baselines": [{"name": "bundle_10k_vectors", "operation": "bundle", "maxLatencyMs": 50,
-                   "minThroughputOpsPerSec": 1000}],
+    "baselines": [
+        {"name": "bundle_10k_vectors", "operation": "bundle", "maxLatencyMs": 50, "minThroughputOpsPerSec": 1000}
+    ],
     "podDisruptionBudget": {"maxUnavailable": "50%"},
 }
 
 
 def restricted(cluster, namespace):
     """Pod Security Standard `restricted`, enforced and warned about, in the namespace."""
-    kubectl(cluster, "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted",
-            "pod-security.kubernetes.io/warn=restricted", "--overwrite")
+    kubectl(
+        cluster,
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+        "--overwrite",
+    )
 
 
 def children_of(cluster, namespace, name, capabilities=None):
@@ -367,16 +491,28 @@ def children_of(cluster, namespace, name, capabilities=None):
 
 
 @pytest.mark.k8s
-@pytest.mark.parametrize("spec", [{}, EVERYTHING, {"resources": {"gpus": 0}, "hdc": {"device": "cpu"}}],
-                         ids=["defaults", "everything", "cpu-only"])
+@pytest.mark.parametrize(
+    "spec",
+    [{}, EVERYTHING, {"resources": {"gpus": 0}, "hdc": {"device": "cpu"}}],
+    ids=["defaults", "everything", "cpu-only"],
+)
 def test_server_side_dry_run_accepts_every_rendered_child(crd_installed, k8s_namespace, spec):
     restricted(crd_installed, k8s_namespace)
     apply(crd_installed, k8s_namespace, body("dry", spec))
     children = children_of(crd_installed, k8s_namespace, "dry")
     assert {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= {c["kind"] for c in children}
     for child in children:
-        proc = kubectl(crd_installed, "apply", "--server-side", "--dry-run=server", "--field-manager=hdc-operator",
-                       "-f", "-", stdin=yaml.safe_dump(child), check=False)
+        proc = kubectl(
+            crd_installed,
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=hdc-operator",
+            "-f",
+            "-",
+            stdin=yaml.safe_dump(child),
+            check=False,
+        )
         assert proc.returncode == 0, f"{child['kind']}: {proc.stderr}"
         assert "would violate PodSecurity" not in proc.stderr, proc.stderr
 
@@ -402,15 +538,26 @@ def test_rendered_pods_pass_restricted_admission_and_schedule_on_gpu_nodes(crd_i
     from hdc_operator.builders import Capabilities
 
     restricted(crd_installed, k8s_namespace)
-    apply(crd_installed, k8s_namespace, body("live", {"replicas": 2, "resources": {"gpus": 1, "cpu": "100m",
-                                                                                    "memory": "64Mi"}}))
+    apply(
+        crd_installed,
+        k8s_namespace,
+        body("live", {"replicas": 2, "resources": {"gpus": 1, "cpu": "100m", "memory": "64Mi"}}),
+    )
     children = children_of(crd_installed, k8s_namespace, "live", Capabilities.all())
-    kubectl(crd_installed, "apply", "--server-side", "--field-manager=hdc-operator", "-f", "-",
-            stdin="".join("---\n" + yaml.safe_dump(c) for c in children))
+    kubectl(
+        crd_installed,
+        "apply",
+        "--server-side",
+        "--field-manager=hdc-operator",
+        "-f",
+        "-",
+        stdin="".join("---\n" + yaml.safe_dump(c) for c in children),
+    )
 
     def pods():
-        out = kubectl(crd_installed, "get", "pods", "-n", k8s_namespace, "-l", "hdcompute.io/workload=live",
-                      "-o", "json").stdout
+        out = kubectl(
+            crd_installed, "get", "pods", "-n", k8s_namespace, "-l", "hdcompute.io/workload=live", "-o", "json"
+        ).stdout
         return json.loads(out)["items"]
 
     deadline = time.monotonic() + 120
@@ -430,8 +577,9 @@ def test_rendered_pods_pass_restricted_admission_and_schedule_on_gpu_nodes(crd_i
     kinds = "deployment,service,pdb,configmap,servicemonitor,prometheusrule"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        left = kubectl(crd_installed, "get", kinds, "-n", k8s_namespace, "-l", "hdcompute.io/workload=live",
-                       "-o", "name").stdout.split()
+        left = kubectl(
+            crd_installed, "get", kinds, "-n", k8s_namespace, "-l", "hdcompute.io/workload=live", "-o", "name"
+        ).stdout.split()
         if not left:
             break
         time.sleep(0.5)
@@ -460,8 +608,9 @@ def test_parse_workload_accepts_exactly_what_the_api_server_accepts(crd_installe
         except InvalidSpec as exc:
             local = exc
         try:
-            server = api.create_namespaced_custom_object("hdcompute.io", "v1alpha1", k8s_namespace, "hdcworkloads",
-                                                         obj, dry_run="All", field_validation="Strict")
+            server = api.create_namespaced_custom_object(
+                "hdcompute.io", "v1alpha1", k8s_namespace, "hdcworkloads", obj, dry_run="All", field_validation="Strict"
+            )
         except ApiException as exc:
             assert exc.status in (400, 422), exc
             assert isinstance(local, InvalidSpec), f"the API server rejected what parse_workload accepted: {exc.body}"
@@ -489,14 +638,30 @@ def test_the_rendered_hpa_scales_the_hdcworkload_through_its_scale_subresource(c
 
     from hdc_operator.builders import Capabilities
 
-    apply(crd_installed, k8s_namespace, body("auto", {"replicas": 1, "autoscaling": {"mode": "hpa", "minReplicas": 3,
-                                                                                       "maxReplicas": 5}}))
+    apply(
+        crd_installed,
+        k8s_namespace,
+        body("auto", {"replicas": 1, "autoscaling": {"mode": "hpa", "minReplicas": 3, "maxReplicas": 5}}),
+    )
     w = parse_workload(get(crd_installed, k8s_namespace, "auto"))
     # what the operator's status writer reports (the scale subresource's status half)
-    kubectl(crd_installed, "patch", "-n", k8s_namespace, "hdcw", "auto", "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": {"replicas": 1, "selector": w.selector}}))
-    (hpa,) = [c for c in children_of(crd_installed, k8s_namespace, "auto", Capabilities.none())
-              if c["kind"] == "HorizontalPodAutoscaler"]
+    kubectl(
+        crd_installed,
+        "patch",
+        "-n",
+        k8s_namespace,
+        "hdcw",
+        "auto",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"replicas": 1, "selector": w.selector}}),
+    )
+    (hpa,) = [
+        c
+        for c in children_of(crd_installed, k8s_namespace, "auto", Capabilities.none())
+        if c["kind"] == "HorizontalPodAutoscaler"
+    ]
     kubectl(crd_installed, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(hpa))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -32,8 +32,16 @@ def model() -> dict:
 
 def test_has_the_panels_the_issue_asks_for(model):
     titles = [p["title"] for p in _panels(model)]
-    for wanted in ("Throughput", "Latency percentiles", "Error rate", "GPU utilization", "GPU memory",
-                   "Batch size distribution", "Desired vs actual replicas", "Benchmark trend"):
+    for wanted in (
+        "Throughput",
+        "Latency percentiles",
+        "Error rate",
+        "GPU utilization",
+        "GPU memory",
+        "Batch size distribution",
+        "Desired vs actual replicas",
+        "Benchmark trend",
+    ):
         assert any(t.startswith(wanted) for t in titles), f"no panel {wanted!r} in {titles}"
     assert model["title"] == "HDC workload ml/demo"
     assert model["uid"] == "hdc-ml-demo"
@@ -115,24 +123,36 @@ def seed_dashboard() -> PerformanceDashboard:
     dashboard.add_metric("Latency p95 (ms)", "hdc_latency_percentiles{quantile='0.95'}")
     dashboard.add_metric("Memory Usage (MB)", "hdc_memory_usage_bytes / 1024 / 1024")
     dashboard.add_metric("GPU Utilization (%)", "hdc_gpu_utilization_percent")
-    dashboard.add_alert(name="high_latency", condition="hdc_latency_percentiles{quantile='0.95'} > 100",
-                        severity="warning")
+    dashboard.add_alert(
+        name="high_latency", condition="hdc_latency_percentiles{quantile='0.95'} > 100", severity="warning"
+    )
     return dashboard
 
 
 def test_seed_example_builds_a_dashboard_and_a_rule(tmp_path):
     dashboard = seed_dashboard()
     model = dashboard.build()
-    assert [p["title"] for p in model["panels"]] == ["Throughput (ops/sec)", "Latency p95 (ms)", "Memory Usage (MB)",
-                                                      "GPU Utilization (%)", "Alert: high_latency"]
+    assert [p["title"] for p in model["panels"]] == [
+        "Throughput (ops/sec)",
+        "Latency p95 (ms)",
+        "Memory Usage (MB)",
+        "GPU Utilization (%)",
+        "Alert: high_latency",
+    ]
     alert_panel = model["panels"][-1]
     assert alert_panel["type"] == "stat"
     assert alert_panel["targets"][0]["expr"] == "count(hdc_latency_percentiles{quantile='0.95'} > 100) or vector(0)"
     steps = alert_panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert [s.get("color") for s in steps] == ["green", "orange"]
     rules = dashboard.alert_rules()
-    assert rules == [{"alert": "high_latency", "expr": "hdc_latency_percentiles{quantile='0.95'} > 100",
-                      "labels": {"severity": "warning"}, "annotations": {"summary": "high_latency (warning)"}}]
+    assert rules == [
+        {
+            "alert": "high_latency",
+            "expr": "hdc_latency_percentiles{quantile='0.95'} > 100",
+            "labels": {"severity": "warning"},
+            "annotations": {"summary": "high_latency (warning)"},
+        }
+    ]
     path = rule_file_path(tmp_path, [{"name": "seed", "rules": rules}])
     result = run_tool(tool("promtool"), "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -146,15 +166,18 @@ def test_panels_flow_left_to_right_then_down():
     assert positions == [(0, 0), (12, 0), (0, 8), (12, 8), (0, 16)]
 
 
-@pytest.mark.parametrize("call, field", [
-    (lambda d: d.add_metric("", "up"), "title"),
-    (lambda d: d.add_metric("x", ""), "expr"),
-    (lambda d: d.add_metric("x", "up", kind="pie"), "kind"),
-    (lambda d: d.add_metric("x", "up", width=30), "width"),
-    (lambda d: d.add_alert("high latency", "up == 0"), "name"),
-    (lambda d: d.add_alert("HighLatency", "up == 0", severity="urgent"), "severity"),
-    (lambda d: d.add_alert("HighLatency", " "), "condition"),
-])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda d: d.add_metric("", "up"), "title"),
+        (lambda d: d.add_metric("x", ""), "expr"),
+        (lambda d: d.add_metric("x", "up", kind="pie"), "kind"),
+        (lambda d: d.add_metric("x", "up", width=30), "width"),
+        (lambda d: d.add_alert("high latency", "up == 0"), "name"),
+        (lambda d: d.add_alert("HighLatency", "up == 0", severity="urgent"), "severity"),
+        (lambda d: d.add_alert("HighLatency", " "), "condition"),
+    ],
+)
 def test_bad_arguments_name_the_parameter(call, field):
     with pytest.raises(ValueError, match=f"^{field} "):
         call(PerformanceDashboard())

@@ -30,27 +30,38 @@ def hdcctl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
 
 
 def workload_yaml(name="w", spec=None, **metadata) -> str:
-    return yaml.safe_dump({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-                           "metadata": {"name": name, **metadata}, "spec": spec or {}})
+    return yaml.safe_dump(
+        {
+            "apiVersion": "hdcompute.io/v1alpha1",
+            "kind": "HDCWorkload",
+            "metadata": {"name": name, **metadata},
+            "spec": spec or {},
+        }
+    )
 
 
 def test_committed_crd_reference_is_current():
     committed = (REPO / "docs" / "crd-reference.md").read_text()
-    assert committed == render_crd_reference(), \
+    assert committed == render_crd_reference(), (
         "docs/crd-reference.md is stale: run `hdcctl docs crd > docs/crd-reference.md`"
+    )
 
 
 def test_crd_reference_lists_every_spec_field_and_rule():
     doc = render_crd_reference()
-    for path in ("spec.hdc.dimension", "spec.autoscaling.behavior.scaleUp.policies", "spec.baselines[].maxMemoryMb",
-                 "spec.alerts.slo.latencyTargetPercent", "status.conditions"):
+    for path in (
+        "spec.hdc.dimension",
+        "spec.autoscaling.behavior.scaleUp.policies",
+        "spec.baselines[].maxMemoryMb",
+        "spec.alerts.slo.latencyTargetPercent",
+        "status.conditions",
+    ):
         assert f"`{path}`" in doc, path
     assert "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas" in doc
 
 
 def test_examples_are_the_four_promised_and_valid():
-    assert [p.name for p in EXAMPLES] == ["cpu-only.yaml", "gpu-autoscaled.yaml", "minimal.yaml",
-                                          "with-baselines.yaml"]
+    assert [p.name for p in EXAMPLES] == ["cpu-only.yaml", "gpu-autoscaled.yaml", "minimal.yaml", "with-baselines.yaml"]
     for path in EXAMPLES:
         proc = hdcctl("validate", "-f", str(path))
         assert proc.returncode == 0, proc.stderr
@@ -62,8 +73,12 @@ def test_with_baselines_holds_the_seeds_three_baselines():
     assert w.baselines == [
         {"name": "bundle_10k_vectors", "operation": "bundle", "maxLatencyMs": 50, "minThroughputOpsPerSec": 1000},
         {"name": "bind_32k_dimension", "operation": "bind", "maxLatencyMs": 10, "maxMemoryMb": 256},
-        {"name": "similarity_batch_1000", "operation": "similarity", "maxLatencyMs": 100,
-         "minThroughputOpsPerSec": 500},
+        {
+            "name": "similarity_batch_1000",
+            "operation": "similarity",
+            "maxLatencyMs": 100,
+            "minThroughputOpsPerSec": 500,
+        },
     ]
 
 
@@ -117,13 +132,20 @@ def test_validate_lists_every_error_and_fails():
     assert "spec.hdc.dimension" in proc.stderr and "spec.hdc.vsa" in proc.stderr
 
 
-@pytest.mark.parametrize("args,stdin,message", [
-    (["render", "-f", "/nonexistent/file.yaml"], None, "cannot read /nonexistent/file.yaml"),
-    (["render", "-f", "-"], "a: [unclosed", "not valid YAML"),
-    (["render", "-f", "-"], "", "no YAML documents"),
-    (["validate", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "kind: must be HDCWorkload"),
-    (["render", "-f", "-", "-c", "grafana"], "{}", "--capabilities: unknown grafana"),
-])
+@pytest.mark.parametrize(
+    "args,stdin,message",
+    [
+        (["render", "-f", "/nonexistent/file.yaml"], None, "cannot read /nonexistent/file.yaml"),
+        (["render", "-f", "-"], "a: [unclosed", "not valid YAML"),
+        (["render", "-f", "-"], "", "no YAML documents"),
+        (
+            ["validate", "-f", "-"],
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+            "kind: must be HDCWorkload",
+        ),
+        (["render", "-f", "-", "-c", "grafana"], "{}", "--capabilities: unknown grafana"),
+    ],
+)
 def test_user_errors_are_one_clear_line(args, stdin, message):
     proc = hdcctl(*args, stdin=stdin)
     assert proc.returncode in (1, 2)
@@ -154,7 +176,8 @@ def test_a_module_in_commands_adds_a_subcommand(tmp_path, monkeypatch):
         "def register(app):\n"
         "    @app.command('hello')\n"
         "    def hello(name: str = 'hdc'):\n"
-        "        print(f'hello {name}')\n")
+        "        print(f'hello {name}')\n"
+    )
     (tmp_path / "zz_helper.py").write_text("VALUE = 1  # no register(): not a command module\n")
     monkeypatch.setattr(commands, "__path__", [*commands.__path__, str(tmp_path)])
     target = typer.Typer()

@@ -23,8 +23,14 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def hdcctl(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hdc_operator.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "hdc_operator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
 
 
 def free_port() -> int:
@@ -35,26 +41,49 @@ def free_port() -> int:
 
 
 def test_condition_summary_names_problems_with_reasons():
-    healthy = [{"type": "Ready", "status": "True", "reason": "AllReplicasReady"},
-               {"type": "Degraded", "status": "False", "reason": "AsExpected"},
-               {"type": "Progressing", "status": "False", "reason": "RolloutComplete"},
-               {"type": "MonitoringUnavailable", "status": "False", "reason": "MonitoringCRDsPresent"}]
+    healthy = [
+        {"type": "Ready", "status": "True", "reason": "AllReplicasReady"},
+        {"type": "Degraded", "status": "False", "reason": "AsExpected"},
+        {"type": "Progressing", "status": "False", "reason": "RolloutComplete"},
+        {"type": "MonitoringUnavailable", "status": "False", "reason": "MonitoringCRDsPresent"},
+    ]
     assert condition_summary(healthy) == ["Ready"]
-    sick = [{"type": "Ready", "status": "False", "reason": "InsufficientGPU"},
-            {"type": "Degraded", "status": "True", "reason": "InsufficientGPU"},
-            {"type": "ScalingActive", "status": "False", "reason": "MetricsUnavailable"}]
-    assert condition_summary(sick) == ["Ready=False(InsufficientGPU)", "Degraded=True(InsufficientGPU)",
-                                       "ScalingActive=False(MetricsUnavailable)"]
+    sick = [
+        {"type": "Ready", "status": "False", "reason": "InsufficientGPU"},
+        {"type": "Degraded", "status": "True", "reason": "InsufficientGPU"},
+        {"type": "ScalingActive", "status": "False", "reason": "MetricsUnavailable"},
+    ]
+    assert condition_summary(sick) == [
+        "Ready=False(InsufficientGPU)",
+        "Degraded=True(InsufficientGPU)",
+        "ScalingActive=False(MetricsUnavailable)",
+    ]
     assert condition_summary([]) == []
 
 
 def test_workload_row_reads_status_and_flags_a_stale_one():
-    obj = {"metadata": {"name": "w", "namespace": "ns", "generation": 3}, "spec": {"replicas": 2},
-           "status": {"observedGeneration": 2, "phase": "Progressing", "replicas": 2, "readyReplicas": 1,
-                      "desiredReplicas": 2, "throughputOpsPerSec": 12.5}}
+    obj = {
+        "metadata": {"name": "w", "namespace": "ns", "generation": 3},
+        "spec": {"replicas": 2},
+        "status": {
+            "observedGeneration": 2,
+            "phase": "Progressing",
+            "replicas": 2,
+            "readyReplicas": 1,
+            "desiredReplicas": 2,
+            "throughputOpsPerSec": 12.5,
+        },
+    }
     row = workload_row(obj)
-    assert (row.namespace, row.name, row.phase, row.desired, row.current, row.ready, row.throughput) == \
-        ("ns", "w", "Progressing", 2, 2, 1, 12.5)
+    assert (row.namespace, row.name, row.phase, row.desired, row.current, row.ready, row.throughput) == (
+        "ns",
+        "w",
+        "Progressing",
+        2,
+        2,
+        1,
+        12.5,
+    )
     assert row.stale
     assert workload_row({"metadata": {"name": "new", "namespace": "ns"}}).phase == "Unknown"
 
@@ -79,17 +108,25 @@ def test_missing_kubeconfig_names_the_path_and_what_to_run(tmp_path):
     assert out.returncode == 1 and f"no kubeconfig at {missing} (--kubeconfig)" in out.stderr
     env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
     env["HOME"] = str(tmp_path)
-    bare = subprocess.run([sys.executable, "-m", "hdc_operator.cli", "status"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    bare = subprocess.run(
+        [sys.executable, "-m", "hdc_operator.cli", "status"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert bare.returncode == 1 and f"no kubeconfig at {tmp_path}/.kube/config (the default)" in bare.stderr
 
 
 def _kubeconfig(path: pathlib.Path, server: str) -> pathlib.Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "x",
+                "clusters": [{"name": "c", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
     return path
 
 
@@ -109,11 +146,14 @@ def test_a_kubeconfig_that_is_not_one_is_named(tmp_path):
     assert out.returncode == 1 and f"the kubeconfig {kc} cannot be used" in out.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["-n", "a", "-A"], "-n/--namespace and -A/--all-namespaces exclude each other"),
-    (["-o", "yaml"], "-o/--output: expected table or json, got 'yaml'"),
-    (["--prometheus", "localhost:9090"], "--prometheus: expected an http:// or https:// URL"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-n", "a", "-A"], "-n/--namespace and -A/--all-namespaces exclude each other"),
+        (["-o", "yaml"], "-o/--output: expected table or json, got 'yaml'"),
+        (["--prometheus", "localhost:9090"], "--prometheus: expected an http:// or https:// URL"),
+    ],
+)
 def test_usage_errors(args, message):
     out = hdcctl("status", *args)
     assert out.returncode == 2 and message in out.stderr
@@ -144,8 +184,13 @@ def test_bench_without_the_worker_package_says_how_to_get_it(monkeypatch):
 
 
 def kubectl(cluster, *args, input=None, check=True):
-    out = subprocess.run([prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args], capture_output=True,
-                         text=True, input=input, timeout=120)
+    out = subprocess.run(
+        [prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+    )
     assert not check or out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
     return out
 
@@ -166,13 +211,30 @@ def wait_for(fn, what: str, timeout_s: float = 120, interval: float = 0.5):
 
 def install_crd(cluster):
     kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    wait_for(lambda: kubectl(cluster, "wait", "--for", "condition=Established", "--timeout=30s",
-                             "crd/hdcworkloads.hdcompute.io", check=False).returncode == 0, "the CRD Established")
+    wait_for(
+        lambda: (
+            kubectl(
+                cluster,
+                "wait",
+                "--for",
+                "condition=Established",
+                "--timeout=30s",
+                "crd/hdcworkloads.hdcompute.io",
+                check=False,
+            ).returncode
+            == 0
+        ),
+        "the CRD Established",
+    )
 
 
 def workload(name: str, ns: str, **spec) -> dict:
-    return {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload", "metadata": {"name": name, "namespace": ns},
-            "spec": {"hdc": {"dimension": 1024}, "continuousBenchmark": {"enabled": False}, **spec}}
+    return {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"hdc": {"dimension": 1024}, "continuousBenchmark": {"enabled": False}, **spec},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +259,7 @@ def live(k8s_cluster, tmp_path_factory):
         operator.start()
         mon.start()
         kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(workload("ok", ns)))
-        kubectl(k8s_cluster, "apply", "-f", "-",
-                input=json.dumps(workload("greedy", ns, resources={"gpus": 16})))
+        kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(workload("greedy", ns, resources={"gpus": 16})))
         mon.wait_workers(1)
         load = LoadGenerator(mon.status_file, ns, "ok", "MAP", 1024, 2).start()
         yield {"cluster": k8s_cluster, "ns": ns, "operator": operator, "mon": mon, "tmp": tmp}
@@ -276,8 +337,9 @@ def test_live_metrics_from_prometheus(live):
     assert set(m["byOperation"]) >= {"bind", "bundle"}
     assert report["greedy"]["live"]["targetsUp"] == 0 and report["greedy"]["live"]["requestsPerSec"] is None
 
-    table = hdcctl("status", "--kubeconfig", live["cluster"].kubeconfig, "-n", live["ns"], "--prometheus", url,
-                   "--window", "20s")
+    table = hdcctl(
+        "status", "--kubeconfig", live["cluster"].kubeconfig, "-n", live["ns"], "--prometheus", url, "--window", "20s"
+    )
     assert table.returncode == 0, table.stderr
     header = next(line for line in table.stdout.splitlines() if line.startswith("NAME"))
     for column in ("REQ/S", "P95", "ERRORS", "FIRING"):
@@ -291,16 +353,39 @@ def test_prometheus_down_still_shows_the_cluster(live):
     assert report["prometheus"]["error"].startswith(f"Prometheus at http://127.0.0.1:{port} is unreachable")
     assert by_name(report)["ok"]["phase"] and by_name(report)["ok"]["live"] is None
     assert "live metrics left out, the cluster's view is shown" in out.stderr
-    table = hdcctl("status", "--kubeconfig", live["cluster"].kubeconfig, "-n", live["ns"], "--prometheus",
-                   f"http://127.0.0.1:{port}")
+    table = hdcctl(
+        "status",
+        "--kubeconfig",
+        live["cluster"].kubeconfig,
+        "-n",
+        live["ns"],
+        "--prometheus",
+        f"http://127.0.0.1:{port}",
+    )
     assert table.returncode == 0 and "ok" in table.stdout and "is unreachable" in table.stdout
 
 
 @pytest.mark.k8s
 def test_watch_refreshes_until_interrupted(live):
-    proc = subprocess.Popen([sys.executable, "-m", "hdc_operator.cli", "status", "--kubeconfig",
-                             live["cluster"].kubeconfig, "-n", live["ns"], "--watch", "--interval", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hdc_operator.cli",
+            "status",
+            "--kubeconfig",
+            live["cluster"].kubeconfig,
+            "-n",
+            live["ns"],
+            "--watch",
+            "--interval",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 60

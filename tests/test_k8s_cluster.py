@@ -147,8 +147,9 @@ def test_deleting_an_owner_cascades_to_its_dependents(k8s_cluster, k8s_namespace
 def test_deleting_a_deployment_cascades_to_replicasets_and_pods(k8s_cluster, k8s_namespace):
     apps, core = client.AppsV1Api(k8s_cluster.api), client.CoreV1Api(k8s_cluster.api)
     apps.create_namespaced_deployment(k8s_namespace, gpu_deployment("cascade", replicas=1, gpus=1))
-    wait_for("the deployment's pod",
-             lambda: core.list_namespaced_pod(k8s_namespace, label_selector="app=cascade").items)
+    wait_for(
+        "the deployment's pod", lambda: core.list_namespaced_pod(k8s_namespace, label_selector="app=cascade").items
+    )
     assert apps.list_namespaced_replica_set(k8s_namespace, label_selector="app=cascade").items
 
     apps.delete_namespaced_deployment("cascade", k8s_namespace, propagation_policy="Foreground")

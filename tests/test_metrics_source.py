@@ -30,9 +30,11 @@ def run(coro):
 
 def observe(url, workload=NAME, **options):
     """One observation through a source that is closed afterwards (the operator keeps one open)."""
+
     async def go():
         async with PrometheusMetricsSource(url, **options) as source:
             return await source.observe(NS, workload)
+
     return asyncio.run(go())
 
 
@@ -50,11 +52,18 @@ def wait_for(predicate, timeout=60, what="condition"):
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("metrics-source")
     # The benchmark runs its three tests once right away (then hourly), so the capacity gauge settles.
-    worker = WorkerProcess(tmp, tmp / "state", HDC_BENCHMARK_ENABLED="true", HDC_BENCHMARK_INTERVAL_SECONDS="3600",
-                           HDC_DIMENSION=str(DIM)).start()
-    config = prometheus_config(scrape_interval="1s", static_jobs={
-        "hdc-workers": {"targets": [f"127.0.0.1:{worker.port}"],
-                        "labels": {"namespace": NS, "workload": NAME, "pod": POD}}})
+    worker = WorkerProcess(
+        tmp, tmp / "state", HDC_BENCHMARK_ENABLED="true", HDC_BENCHMARK_INTERVAL_SECONDS="3600", HDC_DIMENSION=str(DIM)
+    ).start()
+    config = prometheus_config(
+        scrape_interval="1s",
+        static_jobs={
+            "hdc-workers": {
+                "targets": [f"127.0.0.1:{worker.port}"],
+                "labels": {"namespace": NS, "workload": NAME, "pod": POD},
+            }
+        },
+    )
     prom = prometheus_process(tmp / "prometheus", config).start()
     try:
         yield worker, prom
@@ -100,8 +109,11 @@ def test_demand_and_capacity_from_a_real_prometheus(stack):
     wait_for(lambda: worker_capacity(worker), 120, "the worker's first capacity measurement")
     time.sleep(3)
     capacity = worker_capacity(worker)
-    wait_for(lambda: query(prom.url, f"hdc_capacity_ops_per_second{label_selector(NS, NAME)} == {capacity!r}"),
-             30, "Prometheus to scrape the settled capacity")
+    wait_for(
+        lambda: query(prom.url, f"hdc_capacity_ops_per_second{label_selector(NS, NAME)} == {capacity!r}"),
+        30,
+        "Prometheus to scrape the settled capacity",
+    )
 
     idle = observe(prom.url)
     assert idle.unavailable_reason is None, idle

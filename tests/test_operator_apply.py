@@ -17,42 +17,83 @@ from hdc_operator.apply import (
 from hdc_operator.config import ConfigError, load_config
 
 UID = "0000-owner"
-OWNER = [{"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload", "name": "w", "uid": UID, "controller": True,
-          "blockOwnerDeletion": True}]
+OWNER = [
+    {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "name": "w",
+        "uid": UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+]
 
 
 def manifest(kind="Deployment", name="w", **spec):
-    return {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": "ns",
-                                                                 "ownerReferences": OWNER},
-            "spec": spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ns", "ownerReferences": OWNER},
+        "spec": spec,
+    }
 
 
 def live_of(m, rv="10", **extra_spec):
-    obj = {**m, "metadata": {**m["metadata"], "uid": "child-" + m["metadata"]["name"], "resourceVersion": rv,
-                             "generation": 1}, "spec": {**m["spec"], **extra_spec}, "status": {"replicas": 1}}
+    obj = {
+        **m,
+        "metadata": {**m["metadata"], "uid": "child-" + m["metadata"]["name"], "resourceVersion": rv, "generation": 1},
+        "spec": {**m["spec"], **extra_spec},
+        "status": {"replicas": 1},
+    }
     return obj
 
 
 def test_covers_ignores_server_defaults_and_empty_values():
-    desired = {"spec": {"replicas": 2, "template": {"spec": {"nodeSelector": {}, "tolerations": [],
-                                                             "priorityClassName": "",
-                                                             "containers": [{"name": "w", "resources": {
-                                                                 "limits": {"cpu": "2", "memory": "8Gi"}}}]}}}}
-    live = {"spec": {"replicas": 2, "revisionHistoryLimit": 10, "template": {"spec": {
-        "containers": [{"name": "w", "terminationMessagePath": "/dev/termination-log",
-                        "resources": {"limits": {"cpu": "2000m", "memory": "8Gi"}}}],
-        "restartPolicy": "Always"}}}}
+    desired = {
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "spec": {
+                    "nodeSelector": {},
+                    "tolerations": [],
+                    "priorityClassName": "",
+                    "containers": [{"name": "w", "resources": {"limits": {"cpu": "2", "memory": "8Gi"}}}],
+                }
+            },
+        }
+    }
+    live = {
+        "spec": {
+            "replicas": 2,
+            "revisionHistoryLimit": 10,
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "w",
+                            "terminationMessagePath": "/dev/termination-log",
+                            "resources": {"limits": {"cpu": "2000m", "memory": "8Gi"}},
+                        }
+                    ],
+                    "restartPolicy": "Always",
+                }
+            },
+        }
+    }
     assert covers(live, desired)
 
 
 def test_covers_sees_drift():
     desired = {"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "image": "a:1"}]}}}}
     assert not covers({"spec": {"replicas": 3, "template": desired["spec"]["template"]}}, desired)
-    assert not covers({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "image": "a:2"}]}}}},
-                      desired)
+    assert not covers(
+        {"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "image": "a:2"}]}}}}, desired
+    )
     assert not covers({"spec": {"replicas": 2, "template": {"spec": {"containers": []}}}}, desired)
-    assert not covers({"spec": {"replicas": 2, "template": {"spec": {"containers": [
-        {"name": "w", "image": "a:1"}, {"name": "x"}]}}}}, desired)  # a container added by hand
+    assert not covers(
+        {"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "w", "image": "a:1"}, {"name": "x"}]}}}},
+        desired,
+    )  # a container added by hand
     assert not covers({"spec": {"flag": False}}, {"spec": {"flag": True}})
     assert covers({"spec": {}}, {"spec": {"flag": False}})
     assert not covers({"metadata": {"labels": {"a": "1"}}}, {"metadata": {"labels": {"a": "1", "b": "2"}}})
@@ -97,16 +138,30 @@ def test_memo_stops_reapplying_what_the_server_normalises_differently():
     assert plan_children("ns", [dep], [live2], UID, memo).apply
 
 
-@pytest.mark.parametrize("status,message,reason", [
-    (403, 'deployments.apps "w" is forbidden: exceeded quota: q, requested: count/deployments.apps=1', "QuotaExceeded"),
-    (400, 'admission webhook "deny.example.com" denied the request: no', "AdmissionDenied"),
-    (422, 'deployments.apps "w" is forbidden: ValidatingAdmissionPolicy \'p\' with binding \'b\' denied request: no',
-     "AdmissionDenied"),
-    (403, 'deployments.apps "w" is forbidden: ValidatingAdmissionPolicy \'p\' denied request: no', "AdmissionDenied"),
-    (403, 'deployments.apps is forbidden: User "x" cannot patch', "Forbidden"),
-    (422, "Deployment.apps \"w\" is invalid: spec.replicas: Invalid value", "Invalid"),
-    (400, "bad request", "ApiRefused"),
-])
+@pytest.mark.parametrize(
+    "status,message,reason",
+    [
+        (
+            403,
+            'deployments.apps "w" is forbidden: exceeded quota: q, requested: count/deployments.apps=1',
+            "QuotaExceeded",
+        ),
+        (400, 'admission webhook "deny.example.com" denied the request: no', "AdmissionDenied"),
+        (
+            422,
+            "deployments.apps \"w\" is forbidden: ValidatingAdmissionPolicy 'p' with binding 'b' denied request: no",
+            "AdmissionDenied",
+        ),
+        (
+            403,
+            "deployments.apps \"w\" is forbidden: ValidatingAdmissionPolicy 'p' denied request: no",
+            "AdmissionDenied",
+        ),
+        (403, 'deployments.apps is forbidden: User "x" cannot patch', "Forbidden"),
+        (422, 'Deployment.apps "w" is invalid: spec.replicas: Invalid value', "Invalid"),
+        (400, "bad request", "ApiRefused"),
+    ],
+)
 def test_refusal_reasons(status, message, reason):
     assert classify_refusal(status, {"message": message}) == reason
 
@@ -114,27 +169,37 @@ def test_refusal_reasons(status, message, reason):
 def test_resource_paths():
     assert resource_path("v1", "services", "ns", "w") == "/api/v1/namespaces/ns/services/w"
     assert resource_path("apps/v1", "deployments", "ns") == "/apis/apps/v1/namespaces/ns/deployments"
-    assert resource_path("hdcompute.io/v1alpha1", "hdcworkloads", "ns", "w", "status") == \
-        "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w/status"
+    assert (
+        resource_path("hdcompute.io/v1alpha1", "hdcworkloads", "ns", "w", "status")
+        == "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w/status"
+    )
 
 
 def test_config_defaults_env_and_flags():
     cfg = load_config({}, env={})
     assert cfg.clusterwide and cfg.metrics_port == 8081 and cfg.resync_interval_s == 60
-    cfg = load_config({"resync_interval": 5}, env={"HDC_OPERATOR_NAMESPACES": "a, b",
-                                                   "HDC_OPERATOR_RESYNC_INTERVAL": "30",
-                                                   "HDC_OPERATOR_METRICS_PORT": "9000"})
+    cfg = load_config(
+        {"resync_interval": 5},
+        env={
+            "HDC_OPERATOR_NAMESPACES": "a, b",
+            "HDC_OPERATOR_RESYNC_INTERVAL": "30",
+            "HDC_OPERATOR_METRICS_PORT": "9000",
+        },
+    )
     assert cfg.namespaces == ("a", "b") and cfg.resync_interval_s == 5 and cfg.metrics_port == 9000
 
 
-@pytest.mark.parametrize("overrides,env,needle", [
-    ({"metrics_port": 70000}, {}, "--metrics-port must be an integer from 0 to 65535"),
-    ({}, {"HDC_OPERATOR_RESYNC_INTERVAL": "soon"}, "HDC_OPERATOR_RESYNC_INTERVAL must be a number"),
-    ({"namespaces": ("Bad_NS",)}, {}, "not a namespace name"),
-    ({"namespaces": ("a",), "all_namespaces": True}, {}, "exclude each other"),
-    ({"prometheus_url": "prometheus:9090"}, {}, "http(s) URL"),
-    ({"log_format": "xml"}, {}, "json or console"),
-])
+@pytest.mark.parametrize(
+    "overrides,env,needle",
+    [
+        ({"metrics_port": 70000}, {}, "--metrics-port must be an integer from 0 to 65535"),
+        ({}, {"HDC_OPERATOR_RESYNC_INTERVAL": "soon"}, "HDC_OPERATOR_RESYNC_INTERVAL must be a number"),
+        ({"namespaces": ("Bad_NS",)}, {}, "not a namespace name"),
+        ({"namespaces": ("a",), "all_namespaces": True}, {}, "exclude each other"),
+        ({"prometheus_url": "prometheus:9090"}, {}, "http(s) URL"),
+        ({"log_format": "xml"}, {}, "json or console"),
+    ],
+)
 def test_config_errors_name_the_setting(overrides, env, needle):
     with pytest.raises(ConfigError) as err:
         load_config(overrides, env=env)
@@ -148,11 +213,21 @@ def test_cli_refuses_bad_settings_and_missing_kubeconfig(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("HDC_OPERATOR_") and k != "KUBECONFIG"}
     env["HOME"] = str(tmp_path)  # no ~/.kube/config
-    bad = subprocess.run([sys.executable, "-m", "hdc_operator.main", "--resync-interval", "0.1"], env=env,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "hdc_operator.main", "--resync-interval", "0.1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--resync-interval must be a number from 1.0" in bad.stderr
-    none = subprocess.run([sys.executable, "-m", "hdc_operator.main", "--metrics-port", "0"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    none = subprocess.run(
+        [sys.executable, "-m", "hdc_operator.main", "--metrics-port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert none.returncode == 2 and "no usable Kubernetes configuration" in none.stderr
 
 
@@ -207,16 +282,26 @@ def test_workload_writes_go_to_the_workload_and_its_subresources_and_are_counted
     merge = "application/merge-patch+json"
     assert [r[:2] + r[3:] for r in client.requests] == [
         ("PATCH", "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w/scale", merge, {"spec": {"replicas": 3}}),
-        ("PATCH", "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w", merge,
-         {"metadata": {"annotations": {"hdcompute.io/x": "1"}}}),
-        ("PATCH", "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w/status", merge,
-         {"status": {"phase": "Running"}}),
+        (
+            "PATCH",
+            "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w",
+            merge,
+            {"metadata": {"annotations": {"hdcompute.io/x": "1"}}},
+        ),
+        (
+            "PATCH",
+            "/apis/hdcompute.io/v1alpha1/namespaces/ns/hdcworkloads/w/status",
+            merge,
+            {"status": {"phase": "Running"}},
+        ),
     ]
     assert writes == [("patch_scale", "HDCWorkload"), ("patch", "HDCWorkload"), ("patch_status", "HDCWorkload")]
 
 
-@pytest.mark.parametrize("status, error, reason", [
-    (404, None, None), (403, ApiRefused, "Forbidden"), (503, ApiUnavailable, "ApiUnavailable")])
+@pytest.mark.parametrize(
+    "status, error, reason",
+    [(404, None, None), (403, ApiRefused, "Forbidden"), (503, ApiUnavailable, "ApiUnavailable")],
+)
 def test_request_answers_or_raises_by_status(status, error, reason):
     client = _RecordingClient()
     client.call_api = lambda method, path, _request_timeout=None: _Response(status, b'{"message": "no"}')

@@ -24,23 +24,32 @@ pytestmark = pytest.mark.k8s
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CRD = REPO / "crds" / "hdcworkload.yaml"
 HDCW = ("hdcompute.io/v1alpha1", "hdcworkloads")
-CHILDREN = [("apps/v1", "deployments", "Deployment", ""), ("v1", "services", "Service", ""),
-            ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", ""),
-            ("monitoring.coreos.com/v1", "servicemonitors", "ServiceMonitor", ""),
-            ("monitoring.coreos.com/v1", "prometheusrules", "PrometheusRule", ""),
-            ("v1", "configmaps", "ConfigMap", "-dashboards")]
+CHILDREN = [
+    ("apps/v1", "deployments", "Deployment", ""),
+    ("v1", "services", "Service", ""),
+    ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", ""),
+    ("monitoring.coreos.com/v1", "servicemonitors", "ServiceMonitor", ""),
+    ("monitoring.coreos.com/v1", "prometheusrules", "PrometheusRule", ""),
+    ("v1", "configmaps", "ConfigMap", "-dashboards"),
+]
 RESYNC_S = 4
 
 
 def kubectl_bin() -> str:
-    out = subprocess.run([str(REPO / "hack" / "build-tools.sh"), "--print-bin-dir"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [str(REPO / "hack" / "build-tools.sh"), "--print-bin-dir"], capture_output=True, text=True, check=True
+    )
     return str(pathlib.Path(out.stdout.strip()) / "kubectl")
 
 
 def kubectl(cluster, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([kubectl_bin(), "--kubeconfig", cluster.kubeconfig, *args], capture_output=True,
-                            text=True, input=input, timeout=120)
+    result = subprocess.run(
+        [kubectl_bin(), "--kubeconfig", cluster.kubeconfig, *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
     return result
@@ -69,14 +78,23 @@ def crd_installed(k8s_cluster):
 
 
 CPU_NODE = {
-    "apiVersion": "v1", "kind": "Node",
-    "metadata": {"name": "hdc-cpu-0",
-                 "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                 "labels": {"kubernetes.io/hostname": "hdc-cpu-0", "kubernetes.io/os": "linux",
-                            "kubernetes.io/arch": "amd64", "type": "kwok"}},
-    "status": {"allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
-               "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"},
-               "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"}},
+    "apiVersion": "v1",
+    "kind": "Node",
+    "metadata": {
+        "name": "hdc-cpu-0",
+        "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        "labels": {
+            "kubernetes.io/hostname": "hdc-cpu-0",
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+        },
+    },
+    "status": {
+        "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+        "capacity": {"cpu": "64", "memory": "256Gi", "pods": "110"},
+        "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"},
+    },
 }
 
 
@@ -94,9 +112,17 @@ def api(k8s_cluster) -> KubeApi:
 
 
 def start_operator(cluster, tmp_path, namespace: str, **env) -> OperatorProcess:
-    return OperatorProcess(cluster.kubeconfig, tmp_path, "--namespace", namespace, "--resync-interval",
-                           str(RESYNC_S), HDC_OPERATOR_CAPABILITY_TTL="1", HDC_OPERATOR_BACKOFF_MAX="4",
-                           **env).start()
+    return OperatorProcess(
+        cluster.kubeconfig,
+        tmp_path,
+        "--namespace",
+        namespace,
+        "--resync-interval",
+        str(RESYNC_S),
+        HDC_OPERATOR_CAPABILITY_TTL="1",
+        HDC_OPERATOR_BACKOFF_MAX="4",
+        **env,
+    ).start()
 
 
 @pytest.fixture
@@ -106,8 +132,9 @@ def operator(crd_installed, cpu_node, k8s_namespace, tmp_path, api):
     # Workloads carry the operator's finalizer: delete them while it still runs, so the namespace can go.
     try:
         for w in api.list(*HDCW, k8s_namespace):
-            kubectl(crd_installed, "delete", "hdcw", w["metadata"]["name"], "-n", k8s_namespace, "--wait=false",
-                    check=False)
+            kubectl(
+                crd_installed, "delete", "hdcw", w["metadata"]["name"], "-n", k8s_namespace, "--wait=false", check=False
+            )
         if proc.alive():
             wait_for(lambda: not api.list(*HDCW, k8s_namespace), 60, "workloads deleted")
     finally:
@@ -116,8 +143,12 @@ def operator(crd_installed, cpu_node, k8s_namespace, tmp_path, api):
 
 
 def workload(name: str, namespace: str, **spec) -> dict:
-    return {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
 def apply(cluster, obj: dict) -> None:
@@ -145,8 +176,14 @@ def running(api, ns, name, replicas):
     def check():
         w = hdcw(api, ns, name)
         st = (w or {}).get("status", {})
-        return w if st.get("phase") == "Running" and st.get("readyReplicas") == replicas and \
-            st.get("observedGeneration") == w["metadata"]["generation"] else None
+        return (
+            w
+            if st.get("phase") == "Running"
+            and st.get("readyReplicas") == replicas
+            and st.get("observedGeneration") == w["metadata"]["generation"]
+            else None
+        )
+
     return check
 
 
@@ -157,8 +194,11 @@ def versions(api, ns, name) -> dict[str, str]:
 
 
 def events(api, ns, name) -> list[dict]:
-    return [e for e in api.list("v1", "events", ns) if e["involvedObject"].get("name") == name
-            and e["involvedObject"].get("kind") == "HDCWorkload"]
+    return [
+        e
+        for e in api.list("v1", "events", ns)
+        if e["involvedObject"].get("name") == name and e["involvedObject"].get("kind") == "HDCWorkload"
+    ]
 
 
 def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_namespace, api, crd_installed):
@@ -172,8 +212,9 @@ def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_n
         refs = obj["metadata"]["ownerReferences"]
         assert [(r["uid"], r["controller"], r["blockOwnerDeletion"]) for r in refs] == [(uid, True, True)], kind
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "hdc-operator"
-        assert any(m["manager"] == "hdc-operator" and m["operation"] == "Apply"
-                   for m in obj["metadata"]["managedFields"]), kind
+        assert any(
+            m["manager"] == "hdc-operator" and m["operation"] == "Apply" for m in obj["metadata"]["managedFields"]
+        ), kind
     st = w["status"]
     assert st["replicas"] == 2
     assert st["selector"] == "app.kubernetes.io/instance=alpha,app.kubernetes.io/name=hdc-worker"
@@ -182,25 +223,36 @@ def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_n
     assert st["lastReconcileTime"]
     table = kubectl(crd_installed, "get", "hdcw", "alpha", "-n", ns, "--no-headers").stdout.split()
     # NAME VSA DIM GPUS REPLICAS READY [THROUGHPUT] STATUS AGE
-    assert table[:7] == ["alpha", "MAP", "10000", "1", "2", "2", "Running"] or \
-        table[:6] == ["alpha", "MAP", "10000", "1", "2", "2"] and "Running" in table
+    assert (
+        table[:7] == ["alpha", "MAP", "10000", "1", "2", "2", "Running"]
+        or table[:6] == ["alpha", "MAP", "10000", "1", "2", "2"]
+        and "Running" in table
+    )
     pods = api.list("v1", "pods", ns, "hdcompute.io/workload=alpha")
-    assert len(pods) == 2 and all(p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-                                  for p in pods)
+    assert len(pods) == 2 and all(
+        p["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1" for p in pods
+    )
     assert any(e["reason"] == "Created" for e in events(api, ns, "alpha"))
     assert operator.metric_sum("hdc_operator_managed_workloads") == 1
     # a spec edit: applied to the Deployment, an Updated Event names the generation, status catches up
-    kubectl(crd_installed, "patch", "hdcw", "alpha", "-n", ns, "--type=merge", "-p",
-            '{"spec":{"hdc":{"dimension":4096}}}')
+    kubectl(
+        crd_installed, "patch", "hdcw", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"hdc":{"dimension":4096}}}'
+    )
 
     def dimension_applied():
         env = api.get("apps/v1", "deployments", ns, "alpha")["spec"]["template"]["spec"]["containers"][0]["env"]
         return {e["name"]: e.get("value") for e in env}.get("HDC_DIMENSION") == "4096"
+
     wait_for(dimension_applied, 30, "HDC_DIMENSION=4096 in the Deployment", operator)
-    wait_for(lambda: any(e["reason"] == "Updated" and "generation 2" in e["message"] for e in events(api, ns, "alpha")),
-             30, "an Updated Event", operator)
-    wait_for(lambda: hdcw(api, ns, "alpha")["status"].get("observedGeneration") == 2, 30, "observedGeneration 2",
-             operator)
+    wait_for(
+        lambda: any(e["reason"] == "Updated" and "generation 2" in e["message"] for e in events(api, ns, "alpha")),
+        30,
+        "an Updated Event",
+        operator,
+    )
+    wait_for(
+        lambda: hdcw(api, ns, "alpha")["status"].get("observedGeneration") == 2, 30, "observedGeneration 2", operator
+    )
 
 
 def test_examples_reconcile(operator, k8s_namespace, api, crd_installed):
@@ -211,9 +263,14 @@ def test_examples_reconcile(operator, k8s_namespace, api, crd_installed):
 
     def all_reconciled():
         ws = [hdcw(api, k8s_namespace, n) for n in names]
-        return all(w and w.get("status", {}).get("observedGeneration") == w["metadata"]["generation"]
-                   and "Deployment" in children(api, k8s_namespace, w["metadata"]["name"])
-                   and cond(w, "Degraded").get("status") == "False" for w in ws)
+        return all(
+            w
+            and w.get("status", {}).get("observedGeneration") == w["metadata"]["generation"]
+            and "Deployment" in children(api, k8s_namespace, w["metadata"]["name"])
+            and cond(w, "Degraded").get("status") == "False"
+            for w in ws
+        )
+
     wait_for(all_reconciled, 90, f"examples {names} reconciled without problems", operator)
 
 
@@ -223,32 +280,42 @@ def test_more_gpus_than_any_node_is_insufficient_gpu(operator, k8s_namespace, ap
     def degraded():
         w = hdcw(api, k8s_namespace, "greedy")
         return w if cond(w, "Degraded").get("reason") == "InsufficientGPU" else None
+
     w = wait_for(degraded, 60, "Degraded/InsufficientGPU", operator)
     assert w["status"]["phase"] == "Degraded" and cond(w, "Degraded")["status"] == "True"
     assert "nvidia.com/gpu" in cond(w, "Degraded")["message"]
     assert cond(w, "Ready")["status"] == "False"
-    assert any(e["type"] == "Warning" and e["reason"] == "InsufficientGPU" for e in events(api, k8s_namespace,
-                                                                                             "greedy"))
+    assert any(
+        e["type"] == "Warning" and e["reason"] == "InsufficientGPU" for e in events(api, k8s_namespace, "greedy")
+    )
 
 
 # hack/cluster/kwok-stages.yaml gives pods with these images what a kubelet reports for them.
-POD_FAILURES = [("hdc-test.invalid/image-pull-backoff:never", "ImagePullBackOff", "Back-off pulling image"),
-                ("hdc-test.invalid/crash-loop-backoff:always", "CrashLoopBackOff", "back-off")]
+POD_FAILURES = [
+    ("hdc-test.invalid/image-pull-backoff:never", "ImagePullBackOff", "Back-off pulling image"),
+    ("hdc-test.invalid/crash-loop-backoff:always", "CrashLoopBackOff", "back-off"),
+]
 
 
 @pytest.mark.parametrize("image,reason,message", POD_FAILURES, ids=[r for _, r, _ in POD_FAILURES])
-def test_failing_pods_make_the_workload_degraded_until_the_image_is_fixed(operator, k8s_namespace, api,
-                                                                          crd_installed, image, reason, message):
+def test_failing_pods_make_the_workload_degraded_until_the_image_is_fixed(
+    operator, k8s_namespace, api, crd_installed, image, reason, message
+):
     ns, name = k8s_namespace, "broken"
     apply(crd_installed, workload(name, ns, image=image, replicas=2, resources={"gpus": 0}))
 
     def degraded():
         w = hdcw(api, ns, name)
         return w if cond(w, "Degraded").get("reason") == reason else None
+
     w = wait_for(degraded, 60, f"Degraded/{reason}", operator)
     pods = api.list("v1", "pods", ns, f"hdcompute.io/workload={name}")
-    waiting = [cs["state"]["waiting"]["reason"] for p in pods for cs in p["status"].get("containerStatuses", [])
-               if "waiting" in cs.get("state", {})]
+    waiting = [
+        cs["state"]["waiting"]["reason"]
+        for p in pods
+        for cs in p["status"].get("containerStatuses", [])
+        if "waiting" in cs.get("state", {})
+    ]
     assert waiting and set(waiting) == {reason}, waiting  # the kubelet-like state came from the Stage, not a mock
     assert w["status"]["phase"] == "Degraded" and cond(w, "Degraded")["status"] == "True"
     assert message in cond(w, "Degraded")["message"]
@@ -258,8 +325,10 @@ def test_failing_pods_make_the_workload_degraded_until_the_image_is_fixed(operat
     assert "Degraded" in table
 
     # The user fixes the image: new pods come up, the condition clears, the workload runs.
-    apply(crd_installed, workload(name, ns, image="ghcr.io/hd-compute/hdc-worker:0.1.0", replicas=2,
-                                  resources={"gpus": 0}))
+    apply(
+        crd_installed,
+        workload(name, ns, image="ghcr.io/hd-compute/hdc-worker:0.1.0", replicas=2, resources={"gpus": 0}),
+    )
     w = wait_for(running(api, ns, name, 2), 90, "Running after the image was fixed", operator)
     assert cond(w, "Degraded")["status"] == "False" and cond(w, "Ready")["status"] == "True"
 
@@ -269,15 +338,23 @@ def test_kubectl_scale_gives_three_replicas(operator, k8s_namespace, api, crd_in
     apply(crd_installed, workload("scaly", ns, resources={"gpus": 0}))
     wait_for(running(api, ns, "scaly", 1), 60, "scaly Running", operator)
     kubectl(crd_installed, "scale", "hdcw/scaly", "--replicas=3", "-n", ns)
-    wait_for(lambda: api.get("apps/v1", "deployments", ns, "scaly")["spec"]["replicas"] == 3, 30,
-             "Deployment at 3 replicas", operator)
+    wait_for(
+        lambda: api.get("apps/v1", "deployments", ns, "scaly")["spec"]["replicas"] == 3,
+        30,
+        "Deployment at 3 replicas",
+        operator,
+    )
     w = wait_for(running(api, ns, "scaly", 3), 60, "3 ready replicas", operator)
     assert w["status"]["replicas"] == 3
     assert any(e["reason"] == "Scaled" and "from 1 to 3" in e["message"] for e in events(api, ns, "scaly"))
     assert operator.metric_sum("hdc_operator_scale_decisions_total", direction="up") >= 1
     assert operator.metric_sum("hdc_operator_desired_replicas", namespace=ns, workload="scaly") == 3
-    wait_for(lambda: operator.metric_sum("hdc_operator_replicas", namespace=ns, workload="scaly") == 3, 30,
-             "hdc_operator_replicas at 3", operator)
+    wait_for(
+        lambda: operator.metric_sum("hdc_operator_replicas", namespace=ns, workload="scaly") == 3,
+        30,
+        "hdc_operator_replicas at 3",
+        operator,
+    )
     scale = kubectl(crd_installed, "get", "hdcw", "scaly", "-n", ns, "--subresource=scale", "-o", "json").stdout
     assert json.loads(scale)["status"]["replicas"] == 3
 
@@ -288,17 +365,41 @@ def test_drift_is_corrected(operator, k8s_namespace, api, crd_installed):
     wait_for(running(api, ns, "drifty", 2), 60, "drifty Running", operator)
     old_uid = api.get("v1", "services", ns, "drifty")["metadata"]["uid"]
     kubectl(crd_installed, "delete", "service", "drifty", "-n", ns)
-    wait_for(lambda: (api.get("v1", "services", ns, "drifty") or {}).get("metadata", {}).get("uid") not in
-             (None, old_uid), 30, "Service recreated", operator)
+    wait_for(
+        lambda: (api.get("v1", "services", ns, "drifty") or {}).get("metadata", {}).get("uid") not in (None, old_uid),
+        30,
+        "Service recreated",
+        operator,
+    )
     kubectl(crd_installed, "scale", "deployment/drifty", "--replicas=5", "-n", ns)
-    wait_for(lambda: api.get("apps/v1", "deployments", ns, "drifty")["spec"]["replicas"] == 2, 30,
-             "Deployment replicas restored to 2", operator)
+    wait_for(
+        lambda: api.get("apps/v1", "deployments", ns, "drifty")["spec"]["replicas"] == 2,
+        30,
+        "Deployment replicas restored to 2",
+        operator,
+    )
     kubectl(crd_installed, "set", "image", "deployment/drifty", "worker=evil:latest", "-n", ns, check=False)
-    kubectl(crd_installed, "patch", "deployment", "drifty", "-n", ns, "--type=json", "-p",
-            json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "evil:1"}]))
+    kubectl(
+        crd_installed,
+        "patch",
+        "deployment",
+        "drifty",
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        json.dumps([{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "evil:1"}]),
+    )
     image = hdcw(api, ns, "drifty")["spec"]["image"]
-    wait_for(lambda: api.get("apps/v1", "deployments", ns, "drifty")["spec"]["template"]["spec"]["containers"][0][
-        "image"] == image, 30, "image restored", operator)
+    wait_for(
+        lambda: (
+            api.get("apps/v1", "deployments", ns, "drifty")["spec"]["template"]["spec"]["containers"][0]["image"]
+            == image
+        ),
+        30,
+        "image restored",
+        operator,
+    )
     kubectl(crd_installed, "delete", "configmap", "drifty-dashboards", "-n", ns)
     wait_for(lambda: api.get("v1", "configmaps", ns, "drifty-dashboards"), 30, "dashboards restored", operator)
     assert any(e["reason"] == "DriftCorrected" for e in events(api, ns, "drifty"))
@@ -306,16 +407,38 @@ def test_drift_is_corrected(operator, k8s_namespace, api, crd_installed):
 
 def test_children_no_longer_wanted_are_pruned(operator, k8s_namespace, api, crd_installed):
     ns = k8s_namespace
-    apply(crd_installed, workload("prune", ns, resources={"gpus": 0}, autoscaling={"mode": "hpa", "minReplicas": 1,
-                                                                                    "maxReplicas": 3}))
-    wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "prune")
-             and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "prune"), 30, "HPA and ServiceMonitor",
-             operator)
-    apply(crd_installed, workload("prune", ns, resources={"gpus": 0}, autoscaling={"mode": "none"},
-                                  monitoring={"serviceMonitor": {"enabled": False}}))
-    wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "prune") is None
-             and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "prune") is None, 30,
-             "HPA and ServiceMonitor pruned", operator)
+    apply(
+        crd_installed,
+        workload("prune", ns, resources={"gpus": 0}, autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}),
+    )
+    wait_for(
+        lambda: (
+            api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "prune")
+            and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "prune")
+        ),
+        30,
+        "HPA and ServiceMonitor",
+        operator,
+    )
+    apply(
+        crd_installed,
+        workload(
+            "prune",
+            ns,
+            resources={"gpus": 0},
+            autoscaling={"mode": "none"},
+            monitoring={"serviceMonitor": {"enabled": False}},
+        ),
+    )
+    wait_for(
+        lambda: (
+            api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "prune") is None
+            and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "prune") is None
+        ),
+        30,
+        "HPA and ServiceMonitor pruned",
+        operator,
+    )
     assert api.get("monitoring.coreos.com/v1", "prometheusrules", ns, "prune")
     assert any(e["reason"] == "Pruned" for e in events(api, ns, "prune"))
 
@@ -326,8 +449,12 @@ def test_deleting_the_workload_removes_its_children(operator, k8s_namespace, api
     wait_for(running(api, ns, "doomed", 1), 60, "doomed Running", operator)
     kubectl(crd_installed, "delete", "hdcw", "doomed", "-n", ns, "--wait=true", "--timeout=60s")
     # The kube-controller-manager's garbage collector follows the ownerReferences.
-    wait_for(lambda: not children(api, ns, "doomed") and not api.list("v1", "pods", ns, "hdcompute.io/workload=doomed"),
-             90, "children garbage-collected", operator)
+    wait_for(
+        lambda: not children(api, ns, "doomed") and not api.list("v1", "pods", ns, "hdcompute.io/workload=doomed"),
+        90,
+        "children garbage-collected",
+        operator,
+    )
     assert operator.alive()
 
 
@@ -342,8 +469,12 @@ def test_missing_monitoring_crds_give_a_condition_not_a_crash(operator, k8s_name
 
         def unavailable():
             w = hdcw(api, ns, "blind")
-            return w if cond(w, "MonitoringUnavailable").get("status") == "True" and \
-                w["status"].get("phase") == "Running" else None
+            return (
+                w
+                if cond(w, "MonitoringUnavailable").get("status") == "True" and w["status"].get("phase") == "Running"
+                else None
+            )
+
         w = wait_for(unavailable, 60, "MonitoringUnavailable and Running", operator)
         assert "servicemonitors.monitoring.coreos.com" in cond(w, "MonitoringUnavailable")["message"]
         assert cond(w, "Degraded")["status"] == "False"
@@ -351,37 +482,66 @@ def test_missing_monitoring_crds_give_a_condition_not_a_crash(operator, k8s_name
     finally:
         for obj in saved:
             meta = obj["metadata"]
-            clean = {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
-                     "metadata": {"name": meta["name"], "labels": meta.get("labels", {}),
-                                  "annotations": {k: v for k, v in meta.get("annotations", {}).items()
-                                                  if k != "kubectl.kubernetes.io/last-applied-configuration"}},
-                     "spec": obj["spec"]}
+            clean = {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "metadata": {
+                    "name": meta["name"],
+                    "labels": meta.get("labels", {}),
+                    "annotations": {
+                        k: v
+                        for k, v in meta.get("annotations", {}).items()
+                        if k != "kubectl.kubernetes.io/last-applied-configuration"
+                    },
+                },
+                "spec": obj["spec"],
+            }
             kubectl(crd_installed, "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(clean))
         kubectl(crd_installed, "wait", "--for", "condition=Established", "--timeout=60s", *[f"crd/{c}" for c in crds])
-    w = wait_for(lambda: (lambda w: w if cond(w, "MonitoringUnavailable").get("status") == "False" else None)(
-        hdcw(api, ns, "blind")), 60, "MonitoringUnavailable back to False", operator)
-    wait_for(lambda: api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "blind"), 60,
-             "ServiceMonitor created once the CRD is back", operator)
+    w = wait_for(
+        lambda: (lambda w: w if cond(w, "MonitoringUnavailable").get("status") == "False" else None)(
+            hdcw(api, ns, "blind")
+        ),
+        60,
+        "MonitoringUnavailable back to False",
+        operator,
+    )
+    wait_for(
+        lambda: api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "blind"),
+        60,
+        "ServiceMonitor created once the CRD is back",
+        operator,
+    )
     assert operator.alive()
 
 
 def assert_deployment_refused_and_retried(operator, api, ns: str, name: str, reason: str, message_part: str) -> None:
     """The API server refuses the workload's Deployment: Degraded/<reason> naming the cause, the other children
     applied all the same, a Warning Event, and a retry (the reconcile error counter moves)."""
+
     def refused():
         w = hdcw(api, ns, name)
         return w if cond(w, "Degraded").get("reason") == reason else None
+
     w = wait_for(refused, 60, f"Degraded/{reason}", operator)
     assert message_part in cond(w, "Degraded")["message"], cond(w, "Degraded")
     assert w["status"]["phase"] == "Degraded"
     assert api.get("apps/v1", "deployments", ns, name) is None
     assert api.get("v1", "services", ns, name)
     # the Event is posted after the status write: wait for it rather than race it
-    wait_for(lambda: any(e["type"] == "Warning" and e["reason"] == reason for e in events(api, ns, name)), 30,
-             f"a Warning Event {reason}", operator)
+    wait_for(
+        lambda: any(e["type"] == "Warning" and e["reason"] == reason for e in events(api, ns, name)),
+        30,
+        f"a Warning Event {reason}",
+        operator,
+    )
     errors_before = operator.metric_sum("hdc_operator_reconcile_errors_total", reason=reason)
-    wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason=reason) > errors_before, 30,
-             "a retry", operator)
+    wait_for(
+        lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason=reason) > errors_before,
+        30,
+        "a retry",
+        operator,
+    )
 
 
 def assert_recovered(operator, api, ns: str, name: str, what: str) -> None:
@@ -392,11 +552,18 @@ def assert_recovered(operator, api, ns: str, name: str, what: str) -> None:
 
 def test_quota_refusal_is_a_condition_and_is_retried(operator, k8s_namespace, api, crd_installed):
     ns = k8s_namespace
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-deployments", "namespace": ns},
-             "spec": {"hard": {"count/deployments.apps": "0"}}}
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-deployments", "namespace": ns},
+        "spec": {"hard": {"count/deployments.apps": "0"}},
+    }
     apply(crd_installed, quota)
-    wait_for(lambda: (api.get("v1", "resourcequotas", ns, "no-deployments") or {}).get("status", {}).get("hard"), 30,
-             "quota observed by the quota controller")
+    wait_for(
+        lambda: (api.get("v1", "resourcequotas", ns, "no-deployments") or {}).get("status", {}).get("hard"),
+        30,
+        "quota observed by the quota controller",
+    )
     apply(crd_installed, workload("quota", ns, resources={"gpus": 0}))
     assert_deployment_refused_and_retried(operator, api, ns, "quota", "QuotaExceeded", "exceeded quota")
     kubectl(crd_installed, "delete", "resourcequota", "no-deployments", "-n", ns)
@@ -408,33 +575,67 @@ def test_admission_policy_refusal_is_a_condition_and_is_retried(operator, k8s_na
     Degraded/AdmissionDenied with the policy's message, a Warning Event, retries; Running once it is lifted."""
     ns = k8s_namespace
     policy_name = f"hdc-test-no-deployments-{ns}"  # cluster-scoped: a DNS subdomain, up to 253 characters
-    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-              "metadata": {"name": policy_name},
-              "spec": {"failurePolicy": "Fail",
-                       "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
-                                                               "operations": ["CREATE", "UPDATE"],
-                                                               "resources": ["deployments"]}]},
-                       "validations": [{"expression": "object.metadata.name != 'admission'",
-                                        "message": "no Deployment named admission in this namespace"}]}}
-    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-               "metadata": {"name": policy_name},
-               "spec": {"policyName": policy_name, "validationActions": ["Deny"],
-                        "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}}
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["apps"],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["deployments"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "object.metadata.name != 'admission'",
+                    "message": "no Deployment named admission in this namespace",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": policy_name},
+        "spec": {
+            "policyName": policy_name,
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}},
+        },
+    }
     try:
         apply(crd_installed, policy)
         apply(crd_installed, binding)
 
         def policy_in_force():  # the API server compiles and loads a policy a moment after it is stored
-            out = kubectl(crd_installed, "create", "deployment", "admission", "--image=x", "-n", ns,
-                          "--dry-run=server", check=False)
+            out = kubectl(
+                crd_installed,
+                "create",
+                "deployment",
+                "admission",
+                "--image=x",
+                "-n",
+                ns,
+                "--dry-run=server",
+                check=False,
+            )
             return out.returncode != 0 and "denied request" in out.stderr
+
         wait_for(policy_in_force, 60, "the admission policy in force")
         apply(crd_installed, workload("admission", ns, resources={"gpus": 0}))
-        assert_deployment_refused_and_retried(operator, api, ns, "admission", "AdmissionDenied",
-                                              "no Deployment named admission")
+        assert_deployment_refused_and_retried(
+            operator, api, ns, "admission", "AdmissionDenied", "no Deployment named admission"
+        )
     finally:
-        kubectl(crd_installed, "delete", "validatingadmissionpolicybinding", policy_name, "--ignore-not-found",
-                check=False)
+        kubectl(
+            crd_installed, "delete", "validatingadmissionpolicybinding", policy_name, "--ignore-not-found", check=False
+        )
         kubectl(crd_installed, "delete", "validatingadmissionpolicy", policy_name, "--ignore-not-found", check=False)
     assert_recovered(operator, api, ns, "admission", "Running once the policy is lifted")
 
@@ -495,14 +696,28 @@ def peered_replicas(cluster, tmp_path, ns: str, *priorities: int) -> list[Operat
     and object are created here, as kopf does not create them."""
     kubectl(cluster, "apply", "--server-side", "-f", str(REPO / "crds" / "kopf-peering.yaml"))
     kubectl(cluster, "wait", "--for", "condition=Established", "--timeout=60s", "crd/kopfpeerings.kopf.dev")
-    apply(cluster, {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "hdc-operator",
-                                                                                    "namespace": ns}})
+    apply(
+        cluster,
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "hdc-operator", "namespace": ns}},
+    )
     replicas = []
     for i, priority in enumerate(priorities):
         (tmp_path / f"replica-{i}").mkdir()
-        replicas.append(OperatorProcess(cluster.kubeconfig, tmp_path / f"replica-{i}", "--namespace", ns,
-                                        "--resync-interval", str(RESYNC_S), "--peering", "hdc-operator",
-                                        "--priority", str(priority), HDC_OPERATOR_PEERING_LIFETIME="10"))
+        replicas.append(
+            OperatorProcess(
+                cluster.kubeconfig,
+                tmp_path / f"replica-{i}",
+                "--namespace",
+                ns,
+                "--resync-interval",
+                str(RESYNC_S),
+                "--peering",
+                "hdc-operator",
+                "--priority",
+                str(priority),
+                HDC_OPERATOR_PEERING_LIFETIME="10",
+            )
+        )
     return replicas
 
 
@@ -541,8 +756,12 @@ def test_equal_priorities_pause_both_replicas(crd_installed, cpu_node, k8s_names
         apply(crd_installed, workload("tie", ns, resources={"gpus": 0}))
         wait_for(running(api, ns, "tie", 1), 60, "tie Running", first)
         second.start()  # kopf starts it paused until it has read the peering: it stays paused
-        wait_for(lambda: "Possibly conflicting operators with the same priority" in second.log(), 30,
-                 "kopf sees the tie in the joining replica", second)
+        wait_for(
+            lambda: "Possibly conflicting operators with the same priority" in second.log(),
+            30,
+            "kopf sees the tie in the joining replica",
+            second,
+        )
         wait_for(lambda: "Pausing all operators, including self" in first.log(), 30, "kopf pauses the first", first)
         time.sleep(RESYNC_S + 2)  # the resync loop reads the peering object once per interval
         before = first.metric_sum(reconciles)
@@ -581,8 +800,12 @@ def test_invalid_spec_in_a_stored_object_is_a_condition(crd_installed, k8s_names
     body["spec"]["hdc"]["dimension"] = 10  # below the schema's minimum of 64
 
     async def reconcile_once():
-        reconciler = Reconciler(api, CapabilityCache(api), Caches(workloads={(ns, "broken"): [body]}, children=[],
-                                                                  pods={}), OperatorMetrics())
+        reconciler = Reconciler(
+            api,
+            CapabilityCache(api),
+            Caches(workloads={(ns, "broken"): [body]}, children=[], pods={}),
+            OperatorMetrics(),
+        )
         try:
             return await reconciler.reconcile((ns, "broken"))
         finally:
@@ -603,28 +826,64 @@ def test_operator_needs_only_its_rbac(crd_installed, cpu_node, k8s_namespace, ap
     ns = k8s_namespace
     kubectl(crd_installed, "create", "namespace", "hdc-system", check=False)
     kubectl(crd_installed, "apply", "-f", str(REPO / "deploy" / "operator" / "rbac.yaml"))
-    token = kubectl(crd_installed, "create", "token", "hdc-operator", "-n", "hdc-system",
-                    "--duration=1h").stdout.strip()
+    token = kubectl(
+        crd_installed, "create", "token", "hdc-operator", "-n", "hdc-system", "--duration=1h"
+    ).stdout.strip()
     admin = yaml.safe_load(pathlib.Path(crd_installed.kubeconfig).read_text())
     context = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
     cluster = next(c for c in admin["clusters"] if c["name"] == context["context"]["cluster"])
     kubeconfig = tmp_path / "sa.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "clusters": [cluster], "current-context": "sa",
-        "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
-        "users": [{"name": "sa", "user": {"token": token}}]}))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "current-context": "sa",
+                "contexts": [{"name": "sa", "context": {"cluster": cluster["name"], "user": "sa"}}],
+                "users": [{"name": "sa", "user": {"token": token}}],
+            }
+        )
+    )
     kubeconfig.chmod(0o600)
-    proc = OperatorProcess(str(kubeconfig), tmp_path, "--namespace", ns, "--resync-interval", str(RESYNC_S),
-                           HDC_OPERATOR_CAPABILITY_TTL="1").start()
+    proc = OperatorProcess(
+        str(kubeconfig),
+        tmp_path,
+        "--namespace",
+        ns,
+        "--resync-interval",
+        str(RESYNC_S),
+        HDC_OPERATOR_CAPABILITY_TTL="1",
+    ).start()
     try:
-        apply(crd_installed, workload("rbac", ns, resources={"gpus": 0},
-                                      autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 2}))
-        wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac")
-                 and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac"), 60, "children", proc)
-        apply(crd_installed, workload("rbac", ns, resources={"gpus": 0},
-                                      monitoring={"serviceMonitor": {"enabled": False}}))
-        wait_for(lambda: api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac") is None
-                 and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac") is None, 30, "pruned", proc)
+        apply(
+            crd_installed,
+            workload(
+                "rbac", ns, resources={"gpus": 0}, autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 2}
+            ),
+        )
+        wait_for(
+            lambda: (
+                api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac")
+                and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac")
+            ),
+            60,
+            "children",
+            proc,
+        )
+        apply(
+            crd_installed,
+            workload("rbac", ns, resources={"gpus": 0}, monitoring={"serviceMonitor": {"enabled": False}}),
+        )
+        wait_for(
+            lambda: (
+                api.get("autoscaling/v2", "horizontalpodautoscalers", ns, "rbac") is None
+                and api.get("monitoring.coreos.com/v1", "servicemonitors", ns, "rbac") is None
+            ),
+            30,
+            "pruned",
+            proc,
+        )
         wait_for(running(api, ns, "rbac", 1), 60, "rbac Running", proc)
         kubectl(crd_installed, "delete", "deployment", "rbac", "-n", ns)
         wait_for(lambda: api.get("apps/v1", "deployments", ns, "rbac"), 30, "Deployment restored", proc)

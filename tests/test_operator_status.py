@@ -15,19 +15,39 @@ SELECTOR = "app.kubernetes.io/instance=w,app.kubernetes.io/name=hdc-worker"
 
 
 def deployment(replicas=2, ready=2, updated=2, generation=1, observed=1, conditions=()):
-    return {"metadata": {"name": "w", "generation": generation}, "spec": {"replicas": replicas},
-            "status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": updated,
-                       "observedGeneration": observed, "conditions": list(conditions)}}
+    return {
+        "metadata": {"name": "w", "generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": updated,
+            "observedGeneration": observed,
+            "conditions": list(conditions),
+        },
+    }
 
 
 def unschedulable_pod(name, message):
-    return {"metadata": {"name": name}, "status": {"phase": "Pending", "conditions": [
-        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}}
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}],
+        },
+    }
 
 
 def waiting_pod(name, reason):
-    return {"metadata": {"name": name}, "status": {"phase": "Pending", "containerStatuses": [
-        {"name": "worker", "state": {"waiting": {"reason": reason, "message": f"{reason} happened"}}}]}}
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {"name": "worker", "state": {"waiting": {"reason": reason, "message": f"{reason} happened"}}}
+            ],
+        },
+    }
 
 
 def observe(**kw):
@@ -54,8 +74,11 @@ def test_no_deployment_yet_is_pending():
 
 
 def test_scaling_up_is_progressing():
-    st = compute_status(observe(desired_replicas=3, deployment=deployment(replicas=3, ready=2, updated=3,
-                                                                         generation=2, observed=2)), {}, NOW)
+    st = compute_status(
+        observe(desired_replicas=3, deployment=deployment(replicas=3, ready=2, updated=3, generation=2, observed=2)),
+        {},
+        NOW,
+    )
     assert st["phase"] == "Progressing"
     assert condition(st, "Progressing")["status"] == "True"
     assert condition(st, "Ready")["reason"] == "ReplicasNotReady"
@@ -68,8 +91,10 @@ def test_stale_deployment_generation_is_not_complete():
 
 
 def test_unschedulable_for_gpus_is_insufficient_gpu():
-    pods = [unschedulable_pod("w-1", "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
-            unschedulable_pod("w-2", "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.")]
+    pods = [
+        unschedulable_pod("w-1", "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+        unschedulable_pod("w-2", "0/4 nodes are available: 4 Insufficient nvidia.com/gpu."),
+    ]
     st = compute_status(observe(deployment=deployment(ready=0), pods=pods), {}, NOW)
     assert st["phase"] == "Degraded"
     degraded = condition(st, "Degraded")
@@ -88,8 +113,7 @@ def test_image_pull_and_crash_loop_reasons():
     assert [p.reason for p in pod_problems([waiting_pod("a", "ImagePullBackOff")])] == ["ImagePullBackOff"]
     assert [p.reason for p in pod_problems([waiting_pod("a", "CrashLoopBackOff")])] == ["CrashLoopBackOff"]
     assert pod_problems([waiting_pod("a", "ContainerCreating")]) == []
-    st = compute_status(observe(deployment=deployment(ready=1), pods=[waiting_pod("w-x", "CrashLoopBackOff")]),
-                        {}, NOW)
+    st = compute_status(observe(deployment=deployment(ready=1), pods=[waiting_pod("w-x", "CrashLoopBackOff")]), {}, NOW)
     assert condition(st, "Degraded")["reason"] == "CrashLoopBackOff"
 
 
@@ -101,8 +125,9 @@ def test_terminating_pods_are_ignored():
 
 def test_most_important_problem_wins():
     pods = [waiting_pod("a", "CrashLoopBackOff"), unschedulable_pod("b", "1 Insufficient nvidia.com/gpu")]
-    st = compute_status(observe(pods=pods, apply_error=Problem("QuotaExceeded", "Deployment w: exceeded quota")),
-                        {}, NOW)
+    st = compute_status(
+        observe(pods=pods, apply_error=Problem("QuotaExceeded", "Deployment w: exceeded quota")), {}, NOW
+    )
     assert condition(st, "Degraded")["reason"] == "QuotaExceeded"
 
 
@@ -117,22 +142,34 @@ def test_invalid_spec_fails_with_the_message():
 
 
 def test_replica_failure_from_the_deployment():
-    dep = deployment(ready=0, conditions=[{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
-                                           "message": "pods \"w-1\" is forbidden: exceeded quota"}])
+    dep = deployment(
+        ready=0,
+        conditions=[
+            {
+                "type": "ReplicaFailure",
+                "status": "True",
+                "reason": "FailedCreate",
+                "message": 'pods "w-1" is forbidden: exceeded quota',
+            }
+        ],
+    )
     st = compute_status(observe(deployment=dep), {}, NOW)
     assert condition(st, "Degraded")["reason"] == "ReplicaFailure"
     assert "exceeded quota" in condition(st, "Degraded")["message"]
 
 
 def test_monitoring_unavailable_condition():
-    st = compute_status(observe(missing_monitoring=("servicemonitors.monitoring.coreos.com",), monitoring_wanted=True),
-                        {}, NOW)
+    st = compute_status(
+        observe(missing_monitoring=("servicemonitors.monitoring.coreos.com",), monitoring_wanted=True), {}, NOW
+    )
     mon = condition(st, "MonitoringUnavailable")
     assert (mon["status"], mon["reason"]) == ("True", "PrometheusOperatorCRDsMissing")
     assert "servicemonitors.monitoring.coreos.com" in mon["message"]
     assert st["phase"] == "Running"  # the workers are fine; only their monitoring is missing
-    assert condition(compute_status(observe(monitoring_wanted=True), {}, NOW), "MonitoringUnavailable")["status"] \
+    assert (
+        condition(compute_status(observe(monitoring_wanted=True), {}, NOW), "MonitoringUnavailable")["status"]
         == "False"
+    )
 
 
 def test_unchanged_status_keeps_times_and_is_not_rewritten():
@@ -145,8 +182,11 @@ def test_unchanged_status_keeps_times_and_is_not_rewritten():
 def test_transition_time_moves_only_for_changed_conditions():
     first = compute_status(observe(), {}, NOW)
     pods = [unschedulable_pod("w-3", "Insufficient nvidia.com/gpu")]
-    second = compute_status(observe(desired_replicas=3, deployment=deployment(replicas=3, updated=3, generation=2,
-                                                                             observed=2), pods=pods), first, LATER)
+    second = compute_status(
+        observe(desired_replicas=3, deployment=deployment(replicas=3, updated=3, generation=2, observed=2), pods=pods),
+        first,
+        LATER,
+    )
     assert status_changed(first, second)
     assert condition(second, "Degraded")["lastTransitionTime"] == LATER
     assert condition(second, "Ready")["lastTransitionTime"] == LATER

@@ -135,8 +135,9 @@ def test_failures_are_retried_with_doubling_capped_backoff_that_success_resets()
         assert [key for key, _ in r.retries] == [A] * len(expected)
         for (_, delay), want in zip(r.retries, expected, strict=True):
             assert 0.8 * want <= delay <= 1.2 * want, (delay, want)
-        crashed = r.metrics.registry.get_sample_value("hdc_operator_reconcile_errors_total",
-                                                      {"reason": "InternalError"})
+        crashed = r.metrics.registry.get_sample_value(
+            "hdc_operator_reconcile_errors_total", {"reason": "InternalError"}
+        )
         assert crashed == 1
 
     asyncio.run(scenario())

@@ -32,6 +32,7 @@ def obs(demand, capacity=100.0, age=5.0, reporting=3, recent=None, now=NOW):
 
 # --- the HPA reference: a transcription of the Go controller, with its mutable lists ----------------------
 
+
 class ReferenceHPA:
     """kube-controller-manager's normalizeDesiredReplicasWithBehaviors + storeScaleEvent, kept literal."""
 
@@ -54,8 +55,11 @@ class ReferenceHPA:
         else:
             result, fn = -(2**31), max
         for p in rules["policies"]:
-            start = (current - self.change_per_period(p["periodSeconds"], self.up_events, now)
-                     + self.change_per_period(p["periodSeconds"], self.down_events, now))
+            start = (
+                current
+                - self.change_per_period(p["periodSeconds"], self.up_events, now)
+                + self.change_per_period(p["periodSeconds"], self.down_events, now)
+            )
             proposed = start + p["value"] if p["type"] == "Pods" else math.ceil(start * (1 + p["value"] / 100))
             result = fn(result, proposed)
         return result
@@ -69,8 +73,11 @@ class ReferenceHPA:
         else:
             result, fn = 2**31 - 1, min
         for p in rules["policies"]:
-            start = (current - self.change_per_period(p["periodSeconds"], self.up_events, now)
-                     + self.change_per_period(p["periodSeconds"], self.down_events, now))
+            start = (
+                current
+                - self.change_per_period(p["periodSeconds"], self.up_events, now)
+                + self.change_per_period(p["periodSeconds"], self.down_events, now)
+            )
             proposed = start - p["value"] if p["type"] == "Pods" else int(start * (1 - p["value"] / 100))
             result = fn(result, proposed)
         return result
@@ -124,17 +131,26 @@ class ReferenceHPA:
             events.append([change, now, False])
 
 
-policy = st.fixed_dictionaries({"type": st.sampled_from(["Pods", "Percent"]), "value": st.integers(1, 150),
-                                "periodSeconds": st.integers(1, 60)})
-rules = st.fixed_dictionaries({"stabilizationWindowSeconds": st.integers(0, 120),
-                               "selectPolicy": st.sampled_from(["Max", "Min", "Disabled"]),
-                               "policies": st.lists(policy, min_size=1, max_size=3)})
+policy = st.fixed_dictionaries(
+    {"type": st.sampled_from(["Pods", "Percent"]), "value": st.integers(1, 150), "periodSeconds": st.integers(1, 60)}
+)
+rules = st.fixed_dictionaries(
+    {
+        "stabilizationWindowSeconds": st.integers(0, 120),
+        "selectPolicy": st.sampled_from(["Max", "Min", "Disabled"]),
+        "policies": st.lists(policy, min_size=1, max_size=3),
+    }
+)
 behaviors = st.fixed_dictionaries({"scaleUp": rules, "scaleDown": rules})
 
 
 @settings(max_examples=500, deadline=None)
-@given(behavior=behaviors, bounds=st.tuples(st.integers(1, 5), st.integers(0, 30)), start=st.integers(1, 35),
-       steps=st.lists(st.tuples(st.integers(1, 30), st.integers(0, 40)), min_size=1, max_size=40))
+@given(
+    behavior=behaviors,
+    bounds=st.tuples(st.integers(1, 5), st.integers(0, 30)),
+    start=st.integers(1, 35),
+    steps=st.lists(st.tuples(st.integers(1, 30), st.integers(0, 40)), min_size=1, max_size=40),
+)
 def test_behavior_matches_the_hpa_controller(behavior, bounds, start, steps):
     lo, hi = bounds[0], bounds[0] + bounds[1]
     b = Behavior.from_spec(behavior)
@@ -156,11 +172,20 @@ def test_behavior_matches_the_hpa_controller(behavior, bounds, start, steps):
 def test_hpa_defaults():
     b = Behavior.from_spec({})
     assert b.to_spec() == {
-        "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
-                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15},
-                                 {"type": "Pods", "value": 4, "periodSeconds": 15}]},
-        "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Max",
-                      "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}}
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [
+                {"type": "Percent", "value": 100, "periodSeconds": 15},
+                {"type": "Pods", "value": 4, "periodSeconds": 15},
+            ],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": 300,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}],
+        },
+    }
     # A partial spec keeps the defaults for what it omits, as the API server's defaulting does.
     partial = Behavior.from_spec({"scaleDown": {"stabilizationWindowSeconds": 60}})
     assert partial.scale_down.stabilization_window_seconds == 60
@@ -205,11 +230,21 @@ def test_bad_behavior_names_the_field():
 # --- properties of decide -----------------------------------------------------------------------------------
 
 configs = st.builds(
-    lambda lo, span, util, tol, beh, top: ScalerConfig(min_replicas=lo, max_replicas=lo + span,
-                                                       target_utilization_percent=util, tolerance_percent=tol,
-                                                       behavior=Behavior.from_spec(beh), target_ops_per_replica=top),
-    st.integers(1, 5), st.integers(0, 40), st.integers(1, 100), st.floats(0, 30), behaviors,
-    st.one_of(st.none(), st.floats(1, 1e4)))
+    lambda lo, span, util, tol, beh, top: ScalerConfig(
+        min_replicas=lo,
+        max_replicas=lo + span,
+        target_utilization_percent=util,
+        tolerance_percent=tol,
+        behavior=Behavior.from_spec(beh),
+        target_ops_per_replica=top,
+    ),
+    st.integers(1, 5),
+    st.integers(0, 40),
+    st.integers(1, 100),
+    st.floats(0, 30),
+    behaviors,
+    st.one_of(st.none(), st.floats(1, 1e4)),
+)
 demands = st.floats(0, 1e6, allow_nan=False)
 
 
@@ -225,8 +260,13 @@ def histories(draw, config):
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.data(), config=configs, demand=st.one_of(st.none(), st.just(math.nan), demands),
-       capacity=st.one_of(st.none(), st.just(math.nan), st.floats(0, 1e4)), current=st.integers(0, 60))
+@given(
+    data=st.data(),
+    config=configs,
+    demand=st.one_of(st.none(), st.just(math.nan), demands),
+    capacity=st.one_of(st.none(), st.just(math.nan), st.floats(0, 1e4)),
+    current=st.integers(0, 60),
+)
 def test_never_outside_bounds(data, config, demand, capacity, current):
     history, _ = data.draw(histories(config))
     d = decide(current, obs(demand, capacity), config, history, NOW)
@@ -234,8 +274,14 @@ def test_never_outside_bounds(data, config, demand, capacity, current):
 
 
 @settings(max_examples=300, deadline=None)
-@given(data=st.data(), config=configs, d1=demands, d2=demands, capacity=st.floats(1, 1e4),
-       recent_factor=st.one_of(st.none(), st.floats(0, 3)))
+@given(
+    data=st.data(),
+    config=configs,
+    d1=demands,
+    d2=demands,
+    capacity=st.floats(1, 1e4),
+    recent_factor=st.one_of(st.none(), st.floats(0, 3)),
+)
 def test_monotonic_in_demand(data, config, d1, d2, capacity, recent_factor):
     history, current = data.draw(histories(config))
     current = min(max(current, config.min_replicas), config.max_replicas)
@@ -247,8 +293,14 @@ def test_monotonic_in_demand(data, config, d1, d2, capacity, recent_factor):
 
 
 @settings(max_examples=200, deadline=None)
-@given(config=configs, current=st.integers(1, 40), offset=st.floats(-1, 1), capacity=st.floats(1, 1e4),
-       noise=st.lists(st.floats(-1, 1), min_size=30, max_size=80), data=st.data())
+@given(
+    config=configs,
+    current=st.integers(1, 40),
+    offset=st.floats(-1, 1),
+    capacity=st.floats(1, 1e4),
+    noise=st.lists(st.floats(-1, 1), min_size=30, max_size=80),
+    data=st.data(),
+)
 def test_no_oscillation_under_noise_within_tolerance(config, current, offset, capacity, noise, data):
     """Constant demand whose noisy observations (both windows) stay within the tolerance: nothing moves."""
     current = min(max(current, config.min_replicas), config.max_replicas)
@@ -261,20 +313,30 @@ def test_no_oscillation_under_noise_within_tolerance(config, current, offset, ca
     for i, n in enumerate(noise):
         now += 15
         m = data.draw(st.floats(-1, 1), label=f"recent noise {i}")
-        d = decide(current, obs(center * (1 + n * spread), capacity, recent=center * (1 + m * spread), now=now),
-                   config, h, now)
+        d = decide(
+            current, obs(center * (1 + n * spread), capacity, recent=center * (1 + m * spread), now=now), config, h, now
+        )
         assert d.desired_replicas == current, d.message
         h = d.history
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.data(), config=configs, current=st.integers(0, 60),
-       bad=st.sampled_from(["none", "nan", "stale", "capacity", "reason", "negative"]))
+@given(
+    data=st.data(),
+    config=configs,
+    current=st.integers(0, 60),
+    bad=st.sampled_from(["none", "nan", "stale", "capacity", "reason", "negative"]),
+)
 def test_holds_on_missing_data(data, config, current, bad):
     history, _ = data.draw(histories(config))
-    o = {"none": obs(None), "nan": obs(math.nan), "stale": obs(500.0, age=config.max_metric_age_seconds + 1),
-         "capacity": obs(500.0, capacity=None), "negative": obs(-5.0),
-         "reason": MetricsObservation(None, None, None, None, unavailable_reason="Prometheus unreachable")}[bad]
+    o = {
+        "none": obs(None),
+        "nan": obs(math.nan),
+        "stale": obs(500.0, age=config.max_metric_age_seconds + 1),
+        "capacity": obs(500.0, capacity=None),
+        "negative": obs(-5.0),
+        "reason": MetricsObservation(None, None, None, None, unavailable_reason="Prometheus unreachable"),
+    }[bad]
     if bad == "capacity" and config.target_ops_per_replica is not None:
         o = obs(500.0, capacity=math.nan, age=config.max_metric_age_seconds * 2)
     d = decide(current, o, config, history, NOW)
@@ -329,6 +391,7 @@ def test_history_round_trip_and_bad_history():
     d = decide(2, obs(1400.0), cfg, History(), NOW)
     assert History.from_dict(d.history.to_dict()) == d.history
     import json
+
     assert History.from_dict(json.loads(json.dumps(d.history.to_dict()))) == d.history
     with pytest.raises(ValueError, match=r"history.recommendations\[0\]"):
         History.from_dict({"recommendations": [["x", 3]]})
@@ -341,23 +404,38 @@ def test_from_spec_reads_the_crd_defaults():
     from hdc_operator.spec import default_spec
 
     cfg = ScalerConfig.from_spec(default_spec()["autoscaling"])
-    assert (cfg.min_replicas, cfg.max_replicas, cfg.target_utilization_percent, cfg.tolerance_percent,
-            cfg.target_ops_per_replica) == (1, 10, 70, 10, None)
+    assert (
+        cfg.min_replicas,
+        cfg.max_replicas,
+        cfg.target_utilization_percent,
+        cfg.tolerance_percent,
+        cfg.target_ops_per_replica,
+    ) == (1, 10, 70, 10, None)
     assert cfg.behavior == Behavior.from_spec({})
 
 
-anything = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**12),
-                     st.text(max_size=3), st.booleans())
+anything = st.one_of(
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-10, 10**12),
+    st.text(max_size=3),
+    st.booleans(),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(config=configs, current=st.integers(0, 60), fields=st.tuples(anything, anything, anything, anything, anything),
-       reason=st.one_of(st.none(), st.text(max_size=10)))
+@given(
+    config=configs,
+    current=st.integers(0, 60),
+    fields=st.tuples(anything, anything, anything, anything, anything),
+    reason=st.one_of(st.none(), st.text(max_size=10)),
+)
 def test_garbage_observations_never_raise(config, current, fields, reason):
     """Whatever a broken metrics source hands over: a decision within bounds, never an exception."""
     demand, capacity, sampled, reporting, recent = fields
-    o = MetricsObservation(demand, capacity, sampled, reporting, unavailable_reason=reason,
-                           recent_demand_ops_per_second=recent)
+    o = MetricsObservation(
+        demand, capacity, sampled, reporting, unavailable_reason=reason, recent_demand_ops_per_second=recent
+    )
     d = decide(current, o, config, History(), NOW)
     assert config.min_replicas <= d.desired_replicas <= config.max_replicas
     if not d.metrics_available:
@@ -373,8 +451,12 @@ def test_status_fields_and_condition():
     assert fields["lastScaleReason"].startswith("ScaleUpLimit: demand 1400 ops/s")
     assert fields["observedDemandOpsPerSec"] == 1400.0 and fields["observedCapacityOpsPerSec"] == 100.0
     assert fields["throughputOpsPerSec"] == 1400.0  # the THROUGHPUT printer column
-    assert scaling_active_condition(d) == {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound",
-                                           "message": d.message}
+    assert scaling_active_condition(d) == {
+        "type": "ScalingActive",
+        "status": "True",
+        "reason": "ValidMetricFound",
+        "message": d.message,
+    }
     down = MetricsObservation(None, None, None, None, unavailable_reason="Prometheus at http://p:9090 is unreachable")
     held = decide(4, down, cfg, History(), NOW)
     assert status_fields(held, down, 4, "t") == {"desiredReplicas": 4}
@@ -386,8 +468,14 @@ def test_status_fields_and_condition():
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.data(), config=configs, demand=demands, capacity=st.floats(1, 1e4), ready=st.integers(1, 60),
-       missing=st.integers(1, 60))
+@given(
+    data=st.data(),
+    config=configs,
+    demand=demands,
+    capacity=st.floats(1, 1e4),
+    ready=st.integers(1, 60),
+    missing=st.integers(1, 60),
+)
 def test_partial_metrics_never_scale_down(data, config, demand, capacity, ready, missing):
     """Fewer replicas report than are ready: the demand is a lower bound, so no scale-down from it."""
     history, current = data.draw(histories(config))

@@ -45,12 +45,19 @@ def test_bounds_hold_in_the_series():
 def test_steady_demand_without_bursts_settles():
     """No bursts, no diurnal swing, noise inside the tolerance: a few scale events at the start, then none."""
     # 6650 ops/s = 9.5 replicas at 70 % of 1000 ops/s: 10 replicas, then a ratio of 0.95 +- 2 % noise.
-    cfg = replace(SHORT, base_demand=6650.0, diurnal_amplitude=0.0, burst_every_s=1e12, jitter=0.01,
-                  metric_noise=0.01, capacity_noise=0.0)
+    cfg = replace(
+        SHORT,
+        base_demand=6650.0,
+        diurnal_amplitude=0.0,
+        burst_every_s=1e12,
+        jitter=0.01,
+        metric_noise=0.01,
+        capacity_noise=0.0,
+    )
     for scaler in ("operator", "hpa"):
         r = simulate(cfg, make_trace(cfg, 5), scaler)
         replicas = r["series"]["replicas"]
-        late = replicas[len(replicas) // 3:]
+        late = replicas[len(replicas) // 3 :]
         assert len(set(late)) == 1, (scaler, replicas)
         assert late[0] == 10 and r["scale_events"] <= 5  # 3 -> 10 under saturation takes a few steps
 
@@ -65,15 +72,32 @@ def test_default_trace_meets_the_floor():
 
 def test_hdcctl_writes_json_and_plot(tmp_path):
     out, png = tmp_path / "r.json", tmp_path / "r.png"
-    proc = subprocess.run([sys.executable, "-c", "from hdc_operator.cli import main; main()", "simulate-autoscaling",
-                           "--json", str(out), "--plot", str(png), "--seed", "2", "--hours", "0.5"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from hdc_operator.cli import main; main()",
+            "simulate-autoscaling",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+            "--seed",
+            "2",
+            "--hours",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     result = json.loads(out.read_text())
     assert proc.returncode == (0 if result["floorMet"] else 1), proc.stderr
     printed = json.loads(proc.stdout)
     assert printed["operator"]["scale_events"] == result["operator"]["scale_events"]
     assert "series" not in printed["operator"] and len(result["hpa"]["series"]["t"]) == 60
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = subprocess.run([sys.executable, "-m", "hdc_operator.simulate", "--hours", "-1"], capture_output=True,
-                         text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "hdc_operator.simulate", "--hours", "-1"], capture_output=True, text=True, timeout=120
+    )
     assert bad.returncode == 2 and "--hours must be in (0, 48]" in bad.stderr

@@ -35,14 +35,23 @@ from hdc_operator.spec import parse_workload  # noqa: E402
 
 
 def cpu_nodes(count: int) -> list[dict]:
-    return [{"apiVersion": "v1", "kind": "Node",
-             "metadata": {"name": f"bench-cpu-{i}", "annotations": {"kwok.x-k8s.io/node": "fake",
-                                                                    "node.alpha.kubernetes.io/ttl": "0"},
-                          "labels": {"kubernetes.io/hostname": f"bench-cpu-{i}", "type": "kwok"}},
-             "status": {"allocatable": {"cpu": "1000", "memory": "8Ti", "pods": "250"},
-                        "capacity": {"cpu": "1000", "memory": "8Ti", "pods": "250"},
-                        "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"}}}
-            for i in range(count)]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"bench-cpu-{i}",
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {"kubernetes.io/hostname": f"bench-cpu-{i}", "type": "kwok"},
+            },
+            "status": {
+                "allocatable": {"cpu": "1000", "memory": "8Ti", "pods": "250"},
+                "capacity": {"cpu": "1000", "memory": "8Ti", "pods": "250"},
+                "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"},
+            },
+        }
+        for i in range(count)
+    ]
 
 
 class ChildWatcher:
@@ -59,10 +68,16 @@ class ChildWatcher:
             ("Service", core.list_namespaced_service, {}),
             ("ConfigMap", core.list_namespaced_config_map, {}),
             ("PodDisruptionBudget", policy.list_namespaced_pod_disruption_budget, {}),
-            ("ServiceMonitor", custom.list_namespaced_custom_object,
-             {"group": "monitoring.coreos.com", "version": "v1", "plural": "servicemonitors"}),
-            ("PrometheusRule", custom.list_namespaced_custom_object,
-             {"group": "monitoring.coreos.com", "version": "v1", "plural": "prometheusrules"}),
+            (
+                "ServiceMonitor",
+                custom.list_namespaced_custom_object,
+                {"group": "monitoring.coreos.com", "version": "v1", "plural": "servicemonitors"},
+            ),
+            (
+                "PrometheusRule",
+                custom.list_namespaced_custom_object,
+                {"group": "monitoring.coreos.com", "version": "v1", "plural": "prometheusrules"},
+            ),
         ]
         self.namespace = namespace
         self.threads = [threading.Thread(target=self._run, args=s, daemon=True) for s in self.streams]
@@ -75,8 +90,9 @@ class ChildWatcher:
             if first:
                 self.ready.wait()
                 first = False
-            for event in w.stream(fn, namespace=self.namespace, label_selector=MANAGED_SELECTOR, timeout_seconds=30,
-                                  **kw):
+            for event in w.stream(
+                fn, namespace=self.namespace, label_selector=MANAGED_SELECTOR, timeout_seconds=30, **kw
+            ):
                 now = time.perf_counter()
                 obj = event["object"]
                 name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
@@ -104,8 +120,12 @@ class ChildWatcher:
 
 
 def workload_body(name: str, namespace: str) -> dict:
-    return {"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name, "namespace": namespace},
-            "spec": {"resources": {"gpus": 0}}}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"resources": {"gpus": 0}},
+    }
 
 
 def percentile(values, q):
@@ -177,9 +197,11 @@ def latency_part(args, api_client, tmp) -> dict:
         delete_namespace(core, ns_floor)
     result = {"workloads": args.latency_workloads, "children_per_workload": len(keys)}
     for label, values in (("operator", op_lat), ("floor", floor_lat)):
-        result[label] = {"p50_ms": round(percentile(values, 50) * 1000, 1),
-                         "p99_ms": round(percentile(values, 99) * 1000, 1),
-                         "mean_ms": round(statistics.mean(values) * 1000, 1)}
+        result[label] = {
+            "p50_ms": round(percentile(values, 50) * 1000, 1),
+            "p99_ms": round(percentile(values, 99) * 1000, 1),
+            "mean_ms": round(statistics.mean(values) * 1000, 1),
+        }
     result["ratio_p50"] = round(result["operator"]["p50_ms"] / result["floor"]["p50_ms"], 2)
     result["ratio_p99"] = round(result["operator"]["p99_ms"] / result["floor"]["p99_ms"], 2)
     return result
@@ -197,26 +219,49 @@ def scale_part(args, api_client, tmp) -> dict:
     kube = KubeApi(api_client)
     nodes = max(1, -(-args.scale_workloads // 200))
     for node in cpu_nodes(nodes):  # raw server-side apply: the typed client insists on every nodeInfo field
-        kube.request("PATCH", f"/api/v1/nodes/{node['metadata']['name']}", body=node,
-                     content_type="application/apply-patch+yaml", query=[("fieldManager", "bench"), ("force", "true")])
+        kube.request(
+            "PATCH",
+            f"/api/v1/nodes/{node['metadata']['name']}",
+            body=node,
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", "bench"), ("force", "true")],
+        )
     ns = f"bench-op-scale-{os.getpid()}"  # a fresh one: a namespace still terminating refuses new objects
     ensure_namespace(core, ns)
     (tmp / "scale").mkdir(exist_ok=True)
-    proc = OperatorProcess(args.kubeconfig, tmp / "scale", "--namespace", ns, "--log-level", "WARNING",
-                           "--resync-interval", str(args.resync_interval)).start()
+    proc = OperatorProcess(
+        args.kubeconfig,
+        tmp / "scale",
+        "--namespace",
+        ns,
+        "--log-level",
+        "WARNING",
+        "--resync-interval",
+        str(args.resync_interval),
+    ).start()
     pid = proc.proc.pid
     try:
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda i: custom.create_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, workload_body(f"w-{i}", ns)), range(args.scale_workloads)))
+            list(
+                pool.map(
+                    lambda i: custom.create_namespaced_custom_object(
+                        GROUP, VERSION, ns, PLURAL, workload_body(f"w-{i}", ns)
+                    ),
+                    range(args.scale_workloads),
+                )
+            )
         created_s = time.perf_counter() - t0
         running = 0
         deadline = time.monotonic() + args.scale_timeout
         while time.monotonic() < deadline:
             items = kube.list(API_VERSION, PLURAL, ns)
-            running = sum(1 for w in items if (w.get("status") or {}).get("phase") == "Running"
-                          and (w.get("status") or {}).get("readyReplicas") == 1)
+            running = sum(
+                1
+                for w in items
+                if (w.get("status") or {}).get("phase") == "Running"
+                and (w.get("status") or {}).get("readyReplicas") == 1
+            )
             if running == args.scale_workloads:
                 break
             time.sleep(2)
@@ -229,8 +274,9 @@ def scale_part(args, api_client, tmp) -> dict:
                         key = f"{c['reason']}: {c['message'][:160]}"
                         reasons[key] = reasons.get(key, 0) + 1
             top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
-            raise TimeoutError(f"only {running}/{args.scale_workloads} Running after {args.scale_timeout} s; "
-                               f"Degraded: {top}")
+            raise TimeoutError(
+                f"only {running}/{args.scale_workloads} Running after {args.scale_timeout} s; Degraded: {top}"
+            )
         time.sleep(10)  # the last status writes' own events come back
         writes0, rec0 = proc.writes(), proc.metric_sum("hdc_operator_reconciles_total")
         time.sleep(60)
@@ -247,11 +293,18 @@ def scale_part(args, api_client, tmp) -> dict:
                 kube.request("DELETE", f"/api/v1/nodes/{node['metadata']['name']}", ok_missing=True)
             except ApiError as exc:  # the result stands; say what is left behind
                 print(f"bench: node {node['metadata']['name']} not deleted: {exc}", file=sys.stderr)
-    return {"workloads": args.scale_workloads, "nodes": nodes, "create_calls_s": round(created_s, 1),
-            "all_running_s": round(all_ready_s, 1), "operator_peak_rss_mib": round(peak_rss_mib, 1),
-            "operator_rss_after_idle_mib": round(rss_mib, 1), "writes_until_idle": int(busy_writes),
-            "idle_minute_writes": int(idle_writes), "idle_minute_reconciles": int(idle_reconciles),
-            "resync_interval_s": args.resync_interval}
+    return {
+        "workloads": args.scale_workloads,
+        "nodes": nodes,
+        "create_calls_s": round(created_s, 1),
+        "all_running_s": round(all_ready_s, 1),
+        "operator_peak_rss_mib": round(peak_rss_mib, 1),
+        "operator_rss_after_idle_mib": round(rss_mib, 1),
+        "writes_until_idle": int(busy_writes),
+        "idle_minute_writes": int(idle_writes),
+        "idle_minute_reconciles": int(idle_reconciles),
+        "resync_interval_s": args.resync_interval,
+    }
 
 
 def install_crd(kube: KubeApi) -> None:
@@ -260,8 +313,13 @@ def install_crd(kube: KubeApi) -> None:
 
     crd = yaml.safe_load((REPO / "crds" / "hdcworkload.yaml").read_text())
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd['metadata']['name']}"
-    kube.request("PATCH", path, body=crd, content_type="application/apply-patch+yaml",
-                 query=[("fieldManager", "bench"), ("force", "true")])
+    kube.request(
+        "PATCH",
+        path,
+        body=crd,
+        content_type="application/apply-patch+yaml",
+        query=[("fieldManager", "bench"), ("force", "true")],
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         conditions = ((kube.request("GET", path) or {}).get("status") or {}).get("conditions") or ()
@@ -288,19 +346,28 @@ def main() -> int:
     install_crd(KubeApi(api_client))
     tmp = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-operator-{os.getpid()}"
     tmp.mkdir(parents=True, exist_ok=True)
-    result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "date": time.strftime("%Y-%m-%d"), "load_average_at_start": os.getloadavg()}
+    result = {
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average_at_start": os.getloadavg(),
+    }
     if not args.skip_latency:
         result["latency"] = lat = latency_part(args, api_client, tmp)
-        print(f"reconcile latency over {lat['workloads']} workloads ({lat['children_per_workload']} children each): "
-              f"operator p50 {lat['operator']['p50_ms']} ms, p99 {lat['operator']['p99_ms']} ms; floor (direct apply) "
-              f"p50 {lat['floor']['p50_ms']} ms, p99 {lat['floor']['p99_ms']} ms; ratio p50 {lat['ratio_p50']}x, "
-              f"p99 {lat['ratio_p99']}x", flush=True)
+        print(
+            f"reconcile latency over {lat['workloads']} workloads ({lat['children_per_workload']} children each): "
+            f"operator p50 {lat['operator']['p50_ms']} ms, p99 {lat['operator']['p99_ms']} ms; floor (direct apply) "
+            f"p50 {lat['floor']['p50_ms']} ms, p99 {lat['floor']['p99_ms']} ms; ratio p50 {lat['ratio_p50']}x, "
+            f"p99 {lat['ratio_p99']}x",
+            flush=True,
+        )
     if not args.skip_scale:
         result["scale"] = sc = scale_part(args, api_client, tmp)
-        print(f"{sc['workloads']} workloads: all Running in {sc['all_running_s']} s (creates took "
-              f"{sc['create_calls_s']} s); operator peak RSS {sc['operator_peak_rss_mib']} MiB; API writes in an idle "
-              f"minute: {sc['idle_minute_writes']} ({sc['idle_minute_reconciles']} reconciles in it)", flush=True)
+        print(
+            f"{sc['workloads']} workloads: all Running in {sc['all_running_s']} s (creates took "
+            f"{sc['create_calls_s']} s); operator peak RSS {sc['operator_peak_rss_mib']} MiB; API writes in an idle "
+            f"minute: {sc['idle_minute_writes']} ({sc['idle_minute_reconciles']} reconciles in it)",
+            flush=True,
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

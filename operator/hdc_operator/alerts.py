@@ -22,8 +22,16 @@ import re
 from typing import Any, Mapping
 
 __all__ = [
-    "build_rule_groups", "rule_file", "ALERT_NAMES", "DEFAULT_RUNBOOK_BASE_URL", "WORKER_DURATION_BUCKETS",
-    "SERVER_ERROR_CODES", "BENCHMARK_TESTS", "BURN_RATE_WINDOWS", "SLO_WINDOWS", "latency_bucket",
+    "build_rule_groups",
+    "rule_file",
+    "ALERT_NAMES",
+    "DEFAULT_RUNBOOK_BASE_URL",
+    "WORKER_DURATION_BUCKETS",
+    "SERVER_ERROR_CODES",
+    "BENCHMARK_TESTS",
+    "BURN_RATE_WINDOWS",
+    "SLO_WINDOWS",
+    "latency_bucket",
 ]
 
 # Where docs/runbooks/<AlertName>.md is published; build_rule_groups(runbook_base_url=...) overrides it.
@@ -32,14 +40,36 @@ DEFAULT_RUNBOOK_BASE_URL = "https://github.com/hd-compute/hd-compute-toolkit/blo
 # The bucket boundaries (seconds) of hdc_operation_duration_seconds, as the worker declares them
 # (hd_compute.monitoring.metrics.DURATION_BUCKETS; a test keeps the two equal). The latency SLO counts
 # requests under a boundary, so the target is rounded down to one of these.
-WORKER_DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                           0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+WORKER_DURATION_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 # Error codes (the `error` label of hdc_operation_errors_total) that are the worker's fault: they burn the
 # availability SLO. Client errors (invalid_field, memory_not_found, body_too_large, ...) do not; they still
 # count in HDC_HighErrorRate, as in the seed. A test keeps this list equal to the 5xx codes in the worker.
 SERVER_ERROR_CODES = (
-    "internal_error", "cuda_out_of_memory", "insufficient_memory", "not_ready", "injected_fault",
+    "internal_error",
+    "cuda_out_of_memory",
+    "insufficient_memory",
+    "not_ready",
+    "injected_fault",
 )
 
 # The continuous benchmark's tests, the `test` label of hdc_benchmark_* (the worker schedules these; a test keeps
@@ -59,16 +89,29 @@ BURN_RATE_WINDOWS = (
 SLO_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
 
 ALERT_NAMES = (
-    "HDC_HighLatency", "HDC_HighMemoryUsage", "HDC_LowGPUUtilization", "HDC_HighErrorRate",
-    "HDC_WorkerDown", "HDC_WorkersAbsent", "HDC_BenchmarkRegression",
-    "HDC_BaselineLatencyExceeded", "HDC_BaselineThroughputBelowMinimum", "HDC_BaselineMemoryExceeded",
-    "HDC_AvailabilitySLOBurnRateHigh", "HDC_AvailabilitySLOBudgetBurning",
-    "HDC_LatencySLOBurnRateHigh", "HDC_LatencySLOBudgetBurning",
+    "HDC_HighLatency",
+    "HDC_HighMemoryUsage",
+    "HDC_LowGPUUtilization",
+    "HDC_HighErrorRate",
+    "HDC_WorkerDown",
+    "HDC_WorkersAbsent",
+    "HDC_BenchmarkRegression",
+    "HDC_BaselineLatencyExceeded",
+    "HDC_BaselineThroughputBelowMinimum",
+    "HDC_BaselineMemoryExceeded",
+    "HDC_AvailabilitySLOBurnRateHigh",
+    "HDC_AvailabilitySLOBudgetBurning",
+    "HDC_LatencySLOBurnRateHigh",
+    "HDC_LatencySLOBudgetBurning",
 )
 
 # spec.baselines[].operation -> the worker's `operation` label, where the two differ.
-_BASELINE_OPERATIONS = {"query": "memory_query", "add": "memory_add", "fit": "classifier_fit",
-                        "predict": "classifier_predict"}
+_BASELINE_OPERATIONS = {
+    "query": "memory_query",
+    "add": "memory_add",
+    "fit": "classifier_fit",
+    "predict": "classifier_predict",
+}
 
 # One Prometheus rule or rule group, as the PrometheusRule's YAML holds it.
 Rule = dict[str, Any]
@@ -77,14 +120,14 @@ _DURATION_RE = re.compile(r"^(?:\d+(?:ms|s|m|h|d|w|y))+$")
 _LABEL_VALUE_FORBIDDEN = re.compile(r'["\\\n]')
 
 
-def build_rule_groups(name: str, namespace: str, spec: Mapping[str, Any], *,
-                      runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL) -> list[Rule]:
+def build_rule_groups(
+    name: str, namespace: str, spec: Mapping[str, Any], *, runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL
+) -> list[Rule]:
     """The rule groups (PrometheusRule `spec.groups`) of workload `name` in `namespace`.
 
     `spec` is the fully defaulted HDCWorkload spec (camelCase). A missing or ill-typed field raises ValueError
     naming it (spec.alerts.highLatency.p95ThresholdMs, ...)."""
-    ctx = _Context(_label_value("name", name), _label_value("namespace", namespace), spec,
-                   runbook_base_url.rstrip("/"))
+    ctx = _Context(_label_value("name", name), _label_value("namespace", namespace), spec, runbook_base_url.rstrip("/"))
     groups = [{"name": f"hdc.{namespace}.{name}.alerts", "rules": _core_alerts(ctx)}]
     baseline_rules = _baseline_alerts(ctx)
     if baseline_rules:
@@ -134,8 +177,17 @@ class _Context:
         value = self.get(path)
         return _duration(f"spec.{path}", value)
 
-    def alert(self, alert: str, expr: str, *, for_: str | None, severity: str, summary: str, description: str,
-              labels: Mapping[str, str] | None = None) -> Rule:
+    def alert(
+        self,
+        alert: str,
+        expr: str,
+        *,
+        for_: str | None,
+        severity: str,
+        summary: str,
+        description: str,
+        labels: Mapping[str, str] | None = None,
+    ) -> Rule:
         rule: dict[str, Any] = {"alert": alert, "expr": expr}
         if for_ and not re.fullmatch(r"0+(ms|s|m|h|d|w|y)", for_):
             rule["for"] = for_
@@ -196,62 +248,96 @@ def _core_alerts(ctx: _Context) -> list[Rule]:
     rules = [
         ctx.alert(
             "HDC_HighLatency",
-            f'max by (namespace, workload, pod, operation) '
+            f"max by (namespace, workload, pod, operation) "
             f'(hdc_latency_percentiles{{{sel}, quantile="0.95"}}) > {_num(latency_ms)}',
-            for_=ctx.duration("alerts.highLatency.for"), severity="warning",
+            for_=ctx.duration("alerts.highLatency.for"),
+            severity="warning",
             summary="HD-Compute operations experiencing high latency",
-            description=(f"95th percentile latency of {{{{ $labels.operation }}}} on {{{{ $labels.pod }}}} is "
-                         f"{{{{ $value | humanize }}}}ms (threshold {_num(latency_ms)}ms)")),
+            description=(
+                f"95th percentile latency of {{{{ $labels.operation }}}} on {{{{ $labels.pod }}}} is "
+                f"{{{{ $value | humanize }}}}ms (threshold {_num(latency_ms)}ms)"
+            ),
+        ),
         ctx.alert(
             "HDC_HighMemoryUsage",
-            f'max by (namespace, workload, pod) '
+            f"max by (namespace, workload, pod) "
             f'(hdc_memory_usage_bytes{{{sel}, component="process"}}) / 1024 / 1024 > {_num(memory_mb)}',
-            for_=ctx.duration("alerts.highMemoryUsage.for"), severity="critical",
+            for_=ctx.duration("alerts.highMemoryUsage.for"),
+            severity="critical",
             summary="HD-Compute high memory usage",
-            description=(f"Memory usage of {{{{ $labels.pod }}}} is {{{{ printf \"%.0f\" $value }}}}MB "
-                         f"(threshold {_num(memory_mb)}MB)")),
+            description=(
+                f'Memory usage of {{{{ $labels.pod }}}} is {{{{ printf "%.0f" $value }}}}MB '
+                f"(threshold {_num(memory_mb)}MB)"
+            ),
+        ),
     ]
     if ctx.number("resources.gpus") > 0:  # without GPUs the gauge does not exist; the rule would be noise
-        rules.append(ctx.alert(
-            "HDC_LowGPUUtilization",
-            f'max by (namespace, workload, pod, device) '
-            f'(hdc_gpu_utilization_percent{{{sel}}}) < {_num(gpu_percent)}',
-            for_=ctx.duration("alerts.lowGpuUtilization.for"), severity="info",
-            summary="GPU underutilized",
-            description=(f"GPU utilization of {{{{ $labels.device }}}} on {{{{ $labels.pod }}}} is only "
-                         f"{{{{ $value | humanize }}}}% (threshold {_num(gpu_percent)}%)")))
-    rules.append(ctx.alert(
-        "HDC_HighErrorRate",
-        f'sum by (namespace, workload) (rate(hdc_operation_errors_total{{{sel}}}[5m])) '
-        f'/ sum by (namespace, workload) (rate(hdc_operation_total{{{sel}}}[5m])) > {_num(error_percent / 100)}',
-        for_=ctx.duration("alerts.highErrorRate.for"), severity="critical",
-        summary="High error rate in HD-Compute operations",
-        description=(f"Error rate of workload {{{{ $labels.namespace }}}}/{{{{ $labels.workload }}}} is "
-                     f"{{{{ $value | humanizePercentage }}}} (threshold {_num(error_percent)}%)")))
-    rules.append(ctx.alert(
-        "HDC_WorkerDown",
-        f'up{{{sel}}} == 0',
-        for_="1m", severity="critical",
-        summary="HD-Compute worker is not answering scrapes",
-        description="Prometheus cannot scrape {{ $labels.pod }} ({{ $labels.instance }}) of workload "
-                    "{{ $labels.namespace }}/{{ $labels.workload }} for 1 minute"))
-    rules.append(ctx.alert(
-        "HDC_WorkersAbsent",
-        f'absent(up{{{sel}}})',
-        for_="5m", severity="critical",
-        summary="No HD-Compute worker of the workload is scraped",
-        description=f"Prometheus has no scrape target of workload {ctx.namespace}/{ctx.name} for 5 minutes"))
+        rules.append(
+            ctx.alert(
+                "HDC_LowGPUUtilization",
+                f"max by (namespace, workload, pod, device) "
+                f"(hdc_gpu_utilization_percent{{{sel}}}) < {_num(gpu_percent)}",
+                for_=ctx.duration("alerts.lowGpuUtilization.for"),
+                severity="info",
+                summary="GPU underutilized",
+                description=(
+                    f"GPU utilization of {{{{ $labels.device }}}} on {{{{ $labels.pod }}}} is only "
+                    f"{{{{ $value | humanize }}}}% (threshold {_num(gpu_percent)}%)"
+                ),
+            )
+        )
+    rules.append(
+        ctx.alert(
+            "HDC_HighErrorRate",
+            f"sum by (namespace, workload) (rate(hdc_operation_errors_total{{{sel}}}[5m])) "
+            f"/ sum by (namespace, workload) (rate(hdc_operation_total{{{sel}}}[5m])) > {_num(error_percent / 100)}",
+            for_=ctx.duration("alerts.highErrorRate.for"),
+            severity="critical",
+            summary="High error rate in HD-Compute operations",
+            description=(
+                f"Error rate of workload {{{{ $labels.namespace }}}}/{{{{ $labels.workload }}}} is "
+                f"{{{{ $value | humanizePercentage }}}} (threshold {_num(error_percent)}%)"
+            ),
+        )
+    )
+    rules.append(
+        ctx.alert(
+            "HDC_WorkerDown",
+            f"up{{{sel}}} == 0",
+            for_="1m",
+            severity="critical",
+            summary="HD-Compute worker is not answering scrapes",
+            description="Prometheus cannot scrape {{ $labels.pod }} ({{ $labels.instance }}) of workload "
+            "{{ $labels.namespace }}/{{ $labels.workload }} for 1 minute",
+        )
+    )
+    rules.append(
+        ctx.alert(
+            "HDC_WorkersAbsent",
+            f"absent(up{{{sel}}})",
+            for_="5m",
+            severity="critical",
+            summary="No HD-Compute worker of the workload is scraped",
+            description=f"Prometheus has no scrape target of workload {ctx.namespace}/{ctx.name} for 5 minutes",
+        )
+    )
     if ctx.get("continuousBenchmark.enabled"):
         threshold = ctx.number("continuousBenchmark.degradationThreshold")
-        rules.append(ctx.alert(
-            "HDC_BenchmarkRegression",
-            f'max by (namespace, workload, pod, test) '
-            f'(hdc_benchmark_degradation_ratio{{{sel}}}) > {_num(threshold)}',
-            for_=ctx.duration("alerts.benchmarkRegression.for"), severity="warning",
-            summary="HD-Compute continuous benchmark regressed",
-            description=(f"Benchmark {{{{ $labels.test }}}} on {{{{ $labels.pod }}}} is "
-                         f"{{{{ $value | humanizePercentage }}}} slower than its baseline "
-                         f"(threshold {_num(threshold * 100)}%)")))
+        rules.append(
+            ctx.alert(
+                "HDC_BenchmarkRegression",
+                f"max by (namespace, workload, pod, test) "
+                f"(hdc_benchmark_degradation_ratio{{{sel}}}) > {_num(threshold)}",
+                for_=ctx.duration("alerts.benchmarkRegression.for"),
+                severity="warning",
+                summary="HD-Compute continuous benchmark regressed",
+                description=(
+                    f"Benchmark {{{{ $labels.test }}}} on {{{{ $labels.pod }}}} is "
+                    f"{{{{ $value | humanizePercentage }}}} slower than its baseline "
+                    f"(threshold {_num(threshold * 100)}%)"
+                ),
+            )
+        )
     return rules
 
 
@@ -274,37 +360,54 @@ def _baseline_alerts(ctx: _Context) -> list[Rule]:
         seen.add(bname)
         operation = _label_value(f"{field}.operation", baseline.get("operation"))
         op = _BASELINE_OPERATIONS.get(operation, operation)
-        limits = {k: _number(f"{field}.{k}", baseline[k]) for k in
-                  ("maxLatencyMs", "minThroughputOpsPerSec", "maxMemoryMb") if baseline.get(k) is not None}
+        limits = {
+            k: _number(f"{field}.{k}", baseline[k])
+            for k in ("maxLatencyMs", "minThroughputOpsPerSec", "maxMemoryMb")
+            if baseline.get(k) is not None
+        }
         if not limits:
             raise ValueError(f"{field} needs at least one of maxLatencyMs, minThroughputOpsPerSec, maxMemoryMb")
         labels = {"baseline": bname}
         p95 = f'hdc_latency_percentiles{{{sel}, operation="{op}", quantile="0.95"}}'
         if "maxLatencyMs" in limits:
             limit = limits["maxLatencyMs"]
-            rules.append(ctx.alert(
-                "HDC_BaselineLatencyExceeded",
-                f"max by (namespace, workload, pod, operation) ({p95}) > {_num(limit)}",
-                for_=ctx.duration("alerts.highLatency.for"), severity="warning", labels=labels,
-                summary=f"Baseline {bname}: {op} slower than {_num(limit)}ms",
-                description=(f"95th percentile latency of {op} on {{{{ $labels.pod }}}} is "
-                             f"{{{{ $value | humanize }}}}ms; baseline {bname} allows {_num(limit)}ms")))
+            rules.append(
+                ctx.alert(
+                    "HDC_BaselineLatencyExceeded",
+                    f"max by (namespace, workload, pod, operation) ({p95}) > {_num(limit)}",
+                    for_=ctx.duration("alerts.highLatency.for"),
+                    severity="warning",
+                    labels=labels,
+                    summary=f"Baseline {bname}: {op} slower than {_num(limit)}ms",
+                    description=(
+                        f"95th percentile latency of {op} on {{{{ $labels.pod }}}} is "
+                        f"{{{{ $value | humanize }}}}ms; baseline {bname} allows {_num(limit)}ms"
+                    ),
+                )
+            )
         if "minThroughputOpsPerSec" in limits:
             limit = limits["minThroughputOpsPerSec"]
             # Delivered throughput only means something when the workers are saturated: low throughput under
             # low demand is fine. Saturation shows as p95 latency over the baseline's (or the workload's) limit.
             slow_ms = limits.get("maxLatencyMs", default_latency_ms)
-            rules.append(ctx.alert(
-                "HDC_BaselineThroughputBelowMinimum",
-                f'sum by (namespace, workload, operation) '
-                f'(rate(hdc_hypervector_operations_total{{{sel}, operation="{op}"}}[5m])) < {_num(limit)} '
-                f'and on (namespace, workload, operation) '
-                f'max by (namespace, workload, operation) ({p95}) > {_num(slow_ms)}',
-                for_=ctx.duration("alerts.highLatency.for"), severity="warning", labels=labels,
-                summary=f"Baseline {bname}: {op} throughput under {_num(limit)} ops/s while saturated",
-                description=(f"Workload {ctx.namespace}/{ctx.name} delivers {{{{ $value | humanize }}}} {op} "
-                             f"hypervector ops/s while its p95 latency is over {_num(slow_ms)}ms; "
-                             f"baseline {bname} expects at least {_num(limit)} ops/s")))
+            rules.append(
+                ctx.alert(
+                    "HDC_BaselineThroughputBelowMinimum",
+                    f"sum by (namespace, workload, operation) "
+                    f'(rate(hdc_hypervector_operations_total{{{sel}, operation="{op}"}}[5m])) < {_num(limit)} '
+                    f"and on (namespace, workload, operation) "
+                    f"max by (namespace, workload, operation) ({p95}) > {_num(slow_ms)}",
+                    for_=ctx.duration("alerts.highLatency.for"),
+                    severity="warning",
+                    labels=labels,
+                    summary=f"Baseline {bname}: {op} throughput under {_num(limit)} ops/s while saturated",
+                    description=(
+                        f"Workload {ctx.namespace}/{ctx.name} delivers {{{{ $value | humanize }}}} {op} "
+                        f"hypervector ops/s while its p95 latency is over {_num(slow_ms)}ms; "
+                        f"baseline {bname} expects at least {_num(limit)} ops/s"
+                    ),
+                )
+            )
         if "maxMemoryMb" in limits and benchmark_on and bname in BENCHMARK_TESTS:
             limit = limits["maxMemoryMb"]
             # The operation's own memory: the peak of one call of the benchmark test named like the baseline,
@@ -312,15 +415,22 @@ def _baseline_alerts(ctx: _Context) -> list[Rule]:
             # continuous benchmark), not the worker process's resident set, which an idle worker already fills
             # with the interpreter, torch and its memories. Other names, or the benchmark off, have no such
             # series: no rule (docs/monitoring.md).
-            rules.append(ctx.alert(
-                "HDC_BaselineMemoryExceeded",
-                f'max by (namespace, workload, pod) '
-                f'(hdc_benchmark_peak_memory_bytes{{{sel}, test="{bname}"}}) / 1024 / 1024 > {_num(limit)}',
-                for_=ctx.duration("alerts.highMemoryUsage.for"), severity="warning", labels=labels,
-                summary=f"Baseline {bname}: one {bname} call needs over {_num(limit)}MB",
-                description=(f"The continuous benchmark's latest {bname} run on {{{{ $labels.pod }}}} needed "
-                             f"{{{{ printf \"%.0f\" $value }}}}MB at its peak; baseline {bname} allows "
-                             f"{_num(limit)}MB")))
+            rules.append(
+                ctx.alert(
+                    "HDC_BaselineMemoryExceeded",
+                    f"max by (namespace, workload, pod) "
+                    f'(hdc_benchmark_peak_memory_bytes{{{sel}, test="{bname}"}}) / 1024 / 1024 > {_num(limit)}',
+                    for_=ctx.duration("alerts.highMemoryUsage.for"),
+                    severity="warning",
+                    labels=labels,
+                    summary=f"Baseline {bname}: one {bname} call needs over {_num(limit)}MB",
+                    description=(
+                        f"The continuous benchmark's latest {bname} run on {{{{ $labels.pod }}}} needed "
+                        f'{{{{ printf "%.0f" $value }}}}MB at its peak; baseline {bname} allows '
+                        f"{_num(limit)}MB"
+                    ),
+                )
+            )
     return rules
 
 
@@ -330,42 +440,64 @@ def _slo_rules(ctx: _Context) -> list[Rule]:
     latency_percent = ctx.number("alerts.slo.latencyTargetPercent", maximum=100)
     target_ms = ctx.number("alerts.slo.latencyTargetMs")
     if availability >= 100 or latency_percent >= 100:
-        raise ValueError("spec.alerts.slo.availabilityTargetPercent and latencyTargetPercent must be under 100 "
-                         "(a 100 % target leaves no error budget to alert on)")
+        raise ValueError(
+            "spec.alerts.slo.availabilityTargetPercent and latencyTargetPercent must be under 100 "
+            "(a 100 % target leaves no error budget to alert on)"
+        )
     bucket = latency_bucket(target_ms)
     le = _le_matcher(bucket)
     server_errors = "|".join(SERVER_ERROR_CODES)
     rules: list[Rule] = []
     for window in SLO_WINDOWS:
-        rules.append({
-            "record": f"hdc:slo_availability_errors:ratio_rate{window}",
-            "expr": (f'sum by (namespace, workload) '
-                     f'(rate(hdc_operation_errors_total{{{sel}, error=~"{server_errors}"}}[{window}])) '
-                     f'/ sum by (namespace, workload) (rate(hdc_operation_total{{{sel}}}[{window}]))'),
-        })
-        rules.append({
-            "record": f"hdc:slo_latency_errors:ratio_rate{window}",
-            "expr": (f'1 - sum by (namespace, workload) '
-                     f'(rate(hdc_operation_duration_seconds_bucket{{{sel}, {le}}}[{window}])) '
-                     f'/ sum by (namespace, workload) (rate(hdc_operation_duration_seconds_count{{{sel}}}[{window}]))'),
-        })
+        rules.append(
+            {
+                "record": f"hdc:slo_availability_errors:ratio_rate{window}",
+                "expr": (
+                    f"sum by (namespace, workload) "
+                    f'(rate(hdc_operation_errors_total{{{sel}, error=~"{server_errors}"}}[{window}])) '
+                    f"/ sum by (namespace, workload) (rate(hdc_operation_total{{{sel}}}[{window}]))"
+                ),
+            }
+        )
+        rules.append(
+            {
+                "record": f"hdc:slo_latency_errors:ratio_rate{window}",
+                "expr": (
+                    f"1 - sum by (namespace, workload) "
+                    f"(rate(hdc_operation_duration_seconds_bucket{{{sel}, {le}}}[{window}])) "
+                    f"/ sum by (namespace, workload) (rate(hdc_operation_duration_seconds_count{{{sel}}}[{window}]))"
+                ),
+            }
+        )
     for slo, record, target, what in (
-            ("Availability", "hdc:slo_availability_errors", availability, "failed requests (server errors)"),
-            ("Latency", "hdc:slo_latency_errors", latency_percent,
-             f"requests slower than {_num(bucket * 1000)}ms")):
+        ("Availability", "hdc:slo_availability_errors", availability, "failed requests (server errors)"),
+        ("Latency", "hdc:slo_latency_errors", latency_percent, f"requests slower than {_num(bucket * 1000)}ms"),
+    ):
         budget = _num(1 - target / 100)
         for long_w, short_w, burn, severity, for_ in BURN_RATE_WINDOWS:
             page = severity == "critical"
             alert = f"HDC_{slo}SLOBurnRateHigh" if page else f"HDC_{slo}SLOBudgetBurning"
-            expr = (f"{record}:ratio_rate{long_w}{{{sel}}} > ({_num(burn)} * {budget}) "
-                    f"and {record}:ratio_rate{short_w}{{{sel}}} > ({_num(burn)} * {budget})")
-            rules.append(ctx.alert(
-                alert, expr, for_=for_, severity=severity,
-                labels={"slo": slo.lower(), "long_window": long_w, "short_window": short_w},
-                summary=(f"{ctx.namespace}/{ctx.name} burns its {slo.lower()} error budget "
-                         f"{_num(burn)}x as fast as the SLO allows"),
-                description=(f"{{{{ $value | humanizePercentage }}}} of requests over the last {long_w} were "
-                             f"{what} (also over the last {short_w}); the {_num(target)}% SLO allows "
-                             f"{_num(100 - target)}%. At this rate the 30-day budget lasts "
-                             f"{30 / burn:.3g} days.")))
+            expr = (
+                f"{record}:ratio_rate{long_w}{{{sel}}} > ({_num(burn)} * {budget}) "
+                f"and {record}:ratio_rate{short_w}{{{sel}}} > ({_num(burn)} * {budget})"
+            )
+            rules.append(
+                ctx.alert(
+                    alert,
+                    expr,
+                    for_=for_,
+                    severity=severity,
+                    labels={"slo": slo.lower(), "long_window": long_w, "short_window": short_w},
+                    summary=(
+                        f"{ctx.namespace}/{ctx.name} burns its {slo.lower()} error budget "
+                        f"{_num(burn)}x as fast as the SLO allows"
+                    ),
+                    description=(
+                        f"{{{{ $value | humanizePercentage }}}} of requests over the last {long_w} were "
+                        f"{what} (also over the last {short_w}); the {_num(target)}% SLO allows "
+                        f"{_num(100 - target)}%. At this rate the 30-day budget lasts "
+                        f"{30 / burn:.3g} days."
+                    ),
+                )
+            )
     return rules

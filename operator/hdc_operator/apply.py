@@ -39,12 +39,14 @@ def child_kind(kind: str) -> ChildKind:
     try:
         return _BY_KIND[kind]
     except KeyError:
-        raise ValueError(f"kind {kind!r} is not a child kind the operator manages "
-                         f"(one of {', '.join(_BY_KIND)})") from None
+        raise ValueError(
+            f"kind {kind!r} is not a child kind the operator manages (one of {', '.join(_BY_KIND)})"
+        ) from None
 
 
-def resource_path(api_version: str, plural: str, namespace: str | None, name: str | None = None,
-                  subresource: str | None = None) -> str:
+def resource_path(
+    api_version: str, plural: str, namespace: str | None, name: str | None = None, subresource: str | None = None
+) -> str:
     base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
     path = f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
     if name:
@@ -102,28 +104,43 @@ def _now_rfc3339() -> str:
 class KubeApi:
     """Synchronous, thread-safe calls to the API server through a kubernetes.client.ApiClient."""
 
-    def __init__(self, api_client, *, on_write: Callable[[str, str], None] = lambda verb, kind: None,
-                 request_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        api_client,
+        *,
+        on_write: Callable[[str, str], None] = lambda verb, kind: None,
+        request_timeout_s: float = 30.0,
+    ):
         self.client = api_client
         self.on_write = on_write
         self.timeout = request_timeout_s
 
     # -- one call ------------------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, *, body=None, query: Iterable[tuple[str, str]] = (),
-              content_type: str = "application/json", what: tuple[str, str] = ("", "")) -> tuple[int, dict | None]:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body=None,
+        query: Iterable[tuple[str, str]] = (),
+        content_type: str = "application/json",
+        what: tuple[str, str] = ("", ""),
+    ) -> tuple[int, dict | None]:
         import urllib3.exceptions  # the kubernetes client's transport
 
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type
-        request = self.client.param_serialize(method, path, query_params=list(query), header_params=headers,
-                                              body=body, auth_settings=["BearerToken"])
+        request = self.client.param_serialize(
+            method, path, query_params=list(query), header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
         try:
             response = self.client.call_api(*request, _request_timeout=self.timeout)
             response.read()
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ApiUnavailable("ApiUnavailable", f"{method} {path}: {exc.__class__.__name__}: {exc}",
-                                 kind=what[0], name=what[1]) from exc
+            raise ApiUnavailable(
+                "ApiUnavailable", f"{method} {path}: {exc.__class__.__name__}: {exc}", kind=what[0], name=what[1]
+            ) from exc
         status = response.status
         try:
             data = json.loads(response.data) if response.data else None
@@ -131,9 +148,17 @@ class KubeApi:
             data = {"message": response.data[:500].decode(errors="replace")}
         return status, data
 
-    def request(self, method: str, path: str, *, body: object = None, query: Iterable[tuple[str, str]] = (),
-                content_type: str = "application/json", ok_missing: bool = False,
-                what: tuple[str, str] = ("", "")) -> dict | None:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        query: Iterable[tuple[str, str]] = (),
+        content_type: str = "application/json",
+        ok_missing: bool = False,
+        what: tuple[str, str] = ("", ""),
+    ) -> dict | None:
         """One call to the API server: the answer's JSON body, or None for a 404 when `ok_missing`.
 
         A 4xx raises ApiRefused (the reason from classify_refusal), a 5xx, a 429 or no answer ApiUnavailable.
@@ -147,8 +172,9 @@ class KubeApi:
             return None
         message = str((data or {}).get("message") or f"HTTP {status}")
         if status >= 500 or status == 429:
-            raise ApiUnavailable("ApiUnavailable", f"HTTP {status}: {message}", status=status, kind=what[0],
-                                 name=what[1])
+            raise ApiUnavailable(
+                "ApiUnavailable", f"HTTP {status}: {message}", status=status, kind=what[0], name=what[1]
+            )
         raise ApiRefused(classify_refusal(status, data), message, status=status, kind=what[0], name=what[1])
 
     # -- reads ---------------------------------------------------------------------------------------------
@@ -174,17 +200,26 @@ class KubeApi:
         meta = manifest["metadata"]
         path = resource_path(kind.api_version, kind.plural, meta["namespace"], meta["name"])
         self.on_write("apply", kind.kind)
-        return self.request("PATCH", path, body=dict(manifest), content_type="application/apply-patch+yaml",
-                             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-                             what=(kind.kind, meta["name"]))
+        return self.request(
+            "PATCH",
+            path,
+            body=dict(manifest),
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            what=(kind.kind, meta["name"]),
+        )
 
     def delete(self, obj: Mapping) -> None:
         """Deletes one child, only if its uid is still the one observed (an object recreated since is kept)."""
         kind = child_kind(obj["kind"])
         meta = obj["metadata"]
         path = resource_path(kind.api_version, kind.plural, meta["namespace"], meta["name"])
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background",
-                "preconditions": {"uid": meta["uid"]}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": meta["uid"]},
+        }
         self.on_write("delete", kind.kind)
         try:
             self.request("DELETE", path, body=body, ok_missing=True, what=(kind.kind, meta["name"]))
@@ -197,36 +232,57 @@ class KubeApi:
         """Merge patch of the given status keys (others, e.g. the autoscaler's, are left alone)."""
         path = workload_path(namespace, name, "status")
         self.on_write("patch_status", KIND)
-        return self.request("PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json",
-                             what=(KIND, name))
+        return self.request(
+            "PATCH", path, body={"status": dict(status)}, content_type="application/merge-patch+json", what=(KIND, name)
+        )
 
     def patch_scale(self, namespace: str, name: str, replicas: int) -> dict | None:
         """spec.replicas of a workload through its scale subresource (the path kubectl scale and an HPA use)."""
         self.on_write("patch_scale", KIND)
-        return self.request("PATCH", workload_path(namespace, name, "scale"),
-                            body={"spec": {"replicas": int(replicas)}}, content_type="application/merge-patch+json",
-                            what=(KIND, name))
+        return self.request(
+            "PATCH",
+            workload_path(namespace, name, "scale"),
+            body={"spec": {"replicas": int(replicas)}},
+            content_type="application/merge-patch+json",
+            what=(KIND, name),
+        )
 
     def patch_annotations(self, namespace: str, name: str, annotations: Mapping[str, str]) -> dict | None:
         """Merge patch of a workload's annotations (the others are left alone)."""
         self.on_write("patch", KIND)
-        return self.request("PATCH", workload_path(namespace, name),
-                            body={"metadata": {"annotations": dict(annotations)}},
-                            content_type="application/merge-patch+json", what=(KIND, name))
+        return self.request(
+            "PATCH",
+            workload_path(namespace, name),
+            body={"metadata": {"annotations": dict(annotations)}},
+            content_type="application/merge-patch+json",
+            what=(KIND, name),
+        )
 
     def post_event(self, workload: Mapping, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about the workload (kubectl describe hdcw NAME shows it)."""
         meta = workload["metadata"]
         now = _now_rfc3339()
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": KIND, "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid"),
-                               "resourceVersion": meta.get("resourceVersion")},
-            "type": type_, "reason": reason, "message": message[:1024],
-            "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
-            "reportingInstance": FIELD_MANAGER, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         self.on_write("create", "Event")
         self.request("POST", resource_path("v1", "events", meta["namespace"]), body=body, what=("Event", reason))
@@ -260,6 +316,7 @@ class CapabilityCache:
 
 
 # -- pure planning ---------------------------------------------------------------------------------------------
+
 
 def child_key(obj: Mapping) -> tuple[str, str]:
     return obj["kind"], obj["metadata"]["name"]
@@ -314,8 +371,10 @@ def _is_empty(value) -> bool:
 
 
 def owned_by(obj: Mapping, owner_uid: str) -> bool:
-    return any(ref.get("uid") == owner_uid and ref.get("controller")
-               for ref in (obj.get("metadata") or {}).get("ownerReferences") or ())
+    return any(
+        ref.get("uid") == owner_uid and ref.get("controller")
+        for ref in (obj.get("metadata") or {}).get("ownerReferences") or ()
+    )
 
 
 @dataclass
@@ -347,8 +406,9 @@ class Plan:
     in_sync: list[dict]  # live objects that already match
 
 
-def plan_children(namespace: str, desired: Iterable[Mapping], live: Iterable[Mapping], owner_uid: str,
-                  memo: ApplyMemo | None = None) -> Plan:
+def plan_children(
+    namespace: str, desired: Iterable[Mapping], live: Iterable[Mapping], owner_uid: str, memo: ApplyMemo | None = None
+) -> Plan:
     """Pure: which desired children need an apply, and which live children (ours, no longer wanted) to prune."""
     live_by_key = {child_key(o): o for o in live if owned_by(o, owner_uid)}
     to_apply, in_sync = [], []
@@ -357,12 +417,23 @@ def plan_children(namespace: str, desired: Iterable[Mapping], live: Iterable[Map
         key = child_key(manifest)
         wanted.add(key)
         current = live_by_key.get(key)
-        if current is not None and not current["metadata"].get("deletionTimestamp") and (
+        if (
+            current is not None
+            and not current["metadata"].get("deletionTimestamp")
+            and (
                 (memo is not None and memo.in_sync(namespace, current, manifest_hash(manifest)))
-                or covers(current, manifest)):
+                or covers(current, manifest)
+            )
+        ):
             in_sync.append(current)
         else:
             to_apply.append(dict(manifest))
-    prune = [o for key, o in live_by_key.items() if key not in wanted and key[0] in _BY_KIND
-             and _BY_KIND[key[0]].prune and not o["metadata"].get("deletionTimestamp")]
+    prune = [
+        o
+        for key, o in live_by_key.items()
+        if key not in wanted
+        and key[0] in _BY_KIND
+        and _BY_KIND[key[0]].prune
+        and not o["metadata"].get("deletionTimestamp")
+    ]
     return Plan(apply=to_apply, prune=prune, in_sync=in_sync)

@@ -51,8 +51,14 @@ log = structlog.get_logger("hdc_operator.autoscaler")
 
 HISTORY_ANNOTATION = f"{GROUP}/autoscaler-history"
 CONDITION = "ScalingActive"
-AUTOSCALER_KEYS = ("desiredReplicas", "lastScaleTime", "lastScaleReason", "observedDemandOpsPerSec",
-                   "observedCapacityOpsPerSec", "throughputOpsPerSec")
+AUTOSCALER_KEYS = (
+    "desiredReplicas",
+    "lastScaleTime",
+    "lastScaleReason",
+    "observedDemandOpsPerSec",
+    "observedCapacityOpsPerSec",
+    "throughputOpsPerSec",
+)
 OBSERVED_KEYS = ("observedDemandOpsPerSec", "observedCapacityOpsPerSec", "throughputOpsPerSec")
 OBSERVED_CHANGE = 0.05  # observed demand/capacity rewritten in status when they move by more than 5 %
 MIN_EVALUATION_INTERVAL_S = 5.0  # a burst of pod events does not query Prometheus on each reconcile
@@ -135,16 +141,25 @@ def merge_status(new: Mapping, stored: Mapping, step: Step | None, now_iso: str)
     if same and not changed:
         cond = dict(old)  # keep the stored message: it carries numbers that change every evaluation
     else:
-        cond["lastTransitionTime"] = (old.get("lastTransitionTime") if old and old.get("status") == cond["status"]
-                                      and old.get("lastTransitionTime") else now_iso)
+        cond["lastTransitionTime"] = (
+            old.get("lastTransitionTime")
+            if old and old.get("status") == cond["status"] and old.get("lastTransitionTime")
+            else now_iso
+        )
         cond["message"] = str(cond.get("message", ""))[:32768]
         changed = changed or not same
     out["conditions"] = conditions + [cond]
     return out, changed
 
 
-def evaluate(body: Mapping, spec: Mapping, history: History, observation: MetricsObservation | None, now: float,
-             ready_replicas: int | None) -> tuple[Decision, int]:
+def evaluate(
+    body: Mapping,
+    spec: Mapping,
+    history: History,
+    observation: MetricsObservation | None,
+    now: float,
+    ready_replicas: int | None,
+) -> tuple[Decision, int]:
     """decide() for a workload body (pure): (decision, current spec.replicas)."""
     config = ScalerConfig.from_spec(spec.get("autoscaling"))
     current = int((body.get("spec") or {}).get("replicas") or 0)
@@ -154,12 +169,22 @@ def evaluate(body: Mapping, spec: Mapping, history: History, observation: Metric
 class Autoscaler:
     """Per-operator state of mode operator: the metrics source, the in-memory histories, the API writes."""
 
-    def __init__(self, api, metrics, prometheus_url: str, *, io: Callable, clock: Callable[[], float] = time.time,
-                 source=None, min_interval_s: float = MIN_EVALUATION_INTERVAL_S):
+    def __init__(
+        self,
+        api,
+        metrics,
+        prometheus_url: str,
+        *,
+        io: Callable,
+        clock: Callable[[], float] = time.time,
+        source=None,
+        min_interval_s: float = MIN_EVALUATION_INTERVAL_S,
+    ):
         self.api, self.metrics, self.io, self.clock = api, metrics, io, clock
         self.prometheus_url = prometheus_url
         if source is None and prometheus_url:
             from .metrics_source import PrometheusMetricsSource
+
             source = PrometheusMetricsSource(prometheus_url)
         self.source = source
         self.min_interval_s = min_interval_s
@@ -205,8 +230,11 @@ class Autoscaler:
         generation, rv = int(meta.get("generation") or 0), str(meta.get("resourceVersion") or "")
         now = self.clock()
         last = self._last.get(key)
-        if last is not None and last[1] == generation and (now - last[0] < self.min_interval_s or last[2] == rv
-                                                           and last[3].scaled_from is not None):
+        if (
+            last is not None
+            and last[1] == generation
+            and (now - last[0] < self.min_interval_s or last[2] == rv and last[3].scaled_from is not None)
+        ):
             # Evaluated moments ago, or our scale has not reached the watch cache yet: reuse, do not re-scale.
             return Step(last[3].fields, last[3].condition, last[3].decision)
         try:
@@ -225,8 +253,15 @@ class Autoscaler:
             await self.io(self.api.patch_scale, key[0], key[1], decision.desired_replicas)
             direction = "up" if decision.desired_replicas > current else "down"
             self.metrics.autoscaler_scales.labels(direction=direction).inc()
-            log.info("autoscaled", namespace=key[0], name=key[1], replicas_from=current,
-                     replicas_to=decision.desired_replicas, reason=decision.reason, message=decision.message)
+            log.info(
+                "autoscaled",
+                namespace=key[0],
+                name=key[1],
+                replicas_from=current,
+                replicas_to=decision.desired_replicas,
+                reason=decision.reason,
+                message=decision.message,
+            )
             try:
                 await self.io(self.api.patch_annotations, key[0], key[1], {HISTORY_ANNOTATION: annotation})
                 self._history[key] = (annotation, decision.history)
@@ -235,9 +270,14 @@ class Autoscaler:
                 self._history[key] = (self._history.get(key, (None,))[0], decision.history)
             step = Step(step.fields, step.condition, decision, scaled_from=current)
             self._last_scale[key] = {k: fields[k] for k in ("lastScaleTime", "lastScaleReason")}
-            await self.io(self.api.post_event, body, "Normal", "Autoscaled",
-                          f"scaled {direction} from {current} to {decision.desired_replicas} replicas: "
-                          f"{decision.reason}: {decision.message}")
+            await self.io(
+                self.api.post_event,
+                body,
+                "Normal",
+                "Autoscaled",
+                f"scaled {direction} from {current} to {decision.desired_replicas} replicas: "
+                f"{decision.reason}: {decision.message}",
+            )
         else:
             annotation = self._history.get(key, (None,))[0]
             self._history[key] = (annotation, decision.history)
@@ -251,8 +291,9 @@ class Autoscaler:
         yet (False from the start) gets no Warning."""
         before = self._active.get(key)
         if before is None:  # first sight since the operator started: what the workload's status says
-            stored = next((c for c in (body.get("status") or {}).get("conditions") or ()
-                           if c.get("type") == CONDITION), None)
+            stored = next(
+                (c for c in (body.get("status") or {}).get("conditions") or () if c.get("type") == CONDITION), None
+            )
             before = stored.get("status") if stored else None
         self._active[key] = condition["status"]
         if before == "True" and condition["status"] == "False":
@@ -268,8 +309,9 @@ class Autoscaler:
         except Exception as exc:  # an Event is best effort
             log.info("event_not_posted", reason=reason, error=str(exc))
 
-    async def tick_forever(self, interval_s: float, keys: Callable[[], list[Key]], enqueue: Callable[[Key], None]
-                           ) -> None:
+    async def tick_forever(
+        self, interval_s: float, keys: Callable[[], list[Key]], enqueue: Callable[[Key], None]
+    ) -> None:
         """The scaling tick: every interval, queue a reconcile of every workload in mode operator."""
         while True:
             await asyncio.sleep(interval_s)
@@ -277,5 +319,12 @@ class Autoscaler:
                 enqueue(key)
 
 
-__all__ = ["Autoscaler", "Step", "merge_status", "evaluate", "history_from_annotation", "history_annotation",
-           "HISTORY_ANNOTATION"]
+__all__ = [
+    "Autoscaler",
+    "Step",
+    "merge_status",
+    "evaluate",
+    "history_from_annotation",
+    "history_annotation",
+    "HISTORY_ANNOTATION",
+]

@@ -21,8 +21,13 @@ import yaml
 from hdc_operator.builders import Capabilities, build_children
 from hdc_operator.spec import InvalidSpec, parse_workload
 
-app = typer.Typer(name="hdcctl", help="HD-Compute-Toolkit: render, validate and inspect HDCWorkloads.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    name="hdcctl",
+    help="HD-Compute-Toolkit: render, validate and inspect HDCWorkloads.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 docs_app = typer.Typer(help="Generated documentation.", no_args_is_help=True)
 app.add_typer(docs_app, name="docs")
 
@@ -38,7 +43,7 @@ class CliError(Exception):
 
 
 def parse_capabilities(text: str) -> Capabilities:
-    """"all", "none", or a comma-separated list of servicemonitor, prometheusrule."""
+    """ "all", "none", or a comma-separated list of servicemonitor, prometheusrule."""
     value = text.strip().lower()
     if value == "all":
         return Capabilities.all()
@@ -47,8 +52,11 @@ def parse_capabilities(text: str) -> Capabilities:
     chosen = {part.strip() for part in value.split(",") if part.strip()}
     unknown = chosen - set(CAPABILITY_NAMES)
     if unknown:
-        raise CliError(f"--capabilities: unknown {', '.join(sorted(unknown))}; expected all, none or a "
-                       f"comma-separated list of {', '.join(CAPABILITY_NAMES)}", code=2)
+        raise CliError(
+            f"--capabilities: unknown {', '.join(sorted(unknown))}; expected all, none or a "
+            f"comma-separated list of {', '.join(CAPABILITY_NAMES)}",
+            code=2,
+        )
     return Capabilities(**{field: name in chosen for name, field in CAPABILITY_NAMES.items()})
 
 
@@ -67,8 +75,11 @@ def read_documents(path: str) -> list[tuple[str, Any]]:
         raise CliError(f"{source}: no YAML documents")
     out = []
     for i, doc in enumerate(docs, 1):
-        name = doc.get("metadata", {}).get("name") if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict) \
+        name = (
+            doc.get("metadata", {}).get("name")
+            if isinstance(doc, dict) and isinstance(doc.get("metadata"), dict)
             else None
+        )
         out.append((f"{source}: document {i}" + (f" ({name})" if name else ""), doc))
     return out
 
@@ -89,8 +100,9 @@ def dump_yaml_stream(objects: Iterable[dict]) -> str:
     return "".join("---\n" + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=120) for obj in objects)
 
 
-def render_documents(path: str, capabilities: Capabilities, namespace: Optional[str] = None,
-                     uid: Optional[str] = None) -> list[dict]:
+def render_documents(
+    path: str, capabilities: Capabilities, namespace: Optional[str] = None, uid: Optional[str] = None
+) -> list[dict]:
     """Every child of every HDCWorkload in the file, as the operator would apply them; InvalidSpec naming the
     document and the field for the first bad one."""
     out: list[dict] = []
@@ -113,13 +125,20 @@ def _fail(exc: CliError) -> None:
 @app.command()
 def render(
     file: str = typer.Option(..., "-f", "--filename", help="HDCWorkload YAML file; - for standard input."),
-    capabilities: str = typer.Option("all", "--capabilities", "-c",
-                                     help="Optional CRDs the cluster has: all, none, or a comma-separated list "
-                                          "of servicemonitor, prometheusrule."),
-    namespace: Optional[str] = typer.Option(None, "-n", "--namespace",
-                                            help="Namespace for workloads whose metadata has none (default: default)."),
-    uid: Optional[str] = typer.Option(None, "--uid", help="The HDCWorkload's uid, for ownerReferences (the "
-                                                          "operator knows it; a local file usually does not)."),
+    capabilities: str = typer.Option(
+        "all",
+        "--capabilities",
+        "-c",
+        help="Optional CRDs the cluster has: all, none, or a comma-separated list of servicemonitor, prometheusrule.",
+    ),
+    namespace: Optional[str] = typer.Option(
+        None, "-n", "--namespace", help="Namespace for workloads whose metadata has none (default: default)."
+    ),
+    uid: Optional[str] = typer.Option(
+        None,
+        "--uid",
+        help="The HDCWorkload's uid, for ownerReferences (the operator knows it; a local file usually does not).",
+    ),
 ) -> None:
     """Print the children the operator would apply for each HDCWorkload, as a YAML stream."""
     try:
@@ -129,8 +148,9 @@ def render(
         _fail(exc)
     sys.stdout.write(dump_yaml_stream(children))
     if children and not any("ownerReferences" in c["metadata"] for c in children):
-        typer.echo("hdcctl: note: no metadata.uid, so no ownerReferences (the operator sets them; --uid to add)",
-                   err=True)
+        typer.echo(
+            "hdcctl: note: no metadata.uid, so no ownerReferences (the operator sets them; --uid to add)", err=True
+        )
 
 
 @app.command()

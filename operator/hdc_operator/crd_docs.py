@@ -70,8 +70,10 @@ def _default(schema: Mapping[str, Any]) -> str:
 
 
 def _rows(schema: Mapping[str, Any], path: str) -> list[str]:
-    rows = [f"| `{path}` | {_type(schema)} | {_default(schema)} | {_cell(_constraints(schema))} | "
-            f"{_cell(schema.get('description', ''))} |"]
+    rows = [
+        f"| `{path}` | {_type(schema)} | {_default(schema)} | {_cell(_constraints(schema))} | "
+        f"{_cell(schema.get('description', ''))} |"
+    ]
     for key, sub in schema.get("properties", {}).items():
         rows += _rows(sub, f"{path}.{key}")
     items = schema.get("items")
@@ -82,8 +84,10 @@ def _rows(schema: Mapping[str, Any], path: str) -> list[str]:
 
 
 def _rules(schema: Mapping[str, Any], path: str) -> list[str]:
-    out = [f"- `{path or 'metadata.name'}`: {_cell(r['message'])}  \n  CEL: `{r['rule']}`"
-           for r in schema.get("x-kubernetes-validations", ())]
+    out = [
+        f"- `{path or 'metadata.name'}`: {_cell(r['message'])}  \n  CEL: `{r['rule']}`"
+        for r in schema.get("x-kubernetes-validations", ())
+    ]
     for key, sub in schema.get("properties", {}).items():
         out += _rules(sub, f"{path}.{key}" if path else key)
     if isinstance(schema.get("items"), Mapping):
@@ -98,25 +102,43 @@ def render_crd_reference(crd: Mapping[str, Any] | None = None) -> str:
     root = version["schema"]["openAPIV3Schema"]
     names = spec["names"]
     scale = version["subresources"].get("scale", {})
-    lines = [HEADER.rstrip("\n"), "",
-             _cell(root.get("description", "")), "",
-             f"- API: `{spec['group']}/{version['name']}`, kind `{names['kind']}`, plural `{names['plural']}`, "
-             f"short name{'s' if len(names.get('shortNames', [])) > 1 else ''} "
-             + ", ".join(f"`{n}`" for n in names.get("shortNames", [])) + f"; {spec['scope'].lower()}.",
-             "- Subresources: " + ", ".join(f"`{k}`" for k in version["subresources"])
-             + (f" (scale: spec `{scale['specReplicasPath']}`, status `{scale['statusReplicasPath']}`, selector "
-                f"`{scale['labelSelectorPath']}`: `kubectl scale hdcw/NAME --replicas=N` and an HPA can target it)"
-                if scale else "") + ".",
-             "- Every spec field has a default; `spec: {}` is a complete workload. Unknown fields are rejected.",
-             "", "## Printer columns (`kubectl get hdcw`)", "",
-             "| Column | Type | From |", "|---|---|---|"]
+    lines = [
+        HEADER.rstrip("\n"),
+        "",
+        _cell(root.get("description", "")),
+        "",
+        f"- API: `{spec['group']}/{version['name']}`, kind `{names['kind']}`, plural `{names['plural']}`, "
+        f"short name{'s' if len(names.get('shortNames', [])) > 1 else ''} "
+        + ", ".join(f"`{n}`" for n in names.get("shortNames", []))
+        + f"; {spec['scope'].lower()}.",
+        "- Subresources: "
+        + ", ".join(f"`{k}`" for k in version["subresources"])
+        + (
+            f" (scale: spec `{scale['specReplicasPath']}`, status `{scale['statusReplicasPath']}`, selector "
+            f"`{scale['labelSelectorPath']}`: `kubectl scale hdcw/NAME --replicas=N` and an HPA can target it)"
+            if scale
+            else ""
+        )
+        + ".",
+        "- Every spec field has a default; `spec: {}` is a complete workload. Unknown fields are rejected.",
+        "",
+        "## Printer columns (`kubectl get hdcw`)",
+        "",
+        "| Column | Type | From |",
+        "|---|---|---|",
+    ]
     lines += [f"| {c['name']} | {c['type']} | `{c['jsonPath']}` |" for c in version["additionalPrinterColumns"]]
     lines += ["", "## Spec", "", "| Field | Type | Default | Validation | Description |", "|---|---|---|---|---|"]
     for key, sub in root["properties"]["spec"]["properties"].items():
         lines += _rows(sub, f"spec.{key}")
-    lines += ["", "## Cross-field and format rules (CEL)", "",
-              "The API server rejects a workload that breaks one of these with the message shown; "
-              "`hdcctl validate` and `hdcctl render` apply the same rules (hdc_operator.spec.CEL_MIRRORS).", ""]
+    lines += [
+        "",
+        "## Cross-field and format rules (CEL)",
+        "",
+        "The API server rejects a workload that breaks one of these with the message shown; "
+        "`hdcctl validate` and `hdcctl render` apply the same rules (hdc_operator.spec.CEL_MIRRORS).",
+        "",
+    ]
     lines += _rules(root, "")
     lines += ["", "## Status (written by the operator)", "", "| Field | Type | Description |", "|---|---|---|"]
     for key, sub in root["properties"]["status"]["properties"].items():

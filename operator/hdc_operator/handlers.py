@@ -54,12 +54,17 @@ def slim_pod(body) -> dict:
     """What status.py reads of a pod (the rest of a pod is large and unused)."""
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     keep = ("phase", "conditions", "containerStatuses", "initContainerStatuses")
-    return copy.deepcopy({"metadata": {"name": meta.get("name"), "deletionTimestamp": meta.get("deletionTimestamp")},
-                          "status": {k: status[k] for k in keep if k in status}})
+    return copy.deepcopy(
+        {
+            "metadata": {"name": meta.get("name"), "deletionTimestamp": meta.get("deletionTimestamp")},
+            "status": {k: status[k] for k in keep if k in status},
+        }
+    )
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client, metrics: OperatorMetrics,
-             identity: str) -> None:
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorConfig, api_client, metrics: OperatorMetrics, identity: str
+) -> None:
     """Registers every handler of the operator on `registry`; `identity` is this process's kopf peering id."""
     watched = [kind for kind in CHILD_KINDS if kind.watched]
     child_index_ids = [f"hdc_children_{kind.plural}" for kind in watched]
@@ -71,17 +76,25 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
         settings.persistence.finalizer = FINALIZER
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=GROUP, key="last-handled-configuration")
+            prefix=GROUP, key="last-handled-configuration"
+        )
         # Server-side filtering: the operator never receives Deployments, Services, pods... not its own.
         for kind in watched:
             settings.watching.label_selectors[(kind.api_version, kind.plural)] = MANAGED_SELECTOR
         settings.watching.label_selectors[("v1", "pods")] = MANAGED_SELECTOR
         api = KubeApi(api_client, on_write=metrics.count_write)
-        caches = Caches(workloads=kwargs["hdc_workloads"], children=[kwargs[i] for i in child_index_ids],
-                        pods=kwargs["hdc_pods"])
-        reconciler = Reconciler(api, CapabilityCache(api, ttl_s=config.capability_ttl_s), caches, metrics,
-                                workers=config.workers, backoff_base_s=config.backoff_base_s,
-                                backoff_max_s=config.backoff_max_s)
+        caches = Caches(
+            workloads=kwargs["hdc_workloads"], children=[kwargs[i] for i in child_index_ids], pods=kwargs["hdc_pods"]
+        )
+        reconciler = Reconciler(
+            api,
+            CapabilityCache(api, ttl_s=config.capability_ttl_s),
+            caches,
+            metrics,
+            workers=config.workers,
+            backoff_base_s=config.backoff_base_s,
+            backoff_max_s=config.backoff_max_s,
+        )
         reconciler.autoscaler = Autoscaler(api, metrics, config.prometheus_url, io=reconciler.run_blocking)
 
         async def paused_namespaces() -> set[str] | None:
@@ -91,8 +104,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
                 return set()
             now = dt.datetime.now(dt.timezone.utc)
             if config.clusterwide:
-                obj = await reconciler.run_blocking(api.get, "kopf.dev/v1", "clusterkopfpeerings", None,
-                                                    config.peering)
+                obj = await reconciler.run_blocking(api.get, "kopf.dev/v1", "clusterkopfpeerings", None, config.peering)
                 if obj is None:
                     return None
                 return {"*"} if paused_by_peers(obj.get("status"), identity, config.priority, now) else set()
@@ -104,13 +116,18 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
             return paused
 
         def operator_mode_keys() -> list:
-            return [key for key in list(reconciler.known) if not reconciler.is_paused(key[0])
-                    and (((caches.workload(key) or {}).get("spec") or {}).get("autoscaling") or {}).get("mode")
-                    == "operator"]
+            return [
+                key
+                for key in list(reconciler.known)
+                if not reconciler.is_paused(key[0])
+                and (((caches.workload(key) or {}).get("spec") or {}).get("autoscaling") or {}).get("mode")
+                == "operator"
+            ]
 
-        reconciler.start(reconciler.resync_forever(config.resync_interval_s, config.resync_jitter, paused_namespaces),
-                         reconciler.autoscaler.tick_forever(config.autoscale_interval_s, operator_mode_keys,
-                                                            reconciler.enqueue))
+        reconciler.start(
+            reconciler.resync_forever(config.resync_interval_s, config.resync_jitter, paused_namespaces),
+            reconciler.autoscaler.tick_forever(config.autoscale_interval_s, operator_mode_keys, reconciler.enqueue),
+        )
         memo.reconciler = reconciler
 
     @kopf.on.cleanup(registry=registry)
@@ -139,8 +156,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, api_client
             if owner and getattr(memo, "reconciler", None) is not None:
                 memo.reconciler.enqueue((namespace, owner))
 
-        kopf.on.event(group, version, kind.plural, id=f"hdc_child_event_{kind.plural}", labels=MANAGED_BY,
-                      registry=registry)(child_event)
+        kopf.on.event(
+            group, version, kind.plural, id=f"hdc_child_event_{kind.plural}", labels=MANAGED_BY, registry=registry
+        )(child_event)
 
     @kopf.index("", "v1", "pods", id="hdc_pods", labels=MANAGED_BY, registry=registry)
     def hdc_pods(namespace: str, labels: Mapping, body, **_):

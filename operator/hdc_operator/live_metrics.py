@@ -51,7 +51,7 @@ def live_queries(namespace: str, workload: str, window: str = DEFAULT_WINDOW) ->
         "p99": f"histogram_quantile(0.99, {buckets})",
         "by_operation_rate": f"sum by (operation) (rate(hdc_operation_total{sel}[{window}]))",
         "by_operation_p95": "histogram_quantile(0.95, sum by (operation, le) "
-                            f"(rate(hdc_operation_duration_seconds_bucket{sel}[{window}])))",
+        f"(rate(hdc_operation_duration_seconds_bucket{sel}[{window}])))",
         "alerts": f"ALERTS{sel}",
     }
 
@@ -77,12 +77,17 @@ class LiveMetrics:
         return self.errors_per_s / self.requests_per_s
 
     def as_dict(self) -> dict:
-        return {"targetsUp": self.targets_up, "requestsPerSec": self.requests_per_s,
-                "hypervectorOpsPerSec": self.hypervector_ops_per_s, "errorsPerSec": self.errors_per_s,
-                "errorRatio": self.error_ratio, "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms,
-                                                              "p99": self.p99_ms},
-                "byOperation": {op: {"requestsPerSec": r, "p95Ms": p} for op, (r, p) in self.by_operation.items()},
-                "firingAlerts": self.firing, "pendingAlerts": self.pending}
+        return {
+            "targetsUp": self.targets_up,
+            "requestsPerSec": self.requests_per_s,
+            "hypervectorOpsPerSec": self.hypervector_ops_per_s,
+            "errorsPerSec": self.errors_per_s,
+            "errorRatio": self.error_ratio,
+            "latencyMs": {"p50": self.p50_ms, "p95": self.p95_ms, "p99": self.p99_ms},
+            "byOperation": {op: {"requestsPerSec": r, "p95Ms": p} for op, (r, p) in self.by_operation.items()},
+            "firingAlerts": self.firing,
+            "pendingAlerts": self.pending,
+        }
 
 
 def query_prometheus(url: str, promql: str, timeout: float = 5) -> list[dict]:
@@ -100,8 +105,9 @@ def query_prometheus(url: str, promql: str, timeout: float = 5) -> list[dict]:
     except ValueError:
         raise PrometheusUnavailable(f"Prometheus at {url} did not answer JSON (is it Prometheus?)") from None
     if not isinstance(body, dict) or body.get("status") != "success":
-        raise PrometheusUnavailable(f"Prometheus at {url}: query {promql!r} failed: "
-                                    f"{body.get('error') if isinstance(body, dict) else body}")
+        raise PrometheusUnavailable(
+            f"Prometheus at {url}: query {promql!r} failed: {body.get('error') if isinstance(body, dict) else body}"
+        )
     return (body.get("data") or {}).get("result") or []
 
 
@@ -116,8 +122,13 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
 
-def fetch_live_metrics(url: str, namespace: str, workload: str, window: str = DEFAULT_WINDOW,
-                       query: Callable[[str, str], list[dict]] = query_prometheus) -> LiveMetrics:
+def fetch_live_metrics(
+    url: str,
+    namespace: str,
+    workload: str,
+    window: str = DEFAULT_WINDOW,
+    query: Callable[[str, str], list[dict]] = query_prometheus,
+) -> LiveMetrics:
     """LiveMetrics of one workload; PrometheusUnavailable when Prometheus cannot answer."""
     q = live_queries(namespace, workload, window)
     live = LiveMetrics()

@@ -30,7 +30,8 @@ def kubernetes_client(pool_size: int = 32):
 
     configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
-            "/var/run/secrets/kubernetes.io/serviceaccount/token"):
+        "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    ):
         config.load_incluster_config(client_configuration=configuration)
     else:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration)
@@ -57,8 +58,11 @@ def run_operator(cfg: OperatorConfig) -> None:
     try:
         api_client = kubernetes_client(pool_size=max(8, cfg.workers * 4))
     except Exception as exc:  # kubernetes.config.ConfigException, a bad file, ...
-        typer.echo(f"hdc-operator: no usable Kubernetes configuration (KUBECONFIG, ~/.kube/config or the in-cluster "
-                   f"service account): {exc}", err=True)
+        typer.echo(
+            f"hdc-operator: no usable Kubernetes configuration (KUBECONFIG, ~/.kube/config or the in-cluster "
+            f"service account): {exc}",
+            err=True,
+        )
         raise typer.Exit(2) from None
     metrics = OperatorMetrics()
     try:
@@ -75,11 +79,24 @@ def run_operator(cfg: OperatorConfig) -> None:
     identity = f"hdc-operator@{socket.gethostname()}/{os.getpid()}-{secrets.token_hex(3)}"
     register(registry, cfg, api_client, metrics, identity)
     liveness = f"http://0.0.0.0:{cfg.liveness_port}/healthz" if cfg.liveness_port else None
-    log.info("operator_starting", namespaces=list(cfg.namespaces) or "all", metrics_port=metrics_port,
-             liveness=liveness, resync_interval_s=cfg.resync_interval_s, peering=cfg.peering or None,
-             priority=cfg.priority if cfg.peering else None, prometheus_url=cfg.prometheus_url or None)
-    kwargs = dict(registry=registry, liveness_endpoint=liveness, standalone=not cfg.peering, identity=identity,
-                  peering_name=cfg.peering or None, priority=cfg.priority)
+    log.info(
+        "operator_starting",
+        namespaces=list(cfg.namespaces) or "all",
+        metrics_port=metrics_port,
+        liveness=liveness,
+        resync_interval_s=cfg.resync_interval_s,
+        peering=cfg.peering or None,
+        priority=cfg.priority if cfg.peering else None,
+        prometheus_url=cfg.prometheus_url or None,
+    )
+    kwargs = dict(
+        registry=registry,
+        liveness_endpoint=liveness,
+        standalone=not cfg.peering,
+        identity=identity,
+        peering_name=cfg.peering or None,
+        priority=cfg.priority,
+    )
     if cfg.namespaces:
         kwargs["namespaces"] = list(cfg.namespaces)
     else:
@@ -92,32 +109,47 @@ def run_operator(cfg: OperatorConfig) -> None:
 
 @app.command()
 def main(
-    namespace: Optional[list[str]] = typer.Option(None, "--namespace", "-n",
-                                                  help="Watch only this namespace (repeat for a list)."),
-    all_namespaces: Optional[bool] = typer.Option(None, "--all-namespaces", "-A",
-                                                  help="Watch every namespace (the default)."),
+    namespace: Optional[list[str]] = typer.Option(
+        None, "--namespace", "-n", help="Watch only this namespace (repeat for a list)."
+    ),
+    all_namespaces: Optional[bool] = typer.Option(
+        None, "--all-namespaces", "-A", help="Watch every namespace (the default)."
+    ),
     metrics_port: Optional[int] = typer.Option(None, help="Port of /metrics (0: a free port). Default 8081."),
     liveness_port: Optional[int] = typer.Option(None, help="Port of /healthz (0: off). Default 8082."),
     prometheus_url: Optional[str] = typer.Option(None, help="Prometheus the autoscaler queries."),
     resync_interval: Optional[float] = typer.Option(None, help="Seconds between level-based resyncs. Default 60."),
     resync_jitter: Optional[float] = typer.Option(None, help="Extra random delay per resync, as a fraction."),
     autoscale_interval: Optional[float] = typer.Option(
-        None, help="Seconds between evaluations of the scaler (autoscaling.mode operator). Default 15."),
+        None, help="Seconds between evaluations of the scaler (autoscaling.mode operator). Default 15."
+    ),
     peering: Optional[str] = typer.Option(None, help="KopfPeering name for HA (empty: standalone)."),
     priority: Optional[int] = typer.Option(
-        None, help="Peering priority: the highest live peer is active; equal priorities pause all of them."),
+        None, help="Peering priority: the highest live peer is active; equal priorities pause all of them."
+    ),
     workers: Optional[int] = typer.Option(None, help="Concurrent reconciles. Default 8."),
     log_level: Optional[str] = typer.Option(None, help="DEBUG, INFO, WARNING, ERROR."),
     log_format: Optional[str] = typer.Option(None, help="json or console."),
 ) -> None:
     """Run the HDCWorkload operator."""
     try:
-        cfg = load_config({"namespaces": tuple(namespace) if namespace else None, "all_namespaces": all_namespaces,
-                           "metrics_port": metrics_port, "liveness_port": liveness_port,
-                           "prometheus_url": prometheus_url, "resync_interval": resync_interval,
-                           "resync_jitter": resync_jitter,
-                           "autoscale_interval": autoscale_interval, "peering": peering, "priority": priority,
-                           "workers": workers, "log_level": log_level, "log_format": log_format})
+        cfg = load_config(
+            {
+                "namespaces": tuple(namespace) if namespace else None,
+                "all_namespaces": all_namespaces,
+                "metrics_port": metrics_port,
+                "liveness_port": liveness_port,
+                "prometheus_url": prometheus_url,
+                "resync_interval": resync_interval,
+                "resync_jitter": resync_jitter,
+                "autoscale_interval": autoscale_interval,
+                "peering": peering,
+                "priority": priority,
+                "workers": workers,
+                "log_level": log_level,
+                "log_format": log_format,
+            }
+        )
     except ConfigError as exc:
         typer.echo(f"hdc-operator: {exc}", err=True)
         raise typer.Exit(2) from None

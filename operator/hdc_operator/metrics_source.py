@@ -51,8 +51,9 @@ def _duration(name: str, seconds: float) -> str:
     return f"{int(round(seconds))}s"
 
 
-def queries(namespace: str, workload: str, window_seconds: float = 60,
-            recent_window_seconds: float = 20) -> dict[str, str]:
+def queries(
+    namespace: str, workload: str, window_seconds: float = 60, recent_window_seconds: float = 20
+) -> dict[str, str]:
     """The PromQL the source runs, by name (pure; docs/autoscaling.md shows them)."""
     sel = label_selector(namespace, workload)
     w, r = _duration("window_seconds", window_seconds), _duration("recent_window_seconds", recent_window_seconds)
@@ -72,9 +73,17 @@ class MetricsUnavailable(Exception):
 class PrometheusMetricsSource:
     """Reads a workload's MetricsObservation from the Prometheus HTTP API (aiohttp; one session, reused)."""
 
-    def __init__(self, url: str, *, timeout_seconds: float = 5.0, window_seconds: float = 60,
-                 recent_window_seconds: float = 20, max_age_seconds: float = 60.0,
-                 session: aiohttp.ClientSession | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_seconds: float = 5.0,
+        window_seconds: float = 60,
+        recent_window_seconds: float = 20,
+        max_age_seconds: float = 60.0,
+        session: aiohttp.ClientSession | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be an http:// or https:// Prometheus address, got {url!r}")
         for name, value in (("timeout_seconds", timeout_seconds), ("max_age_seconds", max_age_seconds)):
@@ -110,15 +119,17 @@ class PrometheusMetricsSource:
         """The instant vector of `promql`; MetricsUnavailable (its message is the reason) for every failure."""
         timeout = aiohttp.ClientTimeout(total=self.timeout_seconds)
         try:
-            async with self._client().get(f"{self.url}/api/v1/query", params={"query": promql},
-                                          timeout=timeout) as resp:
+            async with self._client().get(
+                f"{self.url}/api/v1/query", params={"query": promql}, timeout=timeout
+            ) as resp:
                 try:
                     body = await resp.json(content_type=None)
                 except (ValueError, aiohttp.ContentTypeError):
                     raise MetricsUnavailable(f"Prometheus answered {resp.status} without JSON for {promql!r}") from None
         except asyncio.TimeoutError:
             raise MetricsUnavailable(
-                f"Prometheus at {self.url} did not answer within {self.timeout_seconds:g} s") from None
+                f"Prometheus at {self.url} did not answer within {self.timeout_seconds:g} s"
+            ) from None
         except aiohttp.ClientError as exc:
             raise MetricsUnavailable(f"Prometheus at {self.url} is unreachable: {type(exc).__name__}: {exc}") from None
         if not isinstance(body, dict) or body.get("status") != "success":
@@ -139,37 +150,51 @@ class PrometheusMetricsSource:
             return None
         return value if math.isfinite(value) else None
 
-    async def observe(self, namespace: str, workload: str, *, need_capacity: bool = True,
-                      now: float | None = None) -> MetricsObservation:
+    async def observe(
+        self, namespace: str, workload: str, *, need_capacity: bool = True, now: float | None = None
+    ) -> MetricsObservation:
         """The workload's MetricsObservation; unavailable_reason says why it cannot be used (never raises for that).
 
         need_capacity False: spec.autoscaling.targetOpsPerReplica is set, so a missing measurement is fine.
         """
         q = queries(namespace, workload, self.window_seconds, self.recent_window_seconds)
         try:
-            results = await asyncio.gather(*(self.query(q[name]) for name in
-                                             ("demand", "recent", "capacity", "reporting", "sampled")))
+            results = await asyncio.gather(
+                *(self.query(q[name]) for name in ("demand", "recent", "capacity", "reporting", "sampled"))
+            )
         except MetricsUnavailable as exc:
             return MetricsObservation(None, None, None, None, unavailable_reason=str(exc))
         demand, recent, capacity, reporting, sampled = (self._value(r) for r in results)
         reporting_n = int(reporting) if reporting is not None else 0
         where = f"{namespace}/{workload}"
         if sampled is None:
-            return MetricsObservation(None, capacity, None, 0,
-                                      unavailable_reason=f"no series: Prometheus scrapes no replica of {where}")
+            return MetricsObservation(
+                None, capacity, None, 0, unavailable_reason=f"no series: Prometheus scrapes no replica of {where}"
+            )
         now = time.time() if now is None else now
         age = now - sampled
         if age > self.max_age_seconds:
-            return MetricsObservation(demand, capacity, sampled, reporting_n,
-                                      unavailable_reason=f"stale: the latest scrape of {where} is {age:.0f} s old "
-                                                         f"(limit {self.max_age_seconds:g} s)")
+            return MetricsObservation(
+                demand,
+                capacity,
+                sampled,
+                reporting_n,
+                unavailable_reason=f"stale: the latest scrape of {where} is {age:.0f} s old "
+                f"(limit {self.max_age_seconds:g} s)",
+            )
         if reporting_n == 0:
-            return MetricsObservation(None, capacity, sampled, 0,
-                                      unavailable_reason=f"no replica of {where} is up (every scrape fails)")
+            return MetricsObservation(
+                None, capacity, sampled, 0, unavailable_reason=f"no replica of {where} is up (every scrape fails)"
+            )
         if need_capacity and capacity is None:
-            return MetricsObservation(demand, None, sampled, reporting_n,
-                                      unavailable_reason=f"no series: no replica of {where} has measured "
-                                                         f"hdc_capacity_ops_per_second yet")
+            return MetricsObservation(
+                demand,
+                None,
+                sampled,
+                reporting_n,
+                unavailable_reason=f"no series: no replica of {where} has measured hdc_capacity_ops_per_second yet",
+            )
         # Replicas are scraped but no counter exists yet: nothing was ever served, the demand is 0.
-        return MetricsObservation(0.0 if demand is None else demand, capacity, sampled, reporting_n,
-                                  recent_demand_ops_per_second=recent)
+        return MetricsObservation(
+            0.0 if demand is None else demand, capacity, sampled, reporting_n, recent_demand_ops_per_second=recent
+        )

@@ -57,5 +57,19 @@ CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("v1", "ConfigMap", "configmaps"),
 )
 
-__all__ = ["GROUP", "VERSION", "API_VERSION", "KIND", "PLURAL", "CRD_NAME", "WORKLOAD_LABEL", "FIELD_MANAGER",
-           "MANAGED_BY", "MANAGED_SELECTOR", "GPU_RESOURCE", "MONITORING_GROUP_VERSION", "ChildKind", "CHILD_KINDS"]
+__all__ = [
+    "GROUP",
+    "VERSION",
+    "API_VERSION",
+    "KIND",
+    "PLURAL",
+    "CRD_NAME",
+    "WORKLOAD_LABEL",
+    "FIELD_MANAGER",
+    "MANAGED_BY",
+    "MANAGED_SELECTOR",
+    "GPU_RESOURCE",
+    "MONITORING_GROUP_VERSION",
+    "ChildKind",
+    "CHILD_KINDS",
+]

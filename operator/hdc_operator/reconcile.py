@@ -70,14 +70,26 @@ class Caches:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, capabilities: CapabilityCache, caches: Caches, metrics: OperatorMetrics, *,
-                 workers: int = 4, backoff_base_s: float = 1.0, backoff_max_s: float = 300.0,
-                 parse: Callable | None = None, build: Callable | None = None,
-                 invalid_spec: type[Exception] | None = None,
-                 executor: concurrent.futures.Executor | None = None, autoscaler=None):
+    def __init__(
+        self,
+        api: KubeApi,
+        capabilities: CapabilityCache,
+        caches: Caches,
+        metrics: OperatorMetrics,
+        *,
+        workers: int = 4,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+        parse: Callable | None = None,
+        build: Callable | None = None,
+        invalid_spec: type[Exception] | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        autoscaler=None,
+    ):
         if parse is None or build is None or invalid_spec is None:
             from .builders import build_children
             from .spec import InvalidSpec, parse_workload
+
             parse, build = parse or parse_workload, build or build_children
             invalid_spec = invalid_spec or InvalidSpec
         self.invalid_spec = invalid_spec
@@ -86,8 +98,9 @@ class Reconciler:
         self.autoscaler = autoscaler  # autoscaler.Autoscaler: mode operator's scaler, run on every reconcile
         self.workers = workers
         self.backoff_base_s, self.backoff_max_s = backoff_base_s, backoff_max_s
-        self.executor = executor or concurrent.futures.ThreadPoolExecutor(max_workers=max(4, workers * 4),
-                                                                           thread_name_prefix="hdc-api")
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(4, workers * 4), thread_name_prefix="hdc-api"
+        )
         self.memo = ApplyMemo()
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._dirty: set[Key] = set()
@@ -132,8 +145,9 @@ class Reconciler:
     def is_paused(self, namespace: str) -> bool:
         return "*" in self.paused_namespaces or namespace in self.paused_namespaces
 
-    async def resync_forever(self, interval_s: float, jitter: float,
-                             paused: Callable[[], Awaitable[set[str] | None]] | None = None) -> None:
+    async def resync_forever(
+        self, interval_s: float, jitter: float, paused: Callable[[], Awaitable[set[str] | None]] | None = None
+    ) -> None:
         """Level-based resync: every interval, queue every known workload, each after a random share of
         jitter * interval (so a thousand workloads do not all reconcile in the same second).
 
@@ -208,9 +222,10 @@ class Reconciler:
             if retry:
                 n = self._failures.get(key, 0)
                 self._failures[key] = n + 1
-                delay = min(self.backoff_base_s * 2 ** n, self.backoff_max_s) * random.uniform(0.8, 1.2)
-                log.info("reconcile_retry_scheduled", namespace=key[0], name=key[1], delay_s=round(delay, 2),
-                         attempt=n + 1)
+                delay = min(self.backoff_base_s * 2**n, self.backoff_max_s) * random.uniform(0.8, 1.2)
+                log.info(
+                    "reconcile_retry_scheduled", namespace=key[0], name=key[1], delay_s=round(delay, 2), attempt=n + 1
+                )
                 self.enqueue_after(key, delay)
             else:
                 self._failures.pop(key, None)
@@ -238,8 +253,9 @@ class Reconciler:
         stored = self._stored_status(key, body)
         live = self.caches.children_of(namespace, uid)
         pods = self.caches.pods_of(key)
-        live_deployment = next((c for c in live if c.get("kind") == "Deployment"
-                                and c["metadata"]["name"] == name), None)
+        live_deployment = next(
+            (c for c in live if c.get("kind") == "Deployment" and c["metadata"]["name"] == name), None
+        )
 
         try:
             caps = await self.run_blocking(self.capabilities.get)
@@ -266,8 +282,9 @@ class Reconciler:
         applied: dict[tuple[str, str], dict] = {}
         errors: list[ApiError] = []
         # The children are independent objects: apply (and prune) them concurrently.
-        results = await asyncio.gather(*(self.run_blocking(self.api.apply, m) for m in plan.apply),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.run_blocking(self.api.apply, m) for m in plan.apply), return_exceptions=True
+        )
         for manifest, result in zip(plan.apply, results, strict=True):
             if isinstance(result, ApiError):
                 errors.append(result)
@@ -277,8 +294,9 @@ class Reconciler:
                 self.memo.remember(namespace, result, manifest_hash(manifest))
                 applied[child_key(result)] = result
         pruned = []
-        results = await asyncio.gather(*(self.run_blocking(self.api.delete, o) for o in plan.prune),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self.run_blocking(self.api.delete, o) for o in plan.prune), return_exceptions=True
+        )
         for obj, result in zip(plan.prune, results, strict=True):
             if isinstance(result, ApiError):
                 errors.append(result)
@@ -302,13 +320,25 @@ class Reconciler:
         monitoring = spec.get("monitoring") or {}
         sm_wanted = bool((monitoring.get("serviceMonitor") or {}).get("enabled"))
         pr_wanted = bool((monitoring.get("prometheusRule") or {}).get("enabled"))
-        missing = tuple(n for wanted, present, n in (
-            (sm_wanted, caps.service_monitor, "servicemonitors.monitoring.coreos.com"),
-            (pr_wanted, caps.prometheus_rule, "prometheusrules.monitoring.coreos.com")) if wanted and not present)
+        missing = tuple(
+            n
+            for wanted, present, n in (
+                (sm_wanted, caps.service_monitor, "servicemonitors.monitoring.coreos.com"),
+                (pr_wanted, caps.prometheus_rule, "prometheusrules.monitoring.coreos.com"),
+            )
+            if wanted and not present
+        )
         apply_error = Problem(errors[0].reason, str(errors[0])) if errors else None
-        observed = WorkloadObservation(generation, desired_replicas=desired_replicas, selector=selector,
-                                       deployment=deployment, pods=pods, apply_error=apply_error,
-                                       missing_monitoring=missing, monitoring_wanted=sm_wanted or pr_wanted)
+        observed = WorkloadObservation(
+            generation,
+            desired_replicas=desired_replicas,
+            selector=selector,
+            deployment=deployment,
+            pods=pods,
+            apply_error=apply_error,
+            missing_monitoring=missing,
+            monitoring_wanted=sm_wanted or pr_wanted,
+        )
 
         await self._events(body, stored, generation, applied, pruned, live_deployment, desired_replicas)
         scale_step = None
@@ -324,33 +354,54 @@ class Reconciler:
         if errors:
             for exc in errors:
                 self.metrics.reconcile_errors.labels(reason=exc.reason).inc()
-                log.warning("child_refused", namespace=namespace, name=name, kind=exc.kind, child=exc.name,
-                            reason=exc.reason, error=exc.message)
+                log.warning(
+                    "child_refused",
+                    namespace=namespace,
+                    name=name,
+                    kind=exc.kind,
+                    child=exc.name,
+                    reason=exc.reason,
+                    error=exc.message,
+                )
             self.metrics.reconciles.labels(result="error").inc()
             return True
         self.metrics.reconciles.labels(result="ok").inc()
         if applied or pruned:
-            log.info("reconciled", namespace=namespace, name=name, generation=generation,
-                     applied=[f"{k}/{n}" for k, n in applied], pruned=[f"{o['kind']}/{o['metadata']['name']}"
-                                                                     for o in pruned])
+            log.info(
+                "reconciled",
+                namespace=namespace,
+                name=name,
+                generation=generation,
+                applied=[f"{k}/{n}" for k, n in applied],
+                pruned=[f"{o['kind']}/{o['metadata']['name']}" for o in pruned],
+            )
         return False
 
     async def _unwatched_children(self, namespace: str, name: str, caps) -> list[dict]:
         """The children of kinds the operator does not watch (apply.ChildKind.watched), by GET of their name."""
-        kinds = [k for k in CHILD_KINDS if not k.watched and {"ServiceMonitor": caps.service_monitor,
-                                                             "PrometheusRule": caps.prometheus_rule}.get(k.kind)]
-        found = await asyncio.gather(*(self.run_blocking(self.api.get, k.api_version, k.plural, namespace, name)
-                                       for k in kinds))
+        kinds = [
+            k
+            for k in CHILD_KINDS
+            if not k.watched
+            and {"ServiceMonitor": caps.service_monitor, "PrometheusRule": caps.prometheus_rule}.get(k.kind)
+        ]
+        found = await asyncio.gather(
+            *(self.run_blocking(self.api.get, k.api_version, k.plural, namespace, name) for k in kinds)
+        )
         return [obj for obj in found if obj is not None]
 
     async def _failed(self, key, body, stored, exc: ApiError, deployment, pods, generation) -> bool:
         self.metrics.reconcile_errors.labels(reason=exc.reason).inc()
         self.metrics.reconciles.labels(result="error").inc()
         log.warning("reconcile_failed", namespace=key[0], name=key[1], reason=exc.reason, error=str(exc))
-        observed = WorkloadObservation(generation, deployment=deployment, pods=pods,
-                                       apply_error=Problem(exc.reason, str(exc)),
-                                       desired_replicas=(stored or {}).get("desiredReplicas"),
-                                       selector=(stored or {}).get("selector"))
+        observed = WorkloadObservation(
+            generation,
+            deployment=deployment,
+            pods=pods,
+            apply_error=Problem(exc.reason, str(exc)),
+            desired_replicas=(stored or {}).get("desiredReplicas"),
+            selector=(stored or {}).get("selector"),
+        )
         try:
             await self._write_status(key, body, stored, observed)
         except ApiError:
@@ -363,8 +414,12 @@ class Reconciler:
             return
         stored = self._stored_status(key, body)
         problem = Problem("InternalError", f"the operator failed on this workload: {type(exc).__name__}: {exc}")
-        observed = WorkloadObservation(int(body["metadata"].get("generation") or 0), apply_error=problem,
-                                       desired_replicas=stored.get("desiredReplicas"), selector=stored.get("selector"))
+        observed = WorkloadObservation(
+            int(body["metadata"].get("generation") or 0),
+            apply_error=problem,
+            desired_replicas=stored.get("desiredReplicas"),
+            selector=stored.get("selector"),
+        )
         try:
             await self._write_status(key, body, stored, observed)
         except Exception:  # the API may be what fails; the log has the crash already
@@ -378,12 +433,14 @@ class Reconciler:
             return dict(written[2])
         return status
 
-    async def _write_status(self, key: Key, body: Mapping, stored: Mapping, observed: WorkloadObservation,
-                            scale_step=None) -> None:
+    async def _write_status(
+        self, key: Key, body: Mapping, stored: Mapping, observed: WorkloadObservation, scale_step=None
+    ) -> None:
         new = compute_status(observed, stored, _now())
         scaling_changed = False
         if scale_step is not None:
             from .autoscaler import merge_status
+
             new, scaling_changed = merge_status(new, stored, scale_step, _now())
         self.metrics.observe_workload(key[0], key[1], new.get("desiredReplicas"), new.get("replicas"))
         if not status_changed(stored, new) and not scaling_changed:
@@ -392,12 +449,19 @@ class Reconciler:
         rv_after = ((result or {}).get("metadata") or {}).get("resourceVersion", "")
         self._written[key] = (body["metadata"].get("resourceVersion", ""), rv_after, new)
         old_degraded, new_degraded = condition(stored, "Degraded"), condition(new, "Degraded")
-        if new_degraded and new_degraded["status"] == "True" and (
-                not old_degraded or old_degraded.get("status") != "True"
-                or old_degraded.get("reason") != new_degraded["reason"]):
+        if (
+            new_degraded
+            and new_degraded["status"] == "True"
+            and (
+                not old_degraded
+                or old_degraded.get("status") != "True"
+                or old_degraded.get("reason") != new_degraded["reason"]
+            )
+        ):
             await self._event(body, "Warning", new_degraded["reason"], new_degraded["message"])
-        elif old_degraded and old_degraded.get("status") == "True" and new_degraded and \
-                new_degraded["status"] == "False":
+        elif (
+            old_degraded and old_degraded.get("status") == "True" and new_degraded and new_degraded["status"] == "False"
+        ):
             await self._event(body, "Normal", "Recovered", f"no longer degraded ({old_degraded.get('reason')})")
 
     async def _event(self, body: Mapping, type_: str, reason: str, message: str) -> None:
@@ -417,19 +481,33 @@ class Reconciler:
             else:
                 await self._event(body, "Normal", "DriftCorrected", f"restored {names}")
         if pruned:
-            await self._event(body, "Normal", "Pruned", "deleted " + ", ".join(
-                f"{o['kind']}/{o['metadata']['name']}" for o in pruned) + " (no longer wanted by the spec)")
+            await self._event(
+                body,
+                "Normal",
+                "Pruned",
+                "deleted "
+                + ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in pruned)
+                + " (no longer wanted by the spec)",
+            )
         old_replicas = ((live_deployment or {}).get("spec") or {}).get("replicas")
-        if live_deployment is not None and ("Deployment", name) in applied and desired_replicas is not None \
-                and old_replicas is not None and old_replicas != desired_replicas:
+        if (
+            live_deployment is not None
+            and ("Deployment", name) in applied
+            and desired_replicas is not None
+            and old_replicas is not None
+            and old_replicas != desired_replicas
+        ):
             direction = "up" if desired_replicas > old_replicas else "down"
             self.metrics.scale_decisions.labels(direction=direction).inc()
-            await self._event(body, "Normal", "Scaled", f"Deployment {name} scaled {direction} from {old_replicas} "
-                                                        f"to {desired_replicas} replicas")
+            await self._event(
+                body,
+                "Normal",
+                "Scaled",
+                f"Deployment {name} scaled {direction} from {old_replicas} to {desired_replicas} replicas",
+            )
 
 
-def paused_by_peers(peers: Mapping[str, Any] | None, own_identity: str, own_priority: int,
-                    now: dt.datetime) -> bool:
+def paused_by_peers(peers: Mapping[str, Any] | None, own_identity: str, own_priority: int, now: dt.datetime) -> bool:
     """Whether kopf's peering pauses this operator, by kopf's own rule (kopf 1.45.2,
     kopf/_core/engines/peering.py, process_peering_event): a live peer with a higher priority pauses it, and a
     live peer with the same priority pauses both (kopf logs "Pausing all operators, including self"; only shard
@@ -468,4 +546,3 @@ def controller_uid(meta: Mapping) -> str | None:
 
 
 __all__ = ["Reconciler", "Caches", "workload_of", "controller_uid", "paused_by_peers"]
-

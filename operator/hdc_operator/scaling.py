@@ -32,9 +32,22 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, TypeGuard
 
 __all__ = [
-    "InvalidAutoscaling", "ScalingPolicy", "ScalingRules", "Behavior", "ScalerConfig", "MetricsObservation",
-    "History", "Decision", "decide", "apply_behavior", "raw_recommendation", "estimate_demand",
-    "metrics_problem", "record_scale", "status_fields", "scaling_active_condition",
+    "InvalidAutoscaling",
+    "ScalingPolicy",
+    "ScalingRules",
+    "Behavior",
+    "ScalerConfig",
+    "MetricsObservation",
+    "History",
+    "Decision",
+    "decide",
+    "apply_behavior",
+    "raw_recommendation",
+    "estimate_demand",
+    "metrics_problem",
+    "record_scale",
+    "status_fields",
+    "scaling_active_condition",
     "DEFAULT_DOWNSCALE_STABILIZATION_SECONDS",
 ]
 
@@ -84,6 +97,7 @@ def _mapping(path: str, value: Any) -> Mapping[str, Any]:
 
 # --- behavior: autoscaling/v2 HorizontalPodAutoscalerBehavior ---------------------------------------------
 
+
 @dataclass(frozen=True)
 class ScalingPolicy:
     type: str  # "Pods" | "Percent"
@@ -106,8 +120,10 @@ def _rules(path: str, raw: Any, *, default_window: int, default_policies: tuple[
     raw = _mapping(path, raw)
     unknown = set(raw) - {"stabilizationWindowSeconds", "selectPolicy", "policies"}
     if unknown:
-        raise InvalidAutoscaling(f"{path}.{sorted(unknown)[0]}",
-                                 "unknown field; expected stabilizationWindowSeconds, selectPolicy or policies")
+        raise InvalidAutoscaling(
+            f"{path}.{sorted(unknown)[0]}",
+            "unknown field; expected stabilizationWindowSeconds, selectPolicy or policies",
+        )
     window = raw.get("stabilizationWindowSeconds")
     window = default_window if window is None else _int(f"{path}.stabilizationWindowSeconds", window, 0, _MAX_WINDOW)
     select = raw.get("selectPolicy")
@@ -129,8 +145,13 @@ def _rules(path: str, raw: Any, *, default_window: int, default_policies: tuple[
             for key in ("value", "periodSeconds"):
                 if key not in item:
                     raise InvalidAutoscaling(f"{p}.{key}", "is required")
-            parsed.append(ScalingPolicy(item["type"], _int(f"{p}.value", item["value"], 1),
-                                        _int(f"{p}.periodSeconds", item["periodSeconds"], 1, _MAX_PERIOD)))
+            parsed.append(
+                ScalingPolicy(
+                    item["type"],
+                    _int(f"{p}.value", item["value"], 1),
+                    _int(f"{p}.periodSeconds", item["periodSeconds"], 1, _MAX_PERIOD),
+                )
+            )
         policies = tuple(parsed)
     return ScalingRules(window, select, policies)
 
@@ -149,22 +170,35 @@ class Behavior:
         unknown = set(raw) - {"scaleUp", "scaleDown"}
         if unknown:
             raise InvalidAutoscaling(f"{path}.{sorted(unknown)[0]}", "unknown field; expected scaleUp or scaleDown")
-        up = _rules(f"{path}.scaleUp", raw.get("scaleUp"), default_window=0,
-                    default_policies=(ScalingPolicy("Percent", 100, 15), ScalingPolicy("Pods", 4, 15)))
-        down = _rules(f"{path}.scaleDown", raw.get("scaleDown"), default_window=DEFAULT_DOWNSCALE_STABILIZATION_SECONDS,
-                      default_policies=(ScalingPolicy("Percent", 100, 15),))
+        up = _rules(
+            f"{path}.scaleUp",
+            raw.get("scaleUp"),
+            default_window=0,
+            default_policies=(ScalingPolicy("Percent", 100, 15), ScalingPolicy("Pods", 4, 15)),
+        )
+        down = _rules(
+            f"{path}.scaleDown",
+            raw.get("scaleDown"),
+            default_window=DEFAULT_DOWNSCALE_STABILIZATION_SECONDS,
+            default_policies=(ScalingPolicy("Percent", 100, 15),),
+        )
         return cls(up, down)
 
     def to_spec(self) -> dict[str, Any]:
         """The camelCase form (what an autoscaling/v2 HPA's spec.behavior takes)."""
+
         def rules(r: ScalingRules) -> dict[str, Any]:
-            return {"stabilizationWindowSeconds": r.stabilization_window_seconds, "selectPolicy": r.select_policy,
-                    "policies": [{"type": p.type, "value": p.value, "periodSeconds": p.period_seconds}
-                                 for p in r.policies]}
+            return {
+                "stabilizationWindowSeconds": r.stabilization_window_seconds,
+                "selectPolicy": r.select_policy,
+                "policies": [{"type": p.type, "value": p.value, "periodSeconds": p.period_seconds} for p in r.policies],
+            }
+
         return {"scaleUp": rules(self.scale_up), "scaleDown": rules(self.scale_down)}
 
 
 # --- configuration ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class ScalerConfig:
@@ -187,8 +221,9 @@ class ScalerConfig:
         _int(f"{p}.minReplicas", self.min_replicas, 1)
         _int(f"{p}.maxReplicas", self.max_replicas, 1)
         if self.max_replicas < self.min_replicas:
-            raise InvalidAutoscaling(f"{p}.maxReplicas",
-                                     f"must be >= minReplicas ({self.min_replicas}), got {self.max_replicas}")
+            raise InvalidAutoscaling(
+                f"{p}.maxReplicas", f"must be >= minReplicas ({self.min_replicas}), got {self.max_replicas}"
+            )
         _number(f"{p}.targetUtilizationPercent", self.target_utilization_percent, 0, 100, exclusive_lo=True)
         _number(f"{p}.tolerancePercent", self.tolerance_percent, 0, 100)
         if self.target_ops_per_replica is not None:
@@ -206,9 +241,13 @@ class ScalerConfig:
         """From the defaulted spec.autoscaling dict (camelCase); `tuning` sets the estimation terms."""
         a = _mapping("spec.autoscaling", autoscaling)
         kwargs: dict[str, Any] = {}
-        for key, name in (("minReplicas", "min_replicas"), ("maxReplicas", "max_replicas"),
-                          ("targetUtilizationPercent", "target_utilization_percent"),
-                          ("tolerancePercent", "tolerance_percent"), ("targetOpsPerReplica", "target_ops_per_replica")):
+        for key, name in (
+            ("minReplicas", "min_replicas"),
+            ("maxReplicas", "max_replicas"),
+            ("targetUtilizationPercent", "target_utilization_percent"),
+            ("tolerancePercent", "tolerance_percent"),
+            ("targetOpsPerReplica", "target_ops_per_replica"),
+        ):
             if a.get(key) is not None:
                 kwargs[name] = a[key]
         kwargs["behavior"] = Behavior.from_spec(a.get("behavior"))
@@ -224,6 +263,7 @@ class ScalerConfig:
 
 
 # --- inputs and state -------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class MetricsObservation:
@@ -262,9 +302,11 @@ class History:
     scale_down_events: tuple[tuple[float, int], ...] = ()  # (time, replicas removed)
 
     def to_dict(self) -> dict[str, list[list[float]]]:
-        return {"recommendations": [list(x) for x in self.recommendations],
-                "scaleUpEvents": [list(x) for x in self.scale_up_events],
-                "scaleDownEvents": [list(x) for x in self.scale_down_events]}
+        return {
+            "recommendations": [list(x) for x in self.recommendations],
+            "scaleUpEvents": [list(x) for x in self.scale_up_events],
+            "scaleDownEvents": [list(x) for x in self.scale_down_events],
+        }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> "History":
@@ -279,8 +321,13 @@ class History:
                 raise ValueError(f"history.{key} must be a list, got {type(items).__name__}")
             out = []
             for i, item in enumerate(items):
-                if not (isinstance(item, (list, tuple)) and len(item) == 2 and _finite(item[0])
-                        and _finite(item[1]) and float(item[1]).is_integer()):
+                if not (
+                    isinstance(item, (list, tuple))
+                    and len(item) == 2
+                    and _finite(item[0])
+                    and _finite(item[1])
+                    and float(item[1]).is_integer()
+                ):
                     raise ValueError(f"history.{key}[{i}] must be [time, integer], got {item!r}")
                 out.append((float(item[0]), int(item[1])))
             return tuple(out)
@@ -304,6 +351,7 @@ class Decision:
 
 
 # --- the algorithm ----------------------------------------------------------------------------------------
+
 
 def metrics_problem(observation: MetricsObservation | None, config: ScalerConfig, now: float) -> str | None:
     """Why the observation cannot be used (None when it can)."""
@@ -350,8 +398,9 @@ def estimate_demand(observation: MetricsObservation, config: ScalerConfig) -> tu
     return demand, ""
 
 
-def raw_recommendation(demand: float, per_replica_target: float, current: int,
-                       tolerance_percent: float) -> tuple[int, bool]:
+def raw_recommendation(
+    demand: float, per_replica_target: float, current: int, tolerance_percent: float
+) -> tuple[int, bool]:
     """(replicas, within tolerance): ceil(demand / per-replica target), or `current` within the tolerance."""
     if current > 0:
         ratio = demand / (current * per_replica_target)
@@ -376,8 +425,11 @@ def _rate_limit(current: int, history: History, rules: ScalingRules, now: float,
     choose = (max if rules.select_policy == "Max" else min) if up else (min if rules.select_policy == "Max" else max)
     proposals = []
     for p in rules.policies:
-        start = (current - _change_in_period(history.scale_up_events, p.period_seconds, now)
-                 + _change_in_period(history.scale_down_events, p.period_seconds, now))
+        start = (
+            current
+            - _change_in_period(history.scale_up_events, p.period_seconds, now)
+            + _change_in_period(history.scale_down_events, p.period_seconds, now)
+        )
         if p.type == "Pods":
             proposals.append(start + p.value if up else start - p.value)
         elif up:
@@ -387,8 +439,15 @@ def _rate_limit(current: int, history: History, rules: ScalingRules, now: float,
     return choose(proposals) if proposals else current
 
 
-def apply_behavior(current: int, recommendation: int, min_replicas: int, max_replicas: int, behavior: Behavior,
-                   history: History, now: float) -> tuple[int, str, History]:
+def apply_behavior(
+    current: int,
+    recommendation: int,
+    min_replicas: int,
+    max_replicas: int,
+    behavior: Behavior,
+    history: History,
+    now: float,
+) -> tuple[int, str, History]:
     """The HPA's normalizeDesiredReplicasWithBehaviors: (replicas, reason, history with this recommendation).
 
     Stabilization: the result moves from `current` up to no more than the lowest recommendation of the
@@ -437,8 +496,15 @@ def record_scale(history: History, previous: int, new: int, behavior: Behavior, 
     return history
 
 
-def decide(current_replicas: int, observation: MetricsObservation | None, config: ScalerConfig, history: History,
-           now: float, *, ready_replicas: int | None = None) -> Decision:
+def decide(
+    current_replicas: int,
+    observation: MetricsObservation | None,
+    config: ScalerConfig,
+    history: History,
+    now: float,
+    *,
+    ready_replicas: int | None = None,
+) -> Decision:
     """Desired replicas for a workload now. Pure: everything it needs comes in, the new history goes out.
 
     The caller scales to `desired_replicas` and keeps `history` for the next call (it already contains the
@@ -461,8 +527,13 @@ def decide(current_replicas: int, observation: MetricsObservation | None, config
     problem = metrics_problem(observation, config, now)
     if problem is not None:
         note = "" if bounded == current_replicas else f"; moved into [{lo}, {hi}]"
-        return finish(bounded, "MetricsUnavailable",
-                      f"metrics unavailable ({problem}): holding {bounded} replicas{note}", history, False)
+        return finish(
+            bounded,
+            "MetricsUnavailable",
+            f"metrics unavailable ({problem}): holding {bounded} replicas{note}",
+            history,
+            False,
+        )
     if current_replicas != bounded:
         reason = "TooManyReplicas" if current_replicas > hi else "TooFewReplicas"
         return finish(bounded, reason, f"{current_replicas} replicas is outside [{lo}, {hi}]", history, True)
@@ -473,12 +544,16 @@ def decide(current_replicas: int, observation: MetricsObservation | None, config
     assert target is not None and target > 0
     raw, within = raw_recommendation(estimate, target, current_replicas, config.tolerance_percent)
     reporting = observation.replicas_reporting
-    partial = (isinstance(ready_replicas, int) and not isinstance(ready_replicas, bool)
-               and (not _finite(reporting) or reporting < ready_replicas))
+    partial = (
+        isinstance(ready_replicas, int)
+        and not isinstance(ready_replicas, bool)
+        and (not _finite(reporting) or reporting < ready_replicas)
+    )
     if partial and raw < current_replicas:
         raw = current_replicas
-        note = "; ".join(x for x in (note, f"only {reporting} of {ready_replicas} ready replicas report: no scale-down")
-                         if x)
+        note = "; ".join(
+            x for x in (note, f"only {reporting} of {ready_replicas} ready replicas report: no scale-down") if x
+        )
     desired, reason, history = apply_behavior(current_replicas, raw, lo, hi, config.behavior, history, now)
     if reason == "DesiredWithinRange":
         if within:
@@ -487,21 +562,34 @@ def decide(current_replicas: int, observation: MetricsObservation | None, config
             reason = "DemandAboveTarget"
         elif desired < current_replicas:
             reason = "DemandBelowTarget"
-    message = (f"demand {observation.demand_ops_per_second:.4g} ops/s"
-               + (f" (estimate {estimate:.4g}: {note})" if note else "")
-               + f", target {target:.4g} ops/s per replica -> {raw} recommended, {desired} after behavior ({reason})")
+    message = (
+        f"demand {observation.demand_ops_per_second:.4g} ops/s"
+        + (f" (estimate {estimate:.4g}: {note})" if note else "")
+        + f", target {target:.4g} ops/s per replica -> {raw} recommended, {desired} after behavior ({reason})"
+    )
     capacity = config.target_ops_per_replica
     if capacity is None:
         assert observation.capacity_ops_per_second is not None  # metrics_problem checked it
         capacity = float(observation.capacity_ops_per_second)
-    return finish(desired, reason, message, history, True, raw_recommendation=raw, demand_estimate=estimate,
-                  per_replica_target=target, capacity_ops_per_second=capacity)
+    return finish(
+        desired,
+        reason,
+        message,
+        history,
+        True,
+        raw_recommendation=raw,
+        demand_estimate=estimate,
+        per_replica_target=target,
+        capacity_ops_per_second=capacity,
+    )
 
 
 # --- what the operator writes (pure helpers for status.py / handlers.py) -----------------------------------
 
-def status_fields(decision: Decision, observation: MetricsObservation | None, current_replicas: int,
-                  now_iso: str) -> dict[str, Any]:
+
+def status_fields(
+    decision: Decision, observation: MetricsObservation | None, current_replicas: int, now_iso: str
+) -> dict[str, Any]:
     """HDCWorkload status fields of one decision (camelCase, as in crds/hdcworkload.yaml).
 
     lastScaleTime/lastScaleReason only when the replicas change; the observed values only when measured. The
@@ -521,6 +609,5 @@ def status_fields(decision: Decision, observation: MetricsObservation | None, cu
 def scaling_active_condition(decision: Decision) -> dict[str, str]:
     """The ScalingActive condition (type/status/reason/message; the caller keeps lastTransitionTime)."""
     if decision.metrics_available:
-        return {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound",
-                "message": decision.message}
+        return {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound", "message": decision.message}
     return {"type": "ScalingActive", "status": "False", "reason": "MetricsUnavailable", "message": decision.message}

@@ -98,7 +98,7 @@ def make_trace(cfg: SimConfig, seed: int) -> Trace:
     demand, wobble = [], 0.0
     for s in range(cfg.duration_s):
         diurnal = 1.0 - cfg.diurnal_amplitude * math.cos(2 * math.pi * s / cfg.period_s)
-        wobble = 0.98 * wobble + rng.gauss(0.0, cfg.jitter * math.sqrt(1 - 0.98 ** 2))  # AR(1), sd = jitter
+        wobble = 0.98 * wobble + rng.gauss(0.0, cfg.jitter * math.sqrt(1 - 0.98**2))  # AR(1), sd = jitter
         d = cfg.base_demand * diurnal * (1.0 + wobble)
         for start, end, mult in bursts:
             if start <= s < end:
@@ -112,8 +112,9 @@ def make_trace(cfg: SimConfig, seed: int) -> Trace:
     return Trace(demand, noise, recent_noise, cap_err, bursts)
 
 
-def _hpa_step(cfg: SimConfig, behavior: Behavior, current: int, served_rate: float, ready: int,
-              history: History, now: float) -> tuple[int, History]:
+def _hpa_step(
+    cfg: SimConfig, behavior: Behavior, current: int, served_rate: float, ready: int, history: History, now: float
+) -> tuple[int, History]:
     """The plain HPA formula on a utilization metric, then the HPA behavior (same code path as ours)."""
     if ready <= 0:
         return current, history  # no pod reports the metric: the HPA cannot compute, it holds
@@ -133,10 +134,14 @@ def simulate(cfg: SimConfig, trace: Trace, scaler: str, tuning: dict[str, Any] |
     if scaler not in ("operator", "hpa"):
         raise ValueError(f"scaler must be 'operator' or 'hpa', got {scaler!r}")
     behavior = Behavior.from_spec({})
-    config = ScalerConfig(min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas,
-                          target_utilization_percent=cfg.target_utilization_percent,
-                          tolerance_percent=cfg.tolerance_percent, behavior=behavior,
-                          **(OPERATOR_TUNING if tuning is None else tuning))
+    config = ScalerConfig(
+        min_replicas=cfg.min_replicas,
+        max_replicas=cfg.max_replicas,
+        target_utilization_percent=cfg.target_utilization_percent,
+        tolerance_percent=cfg.tolerance_percent,
+        behavior=behavior,
+        **(OPERATOR_TUNING if tuning is None else tuning),
+    )
     pods: list[tuple[int, float]] = []  # (created at, measured capacity)
     created = 0
     for _ in range(cfg.initial_replicas):
@@ -176,15 +181,20 @@ def simulate(cfg: SimConfig, trace: Trace, scaler: str, tuning: dict[str, Any] |
                     if cfg.recent_window_s:
                         early = next((s for s in seen if s[0] >= last[0] - cfg.recent_window_s), seen[0])
                         if last[0] > early[0]:
-                            recent = ((last[1] - early[1]) / (last[0] - early[0])
-                                      * trace.recent_noise[t // cfg.sync_period_s])
-                    obs = MetricsObservation(rate, last[3] if last[2] else None, float(last[0]), last[2],
-                                             recent_demand_ops_per_second=recent)
+                            recent = (
+                                (last[1] - early[1]) / (last[0] - early[0]) * trace.recent_noise[t // cfg.sync_period_s]
+                            )
+                    obs = MetricsObservation(
+                        rate, last[3] if last[2] else None, float(last[0]), last[2], recent_demand_ops_per_second=recent
+                    )
                     decision = decide(current, obs, config, history, float(t), ready_replicas=len(ready))
                     desired, history = decision.desired_replicas, decision.history
                 else:
-                    desired, history = (current, history) if rate is None else _hpa_step(
-                        cfg, behavior, current, rate, last[2], history, float(t))
+                    desired, history = (
+                        (current, history)
+                        if rate is None
+                        else _hpa_step(cfg, behavior, current, rate, last[2], history, float(t))
+                    )
                 if desired > current:
                     for _ in range(desired - current):
                         error = trace.capacity_errors[created % len(trace.capacity_errors)]
@@ -193,7 +203,7 @@ def simulate(cfg: SimConfig, trace: Trace, scaler: str, tuning: dict[str, Any] |
                 elif desired < current:
                     # a Deployment removes pods that are not ready first, then the newest
                     pods.sort(key=lambda p: (p[0] + cfg.startup_s <= t, -p[0]))
-                    pods = pods[current - desired:]
+                    pods = pods[current - desired :]
                 if desired != current:
                     events += 1
         if t % 30 == 0:
@@ -201,8 +211,13 @@ def simulate(cfg: SimConfig, trace: Trace, scaler: str, tuning: dict[str, Any] |
             series["demand"].append(round(d, 1))
             series["capacity"].append(cap)
             series["replicas"].append(len(pods))
-    return {"unmet_demand_seconds": unmet_s, "unmet_operations": round(unmet_ops), "replica_seconds": replica_s,
-            "scale_events": events, "series": series}
+    return {
+        "unmet_demand_seconds": unmet_s,
+        "unmet_operations": round(unmet_ops),
+        "replica_seconds": replica_s,
+        "scale_events": events,
+        "series": series,
+    }
 
 
 def _machine() -> str:
@@ -220,12 +235,22 @@ def run(seed: int = 1, cfg: SimConfig | None = None, tuning: dict[str, Any] | No
     trace = make_trace(cfg, seed)
     ours = simulate(cfg, trace, "operator", tuning)
     hpa = simulate(cfg, trace, "hpa")
-    floor = {"fewerUnmetSeconds": ours["unmet_demand_seconds"] < hpa["unmet_demand_seconds"],
-             "noMoreReplicaSeconds": ours["replica_seconds"] <= hpa["replica_seconds"],
-             "fewerScaleEvents": ours["scale_events"] < hpa["scale_events"]}
-    return {"seed": seed, "machine": _machine(), "config": asdict(cfg),
-            "tuning": dict(OPERATOR_TUNING if tuning is None else tuning), "bursts": len(trace.bursts),
-            "operator": ours, "hpa": hpa, "floor": floor, "floorMet": all(floor.values())}
+    floor = {
+        "fewerUnmetSeconds": ours["unmet_demand_seconds"] < hpa["unmet_demand_seconds"],
+        "noMoreReplicaSeconds": ours["replica_seconds"] <= hpa["replica_seconds"],
+        "fewerScaleEvents": ours["scale_events"] < hpa["scale_events"],
+    }
+    return {
+        "seed": seed,
+        "machine": _machine(),
+        "config": asdict(cfg),
+        "tuning": dict(OPERATOR_TUNING if tuning is None else tuning),
+        "bursts": len(trace.bursts),
+        "operator": ours,
+        "hpa": hpa,
+        "floor": floor,
+        "floorMet": all(floor.values()),
+    }
 
 
 def plot(result: dict[str, Any], path: str) -> None:
@@ -243,15 +268,24 @@ def plot(result: dict[str, Any], path: str) -> None:
         hours = [t / 3600 for t in s["t"]]
         ax.plot(hours, s["demand"], color="black", lw=0.8, label="offered demand")
         ax.plot(hours, s["capacity"], color="tab:green", lw=1.0, label="ready capacity")
-        ax.step(hours, [n * cap for n in s["replicas"]], where="post", color="tab:blue", lw=1.0, alpha=0.8,
-                label=f"replicas (right axis; x {cap:g} ops/s on the left)")
+        ax.step(
+            hours,
+            [n * cap for n in s["replicas"]],
+            where="post",
+            color="tab:blue",
+            lw=1.0,
+            alpha=0.8,
+            label=f"replicas (right axis; x {cap:g} ops/s on the left)",
+        )
         ax.set_ylim(0, top)
         ax.set_ylabel("hypervector ops/s")
         ax2 = ax.twinx()
         ax2.set_ylim(0, top / cap)  # one replica's capacity per unit: the step line reads on both axes
         ax2.set_ylabel("replicas")
-        ax.set_title(f"{title}: unmet {r['unmet_demand_seconds']} s, {r['replica_seconds']} replica-s, "
-                     f"{r['scale_events']} scale events")
+        ax.set_title(
+            f"{title}: unmet {r['unmet_demand_seconds']} s, {r['replica_seconds']} replica-s, "
+            f"{r['scale_events']} scale events"
+        )
         ax.legend(loc="upper left", fontsize=8)
     axes[1].set_xlabel("hours")
     fig.suptitle(f"Autoscaling simulation, seed {result['seed']}")
@@ -262,8 +296,11 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def summary(result: dict[str, Any]) -> dict[str, Any]:
     """The result without the time series (what --json prints to the terminal)."""
-    return {k: ({kk: vv for kk, vv in v.items() if kk != "series"} if k in ("operator", "hpa") else v)
-            for k, v in result.items() if k != "config"}
+    return {
+        k: ({kk: vv for kk, vv in v.items() if kk != "series"} if k in ("operator", "hpa") else v)
+        for k, v in result.items()
+        if k != "config"
+    }
 
 
 def cli(json_path: str | None, plot_path: str | None, seed: int, hours: float | None = None) -> dict[str, Any]:

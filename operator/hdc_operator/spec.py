@@ -48,6 +48,7 @@ class InvalidSpec(ValueError):
 
 # --- the CRD ------------------------------------------------------------------------------------------------
 
+
 @functools.lru_cache(maxsize=None)
 def _load_crd(path: str) -> dict[str, Any]:
     try:
@@ -85,6 +86,7 @@ def spec_schema() -> dict[str, Any]:
 
 
 # --- defaulting (the API server's structural defaulting) ---------------------------------------------------
+
 
 def apply_defaults(value: Any, schema: Mapping[str, Any]) -> Any:
     """A copy of `value` with the schema's defaults applied, as the API server applies them: a missing field
@@ -181,8 +183,9 @@ class _UnknownField(str):
     """An unknown field: the API server's strict decoding refuses the object before validating it (HTTP 400)."""
 
 
-def _which_errors(schema_errors: list[tuple[str, str]],
-                  cel: Callable[[], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+def _which_errors(
+    schema_errors: list[tuple[str, str]], cel: Callable[[], list[tuple[str, str]]]
+) -> list[tuple[str, str]]:
     """The errors the API server reports, in its order of checks: unknown fields alone; else the schema's
     errors, plus the CEL rules' unless a type or enum error blocks them."""
     unknown = [e for e in schema_errors if isinstance(e[1], _UnknownField)]
@@ -298,23 +301,29 @@ def _int_or_positive_quantity(v: Any) -> bool:
 
 # rule text (exactly as in the CRD) -> predicate on the defaulted value at the rule's node.
 CEL_MIRRORS: dict[str, Callable[[Any], bool]] = {
-    "self.metadata.name.size() <= 52 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')":
-        lambda o: len(o["metadata"].get("name", "")) <= 52 and bool(_DNS1035.match(o["metadata"].get("name", ""))),
+    "self.metadata.name.size() <= 52 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')": lambda o: (
+        len(o["metadata"].get("name", "")) <= 52 and bool(_DNS1035.match(o["metadata"].get("name", "")))
+    ),
     "!(has(self.hdc) && has(self.hdc.device) && self.hdc.device == 'cuda' && has(self.resources) "
-    "&& has(self.resources.gpus) && self.resources.gpus == 0)":
-        lambda s: not (s.get("hdc", {}).get("device") == "cuda" and s.get("resources", {}).get("gpus") == 0),
-    "type(self) == int ? self > 0 : (isQuantity(self) && quantity(self).isGreaterThan(quantity('0')))":
-        _int_or_positive_quantity,
-    "has(self.maxLatencyMs) || has(self.minThroughputOpsPerSec) || has(self.maxMemoryMb)":
-        lambda b: any(k in b for k in ("maxLatencyMs", "minThroughputOpsPerSec", "maxMemoryMb")),
-    "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas":
-        lambda a: "minReplicas" not in a or "maxReplicas" not in a or a["minReplicas"] <= a["maxReplicas"],
-    "!has(self.enabled) || !self.enabled || (has(self.otlpEndpoint) && self.otlpEndpoint != '')":
-        lambda t: not t.get("enabled") or t.get("otlpEndpoint", "") != "",
-    "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')":
-        lambda v: v >= 0 if isinstance(v, int) else bool(re.search(r"^[0-9]+%$", v)),
-    "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))":
-        is_positive_quantity,
+    "&& has(self.resources.gpus) && self.resources.gpus == 0)": lambda s: (
+        not (s.get("hdc", {}).get("device") == "cuda" and s.get("resources", {}).get("gpus") == 0)
+    ),
+    "type(self) == int ? self > 0 : (isQuantity(self) && quantity(self).isGreaterThan(quantity('0')))": (
+        _int_or_positive_quantity
+    ),
+    "has(self.maxLatencyMs) || has(self.minThroughputOpsPerSec) || has(self.maxMemoryMb)": lambda b: any(
+        k in b for k in ("maxLatencyMs", "minThroughputOpsPerSec", "maxMemoryMb")
+    ),
+    "!has(self.minReplicas) || !has(self.maxReplicas) || self.minReplicas <= self.maxReplicas": lambda a: (
+        "minReplicas" not in a or "maxReplicas" not in a or a["minReplicas"] <= a["maxReplicas"]
+    ),
+    "!has(self.enabled) || !self.enabled || (has(self.otlpEndpoint) && self.otlpEndpoint != '')": lambda t: (
+        not t.get("enabled") or t.get("otlpEndpoint", "") != ""
+    ),
+    "type(self) == int ? self >= 0 : self.matches('^[0-9]+%$')": lambda v: (
+        v >= 0 if isinstance(v, int) else bool(re.search(r"^[0-9]+%$", v))
+    ),
+    "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))": is_positive_quantity,
 }
 
 
@@ -334,11 +343,13 @@ def cel_rules(schema: Mapping[str, Any] | None = None, path: str = "") -> list[t
 def _check_mirrors(schema: Mapping[str, Any]) -> None:
     missing = [f"{p or '<root>'}: {r['rule']}" for p, r in cel_rules(schema) if r["rule"] not in CEL_MIRRORS]
     if missing:
-        raise RuntimeError("CEL rules of the CRD without a Python mirror in hdc_operator.spec.CEL_MIRRORS:\n  "
-                           + "\n  ".join(missing))
+        raise RuntimeError(
+            "CEL rules of the CRD without a Python mirror in hdc_operator.spec.CEL_MIRRORS:\n  " + "\n  ".join(missing)
+        )
 
 
 # --- the typed workload ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -436,17 +447,32 @@ def parse_workload(body: Mapping[str, Any], *, namespace: str | None = None) -> 
     labels = metadata.get("labels") or {}
     ns = metadata.get("namespace") or namespace or "default"
     schema = root_schema()
-    obj = {"apiVersion": api_version, "kind": kind, "metadata": dict(metadata),
-           "spec": body.get("spec") if body.get("spec") is not None else {}}
+    obj = {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": dict(metadata),
+        "spec": body.get("spec") if body.get("spec") is not None else {},
+    }
     defaulted = apply_defaults(obj, {"properties": {"spec": schema["properties"]["spec"]}})
-    checked = {k: v for k, v in schema.items() if k != "properties"} | {"properties": {
-        "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
-        "spec": schema["properties"]["spec"]}}
+    checked = {k: v for k, v in schema.items() if k != "properties"} | {
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": schema["properties"]["spec"],
+        }
+    }
     errors = _which_errors(validate_value(defaulted, checked, ""), lambda: cel_errors(defaulted, checked, ""))
     # The root rule (on metadata.name) cannot carry a fieldPath (the API server reports it at <nil>).
     errors = [(f.lstrip(".") or "metadata.name", m) for f, m in errors]
     if errors:
         raise InvalidSpec(errors[0][0], errors[0][1], errors)
     generation = metadata.get("generation") or 0
-    return Workload(name=metadata["name"], namespace=ns, uid=metadata.get("uid") or "",
-                    generation=int(generation), labels=dict(labels), spec=defaulted["spec"])
+    return Workload(
+        name=metadata["name"],
+        namespace=ns,
+        uid=metadata.get("uid") or "",
+        generation=int(generation),
+        labels=dict(labels),
+        spec=defaulted["spec"],
+    )

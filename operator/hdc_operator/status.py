@@ -33,15 +33,41 @@ from .names import GPU_RESOURCE
 
 OWNED_CONDITIONS = ("Ready", "Progressing", "Degraded", "MonitoringUnavailable")
 # Keys of .status this module owns; the autoscaler owns desiredReplicas' neighbours (lastScale*, observed*).
-OWNED_KEYS = ("observedGeneration", "phase", "replicas", "readyReplicas", "desiredReplicas", "selector", "conditions",
-              "lastReconcileTime")
+OWNED_KEYS = (
+    "observedGeneration",
+    "phase",
+    "replicas",
+    "readyReplicas",
+    "desiredReplicas",
+    "selector",
+    "conditions",
+    "lastReconcileTime",
+)
 # Most important first: the first problem found is Degraded's reason.
-PROBLEM_REASONS = ("InvalidSpec", "QuotaExceeded", "AdmissionDenied", "Forbidden", "Invalid", "ApiRefused",
-                   "ApiUnavailable", "InsufficientGPU", "Unschedulable", "ImagePullBackOff", "CrashLoopBackOff",
-                   "CreateContainerConfigError", "ReplicaFailure", "ProgressDeadlineExceeded", "InternalError")
-_WAITING_REASONS = {"ImagePullBackOff": "ImagePullBackOff", "ErrImagePull": "ImagePullBackOff",
-                    "InvalidImageName": "ImagePullBackOff", "CrashLoopBackOff": "CrashLoopBackOff",
-                    "CreateContainerConfigError": "CreateContainerConfigError"}
+PROBLEM_REASONS = (
+    "InvalidSpec",
+    "QuotaExceeded",
+    "AdmissionDenied",
+    "Forbidden",
+    "Invalid",
+    "ApiRefused",
+    "ApiUnavailable",
+    "InsufficientGPU",
+    "Unschedulable",
+    "ImagePullBackOff",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "ReplicaFailure",
+    "ProgressDeadlineExceeded",
+    "InternalError",
+)
+_WAITING_REASONS = {
+    "ImagePullBackOff": "ImagePullBackOff",
+    "ErrImagePull": "ImagePullBackOff",
+    "InvalidImageName": "ImagePullBackOff",
+    "CrashLoopBackOff": "CrashLoopBackOff",
+    "CreateContainerConfigError": "CreateContainerConfigError",
+}
 
 
 @dataclass(frozen=True)
@@ -115,8 +141,12 @@ def deployment_problems(deployment: Mapping[str, Any] | None) -> list[Problem]:
     problems = []
     failure = _condition(conditions, "ReplicaFailure")
     if failure and failure.get("status") == "True":
-        problems.append(Problem("ReplicaFailure", f"{failure.get('reason', 'ReplicaFailure')}: "
-                                                  f"{failure.get('message', '')}".rstrip(": ")))
+        problems.append(
+            Problem(
+                "ReplicaFailure",
+                f"{failure.get('reason', 'ReplicaFailure')}: {failure.get('message', '')}".rstrip(": "),
+            )
+        )
     progressing = _condition(conditions, "Progressing")
     if progressing and progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
         problems.append(Problem("ProgressDeadlineExceeded", progressing.get("message") or "rollout deadline exceeded"))
@@ -130,14 +160,16 @@ def _rollout(observed: WorkloadObservation) -> tuple[int, int, int, bool]:
         return 0, 0, 0, False
     st = dep.get("status") or {}
     replicas, ready, updated = (int(st.get(k) or 0) for k in ("replicas", "readyReplicas", "updatedReplicas"))
-    desired = observed.desired_replicas if observed.desired_replicas is not None else int(
-        (dep.get("spec") or {}).get("replicas") or 0)
+    desired = (
+        observed.desired_replicas
+        if observed.desired_replicas is not None
+        else int((dep.get("spec") or {}).get("replicas") or 0)
+    )
     generation = (dep.get("metadata") or {}).get("generation") or 0
     current = int(st.get("observedGeneration") or 0) >= int(generation)
     live_replicas = (dep.get("spec") or {}).get("replicas")
     live_desired = int(live_replicas) if live_replicas is not None else desired
-    complete = (current and live_desired == desired and updated >= desired and ready >= desired
-                and replicas == desired)
+    complete = current and live_desired == desired and updated >= desired and ready >= desired and replicas == desired
     return replicas, ready, updated, complete
 
 
@@ -152,8 +184,9 @@ def compute_status(observed: WorkloadObservation, stored: Mapping[str, Any] | No
     if observed.apply_error:
         problems.append(observed.apply_error)
     problems += pod_problems(observed.pods) + deployment_problems(observed.deployment) + list(observed.extra_problems)
-    problems.sort(key=lambda p: PROBLEM_REASONS.index(p.reason) if p.reason in PROBLEM_REASONS
-                  else len(PROBLEM_REASONS))
+    problems.sort(
+        key=lambda p: PROBLEM_REASONS.index(p.reason) if p.reason in PROBLEM_REASONS else len(PROBLEM_REASONS)
+    )
     desired = observed.desired_replicas
 
     if observed.invalid_spec:
@@ -183,35 +216,63 @@ def compute_status(observed: WorkloadObservation, stored: Mapping[str, Any] | No
         if complete:
             progressing_c = ("False", "RolloutComplete", ready_desc)
         elif any(p.reason == "ProgressDeadlineExceeded" for p in problems):
-            progressing_c = ("False", "ProgressDeadlineExceeded",
-                             next(p.message for p in problems if p.reason == "ProgressDeadlineExceeded"))
+            progressing_c = (
+                "False",
+                "ProgressDeadlineExceeded",
+                next(p.message for p in problems if p.reason == "ProgressDeadlineExceeded"),
+            )
         else:
             progressing_c = ("True", "RollingOut", f"{updated} updated, {ready_desc}")
-    degraded_c = ("True", problems[0].reason, problems[0].message) if problems else ("False", "AsExpected",
-                                                                                     "no problem found")
+    degraded_c = (
+        ("True", problems[0].reason, problems[0].message) if problems else ("False", "AsExpected", "no problem found")
+    )
     if observed.missing_monitoring:
-        monitoring_c = ("True", "PrometheusOperatorCRDsMissing",
-                        "the cluster lacks " + ", ".join(observed.missing_monitoring)
-                        + ": those monitoring children are skipped until the CRDs are installed")
+        monitoring_c = (
+            "True",
+            "PrometheusOperatorCRDsMissing",
+            "the cluster lacks "
+            + ", ".join(observed.missing_monitoring)
+            + ": those monitoring children are skipped until the CRDs are installed",
+        )
     elif observed.monitoring_wanted:
         monitoring_c = ("False", "MonitoringCRDsPresent", "the prometheus-operator CRDs the spec needs are installed")
     else:
         monitoring_c = ("False", "MonitoringDisabled", "the spec enables no ServiceMonitor or PrometheusRule")
 
-    new_conditions = {"Ready": ready_c, "Progressing": progressing_c, "Degraded": degraded_c,
-                      "MonitoringUnavailable": monitoring_c}
+    new_conditions = {
+        "Ready": ready_c,
+        "Progressing": progressing_c,
+        "Degraded": degraded_c,
+        "MonitoringUnavailable": monitoring_c,
+    }
     conditions = []
     for kind in OWNED_CONDITIONS:
         status, reason, message = new_conditions[kind]
         old = _condition(stored.get("conditions"), kind)
-        transition = old.get("lastTransitionTime") if old and old.get("status") == status and old.get(
-            "lastTransitionTime") else now
-        conditions.append({"type": kind, "status": status, "reason": reason, "message": message[:32768],
-                           "observedGeneration": gen, "lastTransitionTime": transition})
+        transition = (
+            old.get("lastTransitionTime")
+            if old and old.get("status") == status and old.get("lastTransitionTime")
+            else now
+        )
+        conditions.append(
+            {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message[:32768],
+                "observedGeneration": gen,
+                "lastTransitionTime": transition,
+            }
+        )
     conditions += [dict(c) for c in stored.get("conditions") or () if c.get("type") not in OWNED_CONDITIONS]
 
-    new: dict[str, Any] = {"observedGeneration": gen, "phase": phase, "replicas": replicas, "readyReplicas": ready,
-                 "conditions": conditions}
+    new: dict[str, Any] = {
+        "observedGeneration": gen,
+        "phase": phase,
+        "replicas": replicas,
+        "readyReplicas": ready,
+        "conditions": conditions,
+    }
     if desired is not None:
         new["desiredReplicas"] = desired
     elif "desiredReplicas" in stored:
@@ -220,8 +281,9 @@ def compute_status(observed: WorkloadObservation, stored: Mapping[str, Any] | No
         new["selector"] = observed.selector
     elif "selector" in stored:
         new["selector"] = stored["selector"]
-    new["lastReconcileTime"] = stored.get("lastReconcileTime") if not _differs(stored, new) and stored.get(
-        "lastReconcileTime") else now
+    new["lastReconcileTime"] = (
+        stored.get("lastReconcileTime") if not _differs(stored, new) and stored.get("lastReconcileTime") else now
+    )
     return new
 
 

@@ -49,9 +49,11 @@ def build_children(workload: Workload, capabilities: Capabilities) -> list[Manif
         build_pdb(workload),
         build_hpa(workload),
         build_service_monitor(workload)
-        if capabilities.service_monitor and monitoring["serviceMonitor"]["enabled"] else None,
+        if capabilities.service_monitor and monitoring["serviceMonitor"]["enabled"]
+        else None,
         build_prometheus_rule(workload)
-        if capabilities.prometheus_rule and monitoring["prometheusRule"]["enabled"] else None,
+        if capabilities.prometheus_rule and monitoring["prometheusRule"]["enabled"]
+        else None,
         build_dashboards_configmap(workload),
     ]
     return [child for child in children if child is not None]

@@ -23,13 +23,15 @@ def selector_labels(workload: Workload) -> dict[str, str]:
 def labels(workload: Workload, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The labels of every child and pod; `extra` (the spec's monitoring labels) never overrides them."""
     out = dict(extra or {})
-    out.update({
-        "app.kubernetes.io/name": "hdc-worker",
-        "app.kubernetes.io/instance": workload.name,
-        "app.kubernetes.io/component": "worker",
-        **MANAGED_BY,
-        WORKLOAD_LABEL: workload.name,
-    })
+    out.update(
+        {
+            "app.kubernetes.io/name": "hdc-worker",
+            "app.kubernetes.io/instance": workload.name,
+            "app.kubernetes.io/component": "worker",
+            **MANAGED_BY,
+            WORKLOAD_LABEL: workload.name,
+        }
+    )
     return out
 
 
@@ -38,18 +40,25 @@ def owner_references(workload: Workload) -> list[dict[str, Any]]:
     the workload has no uid yet (a local file rendered by hdcctl: the API server would refuse an empty uid)."""
     if not workload.uid:
         return []
-    return [{
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": workload.name,
-        "uid": workload.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }]
+    return [
+        {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": workload.name,
+            "uid": workload.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
 
 
-def metadata(workload: Workload, name: str, *, extra_labels: Mapping[str, str] | None = None,
-             annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
+def metadata(
+    workload: Workload,
+    name: str,
+    *,
+    extra_labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": workload.namespace, "labels": labels(workload, extra_labels)}
     if annotations:
         meta["annotations"] = dict(annotations)

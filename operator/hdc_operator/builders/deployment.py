@@ -70,17 +70,20 @@ def tracing_env(workload: Workload) -> dict[str, str]:
     tracing = workload.spec["tracing"]
     env = {
         "OTEL_SERVICE_NAME": "hdc-worker",
-        "OTEL_RESOURCE_ATTRIBUTES": (f"k8s.namespace.name={workload.namespace},k8s.pod.name=$(POD_NAME),"
-                                     f"hdcompute.io.workload={workload.name}"),
+        "OTEL_RESOURCE_ATTRIBUTES": (
+            f"k8s.namespace.name={workload.namespace},k8s.pod.name=$(POD_NAME),hdcompute.io.workload={workload.name}"
+        ),
     }
     if not tracing["enabled"]:
         env["OTEL_SDK_DISABLED"] = "true"
         return env
-    env.update({
-        "OTEL_EXPORTER_OTLP_ENDPOINT": tracing["otlpEndpoint"],
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-        "OTEL_TRACES_SAMPLER_ARG": env_value(tracing["samplingRatio"]),
-    })
+    env.update(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": tracing["otlpEndpoint"],
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": env_value(tracing["samplingRatio"]),
+        }
+    )
     return env
 
 
@@ -103,8 +106,10 @@ def resources(workload: Workload) -> Manifest:
 
 def probe(workload: Workload, kind: str) -> Manifest:
     timings = workload.spec["probes"][kind]
-    return {"httpGet": {"path": PROBE_PATHS[kind], "port": HTTP_PORT_NAME, "scheme": "HTTP"},
-            **{k: timings[k] for k in ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")}}
+    return {
+        "httpGet": {"path": PROBE_PATHS[kind], "port": HTTP_PORT_NAME, "scheme": "HTTP"},
+        **{k: timings[k] for k in ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "failureThreshold")},
+    }
 
 
 def container_security_context() -> Manifest:
@@ -121,8 +126,13 @@ def container_security_context() -> Manifest:
 
 
 def pod_security_context() -> Manifest:
-    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def volumes(workload: Workload) -> list[Manifest]:
@@ -149,9 +159,11 @@ def build_deployment(workload: Workload) -> Manifest:
         "args": ["serve"],
         "ports": [{"name": HTTP_PORT_NAME, "containerPort": HTTP_PORT, "protocol": "TCP"}],
         # POD_NAME first: OTEL_RESOURCE_ATTRIBUTES refers to it as $(POD_NAME).
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]
-               + [{"name": k, "value": v} for k, v in env.items()],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ]
+        + [{"name": k, "value": v} for k, v in env.items()],
         "resources": resources(workload),
         "livenessProbe": probe(workload, "liveness"),
         "readinessProbe": probe(workload, "readiness"),
@@ -178,8 +190,9 @@ def build_deployment(workload: Workload) -> Manifest:
     if scheduling["priorityClassName"]:
         pod["priorityClassName"] = scheduling["priorityClassName"]
     annotations = {
-        CONFIG_HASH_ANNOTATION: config_hash({"env": env, "image": spec["image"], "resources": container["resources"],
-                                             "volumes": pod["volumes"]}),
+        CONFIG_HASH_ANNOTATION: config_hash(
+            {"env": env, "image": spec["image"], "resources": container["resources"], "volumes": pod["volumes"]}
+        ),
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(HTTP_PORT),
         "prometheus.io/path": "/metrics",

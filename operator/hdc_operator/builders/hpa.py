@@ -33,8 +33,12 @@ def hpa_metrics(workload: Workload) -> list[Manifest]:
         name, target = THROUGHPUT_METRIC, scaling["targetOpsPerReplica"] * utilization / 100
     else:
         name, target = UTILIZATION_METRIC, utilization
-    return [{"type": "Pods", "pods": {"metric": {"name": name},
-                                       "target": {"type": "AverageValue", "averageValue": quantity(target)}}}]
+    return [
+        {
+            "type": "Pods",
+            "pods": {"metric": {"name": name}, "target": {"type": "AverageValue", "averageValue": quantity(target)}},
+        }
+    ]
 
 
 def build_hpa(workload: Workload) -> Manifest | None:
@@ -49,5 +53,9 @@ def build_hpa(workload: Workload) -> Manifest | None:
     }
     if scaling["behavior"]:
         spec["behavior"] = scaling["behavior"]
-    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-            "metadata": metadata(workload, workload.name), "spec": spec}
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(workload, workload.name),
+        "spec": spec,
+    }

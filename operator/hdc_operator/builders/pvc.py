@@ -22,5 +22,9 @@ def build_pvc(workload: Workload) -> Manifest | None:
     spec: Manifest = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": persistence["size"]}}}
     if persistence["storageClassName"]:
         spec["storageClassName"] = persistence["storageClassName"]
-    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata(workload, pvc_name(workload)),
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(workload, pvc_name(workload)),
+        "spec": spec,
+    }

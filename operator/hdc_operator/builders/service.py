@@ -14,7 +14,14 @@ def build_service(workload: Workload) -> Manifest:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(workload),
-            "ports": [{"name": HTTP_PORT_NAME, "port": HTTP_PORT, "targetPort": HTTP_PORT_NAME, "protocol": "TCP",
-                       "appProtocol": "http"}],
+            "ports": [
+                {
+                    "name": HTTP_PORT_NAME,
+                    "port": HTTP_PORT,
+                    "targetPort": HTTP_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
         },
     }

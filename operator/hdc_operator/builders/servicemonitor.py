@@ -18,8 +18,7 @@ _WORKLOAD_LABEL_META = "__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]",
 RELABELINGS = [
     {"action": "replace", "sourceLabels": ["__meta_kubernetes_namespace"], "targetLabel": "namespace"},
     {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_name"], "targetLabel": "pod"},
-    {"action": "replace", "sourceLabels": [_WORKLOAD_LABEL_META],
-     "targetLabel": "workload"},
+    {"action": "replace", "sourceLabels": [_WORKLOAD_LABEL_META], "targetLabel": "workload"},
 ]
 
 
@@ -32,12 +31,14 @@ def build_service_monitor(workload: Workload) -> Manifest:
         "spec": {
             "selector": {"matchLabels": selector_labels(workload)},
             "namespaceSelector": {"matchNames": [workload.namespace]},
-            "endpoints": [{
-                "port": HTTP_PORT_NAME,
-                "path": "/metrics",
-                "scheme": "http",
-                "interval": sm["interval"],
-                "relabelings": [dict(r) for r in RELABELINGS],
-            }],
+            "endpoints": [
+                {
+                    "port": HTTP_PORT_NAME,
+                    "path": "/metrics",
+                    "scheme": "http",
+                    "interval": sm["interval"],
+                    "relabelings": [dict(r) for r in RELABELINGS],
+                }
+            ],
         },
     }

@@ -17,9 +17,11 @@ import sys
 
 import typer
 
-INSTALL_HINT = ("hdc-bench is part of the worker package (hd_compute, with torch), which this Python does not have. "
-                "In a source checkout run `make install` and then `.venv/bin/hdcctl bench ...` (or `make bench`); "
-                "elsewhere `pip install 'hd-compute-toolkit[dev]'`.")
+INSTALL_HINT = (
+    "hdc-bench is part of the worker package (hd_compute, with torch), which this Python does not have. "
+    "In a source checkout run `make install` and then `.venv/bin/hdcctl bench ...` (or `make bench`); "
+    "elsewhere `pip install 'hd-compute-toolkit[dev]'`."
+)
 
 
 def bench_command() -> list[str] | None:
@@ -33,8 +35,9 @@ def bench_command() -> list[str] | None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("bench", add_help_option=False,
-                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    @app.command(
+        "bench", add_help_option=False, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+    )
     def bench(ctx: typer.Context) -> None:
         """Run hdc-bench (ours vs torchhd; --service for the worker's HTTP path); arguments pass through."""
         command = bench_command()

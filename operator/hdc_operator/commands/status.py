@@ -24,8 +24,10 @@ import typer
 from hdc_operator.live_metrics import DEFAULT_WINDOW, LiveMetrics, PrometheusUnavailable, fetch_live_metrics, fmt
 from hdc_operator.names import CRD_NAME, GROUP, PLURAL, VERSION
 
-LOCAL_CLUSTER_HINT = ("for the local control plane run `make cluster-up` (or `hdcctl dev cluster up`) and then the "
-                      "`export KUBECONFIG=...` line it prints; for another cluster pass --kubeconfig or set KUBECONFIG")
+LOCAL_CLUSTER_HINT = (
+    "for the local control plane run `make cluster-up` (or `hdcctl dev cluster up`) and then the "
+    "`export KUBECONFIG=...` line it prints; for another cluster pass --kubeconfig or set KUBECONFIG"
+)
 
 
 class StatusError(Exception):
@@ -45,10 +47,13 @@ def condition_summary(conditions: list[dict]) -> list[str]:
     healthy_ready = False
     for c in conditions or []:
         ctype, status, reason = c.get("type", "?"), c.get("status", "?"), c.get("reason") or ""
-        bad = ((ctype == "Ready" and status != "True") or (ctype == "Degraded" and status == "True")
-               or (ctype == "MonitoringUnavailable" and status == "True")
-               or (ctype == "ScalingActive" and status == "False")
-               or (ctype == "Progressing" and status == "True"))
+        bad = (
+            (ctype == "Ready" and status != "True")
+            or (ctype == "Degraded" and status == "True")
+            or (ctype == "MonitoringUnavailable" and status == "True")
+            or (ctype == "ScalingActive" and status == "False")
+            or (ctype == "Progressing" and status == "True")
+        )
         if ctype == "Ready" and status == "True":
             healthy_ready = True
         if bad:
@@ -65,42 +70,63 @@ class Row:
     desired: int | None
     current: int | None
     ready: int | None
-    throughput: float | None          # status.throughputOpsPerSec, when the operator wrote one
-    stale: bool                       # status.observedGeneration behind metadata.generation
+    throughput: float | None  # status.throughputOpsPerSec, when the operator wrote one
+    stale: bool  # status.observedGeneration behind metadata.generation
     conditions: list[dict]
     attention: list[str]
     live: LiveMetrics | None = None
 
     def as_dict(self) -> dict:
-        return {"namespace": self.namespace, "name": self.name, "phase": self.phase,
-                "replicas": {"spec": self.spec_replicas, "desired": self.desired, "current": self.current,
-                             "ready": self.ready},
-                "throughputOpsPerSec": self.throughput, "statusStale": self.stale, "conditions": self.conditions,
-                "attention": self.attention, "live": self.live.as_dict() if self.live else None}
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "phase": self.phase,
+            "replicas": {
+                "spec": self.spec_replicas,
+                "desired": self.desired,
+                "current": self.current,
+                "ready": self.ready,
+            },
+            "throughputOpsPerSec": self.throughput,
+            "statusStale": self.stale,
+            "conditions": self.conditions,
+            "attention": self.attention,
+            "live": self.live.as_dict() if self.live else None,
+        }
 
 
 def workload_row(obj: dict) -> Row:
     meta, spec, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
     observed, generation = st.get("observedGeneration"), meta.get("generation")
-    return Row(namespace=meta.get("namespace", ""), name=meta.get("name", ""), phase=st.get("phase") or "Unknown",
-               spec_replicas=spec.get("replicas"), desired=st.get("desiredReplicas"), current=st.get("replicas"),
-               ready=st.get("readyReplicas"), throughput=st.get("throughputOpsPerSec"),
-               stale=observed is not None and generation is not None and observed < generation,
-               conditions=st.get("conditions") or [], attention=condition_summary(st.get("conditions") or []))
+    return Row(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        phase=st.get("phase") or "Unknown",
+        spec_replicas=spec.get("replicas"),
+        desired=st.get("desiredReplicas"),
+        current=st.get("replicas"),
+        ready=st.get("readyReplicas"),
+        throughput=st.get("throughputOpsPerSec"),
+        stale=observed is not None and generation is not None and observed < generation,
+        conditions=st.get("conditions") or [],
+        attention=condition_summary(st.get("conditions") or []),
+    )
 
 
 @dataclass
 class Report:
     rows: list[Row]
-    scope: str                              # "namespace NS" or "all namespaces"
+    scope: str  # "namespace NS" or "all namespaces"
     prometheus_url: str | None = None
     prometheus_error: str | None = None
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"workloads": [r.as_dict() for r in self.rows], "scope": self.scope,
-                "prometheus": {"url": self.prometheus_url, "error": self.prometheus_error}
-                if self.prometheus_url else None}
+        return {
+            "workloads": [r.as_dict() for r in self.rows],
+            "scope": self.scope,
+            "prometheus": {"url": self.prometheus_url, "error": self.prometheus_error} if self.prometheus_url else None,
+        }
 
 
 def _n(value: Any) -> str:
@@ -130,10 +156,16 @@ def render_table(report: Report, all_namespaces: bool):
         if live:
             m = r.live or LiveMetrics()
             ratio = m.error_ratio
-            cells += [fmt(m.requests_per_s), fmt(m.hypervector_ops_per_s), fmt(m.p50_ms, digits=2),
-                      fmt(m.p95_ms, digits=2), fmt(m.p99_ms, digits=2),
-                      "-" if ratio is None else f"{ratio * 100:.2f}%", str(m.targets_up),
-                      ", ".join(m.firing) or "none"]
+            cells += [
+                fmt(m.requests_per_s),
+                fmt(m.hypervector_ops_per_s),
+                fmt(m.p50_ms, digits=2),
+                fmt(m.p95_ms, digits=2),
+                fmt(m.p99_ms, digits=2),
+                "-" if ratio is None else f"{ratio * 100:.2f}%",
+                str(m.targets_up),
+                ", ".join(m.firing) or "none",
+            ]
         else:
             cells.append(fmt(r.throughput))
         cells.append(", ".join(r.attention) or "-")
@@ -189,18 +221,25 @@ def list_workloads(api, kubeconfig: str, namespace: str | None) -> list[dict]:
             out = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, _request_timeout=(5, 15))
     except ApiException as exc:
         if exc.status == 404:
-            raise StatusError(f"the API server at {server} does not serve {CRD_NAME}: the HDCWorkload CRD is not "
-                              f"installed. Install it with `kubectl apply --server-side -f crds/hdcworkload.yaml` "
-                              f"or the Helm chart (docs/install.md)") from None
+            raise StatusError(
+                f"the API server at {server} does not serve {CRD_NAME}: the HDCWorkload CRD is not "
+                f"installed. Install it with `kubectl apply --server-side -f crds/hdcworkload.yaml` "
+                f"or the Helm chart (docs/install.md)"
+            ) from None
         if exc.status in (401, 403):
-            raise StatusError(f"the API server at {server} refused to list {PLURAL} ({exc.status} {exc.reason}) "
-                              f"for the user of {kubeconfig}: {_api_message(exc)}") from None
-        raise StatusError(f"the API server at {server} answered {exc.status} {exc.reason}: {_api_message(exc)}") \
-            from None
+            raise StatusError(
+                f"the API server at {server} refused to list {PLURAL} ({exc.status} {exc.reason}) "
+                f"for the user of {kubeconfig}: {_api_message(exc)}"
+            ) from None
+        raise StatusError(
+            f"the API server at {server} answered {exc.status} {exc.reason}: {_api_message(exc)}"
+        ) from None
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise StatusError(f"cannot reach the Kubernetes API server at {server} (kubeconfig {kubeconfig}): {reason}. "
-                          f"Is the cluster running? {LOCAL_CLUSTER_HINT[0].upper()}{LOCAL_CLUSTER_HINT[1:]}") from None
+        raise StatusError(
+            f"cannot reach the Kubernetes API server at {server} (kubeconfig {kubeconfig}): {reason}. "
+            f"Is the cluster running? {LOCAL_CLUSTER_HINT[0].upper()}{LOCAL_CLUSTER_HINT[1:]}"
+        ) from None
     items = out.get("items") or []
     return sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
 
@@ -237,8 +276,9 @@ def _print(console, report: Report, all_namespaces: bool, output: str) -> None:
     else:
         console.print(_renderable(report, all_namespaces))
     if report.prometheus_error and output == "json":  # the table shows it in place
-        typer.echo(f"hdcctl: warning: {report.prometheus_error}; live metrics left out, the cluster's view is shown",
-                   err=True)
+        typer.echo(
+            f"hdcctl: warning: {report.prometheus_error}; live metrics left out, the cluster's view is shown", err=True
+        )
 
 
 def _renderable(report: Report, all_namespaces: bool):
@@ -255,17 +295,23 @@ def _renderable(report: Report, all_namespaces: bool):
 def register(app: typer.Typer) -> None:
     @app.command("status")
     def status(
-        namespace: Optional[str] = typer.Option(None, "-n", "--namespace",
-                                                help="Namespace (default: the kubeconfig context's, else default)."),
+        namespace: Optional[str] = typer.Option(
+            None, "-n", "--namespace", help="Namespace (default: the kubeconfig context's, else default)."
+        ),
         all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces", help="Workloads of every namespace."),
-        prometheus: Optional[str] = typer.Option(None, "--prometheus", metavar="URL",
-                                                 help="Prometheus scraping the workers (e.g. http://127.0.0.1:9090): "
-                                                      "adds throughput, latency percentiles, errors, alerts."),
+        prometheus: Optional[str] = typer.Option(
+            None,
+            "--prometheus",
+            metavar="URL",
+            help="Prometheus scraping the workers (e.g. http://127.0.0.1:9090): "
+            "adds throughput, latency percentiles, errors, alerts.",
+        ),
         watch: bool = typer.Option(False, "--watch", "-w", help="Refresh until Ctrl-C."),
         interval: float = typer.Option(2.0, "--interval", min=0.5, help="Seconds between refreshes with --watch."),
         window: str = typer.Option(DEFAULT_WINDOW, "--window", help="PromQL rate window of the live metrics."),
-        kubeconfig: Optional[str] = typer.Option(None, "--kubeconfig",
-                                                 help="Default: $KUBECONFIG, else ~/.kube/config."),
+        kubeconfig: Optional[str] = typer.Option(
+            None, "--kubeconfig", help="Default: $KUBECONFIG, else ~/.kube/config."
+        ),
         output: str = typer.Option("table", "-o", "--output", help="table or json."),
     ) -> None:
         """HDCWorkloads with replicas, phase and conditions, plus live metrics from Prometheus (--prometheus)."""
@@ -302,8 +348,9 @@ def _watch(console, api, path, scope, prometheus, window, all_namespaces, output
             report = build_report(api, path, scope, prometheus, window)
         except StatusError as exc:
             return None, f"[red]{stamp} {exc}[/red]"
-        return report, Group(f"[dim]{stamp}, every {interval:g} s, Ctrl-C to stop[/dim]",
-                             _renderable(report, all_namespaces))
+        return report, Group(
+            f"[dim]{stamp}, every {interval:g} s, Ctrl-C to stop[/dim]", _renderable(report, all_namespaces)
+        )
 
     try:
         if output == "json" or not console.is_terminal:

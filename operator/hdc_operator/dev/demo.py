@@ -77,10 +77,14 @@ class Settings:
             raise DemoError(f"HDC_DEMO_EXAMPLE: {example} is not a file")
         namespace = env.get("HDC_DEMO_NAMESPACE") or "hdc-demo"
         work = env.get("HDC_DEMO_DIR")
-        return cls(seconds=number("HDC_DEMO_SECONDS", None, float, 1),
-                   keep_cluster=env.get("HDC_DEMO_KEEP_CLUSTER") == "1",
-                   example=example, namespace=namespace, clients=number("HDC_DEMO_CLIENTS", 4, int, 1),
-                   work_dir=pathlib.Path(work) if work else None)
+        return cls(
+            seconds=number("HDC_DEMO_SECONDS", None, float, 1),
+            keep_cluster=env.get("HDC_DEMO_KEEP_CLUSTER") == "1",
+            example=example,
+            namespace=namespace,
+            clients=number("HDC_DEMO_CLIENTS", 4, int, 1),
+            work_dir=pathlib.Path(work) if work else None,
+        )
 
 
 @dataclass
@@ -95,9 +99,15 @@ class Proc:
 
     def start(self) -> "Proc":
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.env, start_new_session=True,
-                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            self.proc = subprocess.Popen(
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         return self
 
     def alive(self) -> bool:
@@ -135,8 +145,10 @@ def wait_until(check: Callable[[], object], what: str, timeout_s: float, proc: P
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
-            raise DemoError(f"{proc.name} exited ({proc.proc.returncode}) while waiting for {what}; log "
-                            f"{proc.log_path}:\n{proc.tail()}")
+            raise DemoError(
+                f"{proc.name} exited ({proc.proc.returncode}) while waiting for {what}; log "
+                f"{proc.log_path}:\n{proc.tail()}"
+            )
         try:
             value = check()
         except DemoError:
@@ -176,8 +188,14 @@ class Snapshot:
     client_last_error: str = ""
 
 
-def collect(prom_url: str, namespace: str, name: str, workload_obj: dict | None, mirror_status: pathlib.Path,
-            load: LoadGenerator | None) -> Snapshot:
+def collect(
+    prom_url: str,
+    namespace: str,
+    name: str,
+    workload_obj: dict | None,
+    mirror_status: pathlib.Path,
+    load: LoadGenerator | None,
+) -> Snapshot:
     snap = Snapshot()
     st = (workload_obj or {}).get("status") or {}
     snap.phase = st.get("phase", "?")
@@ -202,14 +220,30 @@ def collect(prom_url: str, namespace: str, name: str, workload_obj: dict | None,
 
 def render(snap: Snapshot, title: str, elapsed_s: float) -> Group:
     main = Table(title=f"{title}  ({elapsed_s:.0f} s)", title_justify="left")
-    for col in ("phase", "replicas\ndesired/current/ready", "worker\nprocesses ready", "targets\nup",
-                "throughput\nops/s", "p50\nms", "p95\nms", "p99\nms", "errors/s"):
+    for col in (
+        "phase",
+        "replicas\ndesired/current/ready",
+        "worker\nprocesses ready",
+        "targets\nup",
+        "throughput\nops/s",
+        "p50\nms",
+        "p95\nms",
+        "p99\nms",
+        "errors/s",
+    ):
         main.add_column(col, justify="right")
     counts = "/".join("-" if n is None else str(n) for n in (snap.desired, snap.replicas, snap.ready))
-    main.add_row(snap.phase, counts,
-                 f"{snap.workers_ready}/{snap.workers}" + (f" ({snap.restarts} restarts)" if snap.restarts else ""),
-                 str(snap.targets_up), _fmt(snap.throughput), _fmt(snap.p50_ms, digits=2), _fmt(snap.p95_ms, digits=2),
-                 _fmt(snap.p99_ms, digits=2), _fmt(snap.errors_per_s, digits=2))
+    main.add_row(
+        snap.phase,
+        counts,
+        f"{snap.workers_ready}/{snap.workers}" + (f" ({snap.restarts} restarts)" if snap.restarts else ""),
+        str(snap.targets_up),
+        _fmt(snap.throughput),
+        _fmt(snap.p50_ms, digits=2),
+        _fmt(snap.p95_ms, digits=2),
+        _fmt(snap.p99_ms, digits=2),
+        _fmt(snap.errors_per_s, digits=2),
+    )
     ops = Table(title="by operation (Prometheus)", title_justify="left")
     ops.add_column("operation")
     ops.add_column("ops/s", justify="right")
@@ -217,8 +251,9 @@ def render(snap: Snapshot, title: str, elapsed_s: float) -> Group:
     for op, (rate, p95) in snap.by_operation.items():
         ops.add_row(op, _fmt(rate), _fmt(p95, digits=2))
     alerts = ", ".join(snap.firing) if snap.firing else "none"
-    client = (f"load generator: {snap.client_rate:,.1f} req/s completed, {snap.client_errors} errors"
-              + (f" (last: {snap.client_last_error})" if snap.client_last_error else ""))
+    client = f"load generator: {snap.client_rate:,.1f} req/s completed, {snap.client_errors} errors" + (
+        f" (last: {snap.client_last_error})" if snap.client_last_error else ""
+    )
     pending = ", ".join(snap.pending) if snap.pending else "none"
     return Group(main, ops, f"firing alerts: [bold]{alerts}[/bold]   pending: {pending}", client)
 
@@ -226,11 +261,13 @@ def render(snap: Snapshot, title: str, elapsed_s: float) -> Group:
 def summary_line(snap: Snapshot) -> str:
     """One plain `key=value` line (for logs and tests; numbers without thousands separators)."""
     num = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    return (f"status: phase={snap.phase} replicas={snap.replicas} ready={snap.ready} "
-            f"workers_ready={snap.workers_ready} targets_up={snap.targets_up} "
-            f"throughput_ops_per_s={num(snap.throughput)} p50_ms={num(snap.p50_ms)} "
-            f"p95_ms={num(snap.p95_ms)} p99_ms={num(snap.p99_ms)} errors_per_s={num(snap.errors_per_s)} "
-            f"firing={','.join(snap.firing) or 'none'} pending={','.join(snap.pending) or 'none'}")
+    return (
+        f"status: phase={snap.phase} replicas={snap.replicas} ready={snap.ready} "
+        f"workers_ready={snap.workers_ready} targets_up={snap.targets_up} "
+        f"throughput_ops_per_s={num(snap.throughput)} p50_ms={num(snap.p50_ms)} "
+        f"p95_ms={num(snap.p95_ms)} p99_ms={num(snap.p99_ms)} errors_per_s={num(snap.errors_per_s)} "
+        f"firing={','.join(snap.firing) or 'none'} pending={','.join(snap.pending) or 'none'}"
+    )
 
 
 # --- the run -----------------------------------------------------------------------------------------------
@@ -253,16 +290,27 @@ class Demo:
         self.console.print(f"[dim]{time.monotonic() - self.started:6.1f} s[/dim]  {text}")
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([prom.tool("kubectl"), "--kubeconfig", self.kubeconfig, *args], capture_output=True,
-                             text=True, input=input, timeout=120)
+        out = subprocess.run(
+            [prom.tool("kubectl"), "--kubeconfig", self.kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
         if check and out.returncode != 0:
             raise DemoError(f"kubectl {' '.join(args)} failed: {out.stderr.strip()}")
         return out
 
     def cluster_up(self) -> None:
         was_running = subprocess.run([str(CLUSTER_SH), "running"], capture_output=True).returncode == 0
-        self.step("local control plane: " + ("reusing the running cluster" if was_running else
-                                             "starting etcd, kube-apiserver, controller-manager, scheduler, kwok"))
+        self.step(
+            "local control plane: "
+            + (
+                "reusing the running cluster"
+                if was_running
+                else "starting etcd, kube-apiserver, controller-manager, scheduler, kwok"
+            )
+        )
         out = subprocess.run([str(CLUSTER_SH), "up"], capture_output=True, text=True, timeout=900)
         self.cluster_created = not was_running
         if out.returncode != 0:
@@ -274,9 +322,21 @@ class Demo:
     def install(self) -> None:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
         # (kubectl wait fails at once while a new CRD has no status.conditions yet: hence the retries)
-        wait_until(lambda: self.kubectl("wait", "--for", "condition=Established", "--timeout=30s",
-                                        "crd/hdcworkloads.hdcompute.io", check=False).returncode == 0,
-                   "the HDCWorkload CRD to be Established", 60)
+        wait_until(
+            lambda: (
+                self.kubectl(
+                    "wait",
+                    "--for",
+                    "condition=Established",
+                    "--timeout=30s",
+                    "crd/hdcworkloads.hdcompute.io",
+                    check=False,
+                ).returncode
+                == 0
+            ),
+            "the HDCWorkload CRD to be Established",
+            60,
+        )
         if self.kubectl("get", "namespace", self.s.namespace, check=False).returncode != 0:
             self.kubectl("create", "namespace", self.s.namespace)
             self.namespace_created = True
@@ -292,25 +352,69 @@ class Demo:
         metrics_port, liveness_port, self.prom_port = prom.free_port(), prom.free_port(), prom.free_port()
         self.prom_url = f"http://127.0.0.1:{self.prom_port}"
         env = {**os.environ, "KUBECONFIG": self.kubeconfig}
-        self.operator = self.spawn("operator", [*_command("hdc-operator", "hdc_operator.main"), "--namespace", ns,
-                                                "--metrics-port", str(metrics_port), "--liveness-port",
-                                                str(liveness_port), "--prometheus-url", self.prom_url,
-                                                "--resync-interval", "10"], env)
+        self.operator = self.spawn(
+            "operator",
+            [
+                *_command("hdc-operator", "hdc_operator.main"),
+                "--namespace",
+                ns,
+                "--metrics-port",
+                str(metrics_port),
+                "--liveness-port",
+                str(liveness_port),
+                "--prometheus-url",
+                self.prom_url,
+                "--resync-interval",
+                "10",
+            ],
+            env,
+        )
         self.file_sd, self.mirror_status = self.work / "workers.json", self.work / "workers" / "status.json"
         hdcctl = _command("hdcctl", "hdc_operator.cli")
-        self.mirror = self.spawn("workers", [*hdcctl, "dev", "workers", "--kubeconfig", self.kubeconfig,
-                                             "--file-sd", str(self.file_sd), "-n", ns,
-                                             "--work-dir", str(self.work / "workers")])
-        self.prometheus = self.spawn("prometheus", [
-            *hdcctl, "dev", "prometheus", "--kubeconfig", self.kubeconfig, "--file-sd", str(self.file_sd), "-n", ns,
-            "--port", str(self.prom_port), "--data-dir", str(self.work / "prometheus"),
-            "--operator-metrics", f"127.0.0.1:{metrics_port}"])
-        wait_until(lambda: _http_ok(f"http://127.0.0.1:{liveness_port}/healthz"), "the operator's /healthz", 90,
-                   self.operator)
+        self.mirror = self.spawn(
+            "workers",
+            [
+                *hdcctl,
+                "dev",
+                "workers",
+                "--kubeconfig",
+                self.kubeconfig,
+                "--file-sd",
+                str(self.file_sd),
+                "-n",
+                ns,
+                "--work-dir",
+                str(self.work / "workers"),
+            ],
+        )
+        self.prometheus = self.spawn(
+            "prometheus",
+            [
+                *hdcctl,
+                "dev",
+                "prometheus",
+                "--kubeconfig",
+                self.kubeconfig,
+                "--file-sd",
+                str(self.file_sd),
+                "-n",
+                ns,
+                "--port",
+                str(self.prom_port),
+                "--data-dir",
+                str(self.work / "prometheus"),
+                "--operator-metrics",
+                f"127.0.0.1:{metrics_port}",
+            ],
+        )
+        wait_until(
+            lambda: _http_ok(f"http://127.0.0.1:{liveness_port}/healthz"), "the operator's /healthz", 90, self.operator
+        )
         self.step(f"operator running (pid {self.operator.proc.pid}; metrics :{metrics_port})")
         wait_until(lambda: _http_ok(f"{self.prom_url}/-/ready"), "Prometheus ready", 90, self.prometheus)
-        self.step(f"Prometheus ready at {self.prom_url} (scrapes every 2 s); pod mirror running "
-                  f"(pid {self.mirror.proc.pid})")
+        self.step(
+            f"Prometheus ready at {self.prom_url} (scrapes every 2 s); pod mirror running (pid {self.mirror.proc.pid})"
+        )
 
     def apply_workload(self) -> dict:
         docs = [d for d in yaml.safe_load_all(self.s.example.read_text()) if d]
@@ -344,11 +448,14 @@ class Demo:
         def first_ready():
             self.check_alive()
             return json.loads(self.mirror_status.read_text())["workers"] and any(
-                w["ready"] for w in json.loads(self.mirror_status.read_text())["workers"])
+                w["ready"] for w in json.loads(self.mirror_status.read_text())["workers"]
+            )
+
         wait_until(first_ready, "a ready worker process (pods scheduled by the operator's Deployment)", 240)
         self.step("first worker process ready (real hdc-worker behind a kwok pod)")
-        self.load = LoadGenerator(self.mirror_status, self.s.namespace, self.name, vsa, dimension,
-                                  self.s.clients).start()
+        self.load = LoadGenerator(
+            self.mirror_status, self.s.namespace, self.name, vsa, dimension, self.s.clients
+        ).start()
         self.step(f"load: {self.s.clients} clients, bind/bundle/similarity {vsa} D={dimension} (.npz bodies)")
         return self.watch()
 
@@ -363,12 +470,18 @@ class Demo:
         last_line = 0.0
         hint = "Ctrl-C stops the demo and cleans up" if deadline is None else f"stops after {self.s.seconds:.0f} s"
         self.console.print(f"[bold]live status[/bold] from Prometheus every 2 s ({hint})")
-        with Live(render(snap, title, 0), console=self.console, refresh_per_second=2,
-                  auto_refresh=interactive, transient=False) as live:
+        with Live(
+            render(snap, title, 0),
+            console=self.console,
+            refresh_per_second=2,
+            auto_refresh=interactive,
+            transient=False,
+        ) as live:
             while deadline is None or time.monotonic() < deadline:
                 self.check_alive()
-                snap = collect(self.prom_url, self.s.namespace, self.name, self.workload_obj(), self.mirror_status,
-                               self.load)
+                snap = collect(
+                    self.prom_url, self.s.namespace, self.name, self.workload_obj(), self.mirror_status, self.load
+                )
                 if snap.throughput and snap.throughput > 0:
                     peak = max(peak, snap.throughput)
                     if first_throughput is None:
@@ -381,10 +494,12 @@ class Demo:
         self.console.print()
         self.console.print(summary_line(snap), highlight=False)
         if first_throughput is not None:
-            self.console.print("demo: start-up to first throughput in Prometheus "
-                               f"{first_throughput - self.started:.1f} s "
-                               f"(load started at {load_started - self.started:.1f} s); peak {peak:,.1f} ops/s",
-                               highlight=False)
+            self.console.print(
+                "demo: start-up to first throughput in Prometheus "
+                f"{first_throughput - self.started:.1f} s "
+                f"(load started at {load_started - self.started:.1f} s); peak {peak:,.1f} ops/s",
+                highlight=False,
+            )
         else:
             self.console.print("demo: Prometheus saw no throughput", highlight=False)
         return 0
@@ -399,8 +514,9 @@ class Demo:
         operator = getattr(self, "operator", None)
         if self.workload_applied and not delete_cluster and operator is not None and operator.alive():
             # Delete the workload on a kept cluster; the garbage collector removes its children (no finalizer).
-            self.kubectl("delete", "hdcw", self.name, "-n", self.s.namespace, "--wait=true", "--timeout=60s",
-                         check=False)
+            self.kubectl(
+                "delete", "hdcw", self.name, "-n", self.s.namespace, "--wait=true", "--timeout=60s", check=False
+            )
         for proc in reversed(self.procs):  # Prometheus, then the mirror (which stops the workers), the operator
             proc.stop()
             stopped.append(f"{proc.name} (pid {proc.proc.pid}, exit {proc.proc.returncode})")
@@ -411,8 +527,9 @@ class Demo:
             stopped.append("the cluster")
         elif self.kubeconfig:
             stopped.append(f"nothing else: the cluster stays (KUBECONFIG={self.kubeconfig})")
-        self.console.print(f"demo: stopped {', '.join(stopped) or 'nothing'} in {time.monotonic() - t0:.1f} s",
-                           highlight=False)
+        self.console.print(
+            f"demo: stopped {', '.join(stopped) or 'nothing'} in {time.monotonic() - t0:.1f} s", highlight=False
+        )
         if failed or not self.temp_work:
             self.console.print(f"demo: logs in {self.work}", highlight=False)
         else:

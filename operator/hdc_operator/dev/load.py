@@ -49,9 +49,11 @@ def request_bodies(vsa: str, dimension: int, seed: int = 0) -> dict[str, tuple[s
     rng = np.random.default_rng(seed)
     v = lambda n: storage_vectors(rng, vsa, dimension, n)  # noqa: E731
     query = f"?vsa={vsa.upper()}&dimension={dimension}"
-    return {"bind": (f"/v1/ops/bind{query}", _npz(a=v(1), b=v(1))),
-            "bundle": (f"/v1/ops/bundle{query}", _npz(vectors=v(8))),
-            "similarity": (f"/v1/ops/similarity{query}", _npz(queries=v(1), others=v(16)))}
+    return {
+        "bind": (f"/v1/ops/bind{query}", _npz(a=v(1), b=v(1))),
+        "bundle": (f"/v1/ops/bundle{query}", _npz(vectors=v(8))),
+        "similarity": (f"/v1/ops/similarity{query}", _npz(queries=v(1), others=v(16))),
+    }
 
 
 def ready_targets(status_file: pathlib.Path, namespace: str, workload: str) -> list[str]:
@@ -60,8 +62,11 @@ def ready_targets(status_file: pathlib.Path, namespace: str, workload: str) -> l
         workers = json.loads(pathlib.Path(status_file).read_text())["workers"]
     except (OSError, ValueError, KeyError):
         return []
-    return [f"127.0.0.1:{w['port']}" for w in workers
-            if w.get("ready") and w.get("namespace") == namespace and w.get("workload") == workload]
+    return [
+        f"127.0.0.1:{w['port']}"
+        for w in workers
+        if w.get("ready") and w.get("namespace") == namespace and w.get("workload") == workload
+    ]
 
 
 @dataclass
@@ -81,8 +86,9 @@ class LoadStats:
 class LoadGenerator:
     """Runs in its own thread (an asyncio loop with aiohttp) until stop()."""
 
-    def __init__(self, status_file: pathlib.Path, namespace: str, workload: str, vsa: str, dimension: int,
-                 clients: int = 4):
+    def __init__(
+        self, status_file: pathlib.Path, namespace: str, workload: str, vsa: str, dimension: int, clients: int = 4
+    ):
         self.status_file, self.namespace, self.workload = status_file, namespace, workload
         self.bodies = request_bodies(vsa, dimension)
         self.clients = clients
@@ -129,8 +135,9 @@ class LoadGenerator:
             n += 1
             ok = False
             try:
-                async with session.post(f"http://{target}{path}", data=body,
-                                        headers={"Content-Type": "application/x-npz"}) as resp:
+                async with session.post(
+                    f"http://{target}{path}", data=body, headers={"Content-Type": "application/x-npz"}
+                ) as resp:
                     await resp.read()
                     ok = resp.status == 200
                     if not ok:

@@ -124,28 +124,39 @@ class ToolProcess:
 # --- configuration (pure) -----------------------------------------------------------------------------------
 
 
-def prometheus_config(*, file_sd: Iterable[str | os.PathLike] = (), rule_files: Iterable[str | os.PathLike] = (),
-                      scrape_interval: str = "2s", evaluation_interval: str = "2s",
-                      alertmanager: str | None = None, static_jobs: Mapping[str, Mapping[str, Any]] | None = None,
-                      ) -> dict:
+def prometheus_config(
+    *,
+    file_sd: Iterable[str | os.PathLike] = (),
+    rule_files: Iterable[str | os.PathLike] = (),
+    scrape_interval: str = "2s",
+    evaluation_interval: str = "2s",
+    alertmanager: str | None = None,
+    static_jobs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict:
     """prometheus.yml as a dict. `file_sd`: the pod mirror's files (job `hdc-workers`, each target already
     labelled namespace/pod/workload/job); `static_jobs`: job name -> {"targets": [...], "labels": {...}}
     (e.g. the operator's /metrics); `alertmanager`: host:port."""
     scrape_configs: list[dict] = []
     files = [str(f) for f in file_sd]
     if files:
-        scrape_configs.append({
-            "job_name": "hdc-workers",
-            "scrape_interval": scrape_interval,
-            "metrics_path": "/metrics",
-            # Each target's own `job` label (the Service's name, as the ServiceMonitor gives) is kept: Prometheus
-            # sets job=<job_name> only on targets without one.
-            "file_sd_configs": [{"files": files, "refresh_interval": "1s"}],
-        })
+        scrape_configs.append(
+            {
+                "job_name": "hdc-workers",
+                "scrape_interval": scrape_interval,
+                "metrics_path": "/metrics",
+                # Each target's own `job` label (the Service's name, as the ServiceMonitor gives) is kept: Prometheus
+                # sets job=<job_name> only on targets without one.
+                "file_sd_configs": [{"files": files, "refresh_interval": "1s"}],
+            }
+        )
     for job, static in (static_jobs or {}).items():
-        scrape_configs.append({"job_name": job, "scrape_interval": scrape_interval,
-                               "static_configs": [{"targets": list(static["targets"]),
-                                                   "labels": dict(static.get("labels") or {})}]})
+        scrape_configs.append(
+            {
+                "job_name": job,
+                "scrape_interval": scrape_interval,
+                "static_configs": [{"targets": list(static["targets"]), "labels": dict(static.get("labels") or {})}],
+            }
+        )
     config: dict[str, Any] = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
         "rule_files": [str(f) for f in rule_files],
@@ -173,21 +184,35 @@ def _configured(name: str, data_dir: pathlib.Path, config: Mapping, port: int | 
     return path, port or free_port()
 
 
-def prometheus_process(data_dir: pathlib.Path, config: Mapping, *, port: int | None = None,
-                       retention: str = "2h") -> ToolProcess:
+def prometheus_process(
+    data_dir: pathlib.Path, config: Mapping, *, port: int | None = None, retention: str = "2h"
+) -> ToolProcess:
     """A Prometheus on 127.0.0.1 with `config` written to data_dir/prometheus.yml; /-/reload enabled (local only)."""
     path, port = _configured("prometheus", data_dir, config, port)
-    args = [tool("prometheus"), f"--config.file={path}", f"--storage.tsdb.path={path.parent / 'tsdb'}",
-            f"--storage.tsdb.retention.time={retention}", f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle", "--rules.alert.resend-delay=1s", "--log.level=warn"]
+    args = [
+        tool("prometheus"),
+        f"--config.file={path}",
+        f"--storage.tsdb.path={path.parent / 'tsdb'}",
+        f"--storage.tsdb.retention.time={retention}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+        "--rules.alert.resend-delay=1s",
+        "--log.level=warn",
+    ]
     return ToolProcess("prometheus", args, port, path.parent / "prometheus.log")
 
 
 def alertmanager_process(data_dir: pathlib.Path, config: Mapping, *, port: int | None = None) -> ToolProcess:
     """An Alertmanager on 127.0.0.1 with `config` written to data_dir/alertmanager.yml; no clustering."""
     path, port = _configured("alertmanager", data_dir, config, port)
-    args = [tool("alertmanager"), f"--config.file={path}", f"--storage.path={path.parent / 'am-data'}",
-            f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"]
+    args = [
+        tool("alertmanager"),
+        f"--config.file={path}",
+        f"--storage.path={path.parent / 'am-data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
     return ToolProcess("alertmanager", args, port, path.parent / "alertmanager.log")
 
 
@@ -254,10 +279,20 @@ class RuleSync:
         return True
 
 
-def run_prometheus(*, kubeconfig: str | None, file_sd: pathlib.Path, data_dir: pathlib.Path, port: int,
-                   namespace: str | None = None, scrape_interval: str = "2s", alertmanager: str | None = None,
-                   static_jobs: Mapping | None = None, sync_interval_s: float = 3.0, log=print,
-                   stop=None) -> None:
+def run_prometheus(
+    *,
+    kubeconfig: str | None,
+    file_sd: pathlib.Path,
+    data_dir: pathlib.Path,
+    port: int,
+    namespace: str | None = None,
+    scrape_interval: str = "2s",
+    alertmanager: str | None = None,
+    static_jobs: Mapping | None = None,
+    sync_interval_s: float = 3.0,
+    log=print,
+    stop=None,
+) -> None:
     """Runs Prometheus until `stop` (a threading.Event) is set or SIGTERM/SIGINT; syncs rules meanwhile."""
     import threading
 
@@ -271,8 +306,14 @@ def run_prometheus(*, kubeconfig: str | None, file_sd: pathlib.Path, data_dir: p
     sync = RuleSync(rule_file, lambda: list_prometheus_rules(api_client, namespace)) if api_client else None
     if not pathlib.Path(file_sd).exists():
         write_atomic(pathlib.Path(file_sd), "[]")
-    cfg = prometheus_config(file_sd=[file_sd], rule_files=[rule_file], scrape_interval=scrape_interval,
-                            evaluation_interval=scrape_interval, alertmanager=alertmanager, static_jobs=static_jobs)
+    cfg = prometheus_config(
+        file_sd=[file_sd],
+        rule_files=[rule_file],
+        scrape_interval=scrape_interval,
+        evaluation_interval=scrape_interval,
+        alertmanager=alertmanager,
+        static_jobs=static_jobs,
+    )
     prom = prometheus_process(data_dir, cfg, port=port).start()
     if sync:
         sync.prometheus_url = prom.url

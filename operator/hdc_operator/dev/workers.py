@@ -45,8 +45,12 @@ CONTAINER_NAME = "worker"
 MAX_BACKOFF_S = 30.0
 MAX_GRACE_S = 10.0
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
-_FIELD_PATHS = {"metadata.name": ("metadata", "name"), "metadata.namespace": ("metadata", "namespace"),
-                "metadata.uid": ("metadata", "uid"), "spec.nodeName": ("spec", "nodeName")}
+_FIELD_PATHS = {
+    "metadata.name": ("metadata", "name"),
+    "metadata.namespace": ("metadata", "namespace"),
+    "metadata.uid": ("metadata", "uid"),
+    "spec.nodeName": ("spec", "nodeName"),
+}
 
 
 # --- pods -> wanted processes (pure) -------------------------------------------------------------------------
@@ -86,7 +90,7 @@ def container_env(pod: Mapping, container: str = CONTAINER_NAME) -> dict[str, st
         elif item.get("value") is None and "valueFrom" not in item:
             env[name] = ""
         else:
-            path = (((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"))
+            path = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
             if path in _FIELD_PATHS:
                 section, key = _FIELD_PATHS[path]
                 env[name] = str((pod.get(section) or {}).get(key) or "")
@@ -103,8 +107,9 @@ def pod_worker(pod: Mapping) -> PodWorker | None:
         return None
     labels = meta.get("labels") or {}
     env = container_env(pod)
-    return PodWorker(meta["namespace"], meta["name"], meta.get("uid", ""), labels.get(WORKLOAD_LABEL, ""),
-                     tuple(sorted(env.items())))
+    return PodWorker(
+        meta["namespace"], meta["name"], meta.get("uid", ""), labels.get(WORKLOAD_LABEL, ""), tuple(sorted(env.items()))
+    )
 
 
 def local_env(pod_env: Mapping[str, str], *, port: int, state_dir: str, base: Mapping[str, str]) -> dict[str, str]:
@@ -120,14 +125,20 @@ def local_env(pod_env: Mapping[str, str], *, port: int, state_dir: str, base: Ma
 
 def target_labels(worker: PodWorker) -> dict[str, str]:
     """The labels the ServiceMonitor's relabelings give the pod's series (plus job = the Service's name)."""
-    return {"namespace": worker.namespace, "pod": worker.name, "workload": worker.workload,
-            "job": worker.workload or worker.name}
+    return {
+        "namespace": worker.namespace,
+        "pod": worker.name,
+        "workload": worker.workload,
+        "job": worker.workload or worker.name,
+    }
 
 
 def file_sd_groups(targets: Iterable[tuple[PodWorker, int]]) -> list[dict]:
     """Prometheus file_sd content: one group per (worker, port), sorted so equal sets give equal text."""
-    return [{"targets": [f"127.0.0.1:{port}"], "labels": target_labels(w)}
-            for w, port in sorted(targets, key=lambda t: t[0].key)]
+    return [
+        {"targets": [f"127.0.0.1:{port}"], "labels": target_labels(w)}
+        for w, port in sorted(targets, key=lambda t: t[0].key)
+    ]
 
 
 # --- processes ---------------------------------------------------------------------------------------------------
@@ -171,9 +182,17 @@ class MirroredWorker:
             return MAX_GRACE_S
 
     def status(self) -> dict[str, Any]:
-        return {"namespace": self.pod.namespace, "pod": self.pod.name, "workload": self.pod.workload,
-                "port": self.port, "pid": self.proc.pid if self.alive() else None, "ready": self.ready,
-                "restarts": self.restarts, "last_exit": self.last_exit, "log": str(self.log_path)}
+        return {
+            "namespace": self.pod.namespace,
+            "pod": self.pod.name,
+            "workload": self.pod.workload,
+            "port": self.port,
+            "pid": self.proc.pid if self.alive() else None,
+            "ready": self.ready,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "log": str(self.log_path),
+        }
 
 
 def probe_ready(port: int, timeout: float = 1.0) -> bool:
@@ -192,9 +211,17 @@ def probe_ready(port: int, timeout: float = 1.0) -> bool:
 class PodMirror:
     """Keeps one real worker process per wanted pod; see the module doc."""
 
-    def __init__(self, list_pods: Callable[[], list[Mapping]], file_sd: pathlib.Path, work_dir: pathlib.Path, *,
-                 status_file: pathlib.Path | None = None, command: list[str] | None = None,
-                 log: Callable[[str], None] = print, probe: Callable[[int], bool] = probe_ready):
+    def __init__(
+        self,
+        list_pods: Callable[[], list[Mapping]],
+        file_sd: pathlib.Path,
+        work_dir: pathlib.Path,
+        *,
+        status_file: pathlib.Path | None = None,
+        command: list[str] | None = None,
+        log: Callable[[str], None] = print,
+        probe: Callable[[int], bool] = probe_ready,
+    ):
         self.list_pods, self.file_sd = list_pods, pathlib.Path(file_sd)
         self.work_dir = pathlib.Path(work_dir)
         self.status_file = pathlib.Path(status_file) if status_file else self.work_dir / "status.json"
@@ -225,8 +252,10 @@ class PodMirror:
                     backoff = min(MAX_BACKOFF_S, 2.0 ** (mw.restarts - 1))
                     mw.next_start = now + backoff
                     mw.ready = False
-                    self.log(f"workers: {mw.pod.namespace}/{mw.pod.name} exited with {mw.last_exit}; restart "
-                             f"{mw.restarts} in {backoff:.0f} s (log {mw.log_path})")
+                    self.log(
+                        f"workers: {mw.pod.namespace}/{mw.pod.name} exited with {mw.last_exit}; restart "
+                        f"{mw.restarts} in {backoff:.0f} s (log {mw.log_path})"
+                    )
                 if now >= mw.next_start:
                     self._start(mw)
             else:
@@ -243,12 +272,20 @@ class PodMirror:
         mw.state_dir.mkdir(parents=True, exist_ok=True)
         env = local_env(dict(mw.pod.env), port=mw.port, state_dir=str(mw.state_dir), base=os.environ)
         with open(mw.log_path, "ab") as log:
-            mw.proc = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True,
-                                       preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            mw.proc = subprocess.Popen(
+                self.command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
         mw.started_at = time.monotonic()
-        self.log(f"workers: started {mw.pod.namespace}/{mw.pod.name} (workload {mw.pod.workload}) on "
-                 f"127.0.0.1:{mw.port}, pid {mw.proc.pid}")
+        self.log(
+            f"workers: started {mw.pod.namespace}/{mw.pod.name} (workload {mw.pod.workload}) on "
+            f"127.0.0.1:{mw.port}, pid {mw.proc.pid}"
+        )
 
     def _begin_stop(self, mw: MirroredWorker, why: str) -> None:
         if mw.alive():
@@ -276,8 +313,9 @@ class PodMirror:
         if text != self._sd_text:
             write_atomic(self.file_sd, text)
             self._sd_text = text
-        status = json.dumps({"workers": [mw.status() for mw in sorted(self.workers.values(),
-                                                                      key=lambda m: m.pod.key)]}, indent=1)
+        status = json.dumps(
+            {"workers": [mw.status() for mw in sorted(self.workers.values(), key=lambda m: m.pod.key)]}, indent=1
+        )
         if status != self._status_text:
             write_atomic(self.status_file, status)
             self._status_text = status
@@ -320,23 +358,31 @@ def list_pods_fn(api_client, namespace: str | None = None) -> Callable[[], list[
 
     def list_pods() -> list[dict]:
         kw = {"label_selector": MANAGED_SELECTOR, "_preload_content": False, "_request_timeout": 10}
-        resp = (core.list_namespaced_pod(namespace, **kw) if namespace
-                else core.list_pod_for_all_namespaces(**kw))
+        resp = core.list_namespaced_pod(namespace, **kw) if namespace else core.list_pod_for_all_namespaces(**kw)
         return json.loads(resp.data)["items"]
 
     return list_pods
 
 
-def run_mirror(*, kubeconfig: str | None, file_sd: pathlib.Path, work_dir: pathlib.Path,
-               namespace: str | None = None, interval_s: float = 1.0, log=print,
-               stop: threading.Event | None = None) -> None:
+def run_mirror(
+    *,
+    kubeconfig: str | None,
+    file_sd: pathlib.Path,
+    work_dir: pathlib.Path,
+    namespace: str | None = None,
+    interval_s: float = 1.0,
+    log=print,
+    stop: threading.Event | None = None,
+) -> None:
     from kubernetes import config as kconfig
 
     stop = stop or threading.Event()
     api_client = kconfig.new_client_from_config(config_file=kubeconfig)
     mirror = PodMirror(list_pods_fn(api_client, namespace), file_sd, work_dir, log=log)
-    log(f"workers: mirroring pods ({MANAGED_SELECTOR}) in {namespace or 'all namespaces'}; targets -> {file_sd}, "
-        f"status -> {mirror.status_file}")
+    log(
+        f"workers: mirroring pods ({MANAGED_SELECTOR}) in {namespace or 'all namespaces'}; targets -> {file_sd}, "
+        f"status -> {mirror.status_file}"
+    )
     try:
         mirror.run(stop, interval_s)
     finally:
