@@ -9,7 +9,6 @@ import pathlib
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -99,38 +98,54 @@ class WorkerProcess:
         raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
+# The prober: GET /livez every INTERVAL seconds until its stdin closes, then one JSON line of what it saw.
+_PROBE = """
+import http.client, json, sys, threading, time
+port, interval, timeout = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+done, latencies, failures = threading.Event(), [], []
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+print("probing", flush=True)
+while not done.is_set():
+    started = time.perf_counter()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        conn.request("GET", "/livez")
+        status = conn.getresponse().status
+        conn.close()
+        if status != 200:
+            failures.append(f"status {status}")
+    except OSError as exc:
+        failures.append(f"{type(exc).__name__}: {exc}")
+    latencies.append(time.perf_counter() - started)
+    done.wait(interval)
+print(json.dumps({"latencies": latencies, "failures": failures}))
+"""
+
+
 class LivenessProbe:
-    """GET /livez every `interval` seconds on a thread while the `with` block runs, as the kubelet would; keeps
-    each answer's latency and every probe that failed or timed out (after `timeout` seconds)."""
+    """GET /livez every `interval` seconds while the `with` block runs, as the kubelet would, from a process of its
+    own (a thread of the test would measure the test's own GIL, e.g. while it parses a large answer); keeps each
+    answer's latency and every probe that failed or timed out (after `timeout` seconds)."""
 
     def __init__(self, worker: WorkerProcess, *, interval: float = 0.05, timeout: float = 10.0):
         self.worker, self.interval, self.timeout = worker, interval, timeout
         self.latencies: list[float] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.perf_counter()
-            try:
-                status, _ = self.worker.request("GET", "/livez", timeout=self.timeout)
-                if status != 200:
-                    self.failures.append(f"status {status}")
-            except OSError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self.latencies.append(time.perf_counter() - started)
-            self._stop.wait(self.interval)
+        self._proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "LivenessProbe":
-        self._thread.start()
-        time.sleep(self.interval)  # at least one probe before the hostile request
+        command = [sys.executable, "-c", _PROBE, str(self.worker.port), str(self.interval), str(self.timeout)]
+        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._proc.stdout is not None and self._proc.stdout.readline().strip() == "probing"
+        time.sleep(2 * self.interval)  # at least one probe before the hostile request
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        time.sleep(self.interval)
-        self._stop.set()
-        self._thread.join()
+        assert self._proc is not None
+        time.sleep(2 * self.interval)
+        out, _ = self._proc.communicate(timeout=self.timeout + 30)  # closes stdin: the prober stops
+        seen = json.loads(out.strip().splitlines()[-1])
+        self.latencies, self.failures = seen["latencies"], seen["failures"]
 
     @property
     def worst(self) -> float:
