@@ -291,28 +291,28 @@ def json_error(fn, *args, **kwargs) -> ApiError:
 def test_null_is_refused_for_every_field():
     p = Payload({"k": None, "vsa": None, "vectors": None, "y": None, "partial": None, "lr": None, "keys": None})
     for call in (
-        lambda: p.int("k", 1),
+        lambda: p.integer("k", 1),
         lambda: p.vsa("MAP"),
         lambda: p.decode_vectors("vectors", get_model("MAP"), None),
         lambda: p.labels("y"),
-        lambda: p.bool("partial"),
-        lambda: p.float("lr", 1.0),
+        lambda: p.flag("partial"),
+        lambda: p.number("lr", 1.0),
         lambda: p.strings("keys"),
     ):
         err = json_error(call)
         assert err.status == 400 and "must not be null" in err.detail
         assert err.detail.split(":")[0] in p.fields
-    assert Payload({}).int("k", 1) == 1  # left out: the default
+    assert Payload({}).integer("k", 1) == 1  # left out: the default
 
 
 def test_integers_are_bounded_and_never_leak_a_python_error():
-    assert Payload({"shifts": -(2**63)}).int("shifts") == -(2**63)
+    assert Payload({"shifts": -(2**63)}).integer("shifts") == -(2**63)
     for value in (2**63, -(2**63) - 1, 10**30):
-        assert "between" in json_error(Payload({"shifts": value}).int, "shifts").detail
+        assert "between" in json_error(Payload({"shifts": value}).integer, "shifts").detail
     for value in (1.5, "3", True, [1], {"a": 1}):
-        err = json_error(Payload({"k": value}).int, "k")
+        err = json_error(Payload({"k": value}).integer, "k")
         assert err.detail.startswith("k: must be an integer") and "Error" not in err.detail
-    assert Payload({"k": "12"}, binary=True).int("k") == 12  # the query string of a binary body
+    assert Payload({"k": "12"}, binary=True).integer("k") == 12  # the query string of a binary body
 
 
 @pytest.mark.parametrize(

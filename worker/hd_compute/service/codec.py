@@ -139,8 +139,8 @@ async def off_loop(nbytes: int, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
-def hv_to_json(hv: Hypervectors) -> list:
-    """The dense JSON form of hypervectors (ints for MAP and BSC, [re, im] pairs for FHRR)."""
+def hv_to_json(hv: Hypervectors) -> Any:
+    """The dense JSON form of hypervectors (ints for MAP and BSC, [re, im] pairs for FHRR): nested lists."""
     return dense_array(hv).tolist()
 
 

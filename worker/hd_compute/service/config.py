@@ -170,7 +170,7 @@ class WorkerSettings:
     benchmark_database_url: str | None = None
     shutdown_grace_seconds: float = 25.0
     admin_faults: bool = False  # true: PUT/DELETE /admin/faults inject latency and errors (service/faults.py)
-    extra: dict = field(default_factory=dict, repr=False, compare=False)  # free slot for embedding code/tests
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # free slot for embedding code/tests
 
     @classmethod
     def from_env(

@@ -238,7 +238,7 @@ def vectors_fields(hv: Hypervectors) -> dict[str, Any]:
 def vsa_and_dimension(op: Op, payload: Payload) -> tuple[VSAModel, int | None]:
     """The request's `vsa` (the worker's model by default) and `dimension` (None when not given)."""
     model = payload.vsa(op.settings.vsa)
-    dim = payload.int("dimension", None, minimum=1, maximum=MAX_DIMENSION)
+    dim = payload.integer("dimension", None, minimum=1, maximum=MAX_DIMENSION)
     return model, dim
 
 

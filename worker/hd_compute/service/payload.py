@@ -34,7 +34,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class Payload:
-    """A decoded request: scalar fields (JSON body, or the query string for binary bodies) and arrays.
+    """A decoded request: scalar fields (JSON body, or the query string for binary bodies) and arrays, read with
+    typed accessors (integer, number, flag, text, vsa, labels, strings, vectors) that refuse a wrong value with a
+    400 naming the field.
 
     An explicit JSON null is refused for every field (no field is nullable): leaving a field out gives its default."""
 
@@ -68,7 +70,7 @@ class Payload:
         except ValueError:
             raise invalid(name, f"must be {kind}, got {_shown(raw)}") from None
 
-    def int(
+    def integer(
         self,
         name: str,
         default: Any = None,
@@ -87,7 +89,7 @@ class Payload:
             raise invalid(name, f"must be between {minimum} and {maximum}, got {value}")
         return value
 
-    def float(
+    def number(
         self,
         name: str,
         default: Any = None,
@@ -112,7 +114,7 @@ class Payload:
             raise invalid(name, f"must be <= {maximum}, got {value}")
         return value
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def flag(self, name: str, default: bool = False) -> bool:
         raw = self.raw(name, default)
         if isinstance(raw, str) and self.binary:
             if raw.lower() in ("1", "true", "yes"):
@@ -123,7 +125,7 @@ class Payload:
             raise invalid(name, f"must be true or false, got {_shown(raw)}")
         return bool(raw)
 
-    def str(
+    def text(
         self,
         name: str,
         default: Any = None,
@@ -143,7 +145,7 @@ class Payload:
         return value
 
     def vsa(self, default: str) -> VSAModel:
-        name = self.str("vsa", default, upper=True)
+        name = self.text("vsa", default, upper=True)
         try:
             return get_model(name)
         except (ValueError, TypeError, KeyError):
@@ -215,18 +217,19 @@ def _shown(value: Any) -> str:
             value[:80] if isinstance(value, str) else value.item() if isinstance(value, np.generic) else value
         )
         return text if len(text) <= 80 else text[:77] + "..."
-    return {list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {list: "a list", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _dimension_error(name: str, got: int, expected: int) -> ApiError:
     return invalid(name, f"has dimension {got} but {expected} is expected", error="dimension_mismatch")
 
 
-def _check_numbers(value: list, name: str) -> None:
+def _check_numbers(value: list[Any], name: str) -> None:
     """Every leaf of the nested list is a JSON number (int or float; not a boolean, string, null or object), and
     each level holds only lists or only numbers. numpy would quietly turn booleans and numeric strings into
     numbers; a walk with set(map(type, row)) per row keeps this a C loop over the elements."""
-    level: list[list] = [value]
+    level: list[list[Any]] = [value]
     while True:
         kinds: set[type] = set()
         for row in level:

@@ -28,8 +28,8 @@ PROTOTYPE_BYTES = 8  # per element of the (num_classes, D) prototypes and the fi
 def _build(op: Op, p: Payload) -> Callable[[], ClassifierEntry]:
     model, dim = vsa_and_dimension(op, p)
     dimension = dim or op.settings.dimension
-    num_classes = p.int("num_classes", required=True, minimum=1, maximum=MAX_CLASSES)
-    temperature = p.float("temperature", 0.05, minimum=MIN_TEMPERATURE)
+    num_classes = p.integer("num_classes", required=True, minimum=1, maximum=MAX_CLASSES)
+    temperature = p.number("temperature", 0.05, minimum=MIN_TEMPERATURE)
     op.check_allocation(
         "num_classes",
         num_classes * dimension * PROTOTYPE_BYTES,
@@ -94,10 +94,10 @@ async def classifier_fit(op: Op) -> web.Response:
         )
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= entry.model.num_classes):
         raise invalid("y", f"labels must be in [0, {entry.model.num_classes}), got {int(y.min())}..{int(y.max())}")
-    partial = p.bool("partial", False)
-    adaptive = p.bool("adaptive", False)
-    epochs = p.int("epochs", 1, minimum=1, maximum=MAX_EPOCHS)
-    lr = p.float("lr", 1.0, minimum=0.0, maximum=MAX_LEARNING_RATE)
+    partial = p.flag("partial", False)
+    adaptive = p.flag("adaptive", False)
+    epochs = p.integer("epochs", 1, minimum=1, maximum=MAX_EPOCHS)
+    lr = p.number("lr", 1.0, minimum=0.0, maximum=MAX_LEARNING_RATE)
     op.dimension, op.input_count = entry.model.dim, x.shape[0]
 
     def fit() -> ClassifierEntry:

@@ -135,7 +135,7 @@ async def memory_query(op: Op) -> web.Response:
     p = await op.read()
     memory = op.worker.memories.get(name).memory
     queries = await p.vectors("queries", memory.vsa, memory.dim)
-    k = p.int("k", 1, minimum=1)
+    k = p.integer("k", 1, minimum=1)
     if len(memory) == 0:
         raise ApiError(
             409, "memory_empty", f"name: item memory {name!r} is empty; add items before querying", field="name"

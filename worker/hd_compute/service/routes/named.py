@@ -41,7 +41,7 @@ def add_named_routes(routes: web.RouteTableDef, named: NamedKind[T]) -> None:
     @operation(f"{named.kind}_create")
     async def create(op: Op) -> web.Response:
         p = await op.read()
-        name = entry_name(p.str("name", required=True))
+        name = entry_name(p.text("name", required=True))
         factory = named.build(op, p)
         await op.worker.wait_state()
         entries = named.entries(op.worker)

@@ -44,10 +44,10 @@ async def random_route(op: Op) -> web.Response:
             )
         shape = tuple(raw)
     else:
-        shape = (p.int("num", required=True, minimum=0),)
+        shape = (p.integer("num", required=True, minimum=0),)
     n = math.prod(shape)
     _check_result(op, "num", model, dimension, n)
-    seed = p.int("seed", None, minimum=0)
+    seed = p.integer("seed", None, minimum=0)
     op.dimension, op.input_count = dimension, n
     hv = await op.kernel(lambda: F.random(shape, dimension, model, device=op.worker.device, seed=seed))
     return await op.respond(vectors_fields(hv))
@@ -68,7 +68,7 @@ async def bind_route(op: Op) -> web.Response:
         ) from None
     _check_result(op, "b", model, a.dim, math.prod(shape))
     op.dimension, op.input_count = a.dim, count(a) + count(b)
-    fn = F.unbind if p.bool("unbind", False) else F.bind
+    fn = F.unbind if p.flag("unbind", False) else F.bind
     if math.prod(shape) == 0:
         return await op.respond(vectors_fields(empty_like(a, shape)))
     hv = await op.kernel(lambda: fn(op.on_device(a), op.on_device(b)))
@@ -102,7 +102,7 @@ async def permute_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
     x = await p.vectors("vectors", model, dim, default_dim=op.settings.dimension)
-    shifts = p.int("shifts", 1)  # any int64: the engine reduces a cyclic shift modulo the dimension
+    shifts = p.integer("shifts", 1)  # any int64: the engine reduces a cyclic shift modulo the dimension
     op.check_elements("vectors", count(x) * x.dim, f"permuting {count(x)} hypervectors of dimension {x.dim}")
     op.dimension, op.input_count = x.dim, count(x)
     if count(x) == 0:
@@ -132,7 +132,7 @@ def _similarity_batch(metric: str, others: Hypervectors, items: list[Hypervector
 async def similarity_route(op: Op) -> web.Response:
     p = await op.read()
     model, dim = vsa_and_dimension(op, p)
-    metric = p.str("metric", "cosine", choices=METRICS)
+    metric = p.text("metric", "cosine", choices=METRICS)
     queries = await p.vectors("queries", model, dim, default_dim=op.settings.dimension)
     others = await p.vectors("others", model, queries.dim)
     if others.data.dim() > 2:
