@@ -108,6 +108,17 @@ class Database:
                 yield conn
 
     @contextlib.contextmanager
+    def reading_one_statement(self, operation: str) -> Iterator[Connection]:
+        """For a block that runs a single SELECT: one statement is one snapshot by itself, so PostgreSQL runs it
+        without a transaction (no BEGIN and COMMIT round trips); SQLite as `reading`."""
+        if self.backend != POSTGRESQL:
+            with self.reading(operation) as conn:
+                yield conn
+            return
+        with translate_errors(operation), self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextlib.contextmanager
     def writing(self, operation: str) -> Iterator[Connection]:
         """One transaction, committed when the block ends without an exception (then, and only then, the
         write exists)."""

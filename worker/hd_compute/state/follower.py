@@ -40,6 +40,7 @@ from .wakeup import Listener
 DEFAULT_POLL_SECONDS = 1.0  # the longest a follower goes without looking at the log
 DEFAULT_LISTEN_RETRY_SECONDS = 1.0  # pause before reconnecting a dropped LISTEN connection
 READ_ENTRIES = 64  # log entries read per round trip while catching up
+READ_BYTES = 64 << 20  # ... unless their payloads reach this many bytes first
 WAIT_RETRY_SECONDS = 0.005  # wait_for without a background thread: pause between looks at the log
 
 Step = Callable[[], None]
@@ -132,7 +133,7 @@ class Follower:
                         self._checked(cache.applied)
                         self._run(apply_in, functools.partial(self._swap, cache))
                         continue
-                    log_slice = self.store.read_since(self._cache.applied, READ_ENTRIES)
+                    log_slice = self.store.read_since(self._cache.applied, READ_ENTRIES, READ_BYTES)
                 except StoreUnavailable:
                     self._errors += 1
                     raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, func, select
 
 from .cache import StateCache
 from .database import Database
@@ -27,16 +27,25 @@ class LogSlice:
     complete: bool  # False: entries after the version asked for were pruned; reload from the segments
 
 
-def read_since(db: Database, version: int, limit: int) -> LogSlice:
-    """At most `limit` entries after `version`."""
-    with db.reading("log read") as conn:
-        head_version = head_of(conn)
-        if head_version <= version:
-            return LogSlice(head_version, [], True)
-        query = select(log).where(log.c.version > version).order_by(log.c.version).limit(limit)
-        entries = [Entry.from_row(row) for row in conn.execute(query.execution_options(yield_per=STREAM_ROWS))]
-    expected = min(limit, head_version - version)
-    complete = len(entries) == expected and all(e.version == version + 1 + i for i, e in enumerate(entries))
+def read_since(db: Database, version: int, limit: int, budget: int) -> LogSlice:
+    """The head and up to `limit` entries after `version`, in one statement (one snapshot, one round trip),
+    stopping after the entry that brings the payloads to `budget` bytes (the first entry always comes)."""
+    size = func.coalesce(func.length(log.c.payload), 0)
+    window = (
+        select(log, size.label("size"), func.sum(size).over(order_by=log.c.version).label("running"))
+        .where(log.c.version > version).order_by(log.c.version).limit(limit).subquery("window")
+    )
+    query = (
+        select(head.c.version.label("head_version"), window)
+        .select_from(head.outerjoin(window, window.c.running - window.c.size < budget))
+        .where(head.c.id == 1).order_by(window.c.version)
+    )
+    with db.reading_one_statement("log read") as conn:
+        rows = conn.execute(query).all()
+    head_version = int(rows[0].head_version)
+    entries = [Entry.from_row(row) for row in rows if row.version is not None]
+    consecutive = all(e.version == version + 1 + i for i, e in enumerate(entries))
+    complete = consecutive and (bool(entries) or head_version <= version)
     return LogSlice(head_version, entries, complete)
 
 

@@ -125,8 +125,9 @@ class StateStore:
         with self.database.reading("head read") as conn:
             return reader.head_of(conn)
 
-    def read_since(self, version: int, limit: int) -> reader.LogSlice:
-        return reader.read_since(self.database, version, limit)
+    def read_since(self, version: int, limit: int, budget: int) -> reader.LogSlice:
+        """At most `limit` entries after `version`, stopping once their payloads reach `budget` bytes."""
+        return reader.read_since(self.database, version, limit, budget)
 
     def load_cache(self, device: torch.device) -> StateCache:
         return reader.load_cache(self.database, device)
