@@ -4,10 +4,11 @@ cost can be told per library call (docs/benchmarks.md, "Observability on stock l
 
 Run: PYTHONPATH=worker .venv/bin/python benchmarks/service_micro.py
 Prints the load average, then the best of 5 means, in µs, of each row. Logs go to /dev/null as JSON lines: stdout
-only (structlog's WriteLogger; standard records through the logging handler), or with a log file as well
-(HDC_LOG_FILE: every line through the standard handlers). "no exporter": tracing as the worker configures it
-without OTEL_EXPORTER_OTLP_ENDPOINT (non-recording spans with real ids); "exporter": a BatchSpanProcessor whose
-exporter drops the spans, so the request path pays for recording and queueing them, not for sending them.
+only (structlog's processors and one write per line; standard records through the logging handler), or with a
+log file as well (HDC_LOG_FILE: every line through the standard handlers). "no exporter": tracing as the
+worker configures it without OTEL_EXPORTER_OTLP_ENDPOINT (non-recording spans with real ids); "exporter": a
+BatchSpanProcessor whose exporter drops the spans, so the request path pays for recording and queueing them, not
+for sending them.
 Timed alone in a loop these costs are lower than what the same calls add to a serving event loop
 (docs/benchmarks.md).
 """
@@ -23,8 +24,14 @@ from collections.abc import Callable
 from multidict import CIMultiDict, CIMultiDictProxy
 
 NUMBER = 3000
-HEADERS = {"Host": "127.0.0.1:8080", "Content-Type": "application/x-npz", "Accept": "application/json",
-           "Content-Length": "10234", "User-Agent": "Python/3.11 aiohttp/3.14", "Accept-Encoding": "gzip, deflate"}
+HEADERS = {
+    "Host": "127.0.0.1:8080",
+    "Content-Type": "application/x-npz",
+    "Accept": "application/json",
+    "Content-Length": "10234",
+    "User-Agent": "Python/3.11 aiohttp/3.14",
+    "Accept-Encoding": "gzip, deflate",
+}
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 FIELDS = {"dimension": 10000, "input_count": 1, "device": "cpu", "status": 200}
 
@@ -94,8 +101,10 @@ def library_rows(metrics, label: str) -> list[tuple[str, float]]:
         ("bind_contextvars + reset_contextvars (structlog)", best_us(bind_reset)),
         ("Histogram child .observe (prometheus_client)", best_us(lambda: histogram.observe(0.001))),
         ("Counter child .inc (prometheus_client)", best_us(lambda: counter.inc())),
-        ("MetricsCollector.observe_operation (3 metrics + window)",
-         best_us(lambda: metrics.observe_operation("memory_query", 0.001, hypervectors=1))),
+        (
+            "MetricsCollector.observe_operation (3 metrics + window)",
+            best_us(lambda: metrics.observe_operation("memory_query", 0.001, hypervectors=1)),
+        ),
     ]
 
 
@@ -105,10 +114,14 @@ def log_rows(label: str) -> list[tuple[str, float]]:
     log = LoggerCache("hd_compute.service")
     access = logging.getLogger("aiohttp.access")
     return [
-        (f"one hypervector_operation_completed line, structlog ({label})",
-         best_us(lambda: log().info(OPERATION_COMPLETED, operation="memory_query", duration_ms=1.234, **FIELDS))),
-        (f"one standard record, e.g. aiohttp's access log ({label})",
-         best_us(lambda: access.info('%s "%s" %s', "127.0.0.1", "POST /v1/memories/m/query HTTP/1.1", 200))),
+        (
+            f"one hypervector_operation_completed line, structlog ({label})",
+            best_us(lambda: log().info(OPERATION_COMPLETED, operation="memory_query", duration_ms=1.234, **FIELDS)),
+        ),
+        (
+            f"one standard record, e.g. aiohttp's access log ({label})",
+            best_us(lambda: access.info('%s "%s" %s', "127.0.0.1", "POST /v1/memories/m/query HTTP/1.1", 200)),
+        ),
     ]
 
 

@@ -65,13 +65,64 @@ _SELECTOR_RE = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?")
 _MATCHER_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*["\']')
 _GROUPING_RE = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 _KEYWORDS = {
-    "sum", "min", "max", "avg", "count", "stddev", "stdvar", "topk", "bottomk", "quantile", "count_values",
-    "group", "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
-    "offset", "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "absent",
-    "absent_over_time", "avg_over_time", "max_over_time", "min_over_time", "sum_over_time", "count_over_time",
-    "last_over_time", "clamp_min", "clamp_max", "clamp", "abs", "ceil", "floor", "round", "vector", "scalar",
-    "time", "label_replace", "label_join", "sort", "sort_desc", "predict_linear", "changes", "resets",
-    "timestamp", "inf", "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "stddev",
+    "stdvar",
+    "topk",
+    "bottomk",
+    "quantile",
+    "count_values",
+    "group",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "rate",
+    "irate",
+    "increase",
+    "delta",
+    "idelta",
+    "deriv",
+    "histogram_quantile",
+    "absent",
+    "absent_over_time",
+    "avg_over_time",
+    "max_over_time",
+    "min_over_time",
+    "sum_over_time",
+    "count_over_time",
+    "last_over_time",
+    "clamp_min",
+    "clamp_max",
+    "clamp",
+    "abs",
+    "ceil",
+    "floor",
+    "round",
+    "vector",
+    "scalar",
+    "time",
+    "label_replace",
+    "label_join",
+    "sort",
+    "sort_desc",
+    "predict_linear",
+    "changes",
+    "resets",
+    "timestamp",
+    "inf",
+    "nan",
 }
 
 
@@ -94,7 +145,7 @@ def used_names(expr: str) -> tuple[dict[str, set[str]], set[str]]:
             continue  # the tail of a number or identifier
         if name.lower() in _KEYWORDS:
             continue
-        rest = no_grouping[m.end(1):].lstrip()
+        rest = no_grouping[m.end(1) :].lstrip()
         if rest.startswith("(") and not braces:
             continue  # a function call
         labels = set()
@@ -118,8 +169,9 @@ def live_worker_exports() -> dict[str, set[str]]:
     from prometheus_client.parser import text_string_to_metric_families
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="hdc-exports-"))
-    worker = WorkerProcess(tmp, tmp / "state", HDC_BENCHMARK_ENABLED="true", HDC_BENCHMARK_INTERVAL_SECONDS="1",
-                           HDC_DIMENSION="512").start()
+    worker = WorkerProcess(
+        tmp, tmp / "state", HDC_BENCHMARK_ENABLED="true", HDC_BENCHMARK_INTERVAL_SECONDS="1", HDC_DIMENSION="512"
+    ).start()
     try:
         vectors = [[1.0, -1.0, 1.0, -1.0]] * 2
         assert worker.request("POST", "/v1/ops/bind", {"a": vectors, "b": vectors, "vsa": "MAP"})[0] == 200
@@ -160,8 +212,9 @@ def live_worker_exports() -> dict[str, set[str]]:
 # alertmanager_process: config written to <dir>/<tool>.yml, data and log in <dir>, a free port on 127.0.0.1) ---
 
 
-def unknown_names(exprs: list[str], *, recorded: set[str] = frozenset(),
-                  extra_series: dict[str, set[str]] | None = None) -> list[str]:
+def unknown_names(
+    exprs: list[str], *, recorded: set[str] = frozenset(), extra_series: dict[str, set[str]] | None = None
+) -> list[str]:
     """Problems with `exprs`: metric names a live worker does not export (nor Prometheus, nor `extra_series`,
     nor the recording rules `recorded`), and labels those series do not carry. Empty when all is well."""
     exports = live_worker_exports()

@@ -80,8 +80,11 @@ def postgres_url():
         return
     initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
     if not (initdb and pg_ctl):
-        pytest.fail("PostgreSQL server binaries not found: `apt-get install -y postgresql` (Debian) or set "
-                    "HDC_TEST_POSTGRES_URL=postgresql+psycopg://user@host:port/db", pytrace=False)
+        pytest.fail(
+            "PostgreSQL server binaries not found: `apt-get install -y postgresql` (Debian) or set "
+            "HDC_TEST_POSTGRES_URL=postgresql+psycopg://user@host:port/db",
+            pytrace=False,
+        )
     # PostgreSQL refuses to run as root: run it as the postgres user the Debian package creates.
     run_as = {}
     if os.geteuid() == 0:
@@ -99,8 +102,9 @@ def postgres_url():
     def run(*argv, **kw):
         result = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=120, **run_as, **kw)
         if result.returncode != 0:
-            pytest.fail(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}",
-                        pytrace=False)
+            pytest.fail(
+                f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}", pytrace=False
+            )
 
     run(initdb, "-D", data, "-U", "hdc", "--auth=trust", "--encoding=UTF8", "--no-sync")
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=20"
@@ -108,8 +112,14 @@ def postgres_url():
     try:
         yield f"postgresql://hdc@127.0.0.1:{port}/postgres"  # no driver: the benchmark uses psycopg 3
     finally:
-        subprocess.run([pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"], env=env, cwd=root,
-                       capture_output=True, timeout=60, **run_as)
+        subprocess.run(
+            [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            timeout=60,
+            **run_as,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -71,20 +71,29 @@ def test_required_cuda_present():
     assert starved["status"] == "degraded"
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"memory_percent": 101}, "memory_percent"),
-    ({"disk_percent": -1}, "disk_percent"),
-    ({"cuda_memory_mb": float("nan")}, "cuda_memory_mb"),
-    ({"disk_path": ""}, "disk_path"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"memory_percent": 101}, "memory_percent"),
+        ({"disk_percent": -1}, "disk_percent"),
+        ({"cuda_memory_mb": float("nan")}, "cuda_memory_mb"),
+        ({"disk_path": ""}, "disk_path"),
+    ],
+)
 def test_bad_thresholds_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         HealthThresholds(**kwargs)
 
 
 def test_thresholds_from_env():
-    t = HealthThresholds.from_env({"HDC_HEALTH_CUDA_MEMORY_MB": "2048", "HDC_HEALTH_MEMORY_PERCENT": "75",
-                                   "HDC_HEALTH_DISK_PERCENT": "60.5", "HDC_HEALTH_DISK_PATH": "/tmp"})
+    t = HealthThresholds.from_env(
+        {
+            "HDC_HEALTH_CUDA_MEMORY_MB": "2048",
+            "HDC_HEALTH_MEMORY_PERCENT": "75",
+            "HDC_HEALTH_DISK_PERCENT": "60.5",
+            "HDC_HEALTH_DISK_PATH": "/tmp",
+        }
+    )
     assert t == HealthThresholds(cuda_memory_mb=2048, memory_percent=75, disk_percent=60.5, disk_path="/tmp")
     assert HealthThresholds.from_env({}) == HealthThresholds()
     assert HealthChecker.from_env({"HDC_HEALTH_REQUIRE_CUDA": "true"}).require_cuda is True
@@ -104,8 +113,9 @@ def run_module(**env):
     full = {k: v for k, v in os.environ.items() if not k.startswith("HDC_HEALTH_") and k != "HDC_DEVICE"}
     full["PYTHONPATH"] = str(WORKER) + os.pathsep + full.get("PYTHONPATH", "")
     full.update(env)
-    return subprocess.run([sys.executable, "-m", "hd_compute.health"], env=full, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hd_compute.health"], env=full, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_module_exits_0_when_healthy_or_degraded():

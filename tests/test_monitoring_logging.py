@@ -48,8 +48,7 @@ def test_json_lines_carry_request_context(capsys):
     configure_logging("INFO", "json")
     log = get_logger("test")
     bind_request_context("corr-123", "0af7651916cd43dd8448eb211c80319c")
-    log.info(OPERATION_COMPLETED, operation="bundle", dimension=10000, input_count=100, duration_ms=15.2,
-             device="cpu")
+    log.info(OPERATION_COMPLETED, operation="bundle", dimension=10000, input_count=100, duration_ms=15.2, device="cpu")
     logging.getLogger("aiohttp.access").info("GET /health 200")  # standard logging goes the same way
     clear_request_context()
     log.info("after_request")
@@ -61,8 +60,12 @@ def test_json_lines_carry_request_context(capsys):
     assert first["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
     assert first["level"] == "info" and first["logger"] == "test"
     assert first["timestamp"].endswith("Z")
-    assert (first["operation"], first["dimension"], first["input_count"], first["duration_ms"]) == \
-        ("bundle", 10000, 100, 15.2)
+    assert (first["operation"], first["dimension"], first["input_count"], first["duration_ms"]) == (
+        "bundle",
+        10000,
+        100,
+        15.2,
+    )
     assert access["correlation_id"] == "corr-123" and access["event"] == "GET /health 200"
     assert "correlation_id" not in after and "trace_id" not in after
 
@@ -70,8 +73,14 @@ def test_json_lines_carry_request_context(capsys):
 def test_seed_events_and_levels(capsys):
     configure_logging("DEBUG", "json")
     log = get_logger()
-    log.error(CUDA_MEMORY_ALLOCATION_FAILED, operation="random_hv", dimension=32000, requested_memory_mb=128,
-              available_memory_mb=64, error_code="CUDA_OUT_OF_MEMORY")
+    log.error(
+        CUDA_MEMORY_ALLOCATION_FAILED,
+        operation="random_hv",
+        dimension=32000,
+        requested_memory_mb=128,
+        available_memory_mb=64,
+        error_code="CUDA_OUT_OF_MEMORY",
+    )
     log.debug(PERFORMANCE_MEASUREMENT, operation="bind", batch_size=1000, throughput_ops_per_sec=15000)
     oom, perf = lines(capsys.readouterr().out)
     assert oom["event"] == "cuda_memory_allocation_failed" and oom["level"] == "error"
@@ -132,11 +141,14 @@ def test_console_format(capsys):
         json.loads(out)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"level": "LOUD"}, "HDC_LOG_LEVEL"),
-    ({"fmt": "xml"}, "HDC_LOG_FORMAT"),
-    ({"file": "/proc/hdc/nope.log"}, "HDC_LOG_FILE"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"level": "LOUD"}, "HDC_LOG_LEVEL"),
+        ({"fmt": "xml"}, "HDC_LOG_FORMAT"),
+        ({"file": "/proc/hdc/nope.log"}, "HDC_LOG_FILE"),
+    ],
+)
 def test_bad_settings_name_the_variable(kwargs, field):
     with pytest.raises(ValueError, match=field):
         configure_logging(**kwargs)
@@ -148,16 +160,25 @@ def test_empty_correlation_id_rejected():
 
 
 def test_stdout_of_a_real_process_is_json_lines():
-    code = ("from hd_compute.monitoring.logging import *\n"
-            "configure_logging()\n"
-            "bind_request_context('c-1', 'abc')\n"
-            "get_logger('w').info('hypervector_operation_completed', operation='bind')\n")
+    code = (
+        "from hd_compute.monitoring.logging import *\n"
+        "configure_logging()\n"
+        "bind_request_context('c-1', 'abc')\n"
+        "get_logger('w').info('hypervector_operation_completed', operation='bind')\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(WORKER))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     (entry,) = lines(proc.stdout)
-    assert entry == {**entry, "event": "hypervector_operation_completed", "correlation_id": "c-1", "trace_id": "abc",
-                     "operation": "bind", "logger": "w", "level": "info"}
+    assert entry == {
+        **entry,
+        "event": "hypervector_operation_completed",
+        "correlation_id": "c-1",
+        "trace_id": "abc",
+        "operation": "bind",
+        "logger": "w",
+        "level": "info",
+    }
     assert hdc_logging.FILE_BACKUP_COUNT == 5
 
 
@@ -191,8 +212,11 @@ def test_timestamps_always_have_microseconds_and_z(capsys, monkeypatch):
     logging.getLogger("lib").info("a standard record: the time it was created")
     first, *at, record = lines(capsys.readouterr().out)
     assert re.match(ISO_Z, first["timestamp"]) and re.match(ISO_Z, record["timestamp"])
-    assert [e["timestamp"] for e in at] == ["2025-11-29T07:06:40.000000Z", "2025-11-29T07:06:40.123456Z",
-                                            "2025-11-29T07:06:41.000001Z"]
+    assert [e["timestamp"] for e in at] == [
+        "2025-11-29T07:06:40.000000Z",
+        "2025-11-29T07:06:40.123456Z",
+        "2025-11-29T07:06:41.000001Z",
+    ]
 
 
 @pytest.mark.parametrize("with_file", [False, True])
@@ -212,11 +236,31 @@ def test_structlog_and_standard_lines_share_stdout_in_order(capsys, tmp_path, wi
     flush_logs()
     out = lines(capsys.readouterr().out)
     assert [(e["event"], e["logger"], e["level"], e["correlation_id"]) for e in out] == [
-        ("one", "hd_compute.service", "info", "c-5"), ("two args", "aiohttp.access", "info", "c-5"),
-        ("three", "hd_compute.service", "warning", "c-5")]
+        ("one", "hd_compute.service", "info", "c-5"),
+        ("two args", "aiohttp.access", "info", "c-5"),
+        ("three", "hd_compute.service", "warning", "c-5"),
+    ]
     assert out[0]["n"] == 1
     if with_file:
         assert lines(path.read_text()) == out
+
+
+def test_a_bound_logger_writes_to_stdout_as_it_is_now(capsys, monkeypatch):
+    """A logger bound once (LoggerCache, as the service holds them) follows a replaced stdout instead of writing
+    to the stream it saw first (which a test's capture, for one, closes)."""
+    import io
+
+    from hd_compute.monitoring.logging import LoggerCache
+
+    configure_logging("INFO", "json")
+    log = LoggerCache("cached")
+    log().info("first")
+    replaced = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", replaced)
+    log().info("second")
+    assert [e["event"] for e in lines(replaced.getvalue())] == ["second"]
+    monkeypatch.undo()
+    assert [e["event"] for e in lines(capsys.readouterr().out)] == ["first"]
 
 
 def test_console_stdout_keeps_a_json_file(capsys, tmp_path):
@@ -227,5 +271,7 @@ def test_console_stdout_keeps_a_json_file(capsys, tmp_path):
     flush_logs()
     text = capsys.readouterr().out
     assert "for_people" in text and "from a library" in text and not text.lstrip().startswith("{")
-    assert [(e["event"], e["logger"]) for e in lines(path.read_text())] == [("for_people", "w"),
-                                                                           ("from a library", "lib")]
+    assert [(e["event"], e["logger"]) for e in lines(path.read_text())] == [
+        ("for_people", "w"),
+        ("from a library", "lib"),
+    ]

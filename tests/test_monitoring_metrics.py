@@ -124,8 +124,11 @@ def test_duration_buckets_and_declared_operations(metrics):
     metrics.observe_operation("bundle", 0.001, hypervectors=1)
     metrics.observe_operation("bundle", 31.0, hypervectors=1)
     found = samples(metrics, update_system=False)
-    bundle = {labels["le"]: v for labels, v in found["hdc_operation_duration_seconds_bucket"]
-              if labels["operation"] == "bundle"}
+    bundle = {
+        labels["le"]: v
+        for labels, v in found["hdc_operation_duration_seconds_bucket"]
+        if labels["operation"] == "bundle"
+    }
     assert [float(le) for le in bundle] == [*DURATION_BUCKETS, float("inf")]
     assert bundle["0.0005"] == 0 and bundle["0.001"] == 1 and bundle["30.0"] == 1 and bundle["+Inf"] == 2
     assert value(found, "hdc_operation_total", operation="similarity") == 0
@@ -187,19 +190,22 @@ def test_seed_calls(metrics):
     assert value(found, "hdc_capacity_ops_per_second") == 5000
 
 
-@pytest.mark.parametrize("call, field", [
-    (lambda m: m.increment_counter("bogus_total"), "bogus_total"),
-    (lambda m: m.set_gauge("hdc_no_such_gauge", 1), "hdc_no_such_gauge"),
-    (lambda m: m.set_gauge("latency_percentiles", 1), "latency_percentiles"),  # computed, not settable
-    (lambda m: m.increment_counter("operations_total"), "operation"),  # missing label
-    (lambda m: m.increment_counter("operations_total", labels={"operation": "b", "x": "y"}), "x"),
-    (lambda m: m.increment_counter("operations_total", labels={"operation": "b"}, amount=-1), "amount"),
-    (lambda m: m.observe_operation("bundle", float("nan")), "seconds"),
-    (lambda m: m.observe_operation("", 0.1), "operation"),
-    (lambda m: m.observe_operation("bundle", 0.1, hypervectors=-3), "hypervectors"),
-    (lambda m: m.observe_batch_size(2.5), "size"),
-    (lambda m: m.record_device_utilization("cuda:0", 180), "percent"),
-])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda m: m.increment_counter("bogus_total"), "bogus_total"),
+        (lambda m: m.set_gauge("hdc_no_such_gauge", 1), "hdc_no_such_gauge"),
+        (lambda m: m.set_gauge("latency_percentiles", 1), "latency_percentiles"),  # computed, not settable
+        (lambda m: m.increment_counter("operations_total"), "operation"),  # missing label
+        (lambda m: m.increment_counter("operations_total", labels={"operation": "b", "x": "y"}), "x"),
+        (lambda m: m.increment_counter("operations_total", labels={"operation": "b"}, amount=-1), "amount"),
+        (lambda m: m.observe_operation("bundle", float("nan")), "seconds"),
+        (lambda m: m.observe_operation("", 0.1), "operation"),
+        (lambda m: m.observe_operation("bundle", 0.1, hypervectors=-3), "hypervectors"),
+        (lambda m: m.observe_batch_size(2.5), "size"),
+        (lambda m: m.record_device_utilization("cuda:0", 180), "percent"),
+    ],
+)
 def test_bad_names_and_values_raise_naming_them(metrics, call, field):
     with pytest.raises(ValueError, match=field):
         call(metrics)

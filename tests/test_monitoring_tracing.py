@@ -27,9 +27,17 @@ from hd_compute.monitoring.tracing import (
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
-OTEL_VARS = ["OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT",
-             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER",
-             "OTEL_TRACES_SAMPLER_ARG", "OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"]
+OTEL_VARS = [
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +61,13 @@ def test_kernel_span_attributes(spans):
         pass
     (span,) = spans.get_finished_spans()
     assert span.name == "hdc_bundle_operation"
-    assert dict(span.attributes) == {"hdc.operation": "bundle", "hdc.input_count": 100, "hdc.dimension": 10000,
-                                     "hdc.device": "cpu", "hdc.success": True}
+    assert dict(span.attributes) == {
+        "hdc.operation": "bundle",
+        "hdc.input_count": 100,
+        "hdc.dimension": 10000,
+        "hdc.device": "cpu",
+        "hdc.success": True,
+    }
     assert span.status.status_code != StatusCode.ERROR
     assert span.resource.attributes["service.name"] == "hdc-test"
 
@@ -72,11 +85,14 @@ def test_kernel_span_error(spans):
     assert event.attributes["exception.message"] == "dimension mismatch"
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"operation": "", "input_count": 1, "dimension": 1}, "operation"),
-    ({"operation": "bind", "input_count": -1, "dimension": 1}, "input_count"),
-    ({"operation": "bind", "input_count": 1, "dimension": 2.5}, "dimension"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"operation": "", "input_count": 1, "dimension": 1}, "operation"),
+        ({"operation": "bind", "input_count": -1, "dimension": 1}, "input_count"),
+        ({"operation": "bind", "input_count": 1, "dimension": 2.5}, "dimension"),
+    ],
+)
 def test_kernel_span_bad_arguments(spans, kwargs, field):
     with pytest.raises(ValueError, match=field):
         with kernel_span(**kwargs):
@@ -105,8 +121,12 @@ def test_server_span_continues_the_callers_trace(spans):
         served.status = 200
     kernel, server = spans.get_finished_spans()
     assert server.kind == SpanKind.SERVER and server.name == "POST /v1/bundle"
-    assert dict(server.attributes) == {"http.request.method": "POST", "http.route": "/v1/bundle",
-                                       "hdc.correlation_id": "c-1", "http.response.status_code": 200}
+    assert dict(server.attributes) == {
+        "http.request.method": "POST",
+        "http.route": "/v1/bundle",
+        "hdc.correlation_id": "c-1",
+        "http.response.status_code": 200,
+    }
     assert server.status.status_code == StatusCode.UNSET
     assert server.context.trace_id == kernel.context.trace_id == int(TRACE_ID, 16)
     assert kernel.parent.span_id == server.context.span_id
@@ -293,7 +313,8 @@ def test_every_line_of_a_request_carries_its_ids_on_the_loop_and_the_kernel_thre
             await asyncio.sleep(0)  # another request runs meanwhile
             ctx = contextvars.copy_context()  # what the kernel runner hands its thread
             await asyncio.get_running_loop().run_in_executor(
-                None, lambda: ctx.run(logging.getLogger("hd_compute.kernels").warning, "on the kernel thread"))
+                None, lambda: ctx.run(logging.getLogger("hd_compute.kernels").warning, "on the kernel thread")
+            )
             served.status = 200
             return served.span.get_span_context()
 
@@ -318,19 +339,50 @@ def test_operation_completed_and_failed(log_lines):
     configure_tracing(set_global=False)
     metrics = MetricsCollector()
     with start_request("POST", "/v1/ops/bundle", {}, "c-1"):
-        operation_completed(metrics, "bundle", 0.0152, hypervectors=100,
-                            fields={"dimension": 10000, "input_count": 100, "device": "cpu", "status": 200})
+        operation_completed(
+            metrics,
+            "bundle",
+            0.0152,
+            hypervectors=100,
+            fields={"dimension": 10000, "input_count": 100, "device": "cpu", "status": 200},
+        )
         operation_failed(metrics, "bundle", 0.001, "invalid_argument", fields={"status": 400, "detail": "vectors: x"})
         operation_failed(metrics, "bundle", 0.001, "cuda_out_of_memory")  # logged by the caller its own way
     completed, failed = log_lines()
-    assert {k: completed[k] for k in ("event", "level", "logger", "operation", "dimension", "input_count",
-                                      "duration_ms", "device", "status", "correlation_id")} == {
-        "event": "hypervector_operation_completed", "level": "info", "logger": "hd_compute.service",
-        "operation": "bundle", "dimension": 10000, "input_count": 100, "duration_ms": 15.2, "device": "cpu",
-        "status": 200, "correlation_id": "c-1"}
+    assert {
+        k: completed[k]
+        for k in (
+            "event",
+            "level",
+            "logger",
+            "operation",
+            "dimension",
+            "input_count",
+            "duration_ms",
+            "device",
+            "status",
+            "correlation_id",
+        )
+    } == {
+        "event": "hypervector_operation_completed",
+        "level": "info",
+        "logger": "hd_compute.service",
+        "operation": "bundle",
+        "dimension": 10000,
+        "input_count": 100,
+        "duration_ms": 15.2,
+        "device": "cpu",
+        "status": 200,
+        "correlation_id": "c-1",
+    }
     assert {k: failed[k] for k in ("event", "level", "operation", "error", "status", "detail")} == {
-        "event": "request_failed", "level": "warning", "operation": "bundle", "error": "invalid_argument",
-        "status": 400, "detail": "vectors: x"}
+        "event": "request_failed",
+        "level": "warning",
+        "operation": "bundle",
+        "error": "invalid_argument",
+        "status": 400,
+        "detail": "vectors: x",
+    }
     value = metrics.registry.get_sample_value
     assert value("hdc_operation_total", {"operation": "bundle"}) == 3
     assert value("hdc_hypervector_operations_total", {"operation": "bundle"}) == 100

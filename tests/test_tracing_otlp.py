@@ -75,13 +75,21 @@ def exported_spans(spans_file: pathlib.Path) -> list[dict]:
 
 def test_worker_spans_reach_a_real_collector(collector, tmp_path):
     endpoint, spans_file = collector
-    worker = WorkerProcess(tmp_path, tmp_path / "state", OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
-                           OTEL_SERVICE_NAME="hdc-worker-otlp-test", OTEL_BSP_SCHEDULE_DELAY="100").start()
+    worker = WorkerProcess(
+        tmp_path,
+        tmp_path / "state",
+        OTEL_EXPORTER_OTLP_ENDPOINT=endpoint,
+        OTEL_SERVICE_NAME="hdc-worker-otlp-test",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    ).start()
     try:
         a, b = hd.random(2, 1000, "MAP", seed=7)
         status, body = worker.request(
-            "POST", "/v1/ops/bind", {"vsa": "MAP", "dimension": 1000, "a": hv_to_json(a), "b": hv_to_json(b)},
-            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01", "X-Correlation-ID": "otlp-test-1"})
+            "POST",
+            "/v1/ops/bind",
+            {"vsa": "MAP", "dimension": 1000, "a": hv_to_json(a), "b": hv_to_json(b)},
+            headers={"traceparent": f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01", "X-Correlation-ID": "otlp-test-1"},
+        )
         assert status == 200, body
         deadline = time.monotonic() + 30
         while True:

@@ -61,8 +61,16 @@ from .timing import peak_memory_bytes, time_call
 if TYPE_CHECKING:
     from hd_compute.monitoring.metrics import MetricsCollector
 
-__all__ = ["ContinuousBenchmark", "BenchmarkPreempted", "BenchmarkResult", "STANDARD_TESTS", "parse_interval",
-           "standard_test", "print_history", "default_database_url"]
+__all__ = [
+    "ContinuousBenchmark",
+    "BenchmarkPreempted",
+    "BenchmarkResult",
+    "STANDARD_TESTS",
+    "parse_interval",
+    "standard_test",
+    "print_history",
+    "default_database_url",
+]
 
 
 def _log():
@@ -115,8 +123,9 @@ def parse_interval(value: object, argument: str = "interval") -> float:
     return seconds
 
 
-def standard_test(name: str, vsa: str, device: torch.device, *,
-                  scale: float = 1.0) -> tuple[Callable[[], Callable[[], object]], int]:
+def standard_test(
+    name: str, vsa: str, device: torch.device, *, scale: float = 1.0
+) -> tuple[Callable[[], Callable[[], object]], int]:
     """A seed case through the functional API: (prepare, hypervector operations per call).
 
     prepare() generates the inputs (not timed) and returns the call to time; inputs are dropped after each
@@ -127,20 +136,24 @@ def standard_test(name: str, vsa: str, device: torch.device, *,
     count, dim = STANDARD_TESTS[name]
     count = max(1, round(count * scale))
     if name == "bundle_10k_vectors":
+
         def prepare():
             x = hd.random(count, dim, vsa, seed=0, device=device)
             return lambda: hd.multiset(x)
     elif name == "bind_32k_dimension":
+
         def prepare():
             a = hd.random(count, dim, vsa, seed=1, device=device)
             b = hd.random(count, dim, vsa, seed=2, device=device)
             return lambda: hd.bind(a, b)
     else:
+
         def prepare():
             queries = hd.random(count, dim, vsa, seed=3, device=device)
             items = hd.random(count, dim, vsa, seed=4, device=device)
             similarity = hd.hamming_similarity if vsa == "BSC" else hd.cosine_similarity
             return lambda: similarity(queries, items)
+
     return prepare, count
 
 
@@ -176,10 +189,21 @@ class ContinuousBenchmark:
     repeats, warmup: timed calls per run (the median is the result) and untimed calls before them.
     """
 
-    def __init__(self, metrics: "MetricsCollector | None" = None, *, database_url: str | None = None,
-                 is_busy: Callable[[], bool] = lambda: False, vsa: str = "MAP", dimension: int = 10_000,
-                 device: str | torch.device = "auto", scale: float = 1.0, baseline_runs: int = DEFAULT_BASELINE_RUNS,
-                 repeats: int = 3, warmup: int = 1, busy_poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        metrics: "MetricsCollector | None" = None,
+        *,
+        database_url: str | None = None,
+        is_busy: Callable[[], bool] = lambda: False,
+        vsa: str = "MAP",
+        dimension: int = 10_000,
+        device: str | torch.device = "auto",
+        scale: float = 1.0,
+        baseline_runs: int = DEFAULT_BASELINE_RUNS,
+        repeats: int = 3,
+        warmup: int = 1,
+        busy_poll_seconds: float = 1.0,
+    ) -> None:
         from hd_compute.device import resolve_device
         from hd_compute.errors import check_non_negative_int, check_positive_int
         from hd_compute.vsa import get_model
@@ -234,9 +258,16 @@ class ContinuousBenchmark:
         self._connect(connection_string, "connection_string")
         _log().info("benchmark_database_configured", database_url=self.database_url)
 
-    def schedule_test(self, name: str | None = None, interval: float | str | None = None,
-                      alert_threshold_degradation: float = 0.1, fn: Callable[[], object] | None = None, *,
-                      ops_per_run: int | None = None, test_name: str | None = None) -> None:
+    def schedule_test(
+        self,
+        name: str | None = None,
+        interval: float | str | None = None,
+        alert_threshold_degradation: float = 0.1,
+        fn: Callable[[], object] | None = None,
+        *,
+        ops_per_run: int | None = None,
+        test_name: str | None = None,
+    ) -> None:
         """Runs test `name` every `interval` (seconds, or '30s'/'5m'/'1h') once start() is awaited.
 
         fn None: one of the standard tests (bundle_10k_vectors, bind_32k_dimension, similarity_batch_1000).
@@ -255,13 +286,19 @@ class ContinuousBenchmark:
             raise ValueError("interval is required (seconds, or a duration like '5m')")
         seconds = parse_interval(interval, "interval")
         threshold = alert_threshold_degradation
-        if (isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold)
-                or threshold <= 0):
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not math.isfinite(threshold)
+            or threshold <= 0
+        ):
             raise ValueError(f"alert_threshold_degradation must be a number > 0 (0.1 = 10 % slower), got {threshold!r}")
         if fn is None:
             if name not in STANDARD_TESTS:
-                raise ValueError(f"name {name!r} is not a standard test ({', '.join(STANDARD_TESTS)}); "
-                                 f"pass fn to benchmark your own callable")
+                raise ValueError(
+                    f"name {name!r} is not a standard test ({', '.join(STANDARD_TESTS)}); "
+                    f"pass fn to benchmark your own callable"
+                )
             if ops_per_run is not None:
                 raise ValueError("ops_per_run is fixed for the standard tests; pass it only with fn")
             prepare, ops = standard_test(name, self.vsa, self.device, scale=self.scale)
@@ -317,9 +354,13 @@ class ContinuousBenchmark:
             return settled
         first = session.scalars(
             select(BenchmarkRun.duration_seconds)
-            .where(BenchmarkRun.test == test.name, BenchmarkRun.machine == self.machine,
-                   BenchmarkRun.vsa == self.vsa, BenchmarkRun.dimension == self.dimension,
-                   BenchmarkRun.ops_per_run == test.ops_per_run)
+            .where(
+                BenchmarkRun.test == test.name,
+                BenchmarkRun.machine == self.machine,
+                BenchmarkRun.vsa == self.vsa,
+                BenchmarkRun.dimension == self.dimension,
+                BenchmarkRun.ops_per_run == test.ops_per_run,
+            )
             .order_by(BenchmarkRun.started_at, BenchmarkRun.id)
             .limit(self.baseline_runs)
         ).all()
@@ -334,11 +375,21 @@ class ContinuousBenchmark:
             baseline = self._baseline(session, test, duration)
             ratio = (duration - baseline) / baseline if baseline > 0 else 0.0
             ops_per_second = test.ops_per_run / duration if duration > 0 else math.inf
-            row = BenchmarkRun(test=test.name, started_at=started_at, duration_seconds=duration,
-                               ops_per_run=test.ops_per_run, ops_per_second=ops_per_second,
-                               baseline_seconds=baseline, degradation_ratio=ratio, alert_threshold=test.alert_threshold,
-                               vsa=self.vsa, dimension=self.dimension, device=str(self.device), machine=self.machine,
-                               replica=self.replica)
+            row = BenchmarkRun(
+                test=test.name,
+                started_at=started_at,
+                duration_seconds=duration,
+                ops_per_run=test.ops_per_run,
+                ops_per_second=ops_per_second,
+                baseline_seconds=baseline,
+                degradation_ratio=ratio,
+                alert_threshold=test.alert_threshold,
+                vsa=self.vsa,
+                dimension=self.dimension,
+                device=str(self.device),
+                machine=self.machine,
+                replica=self.replica,
+            )
             session.add(row)
             session.flush()
             result = dataclasses.replace(BenchmarkResult.from_row(row), peak_memory_bytes=peak)
@@ -346,15 +397,26 @@ class ContinuousBenchmark:
         if math.isfinite(result.ops_per_second):
             self._capacity[test.name] = result.ops_per_second
             self.metrics.set_capacity(min(self._capacity.values()))
-        _log().info(PERFORMANCE_MEASUREMENT, operation=test.name, duration_ms=round(duration * 1e3, 3),
-                    baseline_ms=round(baseline * 1e3, 3), degradation_ratio=round(ratio, 4),
-                    throughput_ops_per_sec=round(result.ops_per_second, 1),
-                    memory_usage_mb=None if peak is None else round(peak / 2**20, 3), vsa=self.vsa,
-                    device=str(self.device))
+        _log().info(
+            PERFORMANCE_MEASUREMENT,
+            operation=test.name,
+            duration_ms=round(duration * 1e3, 3),
+            baseline_ms=round(baseline * 1e3, 3),
+            degradation_ratio=round(ratio, 4),
+            throughput_ops_per_sec=round(result.ops_per_second, 1),
+            memory_usage_mb=None if peak is None else round(peak / 2**20, 3),
+            vsa=self.vsa,
+            device=str(self.device),
+        )
         if result.degraded:
-            _log().warning("performance_degradation_detected", operation=test.name, degradation_ratio=round(ratio, 4),
-                        alert_threshold_degradation=test.alert_threshold, duration_ms=round(duration * 1e3, 3),
-                        baseline_ms=round(baseline * 1e3, 3))
+            _log().warning(
+                "performance_degradation_detected",
+                operation=test.name,
+                degradation_ratio=round(ratio, 4),
+                alert_threshold_degradation=test.alert_threshold,
+                duration_ms=round(duration * 1e3, 3),
+                baseline_ms=round(baseline * 1e3, 3),
+            )
         return result
 
     def history(self, name: str | None = None, limit: int = 100) -> list[BenchmarkResult]:
@@ -370,8 +432,9 @@ class ContinuousBenchmark:
             raise RuntimeError("the continuous benchmark is already running")
         self._stopping.clear()
         self._stop_event = asyncio.Event()
-        self._tasks = [asyncio.create_task(self._loop(test), name=f"hdc-benchmark-{test.name}")
-                       for test in self.tests.values()]
+        self._tasks = [
+            asyncio.create_task(self._loop(test), name=f"hdc-benchmark-{test.name}") for test in self.tests.values()
+        ]
         _log().info("benchmark_started", tests=list(self.tests), database_url=self.database_url)
 
     async def stop(self, timeout: float = 30.0) -> None:

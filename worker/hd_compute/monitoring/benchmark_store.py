@@ -21,8 +21,18 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
-__all__ = ["BenchmarkRun", "BenchmarkResult", "DEFAULT_STATE_DIR", "default_database_url", "masked_url",
-           "make_engine", "read_history", "sparkline", "trend", "print_history"]
+__all__ = [
+    "BenchmarkRun",
+    "BenchmarkResult",
+    "DEFAULT_STATE_DIR",
+    "default_database_url",
+    "masked_url",
+    "make_engine",
+    "read_history",
+    "sparkline",
+    "trend",
+    "print_history",
+]
 
 DEFAULT_STATE_DIR = "./hdc-state"
 
@@ -83,9 +93,21 @@ class BenchmarkResult:
     @classmethod
     def from_row(cls, row: BenchmarkRun) -> "BenchmarkResult":
         started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=timezone.utc)
-        return cls(row.test, started, row.duration_seconds, row.ops_per_run, row.ops_per_second,
-                   row.baseline_seconds, row.degradation_ratio, row.alert_threshold, row.vsa, row.dimension,
-                   row.device, row.machine, row.replica)
+        return cls(
+            row.test,
+            started,
+            row.duration_seconds,
+            row.ops_per_run,
+            row.ops_per_second,
+            row.baseline_seconds,
+            row.degradation_ratio,
+            row.alert_threshold,
+            row.vsa,
+            row.dimension,
+            row.device,
+            row.machine,
+            row.replica,
+        )
 
 
 def default_database_url(state_dir: str | None = None) -> str:
@@ -101,13 +123,17 @@ def masked_url(url) -> str:
 def _parse_url(value: object, argument: str):
     """Validates a database URL: SQLite, or PostgreSQL through psycopg 3 (postgresql:// is taken to mean it)."""
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{argument} must be a database URL such as sqlite:///path/benchmarks.db or "
-                         f"postgresql+psycopg://user@host/db, got {value!r}")
+        raise ValueError(
+            f"{argument} must be a database URL such as sqlite:///path/benchmarks.db or "
+            f"postgresql+psycopg://user@host/db, got {value!r}"
+        )
     try:
         url = make_url(value.strip())
     except ArgumentError:
-        raise ValueError(f"{argument} is not a database URL: {value!r} (expected sqlite:///path/benchmarks.db "
-                         f"or postgresql+psycopg://user@host/db)") from None
+        raise ValueError(
+            f"{argument} is not a database URL: {value!r} (expected sqlite:///path/benchmarks.db "
+            f"or postgresql+psycopg://user@host/db)"
+        ) from None
     backend, _, driver = url.drivername.partition("+")
     if backend in ("postgresql", "postgres") and driver in ("", "psycopg"):
         url = url.set(drivername="postgresql+psycopg")
@@ -116,8 +142,10 @@ def _parse_url(value: object, argument: str):
     elif backend == "sqlite" and driver in ("", "pysqlite"):
         pass
     else:
-        raise ValueError(f"{argument} must use sqlite:// or postgresql+psycopg:// (psycopg 3), "
-                         f"got {url.drivername}:// in {masked_url(url)}")
+        raise ValueError(
+            f"{argument} must use sqlite:// or postgresql+psycopg:// (psycopg 3), "
+            f"got {url.drivername}:// in {masked_url(url)}"
+        )
     return url
 
 
@@ -185,16 +213,20 @@ def trend(results: list[BenchmarkResult], recent: int = 3) -> str:
     return f"{verdict}: {ratio * 100:+.1f} % vs baseline (median of last {len(last)}){slope}"
 
 
-def print_history(database_url: str, test: str | None = None, *, limit: int = 20,
-                  console=None) -> list[BenchmarkResult]:
+def print_history(
+    database_url: str, test: str | None = None, *, limit: int = 20, console=None
+) -> list[BenchmarkResult]:
     """Prints each test's stored runs (the latest `limit`) and its trend; returns the runs printed."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     url = _parse_url(database_url, "database_url")
-    if (url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-            and not os.path.exists(url.database)):
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not os.path.exists(url.database)
+    ):
         console.print(f"no benchmark runs stored in {masked_url(url)} (the file does not exist)")
         return []
     engine = make_engine(database_url, "database_url", create=False)
@@ -219,9 +251,14 @@ def print_history(database_url: str, test: str | None = None, *, limit: int = 20
                 table.add_column(column, justify="left" if column in ("started (UTC)", "replica") else "right")
             for r in results:
                 flag = " !" if r.degraded else ""
-                table.add_row(r.started_at.strftime("%Y-%m-%d %H:%M:%S"), r.replica, f"{r.duration_seconds * 1e3:.3f}",
-                              f"{r.baseline_seconds * 1e3:.3f}", f"{r.degradation_ratio * 100:+.1f} %{flag}",
-                              f"{r.ops_per_second:,.0f}")
+                table.add_row(
+                    r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    r.replica,
+                    f"{r.duration_seconds * 1e3:.3f}",
+                    f"{r.baseline_seconds * 1e3:.3f}",
+                    f"{r.degradation_ratio * 100:+.1f} %{flag}",
+                    f"{r.ops_per_second:,.0f}",
+                )
             console.print(table)
             console.print(f"trend {sparkline([r.duration_seconds for r in results])}  {trend(results)}")
             printed.extend(results)

@@ -141,8 +141,7 @@ def memory_used_percent() -> float:
 
 
 class HealthChecker:
-    def __init__(self, thresholds: HealthThresholds | None = None, *, require_cuda: bool = False,
-                 cuda_device: int = 0):
+    def __init__(self, thresholds: HealthThresholds | None = None, *, require_cuda: bool = False, cuda_device: int = 0):
         self.thresholds = thresholds if thresholds is not None else HealthThresholds()
         if not isinstance(require_cuda, bool):
             raise ValueError(f"require_cuda must be a bool, got {require_cuda!r}")

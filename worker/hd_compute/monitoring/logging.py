@@ -17,7 +17,8 @@ files, as in the seed.
 Two of structlog's documented set-ups, chosen by whether there is a log file:
 
 - stdout only (the container default): structlog lines are rendered by structlog's own chain and written by
-  its WriteLogger, one write per line; the records of other libraries (aiohttp's access log, ...) go through
+  a minimal final logger (`_StdoutLogger`, structlog's WriteLogger reading sys.stdout at each write), one write
+  per line; the records of other libraries (aiohttp's access log, ...) go through
   the standard `logging` module to a stdout handler whose `ProcessorFormatter` runs the same processors
   (`foreign_pre_chain`) and the same renderer. A structlog line skips the standard library's round trip (two
   LogRecords, the caller lookup, the handler): at one line per request that is the larger part of a line's
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -46,9 +48,18 @@ except ImportError:  # the operator's image imports this module without OpenTele
     trace = None  # type: ignore[assignment]
 
 __all__ = [
-    "configure_logging", "get_logger", "LoggerCache", "bind_request_context", "clear_request_context",
-    "flush_logs", "OPERATION_COMPLETED", "CUDA_MEMORY_ALLOCATION_FAILED", "PERFORMANCE_MEASUREMENT",
-    "FILE_MAX_BYTES", "FILE_BACKUP_COUNT", "FORMATS",
+    "configure_logging",
+    "get_logger",
+    "LoggerCache",
+    "bind_request_context",
+    "clear_request_context",
+    "flush_logs",
+    "OPERATION_COMPLETED",
+    "CUDA_MEMORY_ALLOCATION_FAILED",
+    "PERFORMANCE_MEASUREMENT",
+    "FILE_MAX_BYTES",
+    "FILE_BACKUP_COUNT",
+    "FORMATS",
 ]
 
 # The seed's event names.
@@ -170,7 +181,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json", file: str | None =
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             rotating = logging.handlers.RotatingFileHandler(
-                path, maxBytes=FILE_MAX_BYTES, backupCount=FILE_BACKUP_COUNT, encoding="utf-8")
+                path, maxBytes=FILE_MAX_BYTES, backupCount=FILE_BACKUP_COUNT, encoding="utf-8"
+            )
         except OSError as exc:
             raise ValueError(f"file (HDC_LOG_FILE) {file!r} cannot be opened for writing: {exc}") from exc
         rotating.setFormatter(_formatter("json"))  # the file stays machine-readable when stdout is for humans
@@ -187,7 +199,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json", file: str | None =
     if file:  # through the standard handlers, so that each line reaches stdout and the file
         last, factory = [structlog.stdlib.ProcessorFormatter.wrap_for_formatter], structlog.stdlib.LoggerFactory()
     else:
-        last, factory = _rendering(fmt), _NamedWriteLogger
+        last, factory = _rendering(fmt), _StdoutLogger
     structlog.configure(
         processors=[*_shared_processors(), *last],
         logger_factory=factory,
@@ -206,13 +218,27 @@ def flush_logs() -> None:
     sys.stdout.flush()
 
 
-class _NamedWriteLogger(structlog.WriteLogger):
-    """structlog's WriteLogger (one write and flush per line, to sys.stdout as it is when the logger is bound)
-    with the name it was asked for, which structlog.stdlib.add_logger_name reads as it reads a stdlib logger's."""
+_STDOUT_LOCK = threading.Lock()  # lines from the event loop and the kernel thread leave whole and in turn
+
+
+class _StdoutLogger:
+    """structlog's final logger for stdout-only logging: each rendered line in one write, flushed, to sys.stdout
+    as it is at the time of the write (like _StdoutHandler: a bound logger outlives a replaced or captured
+    stdout; structlog's WriteLogger keeps the stream it was created with). `name` is the name it was asked for,
+    which structlog.stdlib.add_logger_name reads as it reads a stdlib logger's."""
+
+    __slots__ = ("name",)
 
     def __init__(self, name: str | None = None, *args: Any) -> None:
-        super().__init__()
         self.name = name or "hd_compute"
+
+    def msg(self, message: str) -> None:
+        stream = sys.stdout
+        with _STDOUT_LOCK:
+            stream.write(message + "\n")
+            stream.flush()
+
+    debug = info = warning = warn = error = exception = critical = fatal = log = msg
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -38,8 +38,26 @@ __all__ = ["MetricsCollector", "QUANTILES", "DURATION_BUCKETS", "BATCH_SIZE_BUCK
 
 QUANTILES = (0.5, 0.95, 0.99)
 # Seconds: from 50 us (one bind on a GPU) to 30 s (a huge cleanup on a CPU).
-DURATION_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                    1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 # increment_counter names (the seed's, without "hdc_") -> the metric family; "operations_total" is the seed's
@@ -126,19 +144,22 @@ class _WindowCollector:
         latency = GaugeMetricFamily(
             "hdc_latency_percentiles",
             f"Operation latency percentiles in milliseconds over the last {self._owner.latency_window_seconds:g} s",
-            labels=["operation", "quantile"])
+            labels=["operation", "quantile"],
+        )
         throughput = GaugeMetricFamily(
             "hdc_throughput_ops_per_second",
             f"Hypervector operations per second over the last {self._owner.latency_window_seconds:g} s",
-            labels=["operation"])
+            labels=["operation"],
+        )
         for operation, (percentiles, rate) in sorted(self._owner.window_snapshot().items()):
             for q, value in percentiles.items():
                 latency.add_metric([operation, f"{q:g}"], value)
             throughput.add_metric([operation], rate)
         yield latency
         yield throughput
-        capacity = GaugeMetricFamily("hdc_capacity_ops_per_second",
-                                     "Hypervector operations per second this replica can sustain (measured)")
+        capacity = GaugeMetricFamily(
+            "hdc_capacity_ops_per_second", "Hypervector operations per second this replica can sustain (measured)"
+        )
         if self._owner.capacity is not None:
             capacity.add_metric([], self._owner.capacity)
         yield capacity
@@ -164,8 +185,13 @@ class MetricsCollector:
     `label_names` maps each declared metric family (as prometheus_client names it: counters without their
     `_total`) to its label names, for readers that need the labels of a family that has no sample yet."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, latency_window_seconds: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        latency_window_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.latency_window_seconds = _check_number("latency_window_seconds", latency_window_seconds)
         if self.latency_window_seconds <= 0:
             raise ValueError(f"latency_window_seconds must be > 0, got {latency_window_seconds!r}")
@@ -190,38 +216,58 @@ class MetricsCollector:
             return metric
 
         # System
-        self.memory_usage_bytes = declare(Gauge, "hdc_memory_usage_bytes", "Memory consumption by component, in bytes",
-                                          ("component",))
-        self.cpu_usage_percent = declare(Gauge, "hdc_cpu_usage_percent",
-                                         "CPU used by the worker process, in percent of one core")
-        self.gpu_memory_usage_bytes = declare(Gauge, "hdc_gpu_memory_usage_bytes",
-                                              "GPU memory in use, in bytes (if a GPU exists)", ("device",))
-        self.gpu_utilization_percent = declare(Gauge, "hdc_gpu_utilization_percent", "GPU utilization, in percent",
-                                               ("device",))
+        self.memory_usage_bytes = declare(
+            Gauge, "hdc_memory_usage_bytes", "Memory consumption by component, in bytes", ("component",)
+        )
+        self.cpu_usage_percent = declare(
+            Gauge, "hdc_cpu_usage_percent", "CPU used by the worker process, in percent of one core"
+        )
+        self.gpu_memory_usage_bytes = declare(
+            Gauge, "hdc_gpu_memory_usage_bytes", "GPU memory in use, in bytes (if a GPU exists)", ("device",)
+        )
+        self.gpu_utilization_percent = declare(
+            Gauge, "hdc_gpu_utilization_percent", "GPU utilization, in percent", ("device",)
+        )
         # Operations. Counters are named without `_total`: prometheus_client appends it to the samples.
-        self.operation_duration_seconds = declare(Histogram, "hdc_operation_duration_seconds",
-                                                  "Operation execution time", ("operation",),
-                                                  buckets=DURATION_BUCKETS)
+        self.operation_duration_seconds = declare(
+            Histogram,
+            "hdc_operation_duration_seconds",
+            "Operation execution time",
+            ("operation",),
+            buckets=DURATION_BUCKETS,
+        )
         self.operation_total = declare(Counter, "hdc_operation", "Total operations by type", ("operation",))
-        self.operation_errors_total = declare(Counter, "hdc_operation_errors", "Failed operations by type and error",
-                                              ("operation", "error"))
-        self.hypervector_operations_total = declare(Counter, "hdc_hypervector_operations",
-                                                    "Hypervectors processed by operations", ("operation",))
+        self.operation_errors_total = declare(
+            Counter, "hdc_operation_errors", "Failed operations by type and error", ("operation", "error")
+        )
+        self.hypervector_operations_total = declare(
+            Counter, "hdc_hypervector_operations", "Hypervectors processed by operations", ("operation",)
+        )
         # Performance (latency percentiles, throughput and capacity: _WindowCollector)
-        self.batch_size_distribution = declare(Histogram, "hdc_batch_size_distribution", "Micro-batch sizes",
-                                               buckets=BATCH_SIZE_BUCKETS)
-        self.benchmark_duration_seconds = declare(Gauge, "hdc_benchmark_duration_seconds",
-                                                  "Latest continuous-benchmark duration of one call", ("test",))
-        self.benchmark_degradation_ratio = declare(Gauge, "hdc_benchmark_degradation_ratio",
-                                                   "(current - baseline) / baseline of a continuous benchmark",
-                                                   ("test",))
-        self.benchmark_peak_memory_bytes = declare(Gauge, "hdc_benchmark_peak_memory_bytes",
-                                                   "Peak memory of one call of a continuous-benchmark test beyond "
-                                                   "what was in use before it, in bytes", ("test",))
+        self.batch_size_distribution = declare(
+            Histogram, "hdc_batch_size_distribution", "Micro-batch sizes", buckets=BATCH_SIZE_BUCKETS
+        )
+        self.benchmark_duration_seconds = declare(
+            Gauge, "hdc_benchmark_duration_seconds", "Latest continuous-benchmark duration of one call", ("test",)
+        )
+        self.benchmark_degradation_ratio = declare(
+            Gauge,
+            "hdc_benchmark_degradation_ratio",
+            "(current - baseline) / baseline of a continuous benchmark",
+            ("test",),
+        )
+        self.benchmark_peak_memory_bytes = declare(
+            Gauge,
+            "hdc_benchmark_peak_memory_bytes",
+            "Peak memory of one call of a continuous-benchmark test beyond what was in use before it, in bytes",
+            ("test",),
+        )
         self.active_hypervectors = declare(Gauge, "hdc_active_hypervectors", "Hypervectors held by the worker")
-        for name, labels in {"hdc_latency_percentiles": ("operation", "quantile"),
-                             "hdc_throughput_ops_per_second": ("operation",),
-                             "hdc_capacity_ops_per_second": ()}.items():
+        for name, labels in {
+            "hdc_latency_percentiles": ("operation", "quantile"),
+            "hdc_throughput_ops_per_second": ("operation",),
+            "hdc_capacity_ops_per_second": (),
+        }.items():
             self.label_names[name] = labels
 
         self.registry.register(_WithoutCreated(inner))
@@ -237,7 +283,8 @@ class MetricsCollector:
 
     def record_memory_usage(self, component: str, memory_bytes: int) -> None:
         self.memory_usage_bytes.labels(_check_label("component", component)).set(
-            _check_number("memory_bytes", memory_bytes))
+            _check_number("memory_bytes", memory_bytes)
+        )
 
     def record_device_utilization(self, device: str, percent: float) -> None:
         """'cpu' sets hdc_cpu_usage_percent; any other device ('cuda', 'cuda:0') hdc_gpu_utilization_percent."""
@@ -268,8 +315,9 @@ class MetricsCollector:
         for operation in operations:
             self._series_of(_check_label("operation", operation))
 
-    def observe_operation(self, operation: str, seconds: float, *, hypervectors: int = 1,
-                          error: str | None = None) -> None:
+    def observe_operation(
+        self, operation: str, seconds: float, *, hypervectors: int = 1, error: str | None = None
+    ) -> None:
         """One completed request or kernel: its duration, the operation and hypervector counters (a failed one:
         the error counter of its `error` code instead of hypervectors, since failed work is not throughput),
         and the sliding window of the latency percentiles and throughput."""
@@ -297,14 +345,16 @@ class MetricsCollector:
     def set_capacity(self, ops_per_second: float) -> None:
         self.capacity = _check_number("ops_per_second", ops_per_second)
 
-    def record_benchmark(self, test: str, duration_seconds: float, degradation_ratio: float,
-                         peak_memory_bytes: int | None = None) -> None:
+    def record_benchmark(
+        self, test: str, duration_seconds: float, degradation_ratio: float, peak_memory_bytes: int | None = None
+    ) -> None:
         """A continuous-benchmark run of `test`: the duration of one call, its degradation against the baseline
         and, when it was measured, the call's peak memory (hdc_benchmark_peak_memory_bytes)."""
         _check_label("test", test)
         self.benchmark_duration_seconds.labels(test).set(_check_number("duration_seconds", duration_seconds))
         self.benchmark_degradation_ratio.labels(test).set(
-            _check_number("degradation_ratio", degradation_ratio, minimum=-1.0))
+            _check_number("degradation_ratio", degradation_ratio, minimum=-1.0)
+        )
         if peak_memory_bytes is not None:
             self.benchmark_peak_memory_bytes.labels(test).set(_check_count("peak_memory_bytes", peak_memory_bytes))
 
@@ -347,8 +397,7 @@ class MetricsCollector:
                 if not entries:
                     continue
                 durations = sorted(d for _, d, _ in entries)
-                out[operation] = ({q: _quantile(durations, q) for q in QUANTILES},
-                                  sum(n for _, _, n in entries) / span)
+                out[operation] = ({q: _quantile(durations, q) for q in QUANTILES}, sum(n for _, _, n in entries) / span)
         return out
 
     def exposition(self, accept: str | None = None, *, update_system: bool = True) -> tuple[bytes, str]:
@@ -396,8 +445,7 @@ class MetricsCollector:
         missing = [k for k in expected if k not in given]
         extra = [k for k in given if k not in expected]
         if missing or extra:
-            raise ValueError(f"metric {name!r} takes labels {list(expected)}; "
-                             f"missing {missing}, unexpected {extra}")
+            raise ValueError(f"metric {name!r} takes labels {list(expected)}; missing {missing}, unexpected {extra}")
         for k, v in given.items():
             _check_label(f"label {k!r}", v)
         metric = self._families[family]

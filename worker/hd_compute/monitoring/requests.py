@@ -38,8 +38,7 @@ from .logging import OPERATION_COMPLETED, LoggerCache
 from .metrics import MetricsCollector
 from .tracing import extract_context, get_tracer, records_spans
 
-__all__ = ["start_request", "ServedRequest", "operation_completed", "operation_failed", "REQUEST_FAILED",
-           "LOGGER_NAME"]
+__all__ = ["start_request", "ServedRequest", "operation_completed", "operation_failed", "REQUEST_FAILED", "LOGGER_NAME"]
 
 LOGGER_NAME = "hd_compute.service"
 REQUEST_FAILED = "request_failed"
@@ -62,8 +61,9 @@ class ServedRequest:
     def __enter__(self) -> ServedRequest:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         span = self.span
         try:
             if span.is_recording():
@@ -92,8 +92,9 @@ def start_request(method: str, route: str, headers: Mapping[str, str], correlati
     return ServedRequest(span, token, structlog.contextvars.bind_contextvars(correlation_id=correlation_id))
 
 
-def operation_completed(metrics: MetricsCollector, operation: str, seconds: float, *, hypervectors: int,
-                        fields: Mapping[str, Any]) -> None:
+def operation_completed(
+    metrics: MetricsCollector, operation: str, seconds: float, *, hypervectors: int, fields: Mapping[str, Any]
+) -> None:
     """A successful operation: its metrics, and its hypervector_operation_completed line with `fields` (the
     contract's operation, dimension, input_count, duration_ms, device; the worker adds status) after
     operation and duration_ms."""
@@ -101,8 +102,9 @@ def operation_completed(metrics: MetricsCollector, operation: str, seconds: floa
     _log().info(OPERATION_COMPLETED, operation=operation, duration_ms=round(seconds * 1000, 3), **fields)
 
 
-def operation_failed(metrics: MetricsCollector, operation: str, seconds: float, error: str, *,
-                     fields: Mapping[str, Any] | None = None) -> None:
+def operation_failed(
+    metrics: MetricsCollector, operation: str, seconds: float, error: str, *, fields: Mapping[str, Any] | None = None
+) -> None:
     """A failed operation: its duration, counted under `error` (the error code; failed work adds no
     hypervectors), and a request_failed warning with `fields` unless `fields` is None (the caller logged the
     failure its own way)."""

@@ -41,8 +41,17 @@ from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
 __all__ = [
-    "configure_tracing", "shutdown_tracing", "get_tracer", "kernel_span", "extract_context", "inject_context",
-    "current_trace_id", "records_spans", "WorkerTracerProvider", "ExportedOnlySampler", "TRACER_NAME",
+    "configure_tracing",
+    "shutdown_tracing",
+    "get_tracer",
+    "kernel_span",
+    "extract_context",
+    "inject_context",
+    "current_trace_id",
+    "records_spans",
+    "WorkerTracerProvider",
+    "ExportedOnlySampler",
+    "TRACER_NAME",
 ]
 
 TRACER_NAME = "hd_compute"
@@ -56,9 +65,16 @@ class ExportedOnlySampler(Sampler):
         self.configured = configured
         self._provider = provider
 
-    def should_sample(self, parent_context: otel_context.Context | None, trace_id: int, name: str,
-                      kind: SpanKind | None = None, attributes: Attributes = None,
-                      links: Sequence[Link] | None = None, trace_state: TraceState | None = None) -> SamplingResult:
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
         sampler = self.configured if self._provider.span_processors else ALWAYS_OFF
         return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
@@ -113,8 +129,11 @@ def configure_tracing(service_name: str = "hdc-worker", *, set_global: bool = Tr
         if exporter_name == "console":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
         elif exporter_name == "otlp" or (exporter_name == "" and endpoint):
-            protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf")
+            protocol = (
+                os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf"
+            )
             if protocol != "http/protobuf":
                 raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: only http/protobuf is supported, got {protocol!r}")
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -164,9 +183,15 @@ def _check(field: str, value: object) -> None:
         raise ValueError(f"{field} must be a non-negative integer, got {value!r}")
 
 
-def kernel_span(operation: str, input_count: int, dimension: int, *,
-                attributes: Mapping[str, object] | None = None, parent: SpanContext | None = None,
-                links: Sequence[SpanContext] = ()) -> contextlib.AbstractContextManager[Span]:
+def kernel_span(
+    operation: str,
+    input_count: int,
+    dimension: int,
+    *,
+    attributes: Mapping[str, object] | None = None,
+    parent: SpanContext | None = None,
+    links: Sequence[SpanContext] = (),
+) -> contextlib.AbstractContextManager[Span]:
     """Span `hdc_<operation>_operation` with hdc.operation, hdc.input_count, hdc.dimension and hdc.success.
 
     An exception inside sets hdc.success False, records the exception, marks the span ERROR and propagates.
@@ -184,10 +209,12 @@ def kernel_span(operation: str, input_count: int, dimension: int, *,
 
 
 @contextlib.contextmanager
-def _kernel_span(name: str, attrs: dict[str, Any], context: otel_context.Context | None,
-                 links: Sequence[Link]) -> Iterator[Span]:
-    with get_tracer().start_as_current_span(name, context=context, attributes=attrs, links=links,
-                                            record_exception=False, set_status_on_exception=False) as span:
+def _kernel_span(
+    name: str, attrs: dict[str, Any], context: otel_context.Context | None, links: Sequence[Link]
+) -> Iterator[Span]:
+    with get_tracer().start_as_current_span(
+        name, context=context, attributes=attrs, links=links, record_exception=False, set_status_on_exception=False
+    ) as span:
         try:
             yield span
         except BaseException as exc:
@@ -225,8 +252,9 @@ def extract_context(headers: Mapping[str, str]) -> otel_context.Context:
     return propagate.extract(headers, getter=_GETTER)
 
 
-def inject_context(headers: MutableMapping[str, str] | None = None,
-                   context: otel_context.Context | None = None) -> MutableMapping[str, str]:
+def inject_context(
+    headers: MutableMapping[str, str] | None = None, context: otel_context.Context | None = None
+) -> MutableMapping[str, str]:
     """Adds traceparent (and tracestate, baggage) for the current or given context to `headers`; returns them."""
     carrier: MutableMapping[str, str] = {} if headers is None else headers
     propagate.inject(carrier, context=context)

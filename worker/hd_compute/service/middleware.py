@@ -117,8 +117,18 @@ def record_completed(op: Op, seconds: float, status: int) -> None:
     worker = op.worker
     if not worker.settings.observability:
         return
-    operation_completed(worker.metrics, op.name, seconds, hypervectors=max(op.input_count, 1), fields={
-        "dimension": op.dimension, "input_count": op.input_count, "device": worker.device_name, "status": status})
+    operation_completed(
+        worker.metrics,
+        op.name,
+        seconds,
+        hypervectors=max(op.input_count, 1),
+        fields={
+            "dimension": op.dimension,
+            "input_count": op.input_count,
+            "device": worker.device_name,
+            "status": status,
+        },
+    )
 
 
 def record_failed(op: Op, seconds: float, status: int, error: str, detail: str, *, log_it: bool = True) -> None:
