@@ -23,7 +23,7 @@ from sqlalchemy import Connection, and_, delete, exists, select, update
 from .blobs import dtype_name, to_bytes
 from .database import Database
 from .reader import current_object, head_of, object_entries
-from .schema import Entry, Kind, ObjectRow, Op, log, objects, segments
+from .schema import Entry, Kind, ObjectRow, Op, Segment, log, objects, segments
 
 SEGMENT_BYTES = 16 << 20  # a memory's items per segment row at most (one row is read into memory at a time)
 
@@ -47,7 +47,7 @@ def compact_object(db: Database, kind: Kind, name: str) -> bool:
 
 class _Piece(NamedTuple):
     first_id: int
-    count: int
+    items: int
     version: int
     payload: bytes
     keys: list[str] | None
@@ -60,18 +60,18 @@ def _compact_memory(conn: Connection, obj: ObjectRow, entries: list[Entry]) -> N
         return
     new_bytes = sum(len(p.payload) for p in pieces)
     of_this = (segments.c.kind == obj.kind, segments.c.name == obj.name, segments.c.generation == obj.generation)
-    tail = conn.execute(select(segments).where(*of_this).order_by(segments.c.first_id.desc()).limit(1)).first()
+    last = conn.execute(select(segments).where(*of_this).order_by(segments.c.first_id.desc()).limit(1)).first()
+    tail = None if last is None else Segment.from_row(last)
     tail_bytes = len(tail.payload or b"") if tail is not None else 0
     if tail is not None and tail_bytes < new_bytes and tail_bytes + new_bytes <= SEGMENT_BYTES:
         conn.execute(delete(segments).where(*of_this, segments.c.first_id == tail.first_id))
-        pieces.insert(0, _Piece(int(tail.first_id), int(tail.count), int(tail.version), tail.payload or b"",
-                                tail.keys))
+        pieces.insert(0, _Piece(tail.first_id, tail.count, tail.version, tail.payload or b"", tail.keys))
     for group in _groups(pieces):
         keyed = any(p.keys is not None for p in group)
-        keys = [k for p in group for k in (p.keys if p.keys is not None else [""] * p.count)] if keyed else None
+        keys = [k for p in group for k in (p.keys if p.keys is not None else [""] * p.items)] if keyed else None
         conn.execute(segments.insert().values(
             kind=obj.kind, name=obj.name, generation=obj.generation, first_id=group[0].first_id,
-            count=sum(p.count for p in group), version=group[-1].version, payload=b"".join(p.payload for p in group),
+            count=sum(p.items for p in group), version=group[-1].version, payload=b"".join(p.payload for p in group),
             keys=keys, meta=None))
 
 

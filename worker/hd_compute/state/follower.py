@@ -107,11 +107,13 @@ class Follower:
         return cached
 
     def memories(self) -> dict[str, CachedMemory]:
-        """Every live memory by name (a copy of the mapping, sorted by name; the entries are the cache's own)."""
-        return dict(sorted(self._cache.memories.items()))
+        """Every live memory by name (a copy of the mapping, sorted by name; the entries are the cache's own).
+        The mapping is copied in one step (dict.copy holds the GIL throughout) before it is sorted, so a step
+        applied meanwhile in another thread cannot change it under the iteration."""
+        return dict(sorted(self._cache.memories.copy().items()))
 
     def classifiers(self) -> dict[str, CachedClassifier]:
-        return dict(sorted(self._cache.classifiers.items()))
+        return dict(sorted(self._cache.classifiers.copy().items()))
 
     def add_apply_hook(self, hook: Callable[[int, int], None]) -> None:
         """hook(previous, applied) after each applied step, in the thread that applied it."""

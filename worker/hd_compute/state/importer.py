@@ -75,8 +75,8 @@ def _import_memory(tx: Transaction, state: dict[str, Any]) -> str:
     dtype = getattr(torch, state["dtype"])
     tx.create_memory(name, dim, model.name, dtype)
     vectors: torch.Tensor = state["vectors"]
-    keys: list[str] | None = list(state.get("keys") or [])
-    keys = keys + [""] * (vectors.shape[0] - len(keys)) if any(keys) else None
+    given: list[str] = list(state.get("keys") or [])
+    keys = given + [""] * (vectors.shape[0] - len(given)) if any(given) else None
     row_bytes = max(1, model.storage_width(dim) * vectors.element_size())
     step = max(1, SEGMENT_BYTES // row_bytes)
     for start in range(0, vectors.shape[0], step):
