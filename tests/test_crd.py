@@ -291,7 +291,7 @@ def test_a_cel_rule_without_mirror_is_refused_at_load():
         },
     }
     with pytest.raises(RuntimeError, match="self > 1"):
-        specmod._check_mirrors(schema)
+        specmod.check_mirrors(schema)
 
 
 def test_crd_shape():

@@ -32,6 +32,8 @@ __all__ = [
     "BURN_RATE_WINDOWS",
     "SLO_WINDOWS",
     "latency_bucket",
+    "SpecContext",
+    "promql_number",
 ]
 
 # Where docs/runbooks/<AlertName>.md is published; build_rule_groups(runbook_base_url=...) overrides it.
@@ -127,7 +129,9 @@ def build_rule_groups(
 
     `spec` is the fully defaulted HDCWorkload spec (camelCase). A missing or ill-typed field raises ValueError
     naming it (spec.alerts.highLatency.p95ThresholdMs, ...)."""
-    ctx = _Context(_label_value("name", name), _label_value("namespace", namespace), spec, runbook_base_url.rstrip("/"))
+    ctx = SpecContext(
+        _label_value("name", name), _label_value("namespace", namespace), spec, runbook_base_url.rstrip("/")
+    )
     groups = [{"name": f"hdc.{namespace}.{name}.alerts", "rules": _core_alerts(ctx)}]
     baseline_rules = _baseline_alerts(ctx)
     if baseline_rules:
@@ -153,7 +157,10 @@ def latency_bucket(target_ms: float) -> float:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _Context:
+class SpecContext:
+    """One workload's spec as rules and dashboards read it: values checked as they are read (a bad one raises
+    ValueError naming spec.<path>), the selector of its series (`sel`), and alert rules with their runbook link."""
+
     def __init__(self, name: str, namespace: str, spec: Mapping[str, Any], runbook_base_url: str):
         if not isinstance(spec, Mapping):
             raise ValueError(f"spec must be a mapping (the HDCWorkload spec), got {type(spec).__name__}")
@@ -221,7 +228,7 @@ def _label_value(field: str, value: Any) -> str:
     return value
 
 
-def _num(value: float) -> str:
+def promql_number(value: float) -> str:
     """A PromQL number literal: 100 not 100.0, 0.001 not 0.0010000000000000009."""
     text = format(value, ".10g")
     return text
@@ -239,7 +246,7 @@ def _le_matcher(seconds: float) -> str:
     return 'le=~"' + "|".join(re.escape(v).replace("\\", "\\\\") for v in (normalized, written)) + '"'
 
 
-def _core_alerts(ctx: _Context) -> list[Rule]:
+def _core_alerts(ctx: SpecContext) -> list[Rule]:
     sel = ctx.sel
     latency_ms = ctx.number("alerts.highLatency.p95ThresholdMs")
     memory_mb = ctx.number("alerts.highMemoryUsage.thresholdMb")
@@ -249,25 +256,25 @@ def _core_alerts(ctx: _Context) -> list[Rule]:
         ctx.alert(
             "HDC_HighLatency",
             f"max by (namespace, workload, pod, operation) "
-            f'(hdc_latency_percentiles{{{sel}, quantile="0.95"}}) > {_num(latency_ms)}',
+            f'(hdc_latency_percentiles{{{sel}, quantile="0.95"}}) > {promql_number(latency_ms)}',
             for_=ctx.duration("alerts.highLatency.for"),
             severity="warning",
             summary="HD-Compute operations experiencing high latency",
             description=(
                 f"95th percentile latency of {{{{ $labels.operation }}}} on {{{{ $labels.pod }}}} is "
-                f"{{{{ $value | humanize }}}}ms (threshold {_num(latency_ms)}ms)"
+                f"{{{{ $value | humanize }}}}ms (threshold {promql_number(latency_ms)}ms)"
             ),
         ),
         ctx.alert(
             "HDC_HighMemoryUsage",
             f"max by (namespace, workload, pod) "
-            f'(hdc_memory_usage_bytes{{{sel}, component="process"}}) / 1024 / 1024 > {_num(memory_mb)}',
+            f'(hdc_memory_usage_bytes{{{sel}, component="process"}}) / 1024 / 1024 > {promql_number(memory_mb)}',
             for_=ctx.duration("alerts.highMemoryUsage.for"),
             severity="critical",
             summary="HD-Compute high memory usage",
             description=(
                 f'Memory usage of {{{{ $labels.pod }}}} is {{{{ printf "%.0f" $value }}}}MB '
-                f"(threshold {_num(memory_mb)}MB)"
+                f"(threshold {promql_number(memory_mb)}MB)"
             ),
         ),
     ]
@@ -276,13 +283,13 @@ def _core_alerts(ctx: _Context) -> list[Rule]:
             ctx.alert(
                 "HDC_LowGPUUtilization",
                 f"max by (namespace, workload, pod, device) "
-                f"(hdc_gpu_utilization_percent{{{sel}}}) < {_num(gpu_percent)}",
+                f"(hdc_gpu_utilization_percent{{{sel}}}) < {promql_number(gpu_percent)}",
                 for_=ctx.duration("alerts.lowGpuUtilization.for"),
                 severity="info",
                 summary="GPU underutilized",
                 description=(
                     f"GPU utilization of {{{{ $labels.device }}}} on {{{{ $labels.pod }}}} is only "
-                    f"{{{{ $value | humanize }}}}% (threshold {_num(gpu_percent)}%)"
+                    f"{{{{ $value | humanize }}}}% (threshold {promql_number(gpu_percent)}%)"
                 ),
             )
         )
@@ -290,13 +297,14 @@ def _core_alerts(ctx: _Context) -> list[Rule]:
         ctx.alert(
             "HDC_HighErrorRate",
             f"sum by (namespace, workload) (rate(hdc_operation_errors_total{{{sel}}}[5m])) "
-            f"/ sum by (namespace, workload) (rate(hdc_operation_total{{{sel}}}[5m])) > {_num(error_percent / 100)}",
+            f"/ sum by (namespace, workload) (rate(hdc_operation_total{{{sel}}}[5m])) "
+            f"> {promql_number(error_percent / 100)}",
             for_=ctx.duration("alerts.highErrorRate.for"),
             severity="critical",
             summary="High error rate in HD-Compute operations",
             description=(
                 f"Error rate of workload {{{{ $labels.namespace }}}}/{{{{ $labels.workload }}}} is "
-                f"{{{{ $value | humanizePercentage }}}} (threshold {_num(error_percent)}%)"
+                f"{{{{ $value | humanizePercentage }}}} (threshold {promql_number(error_percent)}%)"
             ),
         )
     )
@@ -327,21 +335,21 @@ def _core_alerts(ctx: _Context) -> list[Rule]:
             ctx.alert(
                 "HDC_BenchmarkRegression",
                 f"max by (namespace, workload, pod, test) "
-                f"(hdc_benchmark_degradation_ratio{{{sel}}}) > {_num(threshold)}",
+                f"(hdc_benchmark_degradation_ratio{{{sel}}}) > {promql_number(threshold)}",
                 for_=ctx.duration("alerts.benchmarkRegression.for"),
                 severity="warning",
                 summary="HD-Compute continuous benchmark regressed",
                 description=(
                     f"Benchmark {{{{ $labels.test }}}} on {{{{ $labels.pod }}}} is "
                     f"{{{{ $value | humanizePercentage }}}} slower than its baseline "
-                    f"(threshold {_num(threshold * 100)}%)"
+                    f"(threshold {promql_number(threshold * 100)}%)"
                 ),
             )
         )
     return rules
 
 
-def _baseline_alerts(ctx: _Context) -> list[Rule]:
+def _baseline_alerts(ctx: SpecContext) -> list[Rule]:
     baselines = ctx.get("baselines")
     if not isinstance(baselines, list):
         raise ValueError(f"spec.baselines must be a list, got {type(baselines).__name__}")
@@ -374,14 +382,14 @@ def _baseline_alerts(ctx: _Context) -> list[Rule]:
             rules.append(
                 ctx.alert(
                     "HDC_BaselineLatencyExceeded",
-                    f"max by (namespace, workload, pod, operation) ({p95}) > {_num(limit)}",
+                    f"max by (namespace, workload, pod, operation) ({p95}) > {promql_number(limit)}",
                     for_=ctx.duration("alerts.highLatency.for"),
                     severity="warning",
                     labels=labels,
-                    summary=f"Baseline {bname}: {op} slower than {_num(limit)}ms",
+                    summary=f"Baseline {bname}: {op} slower than {promql_number(limit)}ms",
                     description=(
                         f"95th percentile latency of {op} on {{{{ $labels.pod }}}} is "
-                        f"{{{{ $value | humanize }}}}ms; baseline {bname} allows {_num(limit)}ms"
+                        f"{{{{ $value | humanize }}}}ms; baseline {bname} allows {promql_number(limit)}ms"
                     ),
                 )
             )
@@ -394,17 +402,17 @@ def _baseline_alerts(ctx: _Context) -> list[Rule]:
                 ctx.alert(
                     "HDC_BaselineThroughputBelowMinimum",
                     f"sum by (namespace, workload, operation) "
-                    f'(rate(hdc_hypervector_operations_total{{{sel}, operation="{op}"}}[5m])) < {_num(limit)} '
+                    f'(rate(hdc_hypervector_operations_total{{{sel}, operation="{op}"}}[5m])) < {promql_number(limit)} '
                     f"and on (namespace, workload, operation) "
-                    f"max by (namespace, workload, operation) ({p95}) > {_num(slow_ms)}",
+                    f"max by (namespace, workload, operation) ({p95}) > {promql_number(slow_ms)}",
                     for_=ctx.duration("alerts.highLatency.for"),
                     severity="warning",
                     labels=labels,
-                    summary=f"Baseline {bname}: {op} throughput under {_num(limit)} ops/s while saturated",
+                    summary=f"Baseline {bname}: {op} throughput under {promql_number(limit)} ops/s while saturated",
                     description=(
                         f"Workload {ctx.namespace}/{ctx.name} delivers {{{{ $value | humanize }}}} {op} "
-                        f"hypervector ops/s while its p95 latency is over {_num(slow_ms)}ms; "
-                        f"baseline {bname} expects at least {_num(limit)} ops/s"
+                        f"hypervector ops/s while its p95 latency is over {promql_number(slow_ms)}ms; "
+                        f"baseline {bname} expects at least {promql_number(limit)} ops/s"
                     ),
                 )
             )
@@ -419,22 +427,23 @@ def _baseline_alerts(ctx: _Context) -> list[Rule]:
                 ctx.alert(
                     "HDC_BaselineMemoryExceeded",
                     f"max by (namespace, workload, pod) "
-                    f'(hdc_benchmark_peak_memory_bytes{{{sel}, test="{bname}"}}) / 1024 / 1024 > {_num(limit)}',
+                    f'(hdc_benchmark_peak_memory_bytes{{{sel}, test="{bname}"}}) / 1024 / 1024 '
+                    f"> {promql_number(limit)}",
                     for_=ctx.duration("alerts.highMemoryUsage.for"),
                     severity="warning",
                     labels=labels,
-                    summary=f"Baseline {bname}: one {bname} call needs over {_num(limit)}MB",
+                    summary=f"Baseline {bname}: one {bname} call needs over {promql_number(limit)}MB",
                     description=(
                         f"The continuous benchmark's latest {bname} run on {{{{ $labels.pod }}}} needed "
                         f'{{{{ printf "%.0f" $value }}}}MB at its peak; baseline {bname} allows '
-                        f"{_num(limit)}MB"
+                        f"{promql_number(limit)}MB"
                     ),
                 )
             )
     return rules
 
 
-def _slo_rules(ctx: _Context) -> list[Rule]:
+def _slo_rules(ctx: SpecContext) -> list[Rule]:
     sel = ctx.sel
     availability = ctx.number("alerts.slo.availabilityTargetPercent", maximum=100)
     latency_percent = ctx.number("alerts.slo.latencyTargetPercent", maximum=100)
@@ -471,15 +480,20 @@ def _slo_rules(ctx: _Context) -> list[Rule]:
         )
     for slo, record, target, what in (
         ("Availability", "hdc:slo_availability_errors", availability, "failed requests (server errors)"),
-        ("Latency", "hdc:slo_latency_errors", latency_percent, f"requests slower than {_num(bucket * 1000)}ms"),
+        (
+            "Latency",
+            "hdc:slo_latency_errors",
+            latency_percent,
+            f"requests slower than {promql_number(bucket * 1000)}ms",
+        ),
     ):
-        budget = _num(1 - target / 100)
+        budget = promql_number(1 - target / 100)
         for long_w, short_w, burn, severity, for_ in BURN_RATE_WINDOWS:
             page = severity == "critical"
             alert = f"HDC_{slo}SLOBurnRateHigh" if page else f"HDC_{slo}SLOBudgetBurning"
             expr = (
-                f"{record}:ratio_rate{long_w}{{{sel}}} > ({_num(burn)} * {budget}) "
-                f"and {record}:ratio_rate{short_w}{{{sel}}} > ({_num(burn)} * {budget})"
+                f"{record}:ratio_rate{long_w}{{{sel}}} > ({promql_number(burn)} * {budget}) "
+                f"and {record}:ratio_rate{short_w}{{{sel}}} > ({promql_number(burn)} * {budget})"
             )
             rules.append(
                 ctx.alert(
@@ -490,12 +504,12 @@ def _slo_rules(ctx: _Context) -> list[Rule]:
                     labels={"slo": slo.lower(), "long_window": long_w, "short_window": short_w},
                     summary=(
                         f"{ctx.namespace}/{ctx.name} burns its {slo.lower()} error budget "
-                        f"{_num(burn)}x as fast as the SLO allows"
+                        f"{promql_number(burn)}x as fast as the SLO allows"
                     ),
                     description=(
                         f"{{{{ $value | humanizePercentage }}}} of requests over the last {long_w} were "
-                        f"{what} (also over the last {short_w}); the {_num(target)}% SLO allows "
-                        f"{_num(100 - target)}%. At this rate the 30-day budget lasts "
+                        f"{what} (also over the last {short_w}); the {promql_number(target)}% SLO allows "
+                        f"{promql_number(100 - target)}%. At this rate the 30-day budget lasts "
                         f"{30 / burn:.3g} days."
                     ),
                 )

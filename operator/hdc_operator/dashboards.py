@@ -30,7 +30,7 @@ from grafana_foundation_sdk.models.common import GraphThresholdsStyleMode
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, Threshold, ThresholdsMode
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from .alerts import _Context, _num
+from .alerts import SpecContext, promql_number
 
 __all__ = ["PerformanceDashboard", "build_dashboards", "dashboard_file_name", "OPERATOR_SERIES", "PANEL_KINDS"]
 
@@ -251,7 +251,7 @@ def dashboard_file_name(name: str, namespace: str) -> str:
 
 def build_dashboards(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, dict]:
     """{file name: Grafana dashboard JSON model} of workload `name` in `namespace` (spec: the defaulted spec)."""
-    ctx = _Context(_check("name", name), _check("namespace", namespace), spec, "")
+    ctx = SpecContext(_check("name", name), _check("namespace", namespace), spec, "")
     sel = ctx.sel
     latency_ms = ctx.number("alerts.highLatency.p95ThresholdMs")
     error_ratio = ctx.number("alerts.highErrorRate.thresholdPercent", maximum=100) / 100
@@ -292,7 +292,7 @@ def build_dashboards(name: str, namespace: str, spec: Mapping[str, Any]) -> dict
         unit="ms",
         thresholds=[(latency_ms, "red")],
         minimum=0,
-        description=f"All pods, from the duration histogram; HDC_HighLatency fires over {_num(latency_ms)} ms",
+        description=f"All pods, from the duration histogram; HDC_HighLatency fires over {promql_number(latency_ms)} ms",
     )
     d.add_metric(
         "Latency p95 by operation and pod (ms, last 60 s)",
@@ -314,7 +314,7 @@ def build_dashboards(name: str, namespace: str, spec: Mapping[str, Any]) -> dict
         unit="percentunit",
         thresholds=[(error_ratio, "red")],
         minimum=0,
-        description=f"Failed / all /v1 operations; HDC_HighErrorRate fires over {_num(error_ratio * 100)}%",
+        description=f"Failed / all /v1 operations; HDC_HighErrorRate fires over {promql_number(error_ratio * 100)}%",
     )
     d.add_metric(
         "Errors/sec by code",
@@ -403,18 +403,20 @@ def build_dashboards(name: str, namespace: str, spec: Mapping[str, Any]) -> dict
         legend="{{test}}",
         unit="percentunit",
         thresholds=[(degradation, "red")],
-        description=(f"(current - baseline) / baseline; HDC_BenchmarkRegression over {_num(degradation * 100)}%"),
+        description=(
+            f"(current - baseline) / baseline; HDC_BenchmarkRegression over {promql_number(degradation * 100)}%"
+        ),
     )
     d.add_metric(
         "SLO burn rate (1h)",
         [
             (
-                f"hdc:slo_availability_errors:ratio_rate1h{{{sel}}} / {_num(1 - availability / 100)}",
-                f"availability ({_num(availability)}%)",
+                f"hdc:slo_availability_errors:ratio_rate1h{{{sel}}} / {promql_number(1 - availability / 100)}",
+                f"availability ({promql_number(availability)}%)",
             ),
             (
-                f"hdc:slo_latency_errors:ratio_rate1h{{{sel}}} / {_num(1 - latency_slo / 100)}",
-                f"latency ({_num(latency_slo)}%)",
+                f"hdc:slo_latency_errors:ratio_rate1h{{{sel}}} / {promql_number(1 - latency_slo / 100)}",
+                f"latency ({promql_number(latency_slo)}%)",
             ),
         ],
         thresholds=[(6, "orange"), (14.4, "red")],

@@ -56,7 +56,7 @@ def _load_crd(path: str) -> dict[str, Any]:
             crd: dict[str, Any] = yaml.safe_load(f)
     except OSError as exc:
         raise RuntimeError(f"cannot read the HDCWorkload CRD at {path} (set HDC_CRD_PATH): {exc}") from None
-    _check_mirrors(_version(crd)["schema"]["openAPIV3Schema"])
+    check_mirrors(_version(crd)["schema"]["openAPIV3Schema"])
     return crd
 
 
@@ -340,7 +340,9 @@ def cel_rules(schema: Mapping[str, Any] | None = None, path: str = "") -> list[t
     return found
 
 
-def _check_mirrors(schema: Mapping[str, Any]) -> None:
+def check_mirrors(schema: Mapping[str, Any]) -> None:
+    """Raises RuntimeError naming every CEL rule of `schema` without a Python mirror in CEL_MIRRORS (the CRD is
+    checked so when it is loaded: a new rule cannot be forgotten here)."""
     missing = [f"{p or '<root>'}: {r['rule']}" for p, r in cel_rules(schema) if r["rule"] not in CEL_MIRRORS]
     if missing:
         raise RuntimeError(

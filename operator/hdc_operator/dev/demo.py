@@ -37,7 +37,7 @@ from ..live_metrics import fetch_live_metrics
 from ..live_metrics import fmt as _fmt
 from . import prometheus as prom
 from .load import LoadGenerator
-from .workers import _die_with_parent
+from .workers import die_with_parent
 
 REPO = prom.REPO
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
@@ -106,7 +106,7 @@ class Proc:
                 stdin=subprocess.DEVNULL,
                 env=self.env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         return self
 

@@ -144,7 +144,7 @@ def file_sd_groups(targets: Iterable[tuple[PodWorker, int]]) -> list[dict]:
 # --- processes ---------------------------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
     """Linux: the worker gets SIGTERM when the mirror dies, so a killed mirror leaves no orphans."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -279,7 +279,7 @@ class PodMirror:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
         mw.started_at = time.monotonic()
         self.log(
