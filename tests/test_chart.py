@@ -17,28 +17,44 @@ import subprocess
 
 import pytest
 import yaml
-
 from test_builders_kubeconform import kubeconform_runner, prometheus_operator_crds, tools_bin
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "hdc-operator"
 KUBE_VERSION = "1.36.0"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
-CHART_CORE_SCHEMAS = ("serviceaccount-v1", "clusterrole-rbac-v1", "clusterrolebinding-rbac-v1", "role-rbac-v1",
-                      "rolebinding-rbac-v1", "service-v1", "configmap-v1", "deployment-apps-v1",
-                      "poddisruptionbudget-policy-v1",
-                      "customresourcedefinition-apiextensions-v1")
+CHART_CORE_SCHEMAS = (
+    "serviceaccount-v1",
+    "clusterrole-rbac-v1",
+    "clusterrolebinding-rbac-v1",
+    "role-rbac-v1",
+    "rolebinding-rbac-v1",
+    "service-v1",
+    "configmap-v1",
+    "deployment-apps-v1",
+    "poddisruptionbudget-policy-v1",
+    "customresourcedefinition-apiextensions-v1",
+)
 
 
-def helm(*args: str, check: bool = True, kubeconfig: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/hdc-helm/cache", "HELM_CONFIG_HOME": "/tmp/hdc-helm/config",
-           "HELM_DATA_HOME": "/tmp/hdc-helm/data"}
+def helm(
+    *args: str, check: bool = True, kubeconfig: str | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": "/tmp/hdc-helm/cache",
+        "HELM_CONFIG_HOME": "/tmp/hdc-helm/config",
+        "HELM_DATA_HOME": "/tmp/hdc-helm/data",
+    }
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
-    result = subprocess.run([str(tools_bin() / "helm"), *args], capture_output=True, text=True, env=env,
-                            timeout=timeout)
+    result = subprocess.run(
+        [str(tools_bin() / "helm"), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}\n{result.stdout[-2000:]}")
+        raise AssertionError(
+            f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}\n{result.stdout[-2000:]}"
+        )
     return result
 
 
@@ -46,11 +62,25 @@ def set_args(values: dict[str, str] | None) -> list[str]:
     return [a for k, v in (values or {}).items() for a in ("--set-json", f"{k}={json.dumps(v)}")]
 
 
-def render(values: dict | None = None, *, namespace: str = "hdc-system", monitoring_api: bool = True,
-           extra: tuple[str, ...] = ()) -> list[dict]:
+def render(
+    values: dict | None = None,
+    *,
+    namespace: str = "hdc-system",
+    monitoring_api: bool = True,
+    extra: tuple[str, ...] = (),
+) -> list[dict]:
     """The chart's objects for `values` (dotted keys -> JSON values), as helm template renders them."""
-    args = ["template", "hdc", str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
-            *set_args(values), *extra]
+    args = [
+        "template",
+        "hdc",
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+        *set_args(values),
+        *extra,
+    ]
     if monitoring_api:
         args += ["--api-versions", SERVICE_MONITOR_API]
     return [o for o in yaml.safe_load_all(helm(*args).stdout) if o]
@@ -83,22 +113,36 @@ def kubeconform_chart(tmp_path_factory):
     """kubeconform -strict over objects, with the Kubernetes kinds the chart renders, the repository's CRDs
     (HDCWorkload, kopf peering) and the prometheus-operator CRDs (no network)."""
     crds = [d for p in sorted((REPO / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
-    run = kubeconform_runner(tmp_path_factory.mktemp("chart-schemas"), CHART_CORE_SCHEMAS,
-                             crds + prometheus_operator_crds())
+    run = kubeconform_runner(
+        tmp_path_factory.mktemp("chart-schemas"), CHART_CORE_SCHEMAS, crds + prometheus_operator_crds()
+    )
     return lambda objects: run("".join("---\n" + yaml.safe_dump(o) for o in objects))
 
 
 VALUE_SETS = {
     "defaults": {},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"], "prometheusAdapter.enabled": True},
-    "single-replica-standalone": {"replicaCount": 1, "peering.enabled": False, "rbac.clusterObservation": False,
-                                  "grafanaDashboards.enabled": False, "metrics.service.enabled": False},
-    "everything": {"imagePullSecrets": [{"name": "regcred"}], "serviceAccount.annotations": {"iam": "role"},
-                   "operator.extraEnv": [{"name": "X", "value": "1"}], "operator.prometheusUrl": "http://prom:9090",
-                   "podAnnotations": {"a": "b"}, "podLabels": {"team": "ml"}, "nodeSelector": {"pool": "system"},
-                   "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
-                   "priorityClassName": "system-cluster-critical", "metrics.serviceMonitor.labels": {"release": "p"},
-                   "prometheusAdapter.enabled": True, "metrics.service.type": "NodePort"},
+    "single-replica-standalone": {
+        "replicaCount": 1,
+        "peering.enabled": False,
+        "rbac.clusterObservation": False,
+        "grafanaDashboards.enabled": False,
+        "metrics.service.enabled": False,
+    },
+    "everything": {
+        "imagePullSecrets": [{"name": "regcred"}],
+        "serviceAccount.annotations": {"iam": "role"},
+        "operator.extraEnv": [{"name": "X", "value": "1"}],
+        "operator.prometheusUrl": "http://prom:9090",
+        "podAnnotations": {"a": "b"},
+        "podLabels": {"team": "ml"},
+        "nodeSelector": {"pool": "system"},
+        "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+        "metrics.serviceMonitor.labels": {"release": "p"},
+        "prometheusAdapter.enabled": True,
+        "metrics.service.type": "NodePort",
+    },
 }
 
 
@@ -125,8 +169,12 @@ def test_chart_crds_equal_the_repository_crds():
     assert set(chart) == set(root), f"chart crds/ {sorted(chart)} != repository crds/ {sorted(root)}"
     for name in root:
         assert chart[name] == root[name], f"charts/hdc-operator/crds/{name} differs from crds/{name}: copy it again"
-    kinds = {d["spec"]["names"]["kind"] for p in (CHART / "crds").glob("*.yaml")
-             for d in yaml.safe_load_all(p.read_text()) if d}
+    kinds = {
+        d["spec"]["names"]["kind"]
+        for p in (CHART / "crds").glob("*.yaml")
+        for d in yaml.safe_load_all(p.read_text())
+        if d
+    }
     assert kinds == {"HDCWorkload", "KopfPeering", "ClusterKopfPeering"}
 
 
@@ -146,7 +194,11 @@ BAD_VALUES = [
     ({"metrics.serviceMonitor.interval": "soon"}, "/metrics/serviceMonitor/interval", "does not match pattern"),
     ({"securityContext.readOnlyRootFilesystem": False}, "/securityContext/readOnlyRootFilesystem", "must be true"),
     ({"podSecurityContext.runAsNonRoot": False}, "/podSecurityContext/runAsNonRoot", "must be true"),
-    ({"prometheusAdapter.rules": [{"seriesQuery": "x"}]}, "/prometheusAdapter/rules/0", "missing property 'metricsQuery'"),
+    (
+        {"prometheusAdapter.rules": [{"seriesQuery": "x"}]},
+        "/prometheusAdapter/rules/0",
+        "missing property 'metricsQuery'",
+    ),
     ({"metricsPort": 9000}, "", "additional properties 'metricsPort' not allowed"),
     ({"rbac.creat": True}, "/rbac", "additional properties 'creat' not allowed"),
 ]
@@ -172,12 +224,16 @@ def expected_namespaced_rules() -> dict[tuple[str, str], set[str]]:
     """Derived from the operator: its child kinds (hdc_operator.apply.CHILD_KINDS: watched ones are listed and
     watched, the others read by name; every one applied by server-side apply, which creates when absent; pruned
     ones deleted), plus its fixed calls (handlers.py, apply.py)."""
-    from hdc_operator.apply import CHILD_KINDS, GROUP, PLURAL
+    from hdc_operator.names import CHILD_KINDS, GROUP, PLURAL
 
     table: dict[tuple[str, str], set[str]] = {
-        (GROUP, PLURAL): {"list", "watch", "patch"},  # kopf index/events; kopf's finalizer handling; autoscaler.patch_annotation
+        (GROUP, PLURAL): {
+            "list",
+            "watch",
+            "patch",
+        },  # kopf index/events; kopf's finalizer handling; KubeApi.patch_annotations
         (GROUP, f"{PLURAL}/status"): {"patch"},  # KubeApi.patch_status
-        (GROUP, f"{PLURAL}/scale"): {"patch"},  # autoscaler.patch_scale (autoscaling mode operator)
+        (GROUP, f"{PLURAL}/scale"): {"patch"},  # KubeApi.patch_scale (autoscaling mode operator)
         ("", "pods"): {"list", "watch"},  # the hdc_pods index
         ("", "events"): {"create"},  # KubeApi.post_event
     }
@@ -199,7 +255,9 @@ def test_cluster_wide_rbac_is_exactly_what_the_operator_calls():
     assert rules_table(observer["rules"]) == {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
     assert len(roles) == 2 and not find(objects, "Role")
     for binding in find(objects, "ClusterRoleBinding"):
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hdc-hdc-operator", "namespace": "hdc-system"}]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "hdc-hdc-operator", "namespace": "hdc-system"}
+        ]
     assert {b["roleRef"]["name"] for b in find(objects, "ClusterRoleBinding")} == {r["metadata"]["name"] for r in roles}
 
 
@@ -209,15 +267,20 @@ def test_namespaced_rbac_writes_only_in_the_watched_namespaces():
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert rules_table(role["rules"]) == expected_namespaced_rules() | {
-            ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
+            ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}
+        }
     bindings = find(objects, "RoleBinding")
     assert sorted((b["metadata"]["namespace"], b["roleRef"]["kind"]) for b in bindings) == [
-        ("team-a", "Role"), ("team-b", "Role")]
+        ("team-a", "Role"),
+        ("team-b", "Role"),
+    ]
     # cluster-scoped: only the read-only observation of CRDs and namespaces
     cluster_verbs = {v for r in find(objects, "ClusterRole") for rule in r["rules"] for v in rule["verbs"]}
     assert cluster_verbs == {"list", "watch"}
     assert rules_table(find(objects, "ClusterRole")[0]["rules"]) == {
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}, ("", "namespaces"): {"list", "watch"}}
+        ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("", "namespaces"): {"list", "watch"},
+    }
     peerings = find(objects, "KopfPeering")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     assert not find(objects, "ClusterKopfPeering")
@@ -232,8 +295,12 @@ def test_the_plain_manifests_grant_the_same_namespaced_rules():
     cluster-wide (namespaces, kopfpeerings), the chart only in that mode."""
     plain = [d for d in yaml.safe_load_all((REPO / "deploy" / "operator" / "rbac.yaml").read_text()) if d]
     table = rules_table(next(d for d in plain if d["kind"] == "ClusterRole")["rules"])
-    extra = {("apiextensions.k8s.io", "customresourcedefinitions"), ("", "namespaces"), ("kopf.dev", "kopfpeerings"),
-             ("kopf.dev", "clusterkopfpeerings")}
+    extra = {
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("", "namespaces"),
+        ("kopf.dev", "kopfpeerings"),
+        ("kopf.dev", "clusterkopfpeerings"),
+    }
     assert {k: v for k, v in table.items() if k not in extra} == expected_namespaced_rules()
     assert all(table[k] == {"list", "watch"} for k in extra if k[0] != "kopf.dev")
     assert all(table[k] == {"get", "list", "watch", "patch"} for k in extra if k[0] == "kopf.dev")
@@ -241,8 +308,11 @@ def test_the_plain_manifests_grant_the_same_namespaced_rules():
 
 def test_rbac_create_false_renders_no_rbac():
     objects = render({"rbac.create": False, "serviceAccount.create": False, "serviceAccount.name": "mine"})
-    assert not [o for o in objects if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding",
-                                                    "ServiceAccount")]
+    assert not [
+        o
+        for o in objects
+        if o["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "ServiceAccount")
+    ]
     deployment = find(objects, "Deployment")[0]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "mine"
 
@@ -283,31 +353,51 @@ def test_operator_deployment_shape():
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
 
 
-@pytest.mark.parametrize("values,namespaces,peering", [
-    ({}, (), "hdc-hdc-operator"),
-    ({"watchNamespaces": ["team-a", "team-b"], "peering.name": "hdc-peers"}, ("team-a", "team-b"), "hdc-peers"),
-    ({"replicaCount": 1, "peering.enabled": False}, (), ""),
-])
+@pytest.mark.parametrize(
+    "values,namespaces,peering",
+    [
+        ({}, (), "hdc-hdc-operator"),
+        ({"watchNamespaces": ["team-a", "team-b"], "peering.name": "hdc-peers"}, ("team-a", "team-b"), "hdc-peers"),
+        ({"replicaCount": 1, "peering.enabled": False}, (), ""),
+    ],
+)
 def test_the_operator_reads_the_charts_settings(values, namespaces, peering):
     """The Deployment's HDC_OPERATOR_* environment goes through the operator's own load_config unchanged."""
     from hdc_operator.config import load_config
 
-    values = {"operator.logLevel": "DEBUG", "operator.resyncIntervalSeconds": 30, "operator.workers": 8,
-              "metrics.port": 9100, "livenessPort": 9101, "peering.lifetimeSeconds": 20, **values}
+    values = {
+        "operator.logLevel": "DEBUG",
+        "operator.resyncIntervalSeconds": 30,
+        "operator.workers": 8,
+        "metrics.port": 9100,
+        "livenessPort": 9101,
+        "peering.lifetimeSeconds": 20,
+        **values,
+    }
     container = find(render(values), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
     env = container_env(find(render(values), "Deployment")[0])
     assert all(e["name"].startswith("HDC_OPERATOR_") for e in container["env"]), container["env"]
     cfg = load_config({}, env=env)
-    assert (cfg.namespaces, cfg.peering, cfg.log_level, cfg.resync_interval_s, cfg.workers, cfg.metrics_port,
-            cfg.liveness_port, cfg.peering_lifetime_s) == (namespaces, peering, "DEBUG", 30.0, 8, 9100, 9101, 20)
+    assert (
+        cfg.namespaces,
+        cfg.peering,
+        cfg.log_level,
+        cfg.resync_interval_s,
+        cfg.workers,
+        cfg.metrics_port,
+        cfg.liveness_port,
+        cfg.peering_lifetime_s,
+    ) == (namespaces, peering, "DEBUG", 30.0, 8, 9100, 9101, 20)
     peering_objects = [o for o in render(values) if o["kind"] in ("KopfPeering", "ClusterKopfPeering")]
     assert {o["metadata"]["name"] for o in peering_objects} == ({peering} if peering else set())
 
 
 def test_pod_disruption_budget_keeps_a_peer_only_when_there_are_two():
     pdb = find(render({}), "PodDisruptionBudget")[0]
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {
-        "app.kubernetes.io/name": "hdc-operator", "app.kubernetes.io/instance": "hdc"}}}
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "hdc-operator", "app.kubernetes.io/instance": "hdc"}},
+    }
     assert not find(render({"replicaCount": 1, "peering.enabled": False}), "PodDisruptionBudget")
     assert not find(render({"podDisruptionBudget.enabled": False}), "PodDisruptionBudget")
 
@@ -342,7 +432,12 @@ def test_adapter_rules_serve_the_metrics_the_hpa_builder_asks_for():
 
 
 def test_adapter_rules_come_from_values():
-    custom = [{"seriesQuery": "hdc_gpu_utilization_percent{pod!=\"\"}", "metricsQuery": "avg(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)"}]
+    custom = [
+        {
+            "seriesQuery": 'hdc_gpu_utilization_percent{pod!=""}',
+            "metricsQuery": "avg(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)",
+        }
+    ]
     assert adapter_rules({"prometheusAdapter.rules": custom}) == custom
 
 
@@ -359,9 +454,15 @@ def test_operator_dashboard_queries_only_the_operators_metrics():
     assert len(exprs) >= 8
     used = {m for e in exprs for m in re.findall(r"\b(hdc_operator_[a-z_]+)\b", e)}
     assert used and used <= names, used - names
-    assert {"hdc_operator_reconcile_duration_seconds_bucket", "hdc_operator_reconcile_errors_total",
-            "hdc_operator_managed_workloads", "hdc_operator_api_writes_total"} <= used
-    assert find(objects, "ConfigMap", "hdc-hdc-operator-dashboards")[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert {
+        "hdc_operator_reconcile_duration_seconds_bucket",
+        "hdc_operator_reconcile_errors_total",
+        "hdc_operator_managed_workloads",
+        "hdc_operator_api_writes_total",
+    } <= used
+    assert (
+        find(objects, "ConfigMap", "hdc-hdc-operator-dashboards")[0]["metadata"]["labels"]["grafana_dashboard"] == "1"
+    )
 
 
 # --- README generated from values.yaml -------------------------------------------------------------------------------
@@ -377,7 +478,8 @@ def readme_module():
 
 def test_readme_is_generated_from_the_current_values():
     assert (CHART / "README.md").read_text() == readme_module().render(), (
-        "charts/hdc-operator/README.md is stale: run python charts/hdc-operator/readme.py")
+        "charts/hdc-operator/README.md is stale: run python charts/hdc-operator/readme.py"
+    )
 
 
 def test_every_value_is_described():

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from .names import API_VERSION, CHILD_KINDS, FIELD_MANAGER, KIND, MONITORING_GROUP_VERSION, PLURAL, ChildKind
-from .names import GROUP as GROUP  # re-exported: tests/test_chart.py derives the chart's RBAC from apply's names
 
 _BY_KIND = {k.kind: k for k in CHILD_KINDS}
 

@@ -48,7 +48,7 @@ tests/test_chart.py derives the child kinds' rules from hdc_operator.apply.CHILD
   kopf watch caches and events (handlers.py: kopf.index / kopf.on.event)      -> list, watch
   kopf's finalizer handling (hdcompute.io/operator; kopf removes it on delete) -> patch hdcworkloads
   status (apply.KubeApi.patch_status, merge patch of the status subresource)  -> patch hdcworkloads/status
-  autoscaling mode operator (autoscaler.patch_scale / patch_annotation: spec.replicas through the scale
+  autoscaling mode operator (KubeApi.patch_scale / patch_annotations: spec.replicas through the scale
   subresource, the scaler's history annotation)                                -> patch hdcworkloads/scale, hdcworkloads
   children (apply.KubeApi.apply: server-side apply, which creates when absent) -> create, patch
   pruning (apply.KubeApi.delete; PersistentVolumeClaims are never pruned)     -> delete
