@@ -129,8 +129,10 @@ def programs() -> dict:
     return {name: typer.main.get_command(app) for name, app in typer_apps().items()}
 
 
-COMMAND = re.compile(r"(?:^|&&|;|\|\s|\$\(|`)\s*(?:\$\s+)?(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:\S*/bin/)?"
-                     r"(hdcctl|hdc-worker|hdc-bench|hdc-operator)(?![\w.-])(.*)$")
+COMMAND = re.compile(
+    r"(?:^|&&|;|\|\s|\$\(|`)\s*(?:\$\s+)?(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:\S*/bin/)?"
+    r"(hdcctl|hdc-worker|hdc-bench|hdc-operator)(?![\w.-])(.*)$"
+)
 STOP = {"|", "||", "&&", ";", ">", ">>", "2>", "<", "\\"}
 
 
@@ -219,16 +221,20 @@ def exported_metric_names() -> set[str]:
     names = set()
     for registry in (MetricsCollector().registry, OperatorMetrics().registry):
         for family in registry.collect():
-            suffixes = {"counter": ["_total"], "histogram": ["", "_bucket", "_count", "_sum"],
-                        "summary": ["", "_count", "_sum"]}.get(family.type, [""])
+            suffixes = {
+                "counter": ["_total"],
+                "histogram": ["", "_bucket", "_count", "_sum"],
+                "summary": ["", "_count", "_sum"],
+            }.get(family.type, [""])
             names |= {family.name + s for s in suffixes}
     return names
 
 
 def test_metric_names_in_monitoring_doc_exist():
     text = (REPO / "docs" / "monitoring.md").read_text()
-    mentioned = {m for m in re.findall(r"(?<![\w.:])(hdc_[a-z0-9_]+)(?![\w.(/])", text)
-                 if not m.endswith("_")}  # `hdc_<operation>_operation` is a span name pattern
+    mentioned = {
+        m for m in re.findall(r"(?<![\w.:])(hdc_[a-z0-9_]+)(?![\w.(/])", text) if not m.endswith("_")
+    }  # `hdc_<operation>_operation` is a span name pattern
     mentioned.discard("hdc_operator")  # the Python package (hdc_operator.alerts, ...)
     assert len(mentioned) >= 15, mentioned
     missing = sorted(mentioned - exported_metric_names())
@@ -241,8 +247,47 @@ def test_metric_names_in_monitoring_doc_exist():
 def test_readme_hdcworkload_examples_are_valid():
     from hdc_operator.spec import parse_workload
 
-    examples = [doc for info, body in code_blocks(README.read_text()) if info == "yaml"
-                for doc in yaml.safe_load_all(body) if isinstance(doc, dict) and doc.get("kind") == "HDCWorkload"]
+    examples = [
+        doc
+        for info, body in code_blocks(README.read_text())
+        if info == "yaml"
+        for doc in yaml.safe_load_all(body)
+        if isinstance(doc, dict) and doc.get("kind") == "HDCWorkload"
+    ]
     assert examples
     for doc in examples:
         parse_workload(doc)
+
+
+def _architecture_layers() -> dict[str, int]:
+    """Module -> layer number, from the worker's layer table of docs/architecture.md (`| 3 | `a.py`, `b/` | ...`)."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    layers: dict[str, int] = {}
+    for number, modules in re.findall(r"^\| (\d) \| ([^|]+) \|", text, re.M):
+        for name in re.findall(r"`([a-z_]+)(?:\.py|/)`", modules):
+            layers[f"hd_compute.{name}"] = int(number)
+    return layers
+
+
+def test_the_architecture_doc_lists_the_worker_layers_the_import_contract_enforces():
+    """make lint's import contract holds the import graph to its layers; this holds docs/architecture.md to the
+    contract: every module of a layer is in the doc's table, and no module sits above one of a higher layer."""
+    import tomllib
+
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    (worker,) = [c for c in contracts if c["id"] == "worker-layers"]
+    doc = _architecture_layers()
+    contract = [re.split(r"\s*[|:]\s*", layer) for layer in worker["layers"]]  # highest first
+    missing = sorted(m for layer in contract for m in layer if m not in doc)
+    assert not missing, f"docs/architecture.md's layer table lacks {missing}"
+    for higher, lower in zip(contract, contract[1:]):
+        for h in higher:
+            for lo in lower:
+                assert doc[h] >= doc[lo], f"{h} is in a lower layer than {lo} in docs/architecture.md"
+    modules = {
+        p.stem if p.is_file() else p.name
+        for p in (REPO / "worker" / "hd_compute").iterdir()
+        if (p.suffix == ".py" or (p / "__init__.py").exists()) and not p.name.startswith("_")
+    }
+    placed = {m.removeprefix("hd_compute.") for layer in contract for m in layer}
+    assert modules <= placed, f"modules in no layer of the import contract: {sorted(modules - placed)}"
