@@ -280,7 +280,7 @@ def test_the_architecture_doc_lists_the_worker_layers_the_import_contract_enforc
     contract = [re.split(r"\s*[|:]\s*", layer) for layer in worker["layers"]]  # highest first
     missing = sorted(m for layer in contract for m in layer if m not in doc)
     assert not missing, f"docs/architecture.md's layer table lacks {missing}"
-    for higher, lower in zip(contract, contract[1:]):
+    for higher, lower in zip(contract, contract[1:], strict=False):  # consecutive pairs
         for h in higher:
             for lo in lower:
                 assert doc[h] >= doc[lo], f"{h} is in a lower layer than {lo} in docs/architecture.md"
