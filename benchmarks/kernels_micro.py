@@ -10,7 +10,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from hd_compute.kernels import cpu
@@ -29,8 +28,10 @@ def median_ms(fn, runs: int = 10) -> float:
 def torch_hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # torch has no popcount: unpack bits (chunked) and use a float matmul: h = |a| + |b| - 2 a.b
     shifts = torch.arange(64, dtype=torch.int64)
+
     def unpack(x):
         return ((x.unsqueeze(-1) >> shifts) & 1).reshape(x.shape[0], -1).to(torch.float32)
+
     ua, ub = unpack(a), unpack(b)
     return (ua.sum(1, keepdim=True) + ub.sum(1) - 2 * ua @ ub.T).to(torch.int32)
 
@@ -71,22 +72,30 @@ def main() -> None:
     print(f"features={cpu.features()} native={cpu.NATIVE_AVAILABLE} threads={args.threads}")
     r = args.runs
     rows = [
-        ("hamming_matrix 1000x1000 D=10000",
-         lambda: cpu.hamming_matrix(a, b),
-         lambda: cpu.numpy_hamming_matrix(a.numpy(), b.numpy()),
-         lambda: torch_hamming(a, b)),
-        ("bit_counts n=10000 D=10000",
-         lambda: cpu.bit_counts(x),
-         lambda: cpu.numpy_bit_counts(x.numpy()),
-         lambda: torch_bit_counts(x)),
-        ("int8_column_sum 10000x10000",
-         lambda: cpu.int8_column_sum(m),
-         lambda: cpu.numpy_int8_column_sum(m.numpy()),
-         lambda: torch.sum(m, dim=0, dtype=torch.int32)),
-        ("pack_sign_bits_int8 10000x10000",
-         lambda: cpu.pack_sign_bits_int8(m),
-         lambda: cpu.numpy_pack_sign_bits_int8(m.numpy()),
-         lambda: torch_pack(m)),
+        (
+            "hamming_matrix 1000x1000 D=10000",
+            lambda: cpu.hamming_matrix(a, b),
+            lambda: cpu.numpy_hamming_matrix(a.numpy(), b.numpy()),
+            lambda: torch_hamming(a, b),
+        ),
+        (
+            "bit_counts n=10000 D=10000",
+            lambda: cpu.bit_counts(x),
+            lambda: cpu.numpy_bit_counts(x.numpy()),
+            lambda: torch_bit_counts(x),
+        ),
+        (
+            "int8_column_sum 10000x10000",
+            lambda: cpu.int8_column_sum(m),
+            lambda: cpu.numpy_int8_column_sum(m.numpy()),
+            lambda: torch.sum(m, dim=0, dtype=torch.int32),
+        ),
+        (
+            "pack_sign_bits_int8 10000x10000",
+            lambda: cpu.pack_sign_bits_int8(m),
+            lambda: cpu.numpy_pack_sign_bits_int8(m.numpy()),
+            lambda: torch_pack(m),
+        ),
     ]
     print(f"{'kernel':36s} {'native ms':>10s} {'numpy ms':>10s} {'torch ms':>10s}")
     for name, fn_native, fn_numpy, fn_torch in rows:

@@ -1,5 +1,10 @@
 """Shared pytest configuration: GPU skipping and the `device` fixture."""
 
+import os
+import pathlib
+import subprocess
+from dataclasses import dataclass
+
 import pytest
 import torch
 
@@ -29,10 +34,6 @@ def vsa(request):
 
 # --- Kubernetes: a real API server for the tests marked `k8s` (docs/testing.md) ---------------------------
 
-import os
-import pathlib
-import subprocess
-from dataclasses import dataclass
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CLUSTER_SH = REPO / "hack" / "cluster.sh"

@@ -29,8 +29,12 @@ from hdc_operator.dev import prometheus as prom
 
 def _hdcctl(args: list[str], log: pathlib.Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "hdc_operator.cli", *args], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "hdc_operator.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _stop(proc: subprocess.Popen | None, timeout_s: float = 30) -> int | None:
@@ -47,8 +51,14 @@ def _stop(proc: subprocess.Popen | None, timeout_s: float = 30) -> int | None:
 
 
 class LocalMonitoring:
-    def __init__(self, kubeconfig: str, tmp_path: pathlib.Path, namespace: str | None = None,
-                 scrape_interval: str = "1s", operator_metrics: str | None = None):
+    def __init__(
+        self,
+        kubeconfig: str,
+        tmp_path: pathlib.Path,
+        namespace: str | None = None,
+        scrape_interval: str = "1s",
+        operator_metrics: str | None = None,
+    ):
         self.kubeconfig, self.tmp, self.namespace = kubeconfig, pathlib.Path(tmp_path), namespace
         self.scrape_interval, self.operator_metrics = scrape_interval, operator_metrics
         self.file_sd = self.tmp / "workers.json"
@@ -72,14 +82,38 @@ class LocalMonitoring:
         return ["-n", self.namespace] if self.namespace else []
 
     def start(self) -> "LocalMonitoring":
-        self.mirror = _hdcctl(["dev", "workers", "--kubeconfig", self.kubeconfig, "--file-sd", str(self.file_sd),
-                               "--work-dir", str(self.mirror_dir), *self._ns()], self.mirror_log)
+        self.mirror = _hdcctl(
+            [
+                "dev",
+                "workers",
+                "--kubeconfig",
+                self.kubeconfig,
+                "--file-sd",
+                str(self.file_sd),
+                "--work-dir",
+                str(self.mirror_dir),
+                *self._ns(),
+            ],
+            self.mirror_log,
+        )
         return self.start_prometheus()
 
     def start_prometheus(self, timeout_s: float = 60) -> "LocalMonitoring":
-        args = ["dev", "prometheus", "--kubeconfig", self.kubeconfig, "--file-sd", str(self.file_sd),
-                "--port", str(self.port), "--data-dir", str(self.prom_dir), "--scrape-interval",
-                self.scrape_interval, *self._ns()]
+        args = [
+            "dev",
+            "prometheus",
+            "--kubeconfig",
+            self.kubeconfig,
+            "--file-sd",
+            str(self.file_sd),
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.prom_dir),
+            "--scrape-interval",
+            self.scrape_interval,
+            *self._ns(),
+        ]
         if self.operator_metrics:
             args += ["--operator-metrics", self.operator_metrics]
         self.prometheus = _hdcctl(args, self.prometheus_log)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from hd_compute.service.faults import Fault, parse_fault
-from hd_compute.service.codec import ApiError
 from worker_process import WorkerProcess
+
+from hd_compute.service.codec import ApiError
+from hd_compute.service.faults import Fault, parse_fault
 
 BIND = {"a": [1.0, -1.0, 1.0, -1.0], "b": [1.0, 1.0, -1.0, -1.0], "vsa": "MAP"}
 
@@ -66,7 +66,9 @@ def test_latency_lands_inside_the_measured_duration(faulty_worker):
     assert w.request("PUT", "/admin/faults", {"latency_ms": 150})[0] == 200
     try:
         for _ in range(2):
-            assert w.request("POST", "/v1/ops/permute", {"vectors": [1.0, -1.0, 1.0], "shifts": 1, "vsa": "MAP"})[0] == 200
+            assert (
+                w.request("POST", "/v1/ops/permute", {"vectors": [1.0, -1.0, 1.0], "shifts": 1, "vsa": "MAP"})[0] == 200
+            )
     finally:
         w.request("DELETE", "/admin/faults")
     after = _samples(w)
@@ -77,14 +79,17 @@ def test_latency_lands_inside_the_measured_duration(faulty_worker):
     assert p95 >= 150
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"latency_ms": -1}, "latency_ms"),
-    ({"latency_ms": 61_000}, "latency_ms"),
-    ({"error_ratio": 1.5}, "error_ratio"),
-    ({"error_ratio": True}, "error_ratio"),
-    ({"operations": "bind"}, "operations"),
-    ({"colour": 1}, "colour"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"latency_ms": -1}, "latency_ms"),
+        ({"latency_ms": 61_000}, "latency_ms"),
+        ({"error_ratio": 1.5}, "error_ratio"),
+        ({"error_ratio": True}, "error_ratio"),
+        ({"operations": "bind"}, "operations"),
+        ({"colour": 1}, "colour"),
+    ],
+)
 def test_bad_fault_bodies_are_400_naming_the_field(faulty_worker, body, field):
     status, answer = faulty_worker.request("PUT", "/admin/faults", body)
     assert status == 400 and answer["detail"].startswith(field)

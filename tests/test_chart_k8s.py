@@ -19,7 +19,6 @@ import urllib.parse
 
 import pytest
 import yaml
-
 from operator_process import OperatorProcess
 from test_chart import CHART, helm
 from test_operator_k8s import kubectl, kubectl_bin, wait_for
@@ -27,8 +26,11 @@ from test_operator_k8s import kubectl, kubectl_bin, wait_for
 pytestmark = pytest.mark.k8s
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-WORKLOAD = {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-            "spec": {"resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"}, "hdc": {"device": "cpu"}}}
+WORKLOAD = {
+    "apiVersion": "hdcompute.io/v1alpha1",
+    "kind": "HDCWorkload",
+    "spec": {"resources": {"gpus": 0, "cpu": "1", "memory": "1Gi"}, "hdc": {"device": "cpu"}},
+}
 CHILD_KINDS = ("deployment", "service", "poddisruptionbudget", "servicemonitor", "prometheusrule")
 
 
@@ -83,13 +85,28 @@ def test_install_upgrade_uninstall(k8s_cluster, k8s_namespace, release):
     # the cluster serves monitoring.coreos.com/v1 (hack/cluster.sh installs the CRDs): the ServiceMonitor exists
     assert get_json(k8s_cluster, "servicemonitor", full, "-n", ns)
     # the ReplicaSet's pods were admitted under the restricted Pod Security Standard
-    pods = wait_for(lambda: get_json(k8s_cluster, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={release}")
-                    ["items"], what="operator pods")
+    pods = wait_for(
+        lambda: get_json(k8s_cluster, "pods", "-n", ns, "-l", f"app.kubernetes.io/instance={release}")["items"],
+        what="operator pods",
+    )
     assert len(pods) == 2
 
     # upgrade: a changed value takes effect
-    helm("upgrade", release, str(CHART), "-n", ns, "--reuse-values", "--set", "operator.logLevel=DEBUG",
-         "--set", "replicaCount=3", "--set", "prometheusAdapter.enabled=true", kubeconfig=k8s_cluster.kubeconfig)
+    helm(
+        "upgrade",
+        release,
+        str(CHART),
+        "-n",
+        ns,
+        "--reuse-values",
+        "--set",
+        "operator.logLevel=DEBUG",
+        "--set",
+        "replicaCount=3",
+        "--set",
+        "prometheusAdapter.enabled=true",
+        kubeconfig=k8s_cluster.kubeconfig,
+    )
     deployment = get_json(k8s_cluster, "deployment", full, "-n", ns)
     assert deployment["spec"]["replicas"] == 3 and deployment_env(deployment)["HDC_OPERATOR_LOG_LEVEL"] == "DEBUG"
     adapter = get_json(k8s_cluster, "configmap", f"{full}-prometheus-adapter", "-n", ns)
@@ -98,18 +115,36 @@ def test_install_upgrade_uninstall(k8s_cluster, k8s_namespace, release):
     assert status["version"] == 2 and status["info"]["status"] == "deployed"
 
     # a bad value is refused before anything changes, with the field named
-    bad = helm("upgrade", release, str(CHART), "-n", ns, "--reuse-values", "--set", "replicaCount=0", check=False,
-               kubeconfig=k8s_cluster.kubeconfig)
+    bad = helm(
+        "upgrade",
+        release,
+        str(CHART),
+        "-n",
+        ns,
+        "--reuse-values",
+        "--set",
+        "replicaCount=0",
+        check=False,
+        kubeconfig=k8s_cluster.kubeconfig,
+    )
     assert bad.returncode != 0 and "at '/replicaCount'" in bad.stderr, bad.stderr
     assert get_json(k8s_cluster, "deployment", full, "-n", ns)["spec"]["replicas"] == 3
 
     # uninstall: the release's objects go, the CRDs (and so every HDCWorkload) stay
     helm("uninstall", release, "-n", ns, "--wait", kubeconfig=k8s_cluster.kubeconfig)
-    for args in (("deployment", full, "-n", ns), ("serviceaccount", full, "-n", ns), ("clusterrole", full),
-                 ("clusterrolebinding", full), ("clusterrole", f"{full}-observer"), ("clusterkopfpeering", full),
-                 ("service", f"{full}-metrics", "-n", ns), ("servicemonitor", full, "-n", ns),
-                 ("poddisruptionbudget", full, "-n", ns), ("configmap", f"{full}-dashboards", "-n", ns),
-                 ("configmap", f"{full}-prometheus-adapter", "-n", ns)):
+    for args in (
+        ("deployment", full, "-n", ns),
+        ("serviceaccount", full, "-n", ns),
+        ("clusterrole", full),
+        ("clusterrolebinding", full),
+        ("clusterrole", f"{full}-observer"),
+        ("clusterkopfpeering", full),
+        ("service", f"{full}-metrics", "-n", ns),
+        ("servicemonitor", full, "-n", ns),
+        ("poddisruptionbudget", full, "-n", ns),
+        ("configmap", f"{full}-dashboards", "-n", ns),
+        ("configmap", f"{full}-prometheus-adapter", "-n", ns),
+    ):
         assert get_json(k8s_cluster, *args) is None, f"{args} survived helm uninstall"
     assert get_json(k8s_cluster, "crd", "hdcworkloads.hdcompute.io"), "helm uninstall must keep the CRD"
 
@@ -118,21 +153,27 @@ def service_account_kubeconfig(cluster, namespace: str, account: str, path: path
     """A kubeconfig that authenticates as system:serviceaccount:<namespace>:<account> with a bound token."""
     token = kubectl(cluster, "create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
     admin = yaml.safe_load(kubectl(cluster, "config", "view", "--raw", "--minify").stdout)
-    config = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
-              "users": [{"name": account, "user": {"token": token}}],
-              "contexts": [{"name": account, "context": {"cluster": admin["clusters"][0]["name"], "user": account}}],
-              "current-context": account}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": account, "context": {"cluster": admin["clusters"][0]["name"], "user": account}}],
+        "current-context": account,
+    }
     path.write_text(yaml.safe_dump(config))
     path.chmod(0o600)
     who = kubectl(cluster, "--kubeconfig", str(path), "auth", "whoami", "-o", "json", check=False)
     if who.returncode == 0:
-        assert json.loads(who.stdout)["status"]["userInfo"]["username"] == \
-            f"system:serviceaccount:{namespace}:{account}"
+        assert (
+            json.loads(who.stdout)["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:{account}"
+        )
     return path
 
 
-def operator_as_chart(cluster, namespace: str, full: str, tmp_path: pathlib.Path, pod: str = "local",
-                      **env: str) -> OperatorProcess:
+def operator_as_chart(
+    cluster, namespace: str, full: str, tmp_path: pathlib.Path, pod: str = "local", **env: str
+) -> OperatorProcess:
     """The operator with the chart's Deployment environment, authenticated as the chart's ServiceAccount."""
     chart_env = deployment_env(get_json(cluster, "deployment", full, "-n", namespace))
     kubeconfig = service_account_kubeconfig(cluster, namespace, full, tmp_path / f"sa-{pod}.kubeconfig")
@@ -161,13 +202,13 @@ def reconciled(cluster, namespace: str, name: str) -> dict | None:
 
 
 @pytest.mark.parametrize("scope", ["namespace", "cluster"])
-def test_operator_reconciles_with_exactly_the_charts_permissions(k8s_cluster, k8s_namespace, release, tmp_path,
-                                                                  scope):
+def test_operator_reconciles_with_exactly_the_charts_permissions(k8s_cluster, k8s_namespace, release, tmp_path, scope):
     ns, full = k8s_namespace, f"{release}-hdc-operator"
     args = ["--set-json", f'watchNamespaces=["{ns}"]'] if scope == "namespace" else []
     notes = install(k8s_cluster, ns, release, *args).stdout
-    assert (f"It reconciles HDCWorkloads in: {ns} (a Role in each)" if scope == "namespace"
-            else "in every namespace") in notes, notes
+    assert (
+        f"It reconciles HDCWorkloads in: {ns} (a Role in each)" if scope == "namespace" else "in every namespace"
+    ) in notes, notes
     assert "no ServiceMonitor was created" not in notes  # the cluster serves monitoring.coreos.com/v1
     operator = operator_as_chart(k8s_cluster, ns, full, tmp_path).start()
     try:
@@ -178,8 +219,11 @@ def test_operator_reconciles_with_exactly_the_charts_permissions(k8s_cluster, k8
         assert get_json(k8s_cluster, "configmap", "demo-dashboards", "-n", ns)
         assert w["status"]["selector"]
         # kopf peering works with these permissions: our keep-alive is in the chart's peering object
-        peering = (get_json(k8s_cluster, "kopfpeering", full, "-n", ns) if scope == "namespace"
-                   else get_json(k8s_cluster, "clusterkopfpeering", full))
+        peering = (
+            get_json(k8s_cluster, "kopfpeering", full, "-n", ns)
+            if scope == "namespace"
+            else get_json(k8s_cluster, "clusterkopfpeering", full)
+        )
         assert peer_of(operator, peering.get("status") or {}), peering
         # drift: a child deleted by hand comes back (delete + create through the chart's Role)
         kubectl(k8s_cluster, "delete", "service", "demo", "-n", ns)
@@ -244,12 +288,17 @@ def test_a_missing_verb_shows_as_a_degraded_condition_and_an_event(k8s_cluster, 
 def test_a_missing_status_verb_shows_in_the_log_and_metrics(k8s_cluster, k8s_namespace, operator_without):
     """Without patch on hdcworkloads/status the operator cannot write a condition; it says so where it can."""
     operator = operator_without("hdcworkloads/status", "patch")
-    wait_for(lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason="Forbidden") >= 1, 90,
-             "a Forbidden reconcile error", operator)
+    wait_for(
+        lambda: operator.metric_sum("hdc_operator_reconcile_errors_total", reason="Forbidden") >= 1,
+        90,
+        "a Forbidden reconcile error",
+        operator,
+    )
     log = operator.log()
     refused = [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"child_refused"' in line]
-    assert any(r.get("reason") == "Forbidden" and "hdcworkloads/status" in r.get("error", "") for r in refused), \
-        log[-4000:]
+    assert any(r.get("reason") == "Forbidden" and "hdcworkloads/status" in r.get("error", "") for r in refused), log[
+        -4000:
+    ]
     assert not (get_json(k8s_cluster, "hdcw", "demo", "-n", k8s_namespace).get("status") or {}).get("conditions")
     assert operator.alive(), "a refused status write must not stop the operator"
 
@@ -263,8 +312,14 @@ def test_two_replicas_one_active_then_the_standby_takes_over(k8s_cluster, k8s_na
     active = operator_as_chart(k8s_cluster, ns, full, tmp_path, "a", HDC_OPERATOR_PRIORITY="200").start()
     standby = operator_as_chart(k8s_cluster, ns, full, tmp_path, "b", HDC_OPERATOR_PRIORITY="100").start()
     try:
-        peering = wait_for(lambda: (lambda s: s if peer_of(active, s) and peer_of(standby, s) else None)(
-            (get_json(k8s_cluster, "kopfpeering", full, "-n", ns).get("status") or {})), 60, "both peers", standby)
+        peering = wait_for(
+            lambda: (lambda s: s if peer_of(active, s) and peer_of(standby, s) else None)(
+                (get_json(k8s_cluster, "kopfpeering", full, "-n", ns).get("status") or {})
+            ),
+            60,
+            "both peers",
+            standby,
+        )
         assert peer_of(active, peering)["priority"] == 200 and peer_of(standby, peering)["priority"] == 100
         assert peer_of(active, peering)["lifetime"] == 10, peering  # peering.lifetimeSeconds reached kopf
         apply_workload(k8s_cluster, ns, "first")
@@ -309,11 +364,20 @@ def run_adapter(cluster, config: str, tmp_path: pathlib.Path, prometheus_url: st
 
     (tmp_path / "config.yaml").write_text(config)
     return subprocess.Popen(
-        [str(tools_bin() / "prometheus-adapter"), f"--config={tmp_path / 'config.yaml'}",
-         f"--lister-kubeconfig={cluster.kubeconfig}", f"--authentication-kubeconfig={cluster.kubeconfig}",
-         f"--authorization-kubeconfig={cluster.kubeconfig}", f"--prometheus-url={prometheus_url}",
-         f"--secure-port={free_port()}", f"--cert-dir={tmp_path / 'certs'}", "--metrics-relist-interval=1m"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "adapter.log", "wb"))
+        [
+            str(tools_bin() / "prometheus-adapter"),
+            f"--config={tmp_path / 'config.yaml'}",
+            f"--lister-kubeconfig={cluster.kubeconfig}",
+            f"--authentication-kubeconfig={cluster.kubeconfig}",
+            f"--authorization-kubeconfig={cluster.kubeconfig}",
+            f"--prometheus-url={prometheus_url}",
+            f"--secure-port={free_port()}",
+            f"--cert-dir={tmp_path / 'certs'}",
+            "--metrics-relist-interval=1m",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "adapter.log", "wb"),
+    )
 
 
 def test_prometheus_adapter_loads_the_charts_rules(k8s_cluster, tmp_path):
@@ -329,8 +393,11 @@ def test_prometheus_adapter_loads_the_charts_rules(k8s_cluster, tmp_path):
     adapter = run_adapter(k8s_cluster, config, tmp_path, f"http://127.0.0.1:{server.server_address[1]}/")
     try:
         expected = {r["seriesQuery"] for r in rules}
-        wait_for(lambda: expected <= set(_SeriesRecorder.seen) or adapter.poll() is not None, 60,
-                 "the adapter's series queries")
+        wait_for(
+            lambda: expected <= set(_SeriesRecorder.seen) or adapter.poll() is not None,
+            60,
+            "the adapter's series queries",
+        )
         assert adapter.poll() is None, (tmp_path / "adapter.log").read_text()[-3000:]
         assert expected <= set(_SeriesRecorder.seen), _SeriesRecorder.seen
     finally:
@@ -364,8 +431,13 @@ def api_call(method: str, url: str, status: int) -> list[tuple[str, str, str]]:
     if len(rest) > 2:
         resource = f"{resource}/{rest[2]}"
     watch = "watch=true" in parsed.query or "watch=1" in parsed.query
-    verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create", "PUT": "update",
-            "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}[method]
+    verb = {
+        "GET": "watch" if watch else ("get" if name else "list"),
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if name else "deletecollection",
+    }[method]
     calls = [(group, resource, verb)]
     if method == "PATCH" and status == 201:  # a server-side apply that created the object: RBAC checked create
         calls.append((group, resource, "create"))
@@ -374,19 +446,29 @@ def api_call(method: str, url: str, status: int) -> list[tuple[str, str, str]]:
 
 def test_api_call_mapping():
     assert api_call("GET", "https://h/apis/apps/v1/namespaces/n/deployments?labelSelector=x&watch=true", 200) == [
-        ("apps", "deployments", "watch")]
+        ("apps", "deployments", "watch")
+    ]
     assert api_call("PATCH", "https://h/api/v1/namespaces/n/services/w?fieldManager=x", 201) == [
-        ("", "services", "patch"), ("", "services", "create")]
+        ("", "services", "patch"),
+        ("", "services", "create"),
+    ]
     assert api_call("PATCH", "https://h/apis/hdcompute.io/v1alpha1/namespaces/n/hdcworkloads/w/status", 200) == [
-        ("hdcompute.io", "hdcworkloads/status", "patch")]
+        ("hdcompute.io", "hdcworkloads/status", "patch")
+    ]
     assert api_call("GET", "https://h/api/v1/namespaces", 200) == [("", "namespaces", "list")]
     assert api_call("GET", "https://h/apis/monitoring.coreos.com/v1", 200) == []
 
 
 def granted(cluster, namespace: str, full: str) -> set[tuple[str, str, str]]:
     roles = [get_json(cluster, "role", full, "-n", namespace), get_json(cluster, "clusterrole", f"{full}-observer")]
-    return {(g, r, v) for role in roles for rule in role["rules"] for g in rule["apiGroups"]
-            for r in rule["resources"] for v in rule["verbs"]}
+    return {
+        (g, r, v)
+        for role in roles
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
 
 
 def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_path):
@@ -403,18 +485,33 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
     sa_kubeconfig = service_account_kubeconfig(k8s_cluster, ns, full, tmp_path / "sa.kubeconfig")
     port = free_port()
     proxy_log = tmp_path / "proxy.log"
-    proxy = subprocess.Popen([kubectl_bin(), "--kubeconfig", str(sa_kubeconfig), "proxy", f"--port={port}", "-v=6"],
-                             stdout=subprocess.DEVNULL, stderr=open(proxy_log, "wb"))
+    proxy = subprocess.Popen(
+        [kubectl_bin(), "--kubeconfig", str(sa_kubeconfig), "proxy", f"--port={port}", "-v=6"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(proxy_log, "wb"),
+    )
     operator = None
     try:
         plain = tmp_path / "proxy.kubeconfig"
-        plain.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "proxy",
-            "clusters": [{"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "proxy", "user": {}}],
-            "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}]}))
-        wait_for(lambda: kubectl(k8s_cluster, "--kubeconfig", str(plain), "get", "hdcw", "-n", ns,
-                                 check=False).returncode == 0, 30, "kubectl proxy")
+        plain.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "proxy",
+                    "clusters": [{"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                    "users": [{"name": "proxy", "user": {}}],
+                    "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
+                }
+            )
+        )
+        wait_for(
+            lambda: (
+                kubectl(k8s_cluster, "--kubeconfig", str(plain), "get", "hdcw", "-n", ns, check=False).returncode == 0
+            ),
+            30,
+            "kubectl proxy",
+        )
         env = deployment_env(get_json(k8s_cluster, "deployment", full, "-n", ns))
         env.update({"HDC_OPERATOR_RESYNC_INTERVAL": "3"})
         (tmp_path / "op").mkdir()
@@ -422,11 +519,22 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
 
         name = "full"
         body = {**WORKLOAD, "metadata": {"name": name, "namespace": ns}}
-        body["spec"] = {**body["spec"], "persistence": {"enabled": True, "size": "1Gi"},
-                        "autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3}}
+        body["spec"] = {
+            **body["spec"],
+            "persistence": {"enabled": True, "size": "1Gi"},
+            "autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3},
+        }
         kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(body))
-        kinds = ("deployment", "service", "configmap", "persistentvolumeclaim", "poddisruptionbudget",
-                 "horizontalpodautoscaler", "servicemonitor", "prometheusrule")
+        kinds = (
+            "deployment",
+            "service",
+            "configmap",
+            "persistentvolumeclaim",
+            "poddisruptionbudget",
+            "horizontalpodautoscaler",
+            "servicemonitor",
+            "prometheusrule",
+        )
         names = {"configmap": f"{name}-dashboards", "persistentvolumeclaim": f"{name}-state"}
         wait_for(lambda: reconciled(k8s_cluster, ns, name), 90, "first reconcile", operator)
         claims = get_json(k8s_cluster, "persistentvolumeclaims", "-n", ns)["items"]
@@ -437,26 +545,75 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
         for kind in kinds:
             kubectl(k8s_cluster, "label", kind, names.get(kind, name), "-n", ns, f"{label}-")
         for kind in kinds:
-            wait_for(lambda: label in get_json(k8s_cluster, kind, names.get(kind, name), "-n", ns)["metadata"]
-                     ["labels"], 60, f"{kind} label restored", operator)
+            wait_for(
+                lambda: label in get_json(k8s_cluster, kind, names.get(kind, name), "-n", ns)["metadata"]["labels"],  # noqa: B023 - called within this iteration
+                60,
+                f"{kind} label restored",
+                operator,
+            )
         # autoscaling mode operator without a Prometheus: the scaler holds, but moves spec.replicas (1) into
         # [minReplicas, maxReplicas] through the scale subresource and saves its history annotation
-        kubectl(k8s_cluster, "patch", "hdcw", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {
-            "autoscaling": {"mode": "operator", "minReplicas": 2, "maxReplicas": 3}}}))
-        wait_for(lambda: get_json(k8s_cluster, "hdcw", name, "-n", ns)["spec"]["replicas"] == 2, 60,
-                 "spec.replicas moved to minReplicas by the scaler", operator)
+        kubectl(
+            k8s_cluster,
+            "patch",
+            "hdcw",
+            name,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"autoscaling": {"mode": "operator", "minReplicas": 2, "maxReplicas": 3}}}),
+        )
+        wait_for(
+            lambda: get_json(k8s_cluster, "hdcw", name, "-n", ns)["spec"]["replicas"] == 2,
+            60,
+            "spec.replicas moved to minReplicas by the scaler",
+            operator,
+        )
         # pruning: every optional child turned off
-        kubectl(k8s_cluster, "patch", "hdcw", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {
-            "autoscaling": {"mode": "none"}, "podDisruptionBudget": {"enabled": False},
-            "monitoring": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False},
-                           "dashboards": {"enabled": False}}}}))
+        kubectl(
+            k8s_cluster,
+            "patch",
+            "hdcw",
+            name,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            json.dumps(
+                {
+                    "spec": {
+                        "autoscaling": {"mode": "none"},
+                        "podDisruptionBudget": {"enabled": False},
+                        "monitoring": {
+                            "serviceMonitor": {"enabled": False},
+                            "prometheusRule": {"enabled": False},
+                            "dashboards": {"enabled": False},
+                        },
+                    }
+                }
+            ),
+        )
         for kind in ("horizontalpodautoscaler", "poddisruptionbudget", "servicemonitor", "prometheusrule"):
-            wait_for(lambda: get_json(k8s_cluster, kind, name, "-n", ns) is None, 60, f"{kind} pruned", operator)
-        wait_for(lambda: get_json(k8s_cluster, "configmap", f"{name}-dashboards", "-n", ns) is None, 60,
-                 "dashboards pruned", operator)
+            wait_for(lambda: get_json(k8s_cluster, kind, name, "-n", ns) is None, 60, f"{kind} pruned", operator)  # noqa: B023
+        wait_for(
+            lambda: get_json(k8s_cluster, "configmap", f"{name}-dashboards", "-n", ns) is None,
+            60,
+            "dashboards pruned",
+            operator,
+        )
         # deletion, with kopf's finalizer on the workload (earlier operator versions added it): kopf removes it
-        kubectl(k8s_cluster, "patch", "hdcw", name, "-n", ns, "--type=merge", "-p",
-                '{"metadata":{"finalizers":["hdcompute.io/operator"]}}')
+        kubectl(
+            k8s_cluster,
+            "patch",
+            "hdcw",
+            name,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            '{"metadata":{"finalizers":["hdcompute.io/operator"]}}',
+        )
         kubectl(k8s_cluster, "delete", "hdcw", name, "-n", ns, "--wait=false")
         wait_for(lambda: get_json(k8s_cluster, "hdcw", name, "-n", ns) is None, 60, "workload deleted", operator)
         assert operator.permission_denials() == [], operator.log()[-4000:]
@@ -466,8 +623,11 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
         proxy.terminate()
         proxy.wait(10)
 
-    used = {call for match in RESPONSE_LINE.finditer(proxy_log.read_text())
-            for call in api_call(match.group(1), match.group(2), int(match.group(3)))}
+    used = {
+        call
+        for match in RESPONSE_LINE.finditer(proxy_log.read_text())
+        for call in api_call(match.group(1), match.group(2), int(match.group(3)))
+    }
     assert used, "the proxy recorded no request"
     grants = granted(k8s_cluster, ns, full)
     assert used - grants == set(), f"calls the chart does not grant: {sorted(used - grants)}"

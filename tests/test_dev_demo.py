@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 import pytest
+from worker_process import WorkerProcess
 
 from hdc_operator.dev.demo import DemoError, Settings
 from hdc_operator.dev.load import OPERATIONS, request_bodies, storage_vectors
-from worker_process import WorkerProcess
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -49,12 +49,15 @@ def test_storage_vectors_refuse_an_unknown_model():
         storage_vectors(np.random.default_rng(0), "XYZ", 8, 1)
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"HDC_DEMO_SECONDS": "soon"}, "HDC_DEMO_SECONDS must be a number"),
-    ({"HDC_DEMO_SECONDS": "0"}, "HDC_DEMO_SECONDS must be >= 1"),
-    ({"HDC_DEMO_CLIENTS": "2.5"}, "HDC_DEMO_CLIENTS must be a number"),
-    ({"HDC_DEMO_EXAMPLE": "/nonexistent.yaml"}, "HDC_DEMO_EXAMPLE: /nonexistent.yaml is not a file"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"HDC_DEMO_SECONDS": "soon"}, "HDC_DEMO_SECONDS must be a number"),
+        ({"HDC_DEMO_SECONDS": "0"}, "HDC_DEMO_SECONDS must be >= 1"),
+        ({"HDC_DEMO_CLIENTS": "2.5"}, "HDC_DEMO_CLIENTS must be a number"),
+        ({"HDC_DEMO_EXAMPLE": "/nonexistent.yaml"}, "HDC_DEMO_EXAMPLE: /nonexistent.yaml is not a file"),
+    ],
+)
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(DemoError, match=re.escape(message)):
         Settings.from_env(env)
@@ -89,13 +92,18 @@ def processes_mentioning(text: str) -> list[str]:
 @pytest.mark.k8s
 @pytest.mark.slow
 def test_demo_runs_shows_throughput_and_cleans_up(tmp_path):
-    env = {**os.environ,
-           # a cluster of its own, in this test's directory: created and deleted by the demo
-           "HDC_CLUSTER_NAME": "hdc-demo-test", "HDC_CLUSTER_DIR": str(tmp_path / "cluster"),
-           "HDC_DEMO_DIR": str(tmp_path / "demo"), "HDC_DEMO_SECONDS": "30"}
+    env = {
+        **os.environ,
+        # a cluster of its own, in this test's directory: created and deleted by the demo
+        "HDC_CLUSTER_NAME": "hdc-demo-test",
+        "HDC_CLUSTER_DIR": str(tmp_path / "cluster"),
+        "HDC_DEMO_DIR": str(tmp_path / "demo"),
+        "HDC_DEMO_SECONDS": "30",
+    }
     env.pop("HDC_DEMO_KEEP_CLUSTER", None)
-    out = subprocess.run([sys.executable, "-m", "hdc_operator.cli", "dev", "demo"], env=env, capture_output=True,
-                         text=True, timeout=400)
+    out = subprocess.run(
+        [sys.executable, "-m", "hdc_operator.cli", "dev", "demo"], env=env, capture_output=True, text=True, timeout=400
+    )
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-5000:]
     lines = [line for line in text.splitlines() if line.startswith("status: ")]

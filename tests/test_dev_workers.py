@@ -18,34 +18,48 @@ import pytest
 import yaml
 
 from hdc_operator.dev import prometheus as prom
-from hdc_operator.dev.workers import (container_env, file_sd_groups, local_env, pod_worker, target_labels)
+from hdc_operator.dev.workers import container_env, file_sd_groups, local_env, pod_worker, target_labels
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
-def pod(name="w-abc", namespace="ns", node="hdc-gpu-0", workload="mirror", deleting=False, phase="Running",
-        env=None):
-    meta = {"name": name, "namespace": namespace, "uid": f"uid-{name}",
-            "labels": {"hdcompute.io/workload": workload, "app.kubernetes.io/managed-by": "hdc-operator"}}
+def pod(name="w-abc", namespace="ns", node="hdc-gpu-0", workload="mirror", deleting=False, phase="Running", env=None):
+    meta = {
+        "name": name,
+        "namespace": namespace,
+        "uid": f"uid-{name}",
+        "labels": {"hdcompute.io/workload": workload, "app.kubernetes.io/managed-by": "hdc-operator"},
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    return {"metadata": meta, "spec": {"nodeName": node, "containers": [{"name": "worker", "env": env or []}]},
-            "status": {"phase": phase}}
+    return {
+        "metadata": meta,
+        "spec": {"nodeName": node, "containers": [{"name": "worker", "env": env or []}]},
+        "status": {"phase": phase},
+    }
 
 
 # --- pure parts ---------------------------------------------------------------------------------------------
 
 
 def test_container_env_resolves_values_field_refs_and_references():
-    env = container_env(pod(env=[
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "HDC_DIMENSION", "value": "1024"},
-        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.pod.name=$(POD_NAME),x=$(UNDEFINED)"},
-        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
-    ]))
-    assert env == {"POD_NAME": "w-abc", "POD_NAMESPACE": "ns", "HDC_DIMENSION": "1024",
-                   "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=w-abc,x=$(UNDEFINED)"}
+    env = container_env(
+        pod(
+            env=[
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "HDC_DIMENSION", "value": "1024"},
+                {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": "k8s.pod.name=$(POD_NAME),x=$(UNDEFINED)"},
+                {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            ]
+        )
+    )
+    assert env == {
+        "POD_NAME": "w-abc",
+        "POD_NAMESPACE": "ns",
+        "HDC_DIMENSION": "1024",
+        "OTEL_RESOURCE_ATTRIBUTES": "k8s.pod.name=w-abc,x=$(UNDEFINED)",
+    }
 
 
 def test_only_scheduled_live_pods_get_a_process():
@@ -57,9 +71,17 @@ def test_only_scheduled_live_pods_get_a_process():
 
 
 def test_local_overrides_win_over_the_pods_environment():
-    w = pod_worker(pod(env=[{"name": "HDC_PORT", "value": "8080"}, {"name": "HDC_HOST", "value": "0.0.0.0"},
-                            {"name": "HDC_DEVICE", "value": "cuda"}, {"name": "HDC_STATE_DIR", "value": "/var/lib"},
-                            {"name": "HDC_VSA", "value": "BSC"}]))
+    w = pod_worker(
+        pod(
+            env=[
+                {"name": "HDC_PORT", "value": "8080"},
+                {"name": "HDC_HOST", "value": "0.0.0.0"},
+                {"name": "HDC_DEVICE", "value": "cuda"},
+                {"name": "HDC_STATE_DIR", "value": "/var/lib"},
+                {"name": "HDC_VSA", "value": "BSC"},
+            ]
+        )
+    )
     env = local_env(dict(w.env), port=4321, state_dir="/tmp/s", base={"PATH": "/bin", "OMP_NUM_THREADS": "4"})
     assert env["HDC_PORT"] == "4321" and env["HDC_HOST"] == "127.0.0.1" and env["HDC_DEVICE"] == "cpu"
     assert env["HDC_STATE_DIR"] == "/tmp/s" and env["HDC_VSA"] == "BSC" and env["PATH"] == "/bin"
@@ -84,8 +106,12 @@ def test_prometheus_config_is_accepted_by_promtool(tmp_path):
     sd.write_text(json.dumps(file_sd_groups([(pod_worker(pod()), 1234)])))
     rules = tmp_path / "rules.yml"
     rules.write_text(yaml.safe_dump(prom.rule_groups_from_cluster([])))
-    cfg = prom.prometheus_config(file_sd=[sd], rule_files=[rules], alertmanager="127.0.0.1:9093",
-                                 static_jobs={"hdc-operator": {"targets": ["127.0.0.1:8081"]}})
+    cfg = prom.prometheus_config(
+        file_sd=[sd],
+        rule_files=[rules],
+        alertmanager="127.0.0.1:9093",
+        static_jobs={"hdc-operator": {"targets": ["127.0.0.1:8081"]}},
+    )
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(cfg))
     out = subprocess.run([prom.tool("promtool"), "check", "config", str(path)], capture_output=True, text=True)
@@ -94,10 +120,14 @@ def test_prometheus_config_is_accepted_by_promtool(tmp_path):
 
 
 def test_rule_groups_from_cluster_are_ordered_and_complete():
-    objs = [{"metadata": {"namespace": "b", "name": "x"}, "spec": {"groups": [{"name": "g3", "rules": []}]}},
-            {"metadata": {"namespace": "a", "name": "y"}, "spec": {"groups": [{"name": "g1", "rules": []},
-                                                                             {"name": "g2", "rules": []}]}},
-            {"metadata": {"namespace": "a", "name": "z"}, "spec": {}}]
+    objs = [
+        {"metadata": {"namespace": "b", "name": "x"}, "spec": {"groups": [{"name": "g3", "rules": []}]}},
+        {
+            "metadata": {"namespace": "a", "name": "y"},
+            "spec": {"groups": [{"name": "g1", "rules": []}, {"name": "g2", "rules": []}]},
+        },
+        {"metadata": {"namespace": "a", "name": "z"}, "spec": {}},
+    ]
     assert [g["name"] for g in prom.rule_groups_from_cluster(objs)["groups"]] == ["g1", "g2", "g3"]
 
 
@@ -139,8 +169,15 @@ def test_a_crashing_process_is_restarted_with_back_off_and_reported(tmp_path):
 def test_mirror_starts_a_real_worker_and_stops_it_with_its_pod(tmp_path):
     from hdc_operator.dev.workers import PodMirror
 
-    pods = [pod(env=[{"name": "HDC_DIMENSION", "value": "256"}, {"name": "HDC_BENCHMARK_ENABLED", "value": "false"},
-                     {"name": "HDC_SHUTDOWN_GRACE_SECONDS", "value": "2"}])]
+    pods = [
+        pod(
+            env=[
+                {"name": "HDC_DIMENSION", "value": "256"},
+                {"name": "HDC_BENCHMARK_ENABLED", "value": "false"},
+                {"name": "HDC_SHUTDOWN_GRACE_SECONDS", "value": "2"},
+            ]
+        )
+    ]
     mirror = PodMirror(lambda: pods, tmp_path / "sd.json", tmp_path / "work", log=lambda line: None)
     try:
         deadline = time.monotonic() + 120
@@ -152,8 +189,12 @@ def test_mirror_starts_a_real_worker_and_stops_it_with_its_pod(tmp_path):
             time.sleep(0.3)
         assert mw.ready, (tmp_path / "work" / "ns" / "w-abc" / "worker.log").read_text()[-3000:]
         groups = json.loads((tmp_path / "sd.json").read_text())
-        assert groups == [{"targets": [f"127.0.0.1:{mw.port}"], "labels": {"namespace": "ns", "pod": "w-abc",
-                                                                           "workload": "mirror", "job": "mirror"}}]
+        assert groups == [
+            {
+                "targets": [f"127.0.0.1:{mw.port}"],
+                "labels": {"namespace": "ns", "pod": "w-abc", "workload": "mirror", "job": "mirror"},
+            }
+        ]
         pods[0]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"  # the pod starts terminating
         mirror.sync()
         assert mirror.workers == {} and json.loads((tmp_path / "sd.json").read_text()) == []
@@ -167,8 +208,13 @@ def test_mirror_starts_a_real_worker_and_stops_it_with_its_pod(tmp_path):
 
 
 def kubectl(cluster, *args, input=None):
-    out = subprocess.run([prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args], capture_output=True,
-                         text=True, input=input, timeout=120)
+    out = subprocess.run(
+        [prom.tool("kubectl"), "--kubeconfig", cluster.kubeconfig, *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=120,
+    )
     assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
     return out.stdout
 
@@ -183,9 +229,8 @@ def process_alive(pid: int) -> bool:
 
 @pytest.mark.k8s
 def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluster, k8s_namespace, tmp_path):
-    from kubernetes import client
-
     from dev_harness import LocalMonitoring
+    from kubernetes import client
     from operator_process import OperatorProcess
 
     ns, name = k8s_namespace, "mirror"
@@ -193,22 +238,38 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
     kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     operator = OperatorProcess(k8s_cluster.kubeconfig, tmp_path, "--namespace", ns, "--resync-interval", "5")
     mon = LocalMonitoring(k8s_cluster.kubeconfig, tmp_path, ns)
-    workload = {"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWorkload",
-                "metadata": {"name": name, "namespace": ns},
-                "spec": {"replicas": 2, "hdc": {"dimension": 1024},
-                         "continuousBenchmark": {"enabled": False}}}
+    workload = {
+        "apiVersion": "hdcompute.io/v1alpha1",
+        "kind": "HDCWorkload",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 2, "hdc": {"dimension": 1024}, "continuousBenchmark": {"enabled": False}},
+    }
     try:
         # (kubectl wait fails at once while a new CRD has no status.conditions yet: hence wait around it)
-        mon.wait(lambda: kubectl(k8s_cluster, "wait", "--for", "condition=Established", "--timeout=30s",
-                                 "crd/hdcworkloads.hdcompute.io") is not None, "the CRD Established")
+        mon.wait(
+            lambda: (
+                kubectl(
+                    k8s_cluster,
+                    "wait",
+                    "--for",
+                    "condition=Established",
+                    "--timeout=30s",
+                    "crd/hdcworkloads.hdcompute.io",
+                )
+                is not None
+            ),
+            "the CRD Established",
+        )
         operator.start()
         mon.start()
         kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(workload))
 
         def api_pods() -> set[str]:
-            return {p.metadata.name for p in core.list_namespaced_pod(
-                ns, label_selector=f"hdcompute.io/workload={name}").items
-                if p.metadata.deletion_timestamp is None and p.spec.node_name}
+            return {
+                p.metadata.name
+                for p in core.list_namespaced_pod(ns, label_selector=f"hdcompute.io/workload={name}").items
+                if p.metadata.deletion_timestamp is None and p.spec.node_name
+            }
 
         def mirrored(n: int):
             return mon.wait_workers(n, api_pods)
@@ -218,6 +279,7 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
         def scraped(n: int, since: float | None = None):
             """n targets up, exactly the pods'; `since`: each scraped after that time (a restarted Prometheus
             serves the previous run's last samples for its 5-minute lookback until it scrapes again)."""
+
             def check():
                 sel = f'up{{namespace="{ns}",workload="{name}"}}'
                 up = mon.query(sel if since is None else f"{sel} and timestamp({sel}) > {since}")
@@ -227,15 +289,20 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
                 # target itself is gone is checked on the file_sd.
                 live = [s for s in up if s["value"][1] == "1"]
                 return live if len(live) == n and {s["metric"]["pod"] for s in live} == api_pods() else None
+
             try:
                 return mon.wait(check, f"Prometheus scraping {n} targets with the pods' labels")
             except AssertionError as exc:
                 import urllib.request
+
                 with urllib.request.urlopen(f"{mon.url}/api/v1/targets", timeout=5) as resp:
-                    targets = [(t["labels"].get("pod"), t["health"], t.get("lastScrape")) for t in
-                               json.load(resp)["data"]["activeTargets"]]
-                raise AssertionError(f"{exc}\nlast up: {seen}\nactive targets: {targets}\n"
-                                     f"file_sd: {mon.file_sd.read_text()}") from None
+                    targets = [
+                        (t["labels"].get("pod"), t["health"], t.get("lastScrape"))
+                        for t in json.load(resp)["data"]["activeTargets"]
+                    ]
+                raise AssertionError(
+                    f"{exc}\nlast up: {seen}\nactive targets: {targets}\nfile_sd: {mon.file_sd.read_text()}"
+                ) from None
 
         for w in mirrored(2):
             assert w["workload"] == name and w["namespace"] == ns
@@ -249,9 +316,11 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
         # the operator's PrometheusRule reached Prometheus
         def rule_groups():
             import urllib.request
+
             with urllib.request.urlopen(f"{mon.url}/api/v1/rules", timeout=5) as resp:
                 names = {g["name"] for g in json.load(resp)["data"]["groups"]}
             return names if f"hdc.{ns}.{name}.alerts" in names else None
+
         mon.wait(rule_groups, "the workload's rule groups loaded in Prometheus")
 
         # scale up: 3 pods -> 3 processes, 3 targets
@@ -262,9 +331,20 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
         # a worker dies: it is restarted on the same port and counted
         victim = mon.workers()[0]
         os.kill(victim["pid"], signal.SIGKILL)
-        restarted = mon.wait(lambda: next((w for w in mon.workers() if w["pod"] == victim["pod"] and
-                                           w["restarts"] == 1 and w["ready"] and
-                                           w["pid"] not in (None, victim["pid"])), None), "the killed worker restarted")
+        restarted = mon.wait(
+            lambda: next(
+                (
+                    w
+                    for w in mon.workers()
+                    if w["pod"] == victim["pod"]
+                    and w["restarts"] == 1
+                    and w["ready"]
+                    and w["pid"] not in (None, victim["pid"])
+                ),
+                None,
+            ),
+            "the killed worker restarted",
+        )
         assert restarted["last_exit"] == -signal.SIGKILL and restarted["port"] == victim["port"]
 
         # a pod deleted: its process stops, the ReplicaSet's new pod gets one
@@ -286,8 +366,11 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
             pids = {w["pod"]: w["pid"] for w in mon.workers()}
             k8s_cluster.stop_component("kube-apiserver")
             try:
-                mon.wait(lambda: "listing pods failed, keeping 3 processes" in mon.mirror_log.read_text(),
-                         "the mirror to notice the API server is down", 60)
+                mon.wait(
+                    lambda: "listing pods failed, keeping 3 processes" in mon.mirror_log.read_text(),
+                    "the mirror to notice the API server is down",
+                    60,
+                )
                 assert {w["pod"]: w["pid"] for w in mon.workers()} == pids
                 assert all(w["ready"] for w in mon.workers())
             finally:
@@ -300,12 +383,26 @@ def test_fake_pods_are_backed_by_real_workers_scraped_with_pod_labels(k8s_cluste
         left = mirrored(1)
         for pod_name, pid in before.items():
             if pod_name != left[0]["pod"]:
-                mon.wait(lambda: not process_alive(pid), f"process {pid} of removed pod {pod_name} stopped", 20)
+                mon.wait(lambda: not process_alive(pid), f"process {pid} of removed pod {pod_name} stopped", 20)  # noqa: B023
         scraped(1)
         assert len(json.loads(mon.file_sd.read_text())) == 1
     finally:
-        subprocess.run([prom.tool("kubectl"), "--kubeconfig", k8s_cluster.kubeconfig, "delete", "hdcw", name, "-n",
-                        ns, "--wait=true", "--timeout=60s"], capture_output=True, timeout=90)
+        subprocess.run(
+            [
+                prom.tool("kubectl"),
+                "--kubeconfig",
+                k8s_cluster.kubeconfig,
+                "delete",
+                "hdcw",
+                name,
+                "-n",
+                ns,
+                "--wait=true",
+                "--timeout=60s",
+            ],
+            capture_output=True,
+            timeout=90,
+        )
         last = [w["pid"] for w in mon.workers()]
         codes = mon.stop()
         operator.stop()
@@ -322,8 +419,9 @@ def test_cli_names_a_missing_kubeconfig(command, tmp_path, monkeypatch):
 
     monkeypatch.delenv("KUBECONFIG", raising=False)
     runner = CliRunner()
-    missing = runner.invoke(app, ["dev", command, "--file-sd", str(tmp_path / "sd.json"),
-                                  "--kubeconfig", str(tmp_path / "nope")])
+    missing = runner.invoke(
+        app, ["dev", command, "--file-sd", str(tmp_path / "sd.json"), "--kubeconfig", str(tmp_path / "nope")]
+    )
     assert missing.exit_code == 2 and f"--kubeconfig: {tmp_path / 'nope'} is not a file" in missing.output
     unset = runner.invoke(app, ["dev", command, "--file-sd", str(tmp_path / "sd.json")])
     assert unset.exit_code == 2 and "no kubeconfig given" in unset.output

@@ -41,8 +41,14 @@ DEPENDENCY_COMMANDS = {"kopf": "kopf"}
 PYTHON_TOOL_MODULES = {"venv", "pip", "compileall"}
 SEPARATORS = {"&&", "||", ";", "|", "&"}
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|CREDENTIAL|PRIVATE_?KEY", re.I)
-WRITABLE_VARIABLES = ("HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "HDC_LOG_FILE",
-                      "HDC_BENCHMARK_DATABASE_URL")
+WRITABLE_VARIABLES = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "TRITON_CACHE_DIR",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "HDC_LOG_FILE",
+    "HDC_BENCHMARK_DATABASE_URL",
+)
 
 
 # --- a small Dockerfile reader (the instructions these files use) ---------------------------------------------
@@ -102,7 +108,7 @@ def final_image(stages: list[Stage]) -> list[tuple[str, str]]:
 
 
 def exec_form(rest: str, what: str) -> list[str]:
-    assert rest.startswith("["), f"{what} must use the exec form [\"prog\", \"arg\"], got {rest!r}"
+    assert rest.startswith("["), f'{what} must use the exec form ["prog", "arg"], got {rest!r}'
     argv = json.loads(rest)
     assert argv and all(isinstance(a, str) for a in argv), f"{what} must be a JSON list of strings"
     return argv
@@ -188,11 +194,13 @@ def check_command(where: str, argv: list[str]) -> list[list[str]]:
         return [argv]
     if program in DEPENDENCY_COMMANDS:
         assert DEPENDENCY_COMMANDS[program] in declared_distributions(), (
-            f"{where}: {program} is run but {DEPENDENCY_COMMANDS[program]} is not a dependency in pyproject.toml")
+            f"{where}: {program} is run but {DEPENDENCY_COMMANDS[program]} is not a dependency in pyproject.toml"
+        )
         return []
     assert program in SYSTEM_COMMANDS, (
         f"{where}: {program!r} is neither a console script in pyproject [project.scripts] nor a known base-image "
-        f"program ({', '.join(sorted(SYSTEM_COMMANDS))})")
+        f"program ({', '.join(sorted(SYSTEM_COMMANDS))})"
+    )
     if program in ("python", "python3"):
         assert modules, f"{where}: {' '.join(argv)!r}: run Python code through `-m module` so it can be checked"
     return []
@@ -203,8 +211,9 @@ def run_script_help(argv: list[str]) -> None:
     module, function = SCRIPTS[argv[0]].split(":")
     args = argv[1:] if "--help" in argv else [*argv[1:], "--help"]
     code = f"import sys; from {module} import {function}; sys.argv[0] = {argv[0]!r}; sys.exit({function}())"
-    result = subprocess.run([sys.executable, "-c", code, *args], env=PACKAGE_ENV, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], env=PACKAGE_ENV, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, f"`{' '.join(argv)}` fails:\n{result.stdout}\n{result.stderr[-3000:]}"
     assert "Usage" in result.stdout, f"`{' '.join([*argv[:1], *args])}` printed no usage:\n{result.stdout}"
 
@@ -246,7 +255,9 @@ def test_copies_what_exists_and_bakes_in_no_secrets(path):
         for keyword, rest in stage.instructions:
             if keyword in ("ENV", "ARG"):
                 for word in shlex.split(rest):
-                    assert not SECRET_NAME.search(word.partition("=")[0]), f"{path.name}: {keyword} {word} looks like a secret"
+                    assert not SECRET_NAME.search(word.partition("=")[0]), (
+                        f"{path.name}: {keyword} {word} looks like a secret"
+                    )
             if keyword in ("COPY", "ADD"):
                 words = shlex.split(rest)
                 if any(w.startswith("--from") for w in words):
@@ -270,9 +281,12 @@ def test_worker_image_shape():
     assert exec_form(health[-1].partition(" CMD ")[2].strip(), "HEALTHCHECK") == ["python", "-m", "hd_compute.health"]
     assert commands_of(stages)[-2] == ("ENTRYPOINT+CMD", ["hdc-worker", "serve"])
     # and the health check runs here: JSON, exit 0 (healthy/degraded) or 1 (unhealthy)
-    result = subprocess.run([sys.executable, "-m", "hd_compute.health"], env=PACKAGE_ENV, capture_output=True,
-                            text=True, timeout=120)
-    assert result.stdout.strip().startswith("{"), f"python -m hd_compute.health printed no JSON:\n{result.stderr[-3000:]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "hd_compute.health"], env=PACKAGE_ENV, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.strip().startswith("{"), (
+        f"python -m hd_compute.health printed no JSON:\n{result.stderr[-3000:]}"
+    )
     report = json.loads(result.stdout)
     assert result.returncode == (1 if report["status"] == "unhealthy" else 0), result.stdout + result.stderr
 
@@ -297,8 +311,13 @@ def test_worker_writes_only_under_tmp_and_the_state_dir():
     assert "HOME" in env and inside(env["HOME"]), "HOME must be under /tmp (caches land there)"
     assert env.get("PYTHONDONTWRITEBYTECODE") == "1", "Python would try to write .pyc files next to the code"
     uid = [rest for keyword, rest in final if keyword == "USER"][-1].split(":")[0]
-    chowned = [argv for keyword, rest in final if keyword == "RUN" for argv in shell_commands(rest)
-               if argv[0] == "chown" and state in argv]
+    chowned = [
+        argv
+        for keyword, rest in final
+        if keyword == "RUN"
+        for argv in shell_commands(rest)
+        if argv[0] == "chown" and state in argv
+    ]
     assert chowned and chowned[0][1].split(":")[0] == uid, f"{state} must belong to the image's user {uid}"
 
 
@@ -312,12 +331,29 @@ def test_worker_package_builds_from_the_copied_files(tmp_path):
             for source in shlex.split(rest)[:-1]:
                 target = context / source
                 if (REPO / source).is_dir():
-                    shutil.copytree(REPO / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info"))
+                    shutil.copytree(
+                        REPO / source, target, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info")
+                    )
                 else:
                     shutil.copy2(REPO / source, target)
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                             "-w", str(tmp_path / "dist"), "."], cwd=context, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            ".",
+        ],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("*.whl"))
     with zipfile.ZipFile(wheel) as archive:
@@ -341,20 +377,24 @@ def _requirement_name(requirement: str) -> str:
 
 def test_operator_image_shape():
     stages = read_stages(OPERATOR)
-    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", stages[0].base), f"expected a python slim base, got {stages[0].base}"
+    assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", stages[0].base), (
+        f"expected a python slim base, got {stages[0].base}"
+    )
     final = final_image(stages)
     assert final[0] == stages[0].instructions[0], "the final image must be built on the python slim base"
     assert commands_of(stages)[-1] == ("ENTRYPOINT+CMD", ["hdc-operator"])
     # The package goes in without its dependencies (torch), the runtime requirements from pyproject's group.
-    build_runs = [argv for s in stages if s.name == "build" for k, r in s.instructions if k == "RUN"
-                  for argv in shell_commands(r)]
+    build_runs = [
+        argv for s in stages if s.name == "build" for k, r in s.instructions if k == "RUN" for argv in shell_commands(r)
+    ]
     installs = [argv for argv in build_runs if argv[:2] == ["pip", "install"]]
     assert ["pip", "install", "--group", "operator"] in installs, installs
     assert ["pip", "install", "--no-deps", "."] in installs, installs
-    assert all(a == ["pip", "install", "--group", "operator"] or "--no-deps" in a or "--upgrade" in a
-               for a in installs), f"an install that could pull in other dependencies: {installs}"
+    assert all(
+        a == ["pip", "install", "--group", "operator"] or "--no-deps" in a or "--upgrade" in a for a in installs
+    ), f"an install that could pull in other dependencies: {installs}"
     upgrade = next(a for a in installs if "--upgrade" in a)
-    assert upgrade[-1] in ('pip>=25.1', '"pip>=25.1"'), "pip reads --group from 25.1 on"
+    assert upgrade[-1] in ("pip>=25.1", '"pip>=25.1"'), "pip reads --group from 25.1 on"
 
 
 def test_operator_image_ships_the_crd_where_hdc_crd_path_points():
@@ -369,10 +409,17 @@ def test_operator_image_ships_the_crd_where_hdc_crd_path_points():
     source = REPO / "crds" / crd_path.removeprefix(destination + "/")
     assert source.is_file(), f"HDC_CRD_PATH names {source.relative_to(REPO)}, which does not exist"
     # and hdc_operator.spec really reads it from there: a copy elsewhere, found only through HDC_CRD_PATH
-    probe = ("import sys; from hdc_operator.spec import load_crd, CRD_PATH; "
-             "print(CRD_PATH); print(load_crd()['metadata']['name'])")
-    result = subprocess.run([sys.executable, "-c", probe], env={**PACKAGE_ENV, "HDC_CRD_PATH": str(source)},
-                            capture_output=True, text=True, timeout=120)
+    probe = (
+        "import sys; from hdc_operator.spec import load_crd, CRD_PATH; "
+        "print(CRD_PATH); print(load_crd()['metadata']['name'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**PACKAGE_ENV, "HDC_CRD_PATH": str(source)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == [str(source), "hdcworkloads.hdcompute.io"]
 
@@ -419,7 +466,7 @@ def image_site_packages(target: pathlib.Path) -> pathlib.Path:
     return target
 
 
-IMPORT_PROBE = r'''
+IMPORT_PROBE = r"""
 import json, sys
 from hdc_operator import main, handlers, reconcile, apply, status, metrics, scaling, metrics_source  # noqa: F401
 from hd_compute.monitoring.logging import configure_logging  # what main.run_operator imports
@@ -433,7 +480,7 @@ workload = parse_workload({"apiVersion": "hdcompute.io/v1alpha1", "kind": "HDCWo
                            "spec": {"autoscaling": {"mode": "hpa"}, "persistence": {"enabled": True}}})
 children = build_children(workload, Capabilities.all())
 print(json.dumps({"children": sorted(c["kind"] for c in children), "torch": "torch" in sys.modules}))
-'''
+"""
 
 
 def run_in_image_environment(code: str, site: pathlib.Path) -> subprocess.CompletedProcess:
@@ -458,15 +505,17 @@ def test_the_operator_runs_with_only_its_image_requirements_and_never_imports_to
     assert report["torch"] is False, "the operator imported torch"
     assert {"Deployment", "Service", "PrometheusRule", "ServiceMonitor", "ConfigMap"} <= set(report["children"])
     help_text = run_in_image_environment(
-        "import sys; from hdc_operator.main import cli; sys.argv = ['hdc-operator', '--help']; cli()", image_site)
+        "import sys; from hdc_operator.main import cli; sys.argv = ['hdc-operator', '--help']; cli()", image_site
+    )
     assert help_text.returncode == 0 and "Usage" in help_text.stdout, help_text.stderr[-3000:]
 
 
 def test_the_operator_leaves_torch_unimported_even_where_it_is_installed():
     """In this environment torch is installed: the operator's modules, its builders and the logging set-up still
     do not load it (a guarded `import torch` would pass the image check above but fail here)."""
-    result = subprocess.run([sys.executable, "-c", IMPORT_PROBE], env=PACKAGE_ENV, capture_output=True, text=True,
-                            timeout=180)
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE], env=PACKAGE_ENV, capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["torch"] is False, "the operator imported torch"
     assert importlib.util.find_spec("torch") is not None  # the check means something only where torch exists

@@ -19,10 +19,13 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parent.parent
 STAGES = REPO / "hack" / "cluster" / "kwok-stages.yaml"
 MARKERS = {"hdc-test.invalid/image-pull-backoff:never", "hdc-test.invalid/crash-loop-backoff:always"}
-DEFAULTS = {"node-initialize": "node/fast/node-initialize.yaml",
-            "node-heartbeat-with-lease": "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-            "pod-ready": "pod/fast/pod-ready.yaml", "pod-complete": "pod/fast/pod-complete.yaml",
-            "pod-delete": "pod/fast/pod-delete.yaml"}
+DEFAULTS = {
+    "node-initialize": "node/fast/node-initialize.yaml",
+    "node-heartbeat-with-lease": "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod-ready": "pod/fast/pod-ready.yaml",
+    "pod-complete": "pod/fast/pod-complete.yaml",
+    "pod-delete": "pod/fast/pod-delete.yaml",
+}
 
 
 def stages() -> dict[str, dict]:
@@ -53,8 +56,11 @@ def test_the_file_holds_kwoks_defaults_and_our_two_stages():
         assert image["operator"] == "In" and set(image["values"]) <= MARKERS
         assert spec["weight"] > 0  # picked over pod-ready when both match a new pod
     ready_exprs = found["pod-ready"]["spec"]["selector"]["matchExpressions"]
-    assert {"key": ".spec.containers.[].image", "operator": "NotIn", "values": sorted(MARKERS, reverse=True)} in \
-        ready_exprs
+    assert {
+        "key": ".spec.containers.[].image",
+        "operator": "NotIn",
+        "values": sorted(MARKERS, reverse=True),
+    } in ready_exprs
 
 
 def test_the_default_stages_are_kwoks_own():
@@ -67,5 +73,6 @@ def test_the_default_stages_are_kwoks_own():
         ours = found[name]
         if name == "pod-ready":  # our one change: the marker images are left out
             ours["spec"]["selector"]["matchExpressions"] = [
-                e for e in ours["spec"]["selector"]["matchExpressions"] if e["key"] != ".spec.containers.[].image"]
+                e for e in ours["spec"]["selector"]["matchExpressions"] if e["key"] != ".spec.containers.[].image"
+            ]
         assert ours == upstream, f"{name} differs from kwok's {rel}"

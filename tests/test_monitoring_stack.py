@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
 import yaml
-
 from monitoring_support import REPO, alertmanager_process, run_tool, tool, write_yaml
 from worker_process import WorkerProcess
 
@@ -34,14 +32,18 @@ def test_prometheus_scrapes_the_worker_with_the_servicemonitor_labels():
     # the loaded rule file is the one generated for the workload these labels name
     assert config["rule_files"] == [f"alerts/{labels['workload']}.yml"]
     rules = yaml.safe_load((MONITORING / "alerts" / f"{labels['workload']}.yml").read_text())
-    assert f'namespace="{labels["namespace"]}", workload="{labels["workload"]}"' in rules["groups"][0]["rules"][0]["expr"]
+    assert (
+        f'namespace="{labels["namespace"]}", workload="{labels["workload"]}"' in rules["groups"][0]["rules"][0]["expr"]
+    )
 
 
 def test_rendered_rules_and_dashboards_are_current():
     result = subprocess.run([sys.executable, str(MONITORING / "render.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in (MONITORING / "alerts").iterdir()) == sorted(
-        f"{yaml.safe_load(p.read_text())['metadata']['name']}.yml" for p in (REPO / "deploy" / "examples").glob("*.yaml"))
+        f"{yaml.safe_load(p.read_text())['metadata']['name']}.yml"
+        for p in (REPO / "deploy" / "examples").glob("*.yaml")
+    )
 
 
 @pytest.mark.parametrize("path", sorted((MONITORING / "alerts").glob("*.yml")), ids=lambda p: p.name)
@@ -81,8 +83,10 @@ def test_alertmanager_secrets_come_from_files_only():
 def test_alertmanager_routes_by_severity(tmp_path):
     """amtool's route test on the real config: info goes to Slack only, the rest to Slack and email."""
     path = MONITORING / "alertmanager.yml"
-    for labels, receiver in ((["alertname=HDC_LowGPUUtilization", "severity=info"], "hdc-slack"),
-                             (["alertname=HDC_HighErrorRate", "severity=critical"], "hdc-alerts")):
+    for labels, receiver in (
+        (["alertname=HDC_LowGPUUtilization", "severity=info"], "hdc-slack"),
+        (["alertname=HDC_HighErrorRate", "severity=critical"], "hdc-alerts"),
+    ):
         result = run_tool(tool("amtool"), "config", "routes", "test", f"--config.file={path}", *labels)
         assert result.returncode == 0 and result.stdout.strip() == receiver, result.stdout + result.stderr
 
@@ -177,7 +181,7 @@ def test_logstash_fields_exist_in_real_worker_lines(worker_log_lines):
     # every line has the fields mapped unconditionally; request lines carry the trace and correlation ids
     for line in worker_log_lines:
         assert {"event", "level", "logger", "timestamp"} <= set(line)
-    request = next(l for l in worker_log_lines if l["event"] == "hypervector_operation_completed")
+    request = next(line for line in worker_log_lines if line["event"] == "hypervector_operation_completed")
     assert {"trace_id", "span_id", "correlation_id", "operation", "duration_ms", "status"} <= set(request)
     assert isinstance(request["duration_ms"], (int, float))
 

@@ -6,22 +6,17 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
-import pathlib
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
+from worker_process import REPO, WorkerProcess, free_port  # noqa: F401
 
 import hd_compute.functional as F
 from hd_compute.service.codec import hv_to_json
-from worker_process import REPO, WorkerProcess, free_port  # noqa: F401
-
 
 
 @pytest.fixture

@@ -69,13 +69,13 @@ def leaf_paths(value, path=()) -> list[tuple[str, ...]]:
 def undocumented(values: dict, described: list[tuple[tuple[str, ...], str]]) -> list[str]:
     """Values without a description of their own or of an ancestor."""
     documented = {p for p, _ in described}
-    return [".".join(p) for p in leaf_paths(values)
-            if not any(p[:n] in documented for n in range(1, len(p) + 1))]
+    return [".".join(p) for p in leaf_paths(values) if not any(p[:n] in documented for n in range(1, len(p) + 1))]
 
 
 def _type(value) -> str:
     return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "object"}.get(
-        type(value), type(value).__name__)
+        type(value), type(value).__name__
+    )
 
 
 def _lookup(values: dict, path: tuple[str, ...]):
@@ -91,31 +91,35 @@ def render() -> str:
     rows = []
     for path, description in described_keys(text):
         default = json.dumps(_lookup(values, path), separators=(", ", ": "))
-        rows.append(f"| `{'.'.join(path)}` | {_type(_lookup(values, path))} | `{default}` | "
-                    f"{description.replace('|', chr(92) + '|')} |")
-    return "\n".join([
-        GENERATED,
-        f"# {chart['name']}",
-        "",
-        f"{chart['description']}.",
-        "",
-        f"Chart version {chart['version']}, operator version {chart['appVersion']}. Installing, scopes, HA, metrics,",
-        "prometheus-adapter, upgrading the CRDs and uninstalling: [docs/install.md](../../docs/install.md).",
-        "",
-        "```sh",
-        "helm install hdc-operator charts/hdc-operator --namespace hdc-system --create-namespace",
-        "```",
-        "",
-        "The CRDs in `crds/` (HDCWorkload and kopf's peering resources) are installed on first install only.",
-        "`values.schema.json` rejects unknown or malformed values with the path of the offending field.",
-        "",
-        "## Values",
-        "",
-        "| Key | Type | Default | Description |",
-        "|-----|------|---------|-------------|",
-        *rows,
-        "",
-    ])
+        rows.append(
+            f"| `{'.'.join(path)}` | {_type(_lookup(values, path))} | `{default}` | "
+            f"{description.replace('|', chr(92) + '|')} |"
+        )
+    return "\n".join(
+        [
+            GENERATED,
+            f"# {chart['name']}",
+            "",
+            f"{chart['description']}.",
+            "",
+            f"Chart version {chart['version']}, operator version {chart['appVersion']}. Installing, scopes, HA, metrics,",
+            "prometheus-adapter, upgrading the CRDs and uninstalling: [docs/install.md](../../docs/install.md).",
+            "",
+            "```sh",
+            "helm install hdc-operator charts/hdc-operator --namespace hdc-system --create-namespace",
+            "```",
+            "",
+            "The CRDs in `crds/` (HDCWorkload and kopf's peering resources) are installed on first install only.",
+            "`values.schema.json` rejects unknown or malformed values with the path of the offending field.",
+            "",
+            "## Values",
+            "",
+            "| Key | Type | Default | Description |",
+            "|-----|------|---------|-------------|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -127,8 +131,10 @@ def main(argv: list[str]) -> int:
     readme = CHART / "README.md"
     if "--check" in argv:
         if not readme.exists() or readme.read_text() != render():
-            print(f"{readme} is stale: run python {pathlib.Path(__file__).relative_to(CHART.parent.parent)}",
-                  file=sys.stderr)
+            print(
+                f"{readme} is stale: run python {pathlib.Path(__file__).relative_to(CHART.parent.parent)}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     readme.write_text(render())

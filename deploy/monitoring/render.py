@@ -32,8 +32,9 @@ def render() -> dict[pathlib.Path, str]:
     for source in sorted(EXAMPLES.glob("*.yaml")):
         workload = parse_workload(yaml.safe_load(source.read_text()), namespace=NAMESPACE)
         groups = build_rule_groups(workload.name, workload.namespace, workload.spec)
-        out[HERE / "alerts" / f"{workload.name}.yml"] = (
-            HEADER.format(source=source.name) + yaml.safe_dump(rule_file(groups), sort_keys=False, width=120))
+        out[HERE / "alerts" / f"{workload.name}.yml"] = HEADER.format(source=source.name) + yaml.safe_dump(
+            rule_file(groups), sort_keys=False, width=120
+        )
         for file_name, model in build_dashboards(workload.name, workload.namespace, workload.spec).items():
             out[HERE / "grafana" / "dashboards" / file_name] = json.dumps(model, indent=2, sort_keys=True) + "\n"
     return out
