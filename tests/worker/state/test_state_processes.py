@@ -47,6 +47,7 @@ def test_a_second_process_on_the_same_state_dir_refuses_to_start(tmp_path: pathl
     assert after.returncode == 0
 
 
+@pytest.mark.slow
 def test_concurrent_adds_from_three_processes_get_unique_gap_free_ids_in_one_order(pg_url: str) -> None:
     dim, per_process, tags = 1000, 40, ["a", "b", "c"]
     total = per_process * len(tags)

@@ -169,6 +169,7 @@ def databases(pg_url: str) -> list[Database]:
         database.close()
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(operations, min_size=10, max_size=40), retain=st.sampled_from([0, 3, 1000]),
        compact_every=st.sampled_from([2, 3]))
