@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -35,7 +36,9 @@ from .errors import NotCaughtUp, NotFound, StoreUnavailable
 from .reader import LogSlice
 from .schema import Kind
 from .store import StateStore
-from .wakeup import Listener
+
+if TYPE_CHECKING:
+    from .wakeup import Listener
 
 DEFAULT_POLL_SECONDS = 1.0  # the longest a follower goes without looking at the log
 DEFAULT_LISTEN_RETRY_SECONDS = 1.0  # pause before reconnecting a dropped LISTEN connection
@@ -248,7 +251,9 @@ class Follower:
         self._stop.clear()
         self.store.on_commit(self._on_local_commit)
         conninfo = self.store.database.listen_conninfo
-        if conninfo is not None:
+        if conninfo is not None:  # PostgreSQL; psycopg is imported only here, so SQLite works without it
+            from .wakeup import Listener
+
             self._listener = Listener(conninfo, self._on_notify, retry_seconds=self.listen_retry_seconds)
             self._listener.start()
         self._thread = threading.Thread(target=self._follow, name="hdc-state-follower", daemon=True)
