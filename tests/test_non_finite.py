@@ -120,7 +120,7 @@ def test_hrr_memory_search_ranks_by_similarity_with_items_at_the_bound():
 
 def test_centroid_prototypes_summing_many_large_samples_give_finite_similarities():
     """Each sample is valid, but a class's sum of many has a squared norm past float32: cosine still works."""
-    dim, per_class = 64, 50  # per_class**2 > 2 * dim: the prototypes' squared norms overflow float32
+    dim, per_class = 16, 50  # per_class**2 > 8 * dim**2: the prototypes' squared norms overflow float32
     limit = math.sqrt(max_squared_norm(torch.float32, dim))
     centers = hc.random(2, dim, "HRR", seed=3).data
     noise = 0.2 * hc.random(2 * per_class, dim, "HRR", seed=4).data

@@ -22,17 +22,20 @@ PERMUTATION_SEED = 0x9E3779B9
 
 
 def max_squared_norm(dtype: torch.dtype, dim: int) -> float:
-    """The largest squared norm an HRR hypervector of `dtype` and dimension `dim` may have: finfo.max / (2 * dim).
+    """The largest squared norm an HRR hypervector of `dtype` and dimension `dim` may have:
+    finfo.max / (8 * dim**2).
 
     Reason: circular convolution multiplies spectra whose coefficients reach sqrt(D) * |x|, so binding two
     hypervectors forms products up to D * |a| * |b|, and the inverse FFT sums them to at most D * |a| * |b|
-    (Cauchy-Schwarz and Parseval) before it divides by D. With 2 * D * |x|^2 finite for every input, those
-    products and sums, the squared norms, dot products, cosines and the results of bind and unbind of any two
-    valid hypervectors are finite; the factor 2 is room for the rounding of the transforms. Random HRR
-    hypervectors (elements N(0, 1/D)) have squared norms near 1. Sums of many hypervectors (bundles) can exceed
-    the bound; they are checked again when they come back as input.
+    (Cauchy-Schwarz and Parseval) before it divides by D: in exact arithmetic 2 * D * |x|^2 finite would do.
+    The FFT of a length with a large prime factor runs through a convolution of about 2 * D terms (Bluestein's
+    algorithm), whose intermediate sums can exceed that by a factor of order D; hypothesis found such a case at
+    the old bound of finfo.max / (2 * D). A further factor of 4 * D covers them, and squared norms, dot products,
+    cosines and the results of bind and unbind of any two valid hypervectors stay finite. Random HRR hypervectors
+    (elements N(0, 1/D)) have squared norms near 1, far below the bound at any dimension. Sums of many
+    hypervectors (bundles) can exceed it; they are checked again when they come back as input.
     """
-    return torch.finfo(dtype).max / (2 * dim)
+    return torch.finfo(dtype).max / (8 * dim * dim)
 
 
 @lru_cache(maxsize=256)
