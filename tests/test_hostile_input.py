@@ -202,6 +202,14 @@ def test_overflowing_and_non_finite_hrr_values_are_refused_naming_the_field(work
     code, answer = worker.request("POST", "/v1/ops/similarity", b'{"queries": [NaN], "others": [[1.0]]}')
     assert code == 400 and answer["error"] == "malformed_json"  # NaN is not JSON
 
+    # float64 values valid for float64 overflow the float32 memory once converted: refused, not stored as inf
+    huge = np.array([[1e30, 1e30, 1e30, 1e30]], dtype=np.float64)
+    refused(worker.request("POST", "/v1/memories/reals/items", npz(vectors=huge), content_type=NPZ), 400, "vectors")
+    assert worker.request("GET", "/v1/memories/reals")[1]["size"] == 0
+    valid = np.array([[0.5, -0.5, 0.5, -0.5]], dtype=np.float32)
+    assert worker.request("POST", "/v1/memories/reals/items", npz(vectors=valid), content_type=NPZ)[0] == 200
+    refused(worker.request("POST", "/v1/memories/reals/query?k=1", npz(queries=huge), content_type=NPZ), 400, "queries")
+
 
 def json_vectors_body(limit: int) -> bytes:
     """A bundle request of ±1 vectors of dimension D, as close to `limit` bytes as whole vectors allow."""

@@ -60,8 +60,17 @@ MEMORIES: NamedKind[MemoryEntry] = NamedKind(
 add_named_routes(routes, MEMORIES)
 
 
-def _as_memory_dtype(hv: Hypervectors, memory: ItemMemory) -> Hypervectors:
-    return hv if hv.dtype == memory.dtype else Hypervectors(hv.data.to(memory.dtype), memory.vsa, memory.dim)
+def _as_memory_dtype(hv: Hypervectors, memory: ItemMemory, field: str) -> Hypervectors:
+    """`hv` in the memory's storage dtype. A conversion can take valid values out of range (float64 HRR values
+    within float64's bound overflow float32), so the converted data are validated again, naming `field`."""
+    if hv.dtype == memory.dtype:
+        return hv
+    data = hv.data.to(memory.dtype)
+    try:
+        memory.vsa.validate(data, memory.dim, field)
+    except ValueError as exc:
+        raise invalid(field, str(exc).removeprefix(f"{field}: ")) from None
+    return Hypervectors(data, memory.vsa, memory.dim)
 
 
 @routes.post("/v1/memories/{name}/items")
@@ -78,7 +87,7 @@ async def memory_add(op: Op) -> web.Response:
             f"must be one hypervector or a list of them, got batch shape {list(items.shape)}",
             error="invalid_shape",
         )
-    items = _as_memory_dtype(items, memory)
+    items = _as_memory_dtype(items, memory, "vectors")
     n = count(items)
     keys = p.strings("keys")
     if keys is not None and len(keys) != n:
@@ -142,7 +151,7 @@ async def memory_query(op: Op) -> web.Response:
         )
     if k > len(memory):
         raise invalid("k", f"{k} is larger than the number of items ({len(memory)})")
-    queries = _as_memory_dtype(queries, memory)
+    queries = _as_memory_dtype(queries, memory, "queries")
     n = count(queries)
     what = f"{n} queries x k={k}"
     # the search itself works in chunks of bounded size; its result is a similarity and an index per query and k
