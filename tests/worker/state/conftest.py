@@ -3,6 +3,7 @@ and stores on both backends."""
 
 from __future__ import annotations
 
+import pathlib
 import uuid
 from collections.abc import Iterator
 
@@ -25,7 +26,7 @@ def pg_url(pg_server: PostgresServer) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def backend_store(request: pytest.FixtureRequest, tmp_path) -> Iterator[StateStore]:  # type: ignore[no-untyped-def]
+def backend_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[StateStore]:
     """A store on each backend: SQLite in a temporary state directory, PostgreSQL in a fresh database."""
     if request.param == "sqlite":
         store = StateStore.open(state_dir=str(tmp_path / "state"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -52,7 +53,7 @@ def test_apply_steps_run_where_apply_in_says_and_lag_shows_meanwhile(backend_sto
     gate = threading.Event()
     applied_in: list[str] = []
 
-    def apply_in(step) -> None:  # type: ignore[no-untyped-def]
+    def apply_in(step: Callable[[], None]) -> None:
         def run() -> None:
             gate.wait()
             applied_in.append(threading.current_thread().name)

@@ -4,15 +4,26 @@ the service's snapshot files."""
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from state_support import assert_same_contents, cache_contents
 
 import hd_compute as hd
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.models import Centroid
-from hd_compute.state import AlreadyExists, Follower, Kind, NotFound, Op, StateStore, import_snapshot_files
+from hd_compute.state import (
+    AlreadyExists,
+    Follower,
+    Kind,
+    NotFound,
+    Op,
+    SchemaMismatch,
+    StateStore,
+    import_snapshot_files,
+)
 from hd_compute.state.schema import log, segments
 from hd_compute.structures import ItemMemory
 
@@ -142,7 +153,7 @@ def test_pruned_log_makes_a_lagging_follower_reload(pg_url: str) -> None:
     store.close()
 
 
-def test_snapshot_files_are_imported_once_into_an_empty_store(tmp_path, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_files_are_imported_once_into_an_empty_store(tmp_path: pathlib.Path, pg_url: str) -> None:
     from hd_compute.service.state import ClassifierEntry, MemoryEntry
     from hd_compute.service.state import StateStore as SnapshotFiles
 
@@ -199,3 +210,26 @@ def test_device_argument_places_the_cache(backend_store: StateStore, device: str
     follower.catch_up()
     assert follower.memory("m").memory.vectors.data.device.type == device
     assert isinstance(follower.memory("m").memory.vectors, Hypervectors)
+
+
+def test_a_database_with_another_schema_version_is_refused(pg_url: str) -> None:
+    StateStore.open(database_url=pg_url).close()
+    store = StateStore.open(database_url=pg_url)
+    with store.database.writing("test") as conn:
+        conn.execute(text("UPDATE hdc_state_head SET schema_version = 99"))
+    store.close()
+    with pytest.raises(SchemaMismatch) as mismatch:
+        StateStore.open(database_url=pg_url)
+    assert (mismatch.value.found, mismatch.value.expected) == (99, 1)
+
+
+def test_an_unreadable_snapshot_file_stops_the_import_and_imports_nothing(tmp_path: pathlib.Path, pg_url: str) -> None:
+    (tmp_path / "old" / "memories").mkdir(parents=True)
+    torch.save({"name": "good", "dim": 64, "vsa": "MAP", "dtype": "int8", "vectors": hd.random(2, 64, "MAP").data,
+                "keys": []}, tmp_path / "old" / "memories" / "a.pt")
+    (tmp_path / "old" / "memories" / "b.pt").write_bytes(b"not a torch file")
+    store = StateStore.open(database_url=pg_url)
+    with pytest.raises(RuntimeError, match="b.pt"):
+        import_snapshot_files(store, str(tmp_path / "old"))
+    assert store.head_version() == 0  # the good file's writes rolled back with the rest
+    store.close()
