@@ -61,13 +61,16 @@ class PostgresServer:
         self.data = os.path.join(self.root, "data")
         self.port = free_port()
         self._env = {**os.environ, "HOME": self.root, "LC_ALL": "C"}
-        self.options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
-                        f"-c fsync={'on' if fsync else 'off'} -c max_connections={max_connections}")
+        self.options = (
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+            f"-c fsync={'on' if fsync else 'off'} -c max_connections={max_connections}"
+        )
         self._run(initdb, "-D", self.data, "-U", "hdc", "--auth=trust", "--encoding=UTF8", "--no-sync")
 
     def _run(self, *argv: str) -> None:
-        result = subprocess.run(argv, env=self._env, cwd=self.root, capture_output=True, text=True, timeout=120,
-                                **self._run_as)
+        result = subprocess.run(
+            argv, env=self._env, cwd=self.root, capture_output=True, text=True, timeout=120, **self._run_as
+        )
         if result.returncode != 0:
             raise PostgresError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
 
@@ -82,15 +85,32 @@ class PostgresServer:
             server.destroy()
 
     def start(self) -> None:
-        self._run(self.pg_ctl, "-D", self.data, "-l", os.path.join(self.root, "server.log"), "-o", self.options,
-                  "-w", "-t", "60", "start")
+        self._run(
+            self.pg_ctl,
+            "-D",
+            self.data,
+            "-l",
+            os.path.join(self.root, "server.log"),
+            "-o",
+            self.options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run(self.pg_ctl, "-D", self.data, "-m", mode, "-w", "stop")
 
     def destroy(self) -> None:
-        subprocess.run([self.pg_ctl, "-D", self.data, "-m", "immediate", "-w", "stop"], env=self._env, cwd=self.root,
-                       capture_output=True, timeout=60, **self._run_as)
+        subprocess.run(
+            [self.pg_ctl, "-D", self.data, "-m", "immediate", "-w", "stop"],
+            env=self._env,
+            cwd=self.root,
+            capture_output=True,
+            timeout=60,
+            **self._run_as,
+        )
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres", driver: str = "psycopg") -> str:

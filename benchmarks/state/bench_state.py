@@ -73,8 +73,12 @@ def follower_process(url: str) -> None:
 def write_to_visible(url: str, writes: int, interval: float, dim: int) -> dict[str, Any]:
     store = StateStore.open(database_url=url)
     store.create_memory("visible", dim, "BSC")
-    procs = [subprocess.Popen([sys.executable, __file__, "--follower", url], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True) for _ in range(FOLLOWERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--follower", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(FOLLOWERS)
+    ]
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     items = hd.random(writes, dim, "BSC", seed=1)
@@ -92,9 +96,15 @@ def write_to_visible(url: str, writes: int, interval: float, dim: int) -> dict[s
         seen.append({int(v): t for v, t in json.loads(out.strip().splitlines()[-1]).items()})
     store.close()
     delays = [max(s[v] for s in seen) - t0 for v, t0 in started.items()]
-    return {"writes": writes, "interval_s": interval, "followers": FOLLOWERS,
-            "visible_p50_ms": 1e3 * percentile(delays, 50), "visible_p99_ms": 1e3 * percentile(delays, 99),
-            "ack_p50_ms": 1e3 * percentile(acked, 50), "ack_p99_ms": 1e3 * percentile(acked, 99)}
+    return {
+        "writes": writes,
+        "interval_s": interval,
+        "followers": FOLLOWERS,
+        "visible_p50_ms": 1e3 * percentile(delays, 50),
+        "visible_p99_ms": 1e3 * percentile(delays, 99),
+        "ack_p50_ms": 1e3 * percentile(acked, 50),
+        "ack_p99_ms": 1e3 * percentile(acked, 99),
+    }
 
 
 # -- 2. catch-up -------------------------------------------------------------------------------------------------
@@ -122,8 +132,15 @@ def catch_up(url: str, items: int, dim: int, batch: int, repeats: int) -> dict[s
         del follower
     store.close()
     read, follow = statistics.median(reads), statistics.median(follows)
-    return {"items": items, "dim": dim, "bytes": total_bytes, "read_s": read, "catch_up_s": follow,
-            "ratio": follow / read, "repeats": repeats}
+    return {
+        "items": items,
+        "dim": dim,
+        "bytes": total_bytes,
+        "read_s": read,
+        "catch_up_s": follow,
+        "ratio": follow / read,
+        "repeats": repeats,
+    }
 
 
 # -- 3. add throughput -----------------------------------------------------------------------------------------
@@ -175,8 +192,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--adds", type=int, default=100_000)
     parser.add_argument("--json", type=pathlib.Path)
-    parser.add_argument("--parts", nargs="+", default=["write_to_visible", "catch_up", "add_throughput"],
-                        choices=["write_to_visible", "catch_up", "add_throughput"])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["write_to_visible", "catch_up", "add_throughput"],
+        choices=["write_to_visible", "catch_up", "add_throughput"],
+    )
     parser.add_argument("--follower", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.follower:
@@ -191,9 +212,12 @@ def main() -> None:
 
             server = stack.enter_context(PostgresServer.started(fsync=args.fsync))
             urls = [server.create_database(f"bench_{part}") for part in ("visible", "catchup", "adds")]
-        report: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                                  "loadavg_before": os.getloadavg(),
-                                  "postgres": "external" if args.database_url else f"throwaway, fsync={args.fsync}"}
+        report: dict[str, Any] = {
+            "machine": machine(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "loadavg_before": os.getloadavg(),
+            "postgres": "external" if args.database_url else f"throwaway, fsync={args.fsync}",
+        }
         parts = {
             "write_to_visible": lambda: write_to_visible(urls[0], args.writes, args.interval, args.dim),
             "catch_up": lambda: catch_up(urls[1], args.items, args.dim, args.batch, args.repeats),

@@ -34,4 +34,3 @@ def backend_store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Ite
         store = StateStore.open(database_url=request.getfixturevalue("pg_url"))
     yield store
     store.close()
-

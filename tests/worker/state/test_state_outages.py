@@ -25,8 +25,9 @@ def own_server() -> Iterator[PostgresServer]:
         yield server
 
 
-def test_followers_converge_by_polling_after_the_listen_connection_is_killed(pg_url: str,
-                                                                           pg_server: PostgresServer) -> None:
+def test_followers_converge_by_polling_after_the_listen_connection_is_killed(
+    pg_url: str, pg_server: PostgresServer
+) -> None:
     writer = StateStore.open(database_url=pg_url)  # another store: no in-process wake-up reaches the followers
     writer.create_memory("m", 256, "MAP")
     followers = []

@@ -57,16 +57,33 @@ class Reference:
         return self.generations[(kind, name)]
 
 
-create_memory = st.tuples(st.just("create_memory"), st.integers(0, STORES - 1), st.sampled_from(NAMES),
-                          st.sampled_from([("MAP", 64), ("BSC", 100)]))
-add = st.tuples(st.just("add"), st.integers(0, STORES - 1), st.sampled_from(NAMES), st.integers(1, 3), st.booleans(),
-                st.integers(0, 2**31))
-create_classifier = st.tuples(st.just("create_classifier"), st.integers(0, STORES - 1), st.sampled_from(NAMES),
-                              st.integers(2, 3))
-fit = st.tuples(st.just("fit"), st.integers(0, STORES - 1), st.sampled_from(NAMES), st.sampled_from(FIT_MODES),
-                st.integers(0, 2**31))
-delete = st.tuples(st.just("delete"), st.integers(0, STORES - 1), st.sampled_from(["memory", "classifier"]),
-                   st.sampled_from(NAMES))
+create_memory = st.tuples(
+    st.just("create_memory"),
+    st.integers(0, STORES - 1),
+    st.sampled_from(NAMES),
+    st.sampled_from([("MAP", 64), ("BSC", 100)]),
+)
+add = st.tuples(
+    st.just("add"),
+    st.integers(0, STORES - 1),
+    st.sampled_from(NAMES),
+    st.integers(1, 3),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
+create_classifier = st.tuples(
+    st.just("create_classifier"), st.integers(0, STORES - 1), st.sampled_from(NAMES), st.integers(2, 3)
+)
+fit = st.tuples(
+    st.just("fit"),
+    st.integers(0, STORES - 1),
+    st.sampled_from(NAMES),
+    st.sampled_from(FIT_MODES),
+    st.integers(0, 2**31),
+)
+delete = st.tuples(
+    st.just("delete"), st.integers(0, STORES - 1), st.sampled_from(["memory", "classifier"]), st.sampled_from(NAMES)
+)
 compact = st.tuples(st.just("compact"), st.integers(0, STORES - 1), st.booleans())
 catch_up = st.tuples(st.just("catch_up"), st.integers(0, STORES - 1))
 # Writes to live objects are drawn more often than the rest, so that compaction and pruning meet objects with
@@ -100,8 +117,7 @@ def run(op: tuple[Any, ...], stores: list[StateStore], ref: Reference) -> None:
     elif kind == "create_classifier":
         _, _, name, classes = op
         if expect(name in ref.classifiers, AlreadyExists, lambda: store.create_classifier(name, classes, 64)):
-            ref.classifiers[name] = RefClassifier(ref.next_generation("classifier", name), Centroid(classes, 64),
-                                                  "MAP")
+            ref.classifiers[name] = RefClassifier(ref.next_generation("classifier", name), Centroid(classes, 64), "MAP")
     elif kind == "fit":
         _, _, name, mode, seed = op
         clf = ref.classifiers.get(name)
@@ -146,8 +162,11 @@ def assert_equal_to_reference(follower: Follower, ref: Reference) -> None:
     assert sorted(memories) == sorted(ref.memories)
     for name, expected in ref.memories.items():
         cached = memories[name]
-        assert (cached.generation, cached.memory.vsa.name, cached.memory.dim) == (expected.generation, expected.vsa,
-                                                                                 expected.dim)
+        assert (cached.generation, cached.memory.vsa.name, cached.memory.dim) == (
+            expected.generation,
+            expected.vsa,
+            expected.dim,
+        )
         rows = torch.cat(expected.rows) if expected.rows else cached.memory.vectors.data[:0]
         assert torch.equal(cached.memory.vectors.data, rows) and cached.keys == expected.keys
     classifiers = follower.classifiers()
@@ -171,10 +190,14 @@ def databases(pg_url: str) -> list[Database]:
 
 @pytest.mark.slow
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=st.lists(operations, min_size=10, max_size=40), retain=st.sampled_from([0, 3, 1000]),
-       compact_every=st.sampled_from([2, 3]))
-def test_followers_equal_the_committed_log_applied_in_order(databases: list[Database], ops: list[tuple[Any, ...]],
-                                                          retain: int, compact_every: int) -> None:
+@given(
+    ops=st.lists(operations, min_size=10, max_size=40),
+    retain=st.sampled_from([0, 3, 1000]),
+    compact_every=st.sampled_from([2, 3]),
+)
+def test_followers_equal_the_committed_log_applied_in_order(
+    databases: list[Database], ops: list[tuple[Any, ...]], retain: int, compact_every: int
+) -> None:
     reset(databases[0])
     stores = [StateStore(db, compact_every=compact_every, retain_versions=retain) for db in databases]
     followers = [Follower(store) for store in stores]

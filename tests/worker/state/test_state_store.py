@@ -88,8 +88,9 @@ def test_a_transaction_that_fails_leaves_no_trace(backend_store: StateStore) -> 
 def test_classifier_versions_partial_fits_are_deltas_adaptive_fits_full_versions(backend_store: StateStore) -> None:
     store = backend_store
     store.create_classifier("c", 4, 128, "MAP")
-    batches = [(hd.random(16, 128, "MAP", generator=torch.Generator().manual_seed(i)), torch.arange(16) % 4)
-               for i in range(3)]
+    batches = [
+        (hd.random(16, 128, "MAP", generator=torch.Generator().manual_seed(i)), torch.arange(16) % 4) for i in range(3)
+    ]
     reference = Centroid(4, 128)
     ops = []
     for x, y in batches[:2]:
@@ -225,8 +226,10 @@ def test_a_database_with_another_schema_version_is_refused(pg_url: str) -> None:
 
 def test_an_unreadable_snapshot_file_stops_the_import_and_imports_nothing(tmp_path: pathlib.Path, pg_url: str) -> None:
     (tmp_path / "old" / "memories").mkdir(parents=True)
-    torch.save({"name": "good", "dim": 64, "vsa": "MAP", "dtype": "int8", "vectors": hd.random(2, 64, "MAP").data,
-                "keys": []}, tmp_path / "old" / "memories" / "a.pt")
+    torch.save(
+        {"name": "good", "dim": 64, "vsa": "MAP", "dtype": "int8", "vectors": hd.random(2, 64, "MAP").data, "keys": []},
+        tmp_path / "old" / "memories" / "a.pt",
+    )
     (tmp_path / "old" / "memories" / "b.pt").write_bytes(b"not a torch file")
     store = StateStore.open(database_url=pg_url)
     with pytest.raises(RuntimeError, match="b.pt"):

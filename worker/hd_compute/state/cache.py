@@ -88,8 +88,9 @@ class StateCache:
         cached = self.memories.get(entry.name)
         if entry.op == Op.CREATE:
             if cached is None or cached.generation < entry.generation:
-                self.memories[entry.name] = CachedMemory(self._new_memory(entry.meta), [], entry.generation,
-                                                         entry.version)
+                self.memories[entry.name] = CachedMemory(
+                    self._new_memory(entry.meta), [], entry.generation, entry.version
+                )
             return
         if cached is None or cached.generation != entry.generation or entry.version <= cached.version:
             return
@@ -125,16 +126,29 @@ class StateCache:
 
     # -- building blocks -------------------------------------------------------------------------------------
     def _new_memory(self, meta: dict[str, Any], capacity: int = INITIAL_CAPACITY) -> ItemMemory:
-        return ItemMemory(int(meta["dim"]), meta["vsa"], device=self.device, dtype=dtype_from_name(meta["dtype"]),
-                          initial_capacity=max(1, capacity))
+        return ItemMemory(
+            int(meta["dim"]),
+            meta["vsa"],
+            device=self.device,
+            dtype=dtype_from_name(meta["dtype"]),
+            initial_capacity=max(1, capacity),
+        )
 
     def _new_classifier(self, meta: dict[str, Any], generation: int, version: int) -> CachedClassifier:
-        model = Centroid(int(meta["num_classes"]), int(meta["dim"]), device=self.device,
-                         temperature=float(meta["temperature"]))
+        model = Centroid(
+            int(meta["num_classes"]), int(meta["dim"]), device=self.device, temperature=float(meta["temperature"])
+        )
         return CachedClassifier(model, meta["vsa"], 0, generation, version)
 
-    def _append(self, memory: ItemMemory, keys: list[str], first_id: int, count: int, payload: bytes | None,
-                item_keys: list[str] | None) -> None:
+    def _append(
+        self,
+        memory: ItemMemory,
+        keys: list[str],
+        first_id: int,
+        count: int,
+        payload: bytes | None,
+        item_keys: list[str] | None,
+    ) -> None:
         if first_id != len(memory):
             raise Diverged(f"items from id {first_id} arrive at a memory of {len(memory)} items")
         rows = from_bytes(payload or b"", memory.dtype, memory.vsa.storage_width(memory.dim))
@@ -145,4 +159,3 @@ class StateCache:
 
     def _weights(self, model: Centroid, payload: bytes, dtype: str) -> torch.Tensor:
         return from_bytes(payload, dtype_from_name(dtype), model.dim).to(self.device)
-

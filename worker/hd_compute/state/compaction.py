@@ -40,8 +40,11 @@ def compact_object(db: Database, kind: Kind, name: str) -> bool:
             _compact_memory(conn, obj, object_entries(conn, obj))
         else:
             _compact_classifier(conn, obj)
-        conn.execute(update(objects).where(objects.c.kind == kind, objects.c.name == name)
-                     .values(compacted_version=obj.version, pending=0))
+        conn.execute(
+            update(objects)
+            .where(objects.c.kind == kind, objects.c.name == name)
+            .values(compacted_version=obj.version, pending=0)
+        )
     return True
 
 
@@ -54,8 +57,9 @@ class _Piece(NamedTuple):
 
 
 def _compact_memory(conn: Connection, obj: ObjectRow, entries: list[Entry]) -> None:
-    pieces = [_Piece(e.first_id, e.count, e.version, e.payload or b"", e.keys) for e in entries
-              if e.op == Op.ADD and e.count]
+    pieces = [
+        _Piece(e.first_id, e.count, e.version, e.payload or b"", e.keys) for e in entries if e.op == Op.ADD and e.count
+    ]
     if not pieces:
         return
     new_bytes = sum(len(p.payload) for p in pieces)
@@ -69,10 +73,19 @@ def _compact_memory(conn: Connection, obj: ObjectRow, entries: list[Entry]) -> N
     for group in _groups(pieces):
         keyed = any(p.keys is not None for p in group)
         keys = [k for p in group for k in (p.keys if p.keys is not None else [""] * p.items)] if keyed else None
-        conn.execute(segments.insert().values(
-            kind=obj.kind, name=obj.name, generation=obj.generation, first_id=group[0].first_id,
-            count=sum(p.items for p in group), version=group[-1].version, payload=b"".join(p.payload for p in group),
-            keys=keys, meta=None))
+        conn.execute(
+            segments.insert().values(
+                kind=obj.kind,
+                name=obj.name,
+                generation=obj.generation,
+                first_id=group[0].first_id,
+                count=sum(p.items for p in group),
+                version=group[-1].version,
+                payload=b"".join(p.payload for p in group),
+                keys=keys,
+                meta=None,
+            )
+        )
 
 
 def _groups(pieces: list[_Piece]) -> list[list[_Piece]]:
@@ -92,10 +105,19 @@ def _compact_classifier(conn: Connection, obj: ObjectRow) -> None:
     cached = current_object(conn, obj).classifiers[obj.name]
     weights = cached.model.weights
     conn.execute(delete(segments).where(segments.c.kind == obj.kind, segments.c.name == obj.name))
-    conn.execute(segments.insert().values(
-        kind=obj.kind, name=obj.name, generation=obj.generation, first_id=0, count=0, version=obj.version,
-        payload=None if weights is None else to_bytes(weights), keys=None,
-        meta={"samples_seen": cached.samples_seen, "dtype": None if weights is None else dtype_name(weights.dtype)}))
+    conn.execute(
+        segments.insert().values(
+            kind=obj.kind,
+            name=obj.name,
+            generation=obj.generation,
+            first_id=0,
+            count=0,
+            version=obj.version,
+            payload=None if weights is None else to_bytes(weights),
+            keys=None,
+            meta={"samples_seen": cached.samples_seen, "dtype": None if weights is None else dtype_name(weights.dtype)},
+        )
+    )
 
 
 def prune(db: Database, retain_versions: int) -> int:
@@ -104,11 +126,22 @@ def prune(db: Database, retain_versions: int) -> int:
         floor = head_of(conn) - retain_versions
         if floor <= 0:
             return 0
-        needed = exists().where(objects.c.kind == log.c.kind, objects.c.name == log.c.name, objects.c.live,
-                                objects.c.generation == log.c.generation, log.c.version > objects.c.compacted_version)
+        needed = exists().where(
+            objects.c.kind == log.c.kind,
+            objects.c.name == log.c.name,
+            objects.c.live,
+            objects.c.generation == log.c.generation,
+            log.c.version > objects.c.compacted_version,
+        )
         deleted = conn.execute(delete(log).where(log.c.version <= floor, ~needed)).rowcount
-        alive = exists().where(and_(objects.c.kind == segments.c.kind, objects.c.name == segments.c.name,
-                                    objects.c.live, objects.c.generation == segments.c.generation))
+        alive = exists().where(
+            and_(
+                objects.c.kind == segments.c.kind,
+                objects.c.name == segments.c.name,
+                objects.c.live,
+                objects.c.generation == segments.c.generation,
+            )
+        )
         conn.execute(delete(segments).where(~alive))
     return int(deleted or 0)
 
@@ -116,6 +149,9 @@ def prune(db: Database, retain_versions: int) -> int:
 def uncompacted(db: Database) -> list[tuple[Kind, str]]:
     """Every live object with entries after its compacted version."""
     with db.reading("compaction scan") as conn:
-        rows = conn.execute(select(objects.c.kind, objects.c.name)
-                            .where(objects.c.live, objects.c.version > objects.c.compacted_version))
+        rows = conn.execute(
+            select(objects.c.kind, objects.c.name).where(
+                objects.c.live, objects.c.version > objects.c.compacted_version
+            )
+        )
         return [(Kind(row.kind), row.name) for row in rows]

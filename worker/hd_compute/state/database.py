@@ -43,12 +43,15 @@ def parse_postgres_url(value: str) -> URL:
     try:
         url = make_url(value.strip())
     except ArgumentError:
-        raise ValueError(f"database_url is not a database URL: {value!r} (expected postgresql+psycopg://"
-                         f"user@host/db)") from None
+        raise ValueError(
+            f"database_url is not a database URL: {value!r} (expected postgresql+psycopg://user@host/db)"
+        ) from None
     backend, _, driver = url.drivername.partition("+")
     if backend not in ("postgresql", "postgres") or driver not in ("", "psycopg"):
-        raise ValueError(f"database_url must be a postgresql+psycopg:// URL (psycopg 3), got "
-                         f"{url.render_as_string(hide_password=True)}")
+        raise ValueError(
+            f"database_url must be a postgresql+psycopg:// URL (psycopg 3), got "
+            f"{url.render_as_string(hide_password=True)}"
+        )
     url = url.set(drivername="postgresql+psycopg")
     if not url.database:
         raise ValueError(f"database_url names no database: {url.render_as_string(hide_password=True)}")
@@ -69,9 +72,13 @@ class Database:
     @classmethod
     def postgres(cls, database_url: str) -> "Database":
         url = parse_postgres_url(database_url)
-        engine = create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=8,
-                               connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS,
-                                             "application_name": "hdc-state"})
+        engine = create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=4,
+            max_overflow=8,
+            connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, "application_name": "hdc-state"},
+        )
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
         database = cls(engine, POSTGRESQL, url.render_as_string(hide_password=True), conninfo)
         database._create_schema()

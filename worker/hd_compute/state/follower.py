@@ -66,9 +66,14 @@ class FollowerStatus:
 
 
 class Follower:
-    def __init__(self, store: StateStore, device: str | torch.device | None = None, *,
-                 poll_interval: float = DEFAULT_POLL_SECONDS,
-                 listen_retry_seconds: float = DEFAULT_LISTEN_RETRY_SECONDS) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        device: str | torch.device | None = None,
+        *,
+        poll_interval: float = DEFAULT_POLL_SECONDS,
+        listen_retry_seconds: float = DEFAULT_LISTEN_RETRY_SECONDS,
+    ) -> None:
         self.store = store
         self.device = resolve_device(device)
         self.poll_interval = poll_interval

@@ -42,8 +42,11 @@ def snapshot_files(state_dir: str) -> list[tuple[Kind, str]]:
     for kind, sub in SNAPSHOT_DIRS.items():
         directory = os.path.join(state_dir, sub)
         if os.path.isdir(directory):
-            found += [(kind, os.path.join(directory, f)) for f in sorted(os.listdir(directory))
-                      if f.endswith(SNAPSHOT_SUFFIX) and not f.startswith(".")]
+            found += [
+                (kind, os.path.join(directory, f))
+                for f in sorted(os.listdir(directory))
+                if f.endswith(SNAPSHOT_SUFFIX) and not f.startswith(".")
+            ]
     return found
 
 
@@ -87,8 +90,7 @@ def _import_memory(tx: Transaction, state: dict[str, Any]) -> str:
 
 def _import_classifier(tx: Transaction, state: dict[str, Any]) -> str:
     name = state["name"]
-    tx.create_classifier(name, int(state["num_classes"]), int(state["dim"]), state["vsa"],
-                         float(state["temperature"]))
+    tx.create_classifier(name, int(state["num_classes"]), int(state["dim"]), state["vsa"], float(state["temperature"]))
     if state.get("weights") is not None:
         tx.load_weights(name, state["weights"], int(state.get("samples_seen", 0)))
     return str(name)

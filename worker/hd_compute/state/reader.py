@@ -33,12 +33,16 @@ def read_since(db: Database, version: int, limit: int, budget: int) -> LogSlice:
     size = func.coalesce(func.length(log.c.payload), 0)
     window = (
         select(log, size.label("size"), func.sum(size).over(order_by=log.c.version).label("running"))
-        .where(log.c.version > version).order_by(log.c.version).limit(limit).subquery("window")
+        .where(log.c.version > version)
+        .order_by(log.c.version)
+        .limit(limit)
+        .subquery("window")
     )
     query = (
         select(head.c.version.label("head_version"), window)
         .select_from(head.outerjoin(window, window.c.running - window.c.size < budget))
-        .where(head.c.id == 1).order_by(window.c.version)
+        .where(head.c.id == 1)
+        .order_by(window.c.version)
     )
     with db.reading_one_statement("log read") as conn:
         rows = conn.execute(query).all()
@@ -58,8 +62,12 @@ def load_cache(db: Database, device: torch.device) -> StateCache:
             load_object(conn, cache, ObjectRow.from_row(row))
         replay = (
             select(log)
-            .join(objects, and_(objects.c.kind == log.c.kind, objects.c.name == log.c.name,
-                                objects.c.generation == log.c.generation))
+            .join(
+                objects,
+                and_(
+                    objects.c.kind == log.c.kind, objects.c.name == log.c.name, objects.c.generation == log.c.generation
+                ),
+            )
             .where(objects.c.live, log.c.version > objects.c.compacted_version)
             .order_by(log.c.version)
         )
@@ -84,8 +92,12 @@ def object_entries(conn: Connection, obj: ObjectRow) -> list[Entry]:
     """The object's entries after its compacted version, oldest first."""
     query = (
         select(log)
-        .where(log.c.kind == obj.kind, log.c.name == obj.name, log.c.generation == obj.generation,
-               log.c.version > obj.compacted_version)
+        .where(
+            log.c.kind == obj.kind,
+            log.c.name == obj.name,
+            log.c.generation == obj.generation,
+            log.c.version > obj.compacted_version,
+        )
         .order_by(log.c.version)
     )
     return [Entry.from_row(row) for row in conn.execute(query)]
@@ -102,4 +114,3 @@ def current_object(conn: Connection, obj: ObjectRow) -> StateCache:
 
 def head_of(conn: Connection) -> int:
     return int(conn.execute(select(head.c.version).where(head.c.id == 1)).scalar_one())
-

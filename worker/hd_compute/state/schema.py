@@ -127,8 +127,19 @@ class Entry:
 
     @classmethod
     def from_row(cls, row: Any) -> "Entry":
-        return cls(int(row.version), Kind(row.kind), row.name, int(row.generation), Op(row.op), int(row.first_id),
-                   int(row.count), row.payload, row.keys, dict(row.meta or {}), float(row.written_at))
+        return cls(
+            int(row.version),
+            Kind(row.kind),
+            row.name,
+            int(row.generation),
+            Op(row.op),
+            int(row.first_id),
+            int(row.count),
+            row.payload,
+            row.keys,
+            dict(row.meta or {}),
+            float(row.written_at),
+        )
 
 
 @dataclass(frozen=True)
@@ -147,8 +158,17 @@ class Segment:
 
     @classmethod
     def from_row(cls, row: Any) -> "Segment":
-        return cls(Kind(row.kind), row.name, int(row.generation), int(row.first_id), int(row.count),
-                   int(row.version), row.payload, row.keys, dict(row.meta or {}))
+        return cls(
+            Kind(row.kind),
+            row.name,
+            int(row.generation),
+            int(row.first_id),
+            int(row.count),
+            int(row.version),
+            row.payload,
+            row.keys,
+            dict(row.meta or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -165,5 +185,12 @@ class ObjectRow:
 
     @classmethod
     def from_row(cls, row: Any) -> "ObjectRow":
-        return cls(Kind(row.kind), row.name, int(row.generation), dict(row.meta), int(row.size), int(row.version),
-                   int(row.compacted_version))
+        return cls(
+            Kind(row.kind),
+            row.name,
+            int(row.generation),
+            dict(row.meta),
+            int(row.size),
+            int(row.version),
+            int(row.compacted_version),
+        )

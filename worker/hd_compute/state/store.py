@@ -33,8 +33,13 @@ DEFAULT_RETAIN_VERSIONS = 100_000  # versions of log kept beyond what compaction
 
 
 class StateStore:
-    def __init__(self, database: Database, *, compact_every: int = DEFAULT_COMPACT_EVERY,
-                 retain_versions: int = DEFAULT_RETAIN_VERSIONS) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        compact_every: int = DEFAULT_COMPACT_EVERY,
+        retain_versions: int = DEFAULT_RETAIN_VERSIONS,
+    ) -> None:
         if compact_every < 0 or retain_versions < 0:
             raise ValueError("compact_every and retain_versions must be >= 0")
         self.database = database
@@ -57,7 +62,7 @@ class StateStore:
 
     @property
     def backend(self) -> str:
-        """"postgresql" or "sqlite"."""
+        """ "postgresql" or "sqlite"."""
         return self.database.backend
 
     @property
@@ -99,14 +104,25 @@ class StateStore:
     def add_items(self, name: str, items: Hypervectors, keys: Sequence[str] | None = None) -> Committed:
         return self._write(lambda tx: tx.add_items(name, items, keys))
 
-    def create_classifier(self, name: str, num_classes: int, dim: int, vsa: str = "MAP",
-                          temperature: float = 0.05) -> Committed:
+    def create_classifier(
+        self, name: str, num_classes: int, dim: int, vsa: str = "MAP", temperature: float = 0.05
+    ) -> Committed:
         return self._write(lambda tx: tx.create_classifier(name, num_classes, dim, vsa, temperature))
 
-    def fit_classifier(self, name: str, x: Any, y: Any, *, partial: bool = False, adaptive: bool = False,
-                       epochs: int = 1, lr: float = 1.0) -> Committed:
-        return self._write(lambda tx: tx.fit_classifier(name, x, y, partial=partial, adaptive=adaptive,
-                                                        epochs=epochs, lr=lr))
+    def fit_classifier(
+        self,
+        name: str,
+        x: Any,
+        y: Any,
+        *,
+        partial: bool = False,
+        adaptive: bool = False,
+        epochs: int = 1,
+        lr: float = 1.0,
+    ) -> Committed:
+        return self._write(
+            lambda tx: tx.fit_classifier(name, x, y, partial=partial, adaptive=adaptive, epochs=epochs, lr=lr)
+        )
 
     def delete(self, kind: Kind | str, name: str) -> Committed:
         return self._write(lambda tx: tx.delete(Kind(kind), name))

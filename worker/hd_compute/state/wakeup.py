@@ -41,8 +41,12 @@ class Listener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                                     application_name=LISTENER_APPLICATION_NAME) as conn:
+                with psycopg.connect(
+                    self.conninfo,
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                    application_name=LISTENER_APPLICATION_NAME,
+                ) as conn:
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
                     self.connected.set()
                     self.on_wake(None)

@@ -71,8 +71,11 @@ class Transaction:
     # -- memories ----------------------------------------------------------------------------------------------
     def create_memory(self, name: str, dim: int, vsa: str = "MAP", dtype: torch.dtype | None = None) -> Committed:
         model = get_model(vsa)
-        meta = {"dim": check_positive_int(dim, "dim"), "vsa": model.name,
-                "dtype": dtype_name(model.storage_dtype(dtype))}
+        meta = {
+            "dim": check_positive_int(dim, "dim"),
+            "vsa": model.name,
+            "dtype": dtype_name(model.storage_dtype(dtype)),
+        }
         return self._create(Kind.MEMORY, name, meta)
 
     def add_items(self, name: str, items: Hypervectors, keys: Sequence[str] | None = None) -> Committed:
@@ -80,27 +83,50 @@ class Transaction:
         obj = self._lock_live(Kind.MEMORY, name)
         meta = obj.meta
         if (items.vsa.name, items.dim, dtype_name(items.dtype)) != (meta["vsa"], meta["dim"], meta["dtype"]):
-            raise ValueError(f"items are {items.vsa.name} D={items.dim} {dtype_name(items.dtype)}; memory {name!r} "
-                             f"holds {meta['vsa']} D={meta['dim']} {meta['dtype']}")
+            raise ValueError(
+                f"items are {items.vsa.name} D={items.dim} {dtype_name(items.dtype)}; memory {name!r} "
+                f"holds {meta['vsa']} D={meta['dim']} {meta['dtype']}"
+            )
         rows = items.data.reshape(-1, items.data.shape[-1])
         count = rows.shape[0]
         if keys is not None and (len(keys) != count or not all(isinstance(k, str) for k in keys)):
             raise ValueError(f"keys must be {count} strings, one per item")
         first_id = obj.size
-        return self._append(obj, Op.ADD, first_id=first_id, count=count, payload=to_bytes(rows),
-                            keys=list(keys) if keys is not None else None, changes={"size": first_id + count})
+        return self._append(
+            obj,
+            Op.ADD,
+            first_id=first_id,
+            count=count,
+            payload=to_bytes(rows),
+            keys=list(keys) if keys is not None else None,
+            changes={"size": first_id + count},
+        )
 
     # -- classifiers -------------------------------------------------------------------------------------------
-    def create_classifier(self, name: str, num_classes: int, dim: int, vsa: str = "MAP",
-                          temperature: float = 0.05) -> Committed:
+    def create_classifier(
+        self, name: str, num_classes: int, dim: int, vsa: str = "MAP", temperature: float = 0.05
+    ) -> Committed:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-        meta = {"num_classes": check_positive_int(num_classes, "num_classes"), "dim": check_positive_int(dim, "dim"),
-                "vsa": get_model(vsa).name, "temperature": float(temperature)}
+        meta = {
+            "num_classes": check_positive_int(num_classes, "num_classes"),
+            "dim": check_positive_int(dim, "dim"),
+            "vsa": get_model(vsa).name,
+            "temperature": float(temperature),
+        }
         return self._create(Kind.CLASSIFIER, name, meta)
 
-    def fit_classifier(self, name: str, x: Any, y: Any, *, partial: bool = False, adaptive: bool = False,
-                       epochs: int = 1, lr: float = 1.0) -> Committed:
+    def fit_classifier(
+        self,
+        name: str,
+        x: Any,
+        y: Any,
+        *,
+        partial: bool = False,
+        adaptive: bool = False,
+        epochs: int = 1,
+        lr: float = 1.0,
+    ) -> Committed:
         """Centroid.fit (partial=False) or Centroid.partial_fit on the classifier's committed state."""
         obj = self._lock_live(Kind.CLASSIFIER, name)
         samples = int(torch.as_tensor(y).numel())  # the fits below refuse labels that do not match x
@@ -119,10 +145,13 @@ class Transaction:
         """Sets the classifier's weights as a new full version (the import of snapshot files)."""
         obj = self._lock_live(Kind.CLASSIFIER, name)
         if tuple(weights.shape) != (obj.meta["num_classes"], obj.meta["dim"]):
-            raise ValueError(f"weights of classifier {name!r} must have shape ({obj.meta['num_classes']}, "
-                             f"{obj.meta['dim']}), got {tuple(weights.shape)}")
-        return self._append(obj, Op.FIT_FULL, count=samples_seen, payload=to_bytes(weights),
-                            meta={"dtype": dtype_name(weights.dtype)})
+            raise ValueError(
+                f"weights of classifier {name!r} must have shape ({obj.meta['num_classes']}, "
+                f"{obj.meta['dim']}), got {tuple(weights.shape)}"
+            )
+        return self._append(
+            obj, Op.FIT_FULL, count=samples_seen, payload=to_bytes(weights), meta={"dtype": dtype_name(weights.dtype)}
+        )
 
     # -- both --------------------------------------------------------------------------------------------------
     def delete(self, kind: Kind, name: str) -> Committed:
@@ -134,16 +163,34 @@ class Transaction:
 
     def _create(self, kind: Kind, name: str, meta: dict[str, Any]) -> Committed:
         name = check_name(name)
-        self.conn.execute(self.db.insert_or_ignore(objects, {
-            "kind": kind, "name": name, "generation": 0, "live": False, "size": 0, "meta": {}, "version": 0,
-            "compacted_version": 0, "pending": 0}))
+        self.conn.execute(
+            self.db.insert_or_ignore(
+                objects,
+                {
+                    "kind": kind,
+                    "name": name,
+                    "generation": 0,
+                    "live": False,
+                    "size": 0,
+                    "meta": {},
+                    "version": 0,
+                    "compacted_version": 0,
+                    "pending": 0,
+                },
+            )
+        )
         row = self._locked_row(kind, name)
         if row.live:
             raise AlreadyExists(kind, name)
         obj = ObjectRow(kind, name, int(row.generation) + 1, meta, 0, int(row.version), int(row.compacted_version))
         # A new object's state is its row, so its create entry counts as compacted.
-        return self._append(obj, Op.CREATE, meta=meta, compacted=True,
-                            changes={"live": True, "generation": obj.generation, "size": 0, "meta": meta})
+        return self._append(
+            obj,
+            Op.CREATE,
+            meta=meta,
+            compacted=True,
+            changes={"live": True, "generation": obj.generation, "size": 0, "meta": meta},
+        )
 
     def _lock_live(self, kind: Kind, name: str) -> ObjectRow:
         row = self._locked_row(kind, check_name(name))
@@ -155,21 +202,50 @@ class Transaction:
         query = select(objects).where(objects.c.kind == kind, objects.c.name == name).with_for_update()
         return self.conn.execute(query).first()
 
-    def _append(self, obj: ObjectRow, op: Op, *, first_id: int = 0, count: int = 0, payload: bytes | None = None,
-                keys: list[str] | None = None, meta: dict[str, Any] | None = None, compacted: bool = False,
-                changes: dict[str, Any] | None = None) -> Committed:
-        version = int(self.conn.execute(
-            update(head).where(head.c.id == 1).values(version=head.c.version + 1).returning(head.c.version)
-        ).scalar_one())
-        self.conn.execute(log.insert().values(
-            version=version, kind=obj.kind, name=obj.name, generation=obj.generation, op=op, first_id=first_id,
-            count=count, payload=payload, keys=keys, meta=meta, written_at=time.time()))
-        values: dict[str, Any] = {"version": version, "pending": 0 if compacted else objects.c.pending + 1,
-                                  **(changes or {})}
+    def _append(
+        self,
+        obj: ObjectRow,
+        op: Op,
+        *,
+        first_id: int = 0,
+        count: int = 0,
+        payload: bytes | None = None,
+        keys: list[str] | None = None,
+        meta: dict[str, Any] | None = None,
+        compacted: bool = False,
+        changes: dict[str, Any] | None = None,
+    ) -> Committed:
+        version = int(
+            self.conn.execute(
+                update(head).where(head.c.id == 1).values(version=head.c.version + 1).returning(head.c.version)
+            ).scalar_one()
+        )
+        self.conn.execute(
+            log.insert().values(
+                version=version,
+                kind=obj.kind,
+                name=obj.name,
+                generation=obj.generation,
+                op=op,
+                first_id=first_id,
+                count=count,
+                payload=payload,
+                keys=keys,
+                meta=meta,
+                written_at=time.time(),
+            )
+        )
+        values: dict[str, Any] = {
+            "version": version,
+            "pending": 0 if compacted else objects.c.pending + 1,
+            **(changes or {}),
+        }
         if compacted:
             values["compacted_version"] = version
         pending = self.conn.execute(
-            update(objects).where(objects.c.kind == obj.kind, objects.c.name == obj.name).values(**values)
+            update(objects)
+            .where(objects.c.kind == obj.kind, objects.c.name == obj.name)
+            .values(**values)
             .returning(objects.c.pending)
         ).scalar_one()
         self.db.notify(self.conn, version)
@@ -178,4 +254,3 @@ class Transaction:
         committed = Committed(version, obj.kind, obj.name, obj.generation, op, first_id, count)
         self.committed.append(committed)
         return committed
-
