@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: install tools lint test test-gpu bench bench-operator demo demo-engine clean cluster-up cluster-down
+.PHONY: install tools lint test test-gpu bench bench-operator bench-state demo demo-engine clean cluster-up cluster-down
 
 # Installs the package (editable, with the compiled CPU kernels) and its test/bench extras into .venv.
 # torch is large: the first run downloads it once into pip's cache (~/.cache/pip), later runs reuse it.
@@ -65,6 +65,12 @@ bench-operator: install tools
 	@mkdir -p $(OUT)
 	@KUBECONFIG=$$(hack/cluster.sh up | tail -1 | sed 's/^export KUBECONFIG=//') && \
 	$(PY) benchmarks/operator/bench_operator.py --kubeconfig "$$KUBECONFIG" --json $(OUT)/bench-operator.json
+
+# The state store (docs/state.md) on a throwaway local PostgreSQL: write to visible on 3 followers, catch-up of a
+# new follower against reading the same bytes, add throughput of a growing memory; writes $(OUT)/bench-state.json.
+bench-state: install tools
+	@mkdir -p $(OUT)
+	$(PY) benchmarks/state/bench_state.py --json $(OUT)/bench-state.json
 
 # The main job: the local control plane with fake GPU nodes, the operator, one real worker process per pod,
 # Prometheus with the operator's rules, an example HDCWorkload under load, and a live status table (hdcctl dev
