@@ -9,19 +9,14 @@ package (initdb + pg_ctl, as the postgres user when the tests run as root).
 from __future__ import annotations
 
 import asyncio
-import glob
 import io
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import time
 
 import pytest
 import structlog
+from postgres_support import PostgresError, PostgresServer
 from prometheus_client import CollectorRegistry
 from rich.console import Console
 
@@ -61,66 +56,17 @@ def sqlite_url(tmp_path):
 # --- a real PostgreSQL server -------------------------------------------------------------------------------
 
 
-def _pg_bin(tool: str) -> str | None:
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"), reverse=True)
-    return candidates[0] if candidates else shutil.which(tool)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     external = os.environ.get("HDC_TEST_POSTGRES_URL")
     if external:
         yield external
         return
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        pytest.fail(
-            "PostgreSQL server binaries not found: `apt-get install -y postgresql` (Debian) or set "
-            "HDC_TEST_POSTGRES_URL=postgresql+psycopg://user@host:port/db",
-            pytrace=False,
-        )
-    # PostgreSQL refuses to run as root: run it as the postgres user the Debian package creates.
-    run_as = {}
-    if os.geteuid() == 0:
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail("running as root and there is no 'postgres' user to run the server as", pytrace=False)
-        run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-    root = tempfile.mkdtemp(prefix="hdc-pg-")
-    if run_as:
-        os.chown(root, run_as["user"], run_as["group"])
-    data, port = os.path.join(root, "data"), _free_port()
-    env = {**os.environ, "HOME": root, "LC_ALL": "C"}
-
-    def run(*argv, **kw):
-        result = subprocess.run(argv, env=env, cwd=root, capture_output=True, text=True, timeout=120, **run_as, **kw)
-        if result.returncode != 0:
-            pytest.fail(
-                f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}", pytrace=False
-            )
-
-    run(initdb, "-D", data, "-U", "hdc", "--auth=trust", "--encoding=UTF8", "--no-sync")
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=20"
-    run(pg_ctl, "-D", data, "-l", os.path.join(root, "server.log"), "-o", options, "-w", "-t", "60", "start")
     try:
-        yield f"postgresql://hdc@127.0.0.1:{port}/postgres"  # no driver: the benchmark uses psycopg 3
-    finally:
-        subprocess.run(
-            [pg_ctl, "-D", data, "-m", "immediate", "-w", "stop"],
-            env=env,
-            cwd=root,
-            capture_output=True,
-            timeout=60,
-            **run_as,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        with PostgresServer.started() as server:
+            yield server.url(driver="")  # no driver: the benchmark store picks psycopg 3
+    except PostgresError as exc:
+        pytest.fail(f"{exc} (or set HDC_TEST_POSTGRES_URL=postgresql+psycopg://user@host:port/db)", pytrace=False)
 
 
 # --- storage ------------------------------------------------------------------------------------------------
