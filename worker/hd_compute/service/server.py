@@ -195,15 +195,14 @@ GC_YOUNG_THRESHOLD = 20_000
 
 
 async def freeze_heap_when_ready(worker: Worker, poll_seconds: float = 0.2) -> bool:
-    """Once the worker is ready, moves every object alive then (modules, torch, the loaded state: some 200,000)
-    out of the garbage collector's sight with gc.freeze(): a full collection had to walk them all, about
-    100 ms on the machine of docs/benchmarks.md, in the middle of serving. Returns whether it froze.
+    """Once the worker is ready, moves every object alive then (modules, torch, the loaded state) out of the
+    garbage collector's sight with gc.freeze(): otherwise a full collection walks them all in the middle of
+    serving, a pause every request in flight waits for. Returns whether it froze.
 
-    It also collects the young generation every GC_YOUNG_THRESHOLD allocations instead of 700. With some thirty
-    requests in flight, every 700 allocations caught a few hundred of their objects alive; they were promoted
-    and walked again by the older generations' collections, and their frees no longer counted: the collector
-    ran every ~80 requests, 7 us per request on a 2-core EPYC, a tenth of a single-query request's
-    observability cost. At 20,000 it runs every ~20,000 requests."""
+    It also collects the young generation every GC_YOUNG_THRESHOLD allocations instead of CPython's 700: with
+    tens of requests in flight, every 700 allocations catch many of their objects alive, which are promoted and
+    walked again by the older generations' collections, so the collector ran every few dozen requests.
+    docs/benchmarks.md has the measurements."""
     while not worker.ready:
         if worker.shutting_down or worker.startup_error:
             return False
@@ -224,8 +223,8 @@ def share_the_gil_quickly() -> None:
 
     A kernel call (e.g. ItemMemory.search) is some twenty torch operations, and each gives the GIL up while it
     computes and needs it back afterwards. With the default interval a busy event loop keeps it for up to
-    5 ms every time: on the 2-core machine of docs/benchmarks.md a 16-query search took 238 ms next to a
-    thread running Python instead of 2.9 ms alone, 10 ms with 0.2 ms. The number of switches stays one per
-    torch operation, so the event loop pays a few microseconds per kernel call.
+    5 ms every time, so a kernel call next to a busy loop takes many times longer than alone (docs/benchmarks.md
+    has the measurement). The number of switches stays one per torch operation, so the event loop pays a little
+    per kernel call.
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
