@@ -25,6 +25,9 @@ Benchmarks yield to real traffic: a run is deferred while `is_busy()` is true an
 when traffic arrives between two timed calls. Measurements run in a thread (asyncio.to_thread), one at a time.
 The stored runs and their reading live in benchmark_store.py; `print_history(url)` (behind `hdc-worker bench`,
 importable from here too) prints the stored history and its trend.
+
+Over 400 lines because the benchmark's schedule, its tests and their measurement are one piece that reads top to
+bottom; the stored runs and their reading are in benchmark_store.py.
 """
 
 from __future__ import annotations

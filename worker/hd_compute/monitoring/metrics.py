@@ -18,6 +18,9 @@ every counter and histogram are left out (they would be extra metric names in th
 Latency percentiles (milliseconds, as the seed's alert ``hdc_latency_percentiles{quantile="0.95"} > 100``
 expects) and throughput (hypervector operations per second) are computed at scrape time over a sliding window
 of ``latency_window_seconds``. GPU gauges come from NVML (nvidia-ml-py) and exist only where a GPU does.
+
+Over 400 lines because it is every metric of the contract in one place: their declarations, the seed's calls,
+the worker's calls and the collectors computed at scrape time.
 """
 
 from __future__ import annotations
