@@ -102,7 +102,8 @@ def render() -> str:
             "",
             f"{chart['description']}.",
             "",
-            f"Chart version {chart['version']}, operator version {chart['appVersion']}. Installing, scopes, HA, metrics,",
+            f"Chart version {chart['version']}, operator version {chart['appVersion']}. "
+            "Installing, scopes, HA, metrics,",
             "prometheus-adapter, upgrading the CRDs and uninstalling: [docs/install.md](../../docs/install.md).",
             "",
             "```sh",
