@@ -1,14 +1,22 @@
-"""Shared pytest configuration: GPU skipping and the `device` fixture."""
+"""Shared pytest configuration: the test folders on sys.path, GPU skipping, the `device` fixture, the cluster."""
 
 import os
-import pathlib
 import subprocess
+import sys
 from dataclasses import dataclass
 
+import paths
 import pytest
 import torch
 
 MODELS = ["MAP", "BSC", "HRR", "FHRR"]
+
+# The tests live in folders that mirror the source (docs/testing.md), and some share helpers by importing another
+# test module by its (unique) name, e.g. `from test_chart import helm`: every folder of tests/ is importable from
+# the start, so that works whichever file pytest collects first.
+for _folder in sorted({p.parent for p in (paths.REPO / "tests").rglob("test_*.py")}):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,7 +43,7 @@ def vsa(request):
 # --- Kubernetes: a real API server for the tests marked `k8s` (docs/testing.md) ---------------------------
 
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 CLUSTER_SH = REPO / "hack" / "cluster.sh"
 
 

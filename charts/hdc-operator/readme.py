@@ -5,7 +5,7 @@
 
 A `# -- text` comment (continued by the `#` lines right after it) describes the key on the next line; the key's
 default is read from the parsed values.yaml. A described key's children are not listed on their own. Every value
-must be described, by its own comment or by an ancestor's (tests/test_chart.py checks both).
+must be described, by its own comment or by an ancestor's (tests/deploy/test_chart.py checks both).
 """
 
 from __future__ import annotations

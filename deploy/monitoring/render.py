@@ -5,7 +5,7 @@ users without prometheus-operator): python deploy/monitoring/render.py [--check]
     grafana/dashboards/hdc-<ns>-<name>.json  Grafana dashboards (hdc_operator.dashboards.build_dashboards)
 
 from deploy/examples/*.yaml in namespace "default". --check exits 1 when a committed file differs from a fresh
-render (tests/test_monitoring_stack.py runs it).
+render (tests/deploy/test_monitoring_stack.py runs it).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Off unless HDC_ADMIN_FAULTS=true (the routes do not exist otherwise). Then:
 latency_ms (>= 0, <= 60000) is slept before the operation runs, inside its measured duration; error_ratio (0..1)
 of the matching operations then fail with HTTP 500 and error code "injected_fault" (counted in
 hdc_operation_errors_total like any failure). `operations` limits both to those operation names (all /v1
-operations when absent or empty). docs/worker-api.md documents the routes; tests/test_alerts_e2e.py uses them
+operations when absent or empty). docs/worker-api.md documents the routes; tests/e2e/test_alerts_e2e.py uses them
 to make HDC_HighLatency and HDC_HighErrorRate fire in a real Prometheus.
 """
 

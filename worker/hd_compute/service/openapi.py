@@ -2,8 +2,9 @@
 
 The routes check their fields against the constants defined here, and the document states the same bounds, so the
 two cannot drift apart: every field's type, range and required-ness, null nowhere (no field is nullable; leaving
-a field out gives its default), every route and every status it can answer. tests/test_openapi_fuzz.py runs
-schemathesis against a live worker's document. docs/worker-api.md is the prose version.
+a field out gives its default), every route and every status it can answer.
+tests/worker/service/test_openapi_fuzz.py runs schemathesis against a live worker's document. docs/worker-api.md
+is the prose version.
 
 Longer than the service's other modules on purpose: it is the API's declaration, one entry per route with its
 fields, answers and statuses side by side, mostly data.

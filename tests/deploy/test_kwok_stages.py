@@ -1,9 +1,10 @@
 """hack/cluster/kwok-stages.yaml: kwok's own default Stages (a Stage in the config replaces all of them) plus ours.
 
 The copies must stay equal to the kwok release hack/build-tools.sh builds, except the one documented change to
-pod-ready; a cluster that lost a default Stage would leave nodes NotReady or pods Pending (tests/test_k8s_cluster.py
-shows they are not). The two marker-image Stages are exercised on the real control plane by
-tests/test_operator_k8s.py::test_failing_pods_make_the_workload_degraded_until_the_image_is_fixed.
+pod-ready; a cluster that lost a default Stage would leave nodes NotReady or pods Pending
+(tests/deploy/test_k8s_cluster.py shows they are not). The two marker-image Stages are exercised on the real
+control plane by
+tests/operator/test_operator_k8s.py::test_failing_pods_make_the_workload_degraded_until_the_image_is_fixed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import pathlib
 import re
 import subprocess
 
+import paths
 import pytest
 import yaml
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 STAGES = REPO / "hack" / "cluster" / "kwok-stages.yaml"
 MARKERS = {"hdc-test.invalid/image-pull-backoff:never", "hdc-test.invalid/crash-loop-backoff:always"}
 DEFAULTS = {

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import urllib.parse
 
+import paths
 import pytest
 import yaml
 from operator_process import OperatorProcess
@@ -25,7 +26,7 @@ from test_operator_k8s import kubectl, kubectl_bin, wait_for
 
 pytestmark = pytest.mark.k8s
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 WORKLOAD = {
     "apiVersion": "hdcompute.io/v1alpha1",
     "kind": "HDCWorkload",

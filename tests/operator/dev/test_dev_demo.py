@@ -11,13 +11,14 @@ import subprocess
 import sys
 
 import numpy as np
+import paths
 import pytest
 from worker_process import WorkerProcess
 
 from hdc_operator.dev.demo import DemoError, Settings
 from hdc_operator.dev.load import OPERATIONS, request_bodies, storage_vectors
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 
 
 @pytest.fixture(scope="module")

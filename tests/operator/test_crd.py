@@ -11,16 +11,16 @@ import copy
 import dataclasses
 import json
 import os
-import pathlib
 import subprocess
 
+import paths
 import pytest
 import yaml
 
 from hdc_operator import spec as specmod
 from hdc_operator.spec import InvalidSpec, default_spec, parse_workload, validate_workload
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 
 # The contract's fully defaulted spec (notes: "The HDCWorkload contract"), written out by hand.
 CONTRACT_DEFAULTS = {
@@ -589,8 +589,9 @@ def test_rendered_pods_pass_restricted_admission_and_schedule_on_gpu_nodes(crd_i
 
 @pytest.mark.k8s
 def test_parse_workload_accepts_exactly_what_the_api_server_accepts(crd_installed, k8s_namespace):
-    """Generated specs (tests/test_builders_property.py) sent to the real API server (dry-run create, strict
-    field validation): accepted by both or rejected by both, the field named alike; accepted ones default alike."""
+    """Generated specs (tests/operator/builders/test_builders_property.py) sent to the real API server (dry-run
+    create, strict field validation): accepted by both or rejected by both, the field named alike; accepted ones
+    default alike."""
     from hypothesis import HealthCheck, event, given, settings
     from kubernetes import client
     from kubernetes.client.rest import ApiException

@@ -24,9 +24,10 @@ import tomllib
 import zipfile
 from dataclasses import dataclass, field
 
+import paths
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 DOCKERFILES = sorted((REPO / "deploy").glob("*.Dockerfile"))
 WORKER = REPO / "deploy" / "worker.Dockerfile"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())

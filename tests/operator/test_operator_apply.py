@@ -233,7 +233,7 @@ def test_cli_refuses_bad_settings_and_missing_kubeconfig(tmp_path):
 
 def test_peering_rule_matches_kopf():
     """kopf 1.45.2 pauses an operator for a live peer of higher priority, and every operator for live peers of
-    equal priority (tests/test_operator_k8s.py checks both with real processes)."""
+    equal priority (tests/operator/test_operator_k8s.py checks both with real processes)."""
     import datetime as dt
 
     from hdc_operator.reconcile import paused_by_peers

@@ -13,6 +13,7 @@ import pathlib
 import subprocess
 import time
 
+import paths
 import pytest
 import yaml
 from operator_process import OperatorProcess
@@ -21,7 +22,7 @@ from hdc_operator.apply import KubeApi
 
 pytestmark = pytest.mark.k8s
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 CRD = REPO / "crds" / "hdcworkload.yaml"
 HDCW = ("hdcompute.io/v1alpha1", "hdcworkloads")
 CHILDREN = [

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import paths
 import pytest
 from typer.testing import CliRunner
 
@@ -19,7 +20,7 @@ from hdc_operator.commands.status import condition_summary, workload_row
 from hdc_operator.dev import prometheus as prom
 from hdc_operator.live_metrics import LiveMetrics, live_queries
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 
 
 def hdcctl(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import paths
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -19,7 +20,7 @@ from hdc_operator.cli import CliError, app, load_command_modules, parse_capabili
 from hdc_operator.crd_docs import render_crd_reference
 from hdc_operator.spec import parse_workload
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 EXAMPLES = sorted((REPO / "deploy" / "examples").glob("*.yaml"))
 runner = CliRunner()
 

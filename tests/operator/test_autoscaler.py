@@ -2,7 +2,7 @@
 which KubeApi writes a scale makes (against a recording stand-in).
 
 The API writes themselves (scale subresource, annotation, Event, status) are exercised on the real control plane
-by tests/test_autoscaling_k8s.py.
+by tests/operator/test_autoscaling_k8s.py.
 """
 
 from __future__ import annotations

@@ -4,10 +4,10 @@ import json
 import logging
 import logging.handlers
 import os
-import pathlib
 import subprocess
 import sys
 
+import paths
 import pytest
 import structlog
 
@@ -23,7 +23,7 @@ from hd_compute.monitoring.logging import (
     get_logger,
 )
 
-WORKER = pathlib.Path(__file__).resolve().parent.parent / "worker"
+WORKER = paths.REPO / "worker"
 
 
 @pytest.fixture(autouse=True)

@@ -15,13 +15,14 @@ import pathlib
 import re
 import subprocess
 
+import paths
 import pytest
 import yaml
 
 from hdc_operator.builders import Capabilities, build_children
 from hdc_operator.spec import load_crd, parse_workload
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 KUBE_VERSION = "v1.36.0"  # the pinned kube-apiserver's minor (hack/tools/go.mod)
 CORE_SCHEMAS = (
     "configmap-v1",

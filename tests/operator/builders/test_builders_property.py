@@ -4,16 +4,16 @@
   v1.36 API, strict; prometheus-operator CRD schemas), carry the contract labels and owner reference, and give
   the worker a configuration its own parser accepts.
 - Whatever it rejects, it rejects naming a field of the object.
-The k8s half (parse_workload accepts exactly what the API server accepts) is in tests/test_crd.py and uses
+The k8s half (parse_workload accepts exactly what the API server accepts) is in tests/operator/test_crd.py and uses
 `workload_specs` from here.
 """
 
 from __future__ import annotations
 
 import functools
-import pathlib
 
 import jsonschema
+import paths
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -23,7 +23,7 @@ from hd_compute.service.config import WorkerSettings
 from hdc_operator.builders import Capabilities, build_children
 from hdc_operator.spec import InvalidSpec, parse_workload, spec_schema
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 
 # Candidate strings by field, valid and invalid, for string fields with a format the schema checks.
 STRINGS = {

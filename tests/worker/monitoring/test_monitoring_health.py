@@ -2,19 +2,19 @@
 
 import json
 import os
-import pathlib
 import re
 import subprocess
 import sys
 from datetime import datetime, timezone
 
+import paths
 import psutil
 import pytest
 import torch
 
 from hd_compute.monitoring.health import HealthChecker, HealthThresholds, http_status
 
-WORKER = pathlib.Path(__file__).resolve().parent.parent / "worker"
+WORKER = paths.REPO / "worker"
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import ast
 import copy
-import pathlib
 
+import paths
 import pytest
 
 from hd_compute.service.config import ENV_VARS, WorkerSettings
@@ -19,7 +19,7 @@ from hdc_operator.builders.hpa import hpa_metrics, quantity
 from hdc_operator.names import CHILD_KINDS
 from hdc_operator.spec import parse_workload
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 BUILDERS = REPO / "operator" / "hdc_operator" / "builders"
 
 CONTRACT_LABELS = {

@@ -2,7 +2,7 @@
 schema, its RBAC against the operator's code, its wiring against the operator's settings, its generated README.
 
 The chart on a real control plane (install, upgrade, uninstall, the operator running as its ServiceAccount):
-tests/test_chart_k8s.py.
+tests/deploy/test_chart_k8s.py.
 """
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import functools
 import importlib.util
 import json
 import os
-import pathlib
 import re
 import subprocess
 
+import paths
 import pytest
 import yaml
 from test_builders_kubeconform import kubeconform_runner, prometheus_operator_crds, tools_bin
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 CHART = REPO / "charts" / "hdc-operator"
 KUBE_VERSION = "1.36.0"
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"

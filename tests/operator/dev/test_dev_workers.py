@@ -14,13 +14,14 @@ import signal
 import subprocess
 import time
 
+import paths
 import pytest
 import yaml
 
 from hdc_operator.dev import prometheus as prom
 from hdc_operator.dev.workers import container_env, file_sd_groups, local_env, pod_worker, target_labels
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 
 
 def pod(name="w-abc", namespace="ns", node="hdc-gpu-0", workload="mirror", deleting=False, phase="Running", env=None):

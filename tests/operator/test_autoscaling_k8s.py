@@ -6,15 +6,15 @@ closed-loop load generator. Prints the measured times (scale-up, scale-down) for
 from __future__ import annotations
 
 import json
-import pathlib
 import subprocess
 import time
 
+import paths
 import pytest
 
 from hdc_operator.dev import prometheus as prom
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = paths.REPO
 SCALE_DOWN_WINDOW_S = 20
 TICK_S = 5
 SCRAPE_S = 1
