@@ -32,9 +32,6 @@ class NamedEntries(Generic[T]):
             raise ApiError(404, f"{self.kind}_not_found", f"name: no {self.described} named {name!r}", field="name")
         return entry
 
-    def find(self, name: str) -> T | None:
-        return self._entries.get(name)
-
     def check_free(self, name: str) -> None:
         """409 when `name` is taken (before anything is built or saved under it)."""
         if name in self._entries:

@@ -176,11 +176,11 @@ class Worker:
     def snapshot_all(self) -> int:
         """Writes every memory and classifier (kernel thread); returns how many files were written."""
         count = 0
-        for name in self.memories:
-            self.store.save_memory(name, self.memories.get(name))
+        for name, memory in self.memories.sorted_items():
+            self.store.save_memory(name, memory)
             count += 1
-        for name in self.classifiers:
-            self.store.save_classifier(name, self.classifiers.get(name))
+        for name, classifier in self.classifiers.sorted_items():
+            self.store.save_classifier(name, classifier)
             count += 1
         return count
 
