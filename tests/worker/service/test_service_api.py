@@ -28,6 +28,7 @@ from hd_compute.structures import ItemMemory
 
 DIM = 256
 NPZ = "application/x-npz"
+NPY = "application/x-npy"
 
 
 def make_settings(tmp_path, **kw) -> WorkerSettings:
@@ -165,6 +166,61 @@ async def test_binary_npz_round_trip(client):
     out = read_npz(await resp.read())
     assert out["vectors"].dtype == np.complex64
     assert torch.equal(torch.from_numpy(out["vectors"]), F.random(2, DIM, "FHRR", seed=1).data)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.asyncio
+async def test_a_single_vector_field_travels_as_one_npy_array(client):
+    """application/x-npy: the operation's one vector field alone (openapi.NPY_FIELDS), scalars in the query
+    string; the same answers as .npz, and refused where an operation has several fields."""
+    items, queries = rand(20, seed=30), rand(3, seed=31)
+    assert (await client.post("/v1/memories", json={"name": "npy"})).status == 201
+    resp = await client.post(
+        "/v1/memories/npy/items", data=npy_bytes(items.data.numpy()), headers={"Content-Type": NPY}
+    )
+    assert resp.status == 200, await resp.text()
+    assert read_npz(await resp.read())["ids"].tolist() == list(range(20))
+    answers = []
+    for body, ctype in ((npy_bytes(queries.data.numpy()), NPY), (npz_bytes(queries=queries.data.numpy()), NPZ)):
+        resp = await client.post("/v1/memories/npy/query?k=2", data=body, headers={"Content-Type": ctype})
+        assert resp.status == 200, await resp.text()
+        assert resp.content_type == NPZ  # a binary request gets a binary answer unless it asks for JSON
+        answers.append(read_npz(await resp.read())["indices"].tolist())
+    assert answers[0] == answers[1]
+    expected = ItemMemory(DIM, "MAP")
+    expected.add(items)
+    assert answers[0] == expected.search(queries, k=2).indices.tolist()
+    x = rand(2, "HRR", 32)
+    resp = await client.post(
+        "/v1/ops/permute?vsa=HRR&shifts=3",
+        data=npy_bytes(x.data.numpy().astype(">f4")),
+        headers={"Content-Type": NPY, "Accept": "application/json"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert torch.allclose(torch.tensor((await resp.json())["vectors"]), F.permute(x, 3).dense())
+    # bind has two vector fields: one array cannot say which it is
+    resp = await client.post(
+        "/v1/ops/bind?vsa=MAP", data=npy_bytes(items.data[:2].numpy()), headers={"Content-Type": NPY}
+    )
+    assert resp.status == 415, await resp.text()
+    body = await resp.json()
+    assert body["error"] == "unsupported_media_type" and "Content-Type" in body["detail"]
+    # a damaged or dishonest array names the field it stands for
+    resp = await client.post("/v1/memories/npy/query", data=b"\x93NUMPY\x01\x00garbage", headers={"Content-Type": NPY})
+    assert resp.status == 400 and "queries" in (await resp.json())["detail"]
+    resp = await client.post(
+        "/v1/memories/npy/query", data=npy_bytes(queries.data.numpy())[:-5], headers={"Content-Type": NPY}
+    )
+    assert resp.status == 400 and "queries" in (await resp.json())["detail"]
+    resp = await client.post(
+        "/v1/memories/npy/query", data=npy_bytes(np.array(["a", "b"])), headers={"Content-Type": NPY}
+    )
+    assert resp.status == 400 and "queries" in (await resp.json())["detail"]
 
 
 @pytest.mark.asyncio

@@ -19,7 +19,7 @@ import torch
 
 import hd_compute.functional as F
 from hd_compute.service.codec import INLINE_CODEC_MAX_BYTES, ApiError, hv_to_json
-from hd_compute.service.npz import read_npz
+from hd_compute.service.npz import read_npy, read_npz
 from hd_compute.service.payload import Payload, _from_storage
 from hd_compute.service.responses import (
     JSON_PIECE_ELEMENTS,
@@ -422,3 +422,26 @@ def test_the_final_guard_refuses_an_oversized_response_before_encoding():
     err = json_error(check_response_size, "num", 10**9, 10**6, "1000 hypervectors")
     assert (err.status, err.error, err.field) == (400, "response_too_large", "num")
     assert INLINE_CODEC_MAX_BYTES < 10**6
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_a_lone_npy_body_is_read_with_the_same_refusals_as_an_archive_member():
+    x = np.arange(12, dtype=">i8").reshape(3, 4)
+    assert np.array_equal(read_npy(npy(x), "queries", MIB), x)
+    cases = {
+        "declares more than the budget": (npy_header("<f8", (10**12,), spaced=True) + b"\0" * 64, 413),
+        "data shorter than declared": (npy(x)[:-1], 400),
+        "data longer than declared": (npy(x) + b"\0", 400),
+        "not an .npy": (b"PK\x03\x04 an archive", 400),
+        "an object array": (npy_header("|O", (2,)) + b"\0" * 16, 400),
+    }
+    for case, (body, status) in cases.items():
+        with pytest.raises(ApiError) as err:
+            read_npy(body, "queries", MIB)
+        assert err.value.status == status, case
+        assert "queries" in err.value.detail, case

@@ -245,6 +245,9 @@ def bench(
     service_threads: int = typer.Option(
         0, min=0, help="--service: torch threads of each worker and of the in-process baseline (0: all cores)"
     ),
+    service_body: str = typer.Option(
+        "npy", help="--service: the queries' body, npy (the array alone, application/x-npy) or npz (an archive)"
+    ),
 ) -> None:
     if service:
         _service(
@@ -263,6 +266,7 @@ def bench(
             service_rounds,
             service_ab_workers,
             service_threads,
+            service_body,
         )
         return
     resolved = resolve_device(device)
@@ -322,6 +326,7 @@ def _service(
     rounds: int,
     ab_workers: int,
     threads: int,
+    body: str,
 ) -> None:
     """hdc-bench --service: floors are printed (met/missed), never turned into a failing exit status."""
     import os
@@ -335,6 +340,8 @@ def _service(
             raise typer.BadParameter(f"--service runs MAP and BSC memories, got {name}", param_hint="--vsa")
     if any(q < 1 for q in batch):
         raise typer.BadParameter("queries per request must be >= 1", param_hint="--service-batch")
+    if body not in ("npy", "npz"):
+        raise typer.BadParameter(f"must be npy or npz, got {body}", param_hint="--service-body")
     cfg = ServiceConfig(
         vsas=names,
         items=items,
@@ -348,6 +355,7 @@ def _service(
         ab_workers=ab_workers,
         threads=threads or (os.cpu_count() or 1),
         repeats=repeats,
+        body=body,
         device=str(resolve_device(device)),
     )
     report = run_service_bench(cfg, log=console.log)

@@ -96,6 +96,7 @@ class ServiceConfig:
     repeats: int = 5  # in-process timing repeats (median)
     device: str = "cpu"
     seed: int = 0
+    body: str = "npy"  # the queries' body: "npy" (the array alone, application/x-npy) or "npz" (an archive)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,17 +235,32 @@ def make_dataset(vsa: str, cfg: ServiceConfig, n_queries: int) -> Dataset:
     return Dataset(vsa, memory, Hypervectors(noisy.contiguous(), memory.vsa, cfg.dimension), targets)
 
 
+BODY_TYPES = {"npy": "application/x-npy", "npz": "application/x-npz"}
+
+
 def npz_body(rows: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, queries=rows.cpu().numpy())
     return buffer.getvalue()
 
 
+def npy_body(rows: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, rows.cpu().numpy(), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def query_body(rows: torch.Tensor, body: str) -> bytes:
+    """A memory query's body in format `body` (a key of BODY_TYPES)."""
+    return npy_body(rows) if body == "npy" else npz_body(rows)
+
+
+def headers(body: str) -> dict[str, str]:
+    return {"Content-Type": BODY_TYPES[body], "Accept": "application/json"}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # clients
-
-
-HEADERS = {"Content-Type": "application/x-npz", "Accept": "application/json"}
 
 
 async def _drive(
@@ -256,6 +272,7 @@ async def _drive(
     seconds: float,
     max_requests: int,
     warmup: int,
+    body_format: str,
 ) -> dict:
     """`clients` concurrent loops posting bodies round-robin, until `seconds` or `max_requests`."""
     import aiohttp
@@ -266,7 +283,7 @@ async def _drive(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def post(body: bytes) -> None:
-            async with session.post(url, data=body, headers=HEADERS) as response:
+            async with session.post(url, data=body, headers=headers(body_format)) as response:
                 payload = await response.read()
                 if response.status != 200:
                     raise RuntimeError(f"POST {path}: {response.status} {payload[:300]!r}")
@@ -319,6 +336,7 @@ def drive(
             cfg.seconds,
             cfg.max_requests,
             warmup=2 * clients,
+            body_format=cfg.body,
         )
     )
     # CPU seconds of the worker (all threads, and its event loop's thread) and of the clients (this process) over
@@ -334,13 +352,15 @@ def drive(
     return result
 
 
-async def _answers(port: int, path: str, bodies: list[bytes]) -> list[list[int]]:
+async def _answers(port: int, path: str, bodies: list[bytes], body_format: str) -> list[list[int]]:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
 
         async def one(body: bytes) -> list[int]:
-            async with session.post(f"http://127.0.0.1:{port}{path}", data=body, headers=HEADERS) as response:
+            async with session.post(
+                f"http://127.0.0.1:{port}{path}", data=body, headers=headers(body_format)
+            ) as response:
                 payload = await response.read()
                 if response.status != 200:
                     raise RuntimeError(f"POST {path}: {response.status} {payload[:300]!r}")
@@ -355,8 +375,8 @@ def check_answers(worker: ServiceWorker, dataset: Dataset, cfg: ServiceConfig, s
     n = dataset.queries.shape[0]
     batch = min(max(cfg.batch_sizes), n)
     picks = [(0, batch)] + [(i, i + 1) for i in range(min(singles, n))]
-    bodies = [npz_body(dataset.queries.data[a:b]) for a, b in picks]
-    got = asyncio.run(_answers(worker.port, f"/v1/memories/{dataset.name}/query?k=1", bodies))
+    bodies = [query_body(dataset.queries.data[a:b], cfg.body) for a, b in picks]
+    got = asyncio.run(_answers(worker.port, f"/v1/memories/{dataset.name}/query?k=1", bodies, cfg.body))
     expected = dataset.memory.search(dataset.queries, k=1).indices.reshape(-1).cpu()
     checked = mismatches = 0
     for (a, b), answer in zip(picks, got, strict=True):
@@ -579,8 +599,11 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                 result = check_answers(worker, dataset, cfg)
                 checks.append({"vsa": vsa, "worker": name, **result})
             data = dataset.queries.data
-            single_bodies = [npz_body(data[i : i + 1]) for i in range(data.shape[0])]
-            batch_bodies = {q: [npz_body(data[:q]), npz_body(torch.roll(data, q // 2, 0)[:q])] for q in cfg.batch_sizes}
+            single_bodies = [query_body(data[i : i + 1], cfg.body) for i in range(data.shape[0])]
+            batch_bodies = {
+                q: [query_body(data[:q], cfg.body), query_body(torch.roll(data, q // 2, 0)[:q], cfg.body)]
+                for q in cfg.batch_sizes
+            }
             costs = {q: in_process_cost(dataset, q, cfg) for q in sorted({1, *cfg.batch_sizes})}
             baselines = {q: qps for q, (qps, _) in costs.items()}
             cpu_baselines = {q: cpu for q, (_, cpu) in costs.items()}

@@ -24,7 +24,7 @@ def print_service_report(report: dict, console) -> None:
     console.print(
         f"[bold]{machine['cpu']}[/] ({machine['cores']} cores, torch {machine['torch']}); worker and "
         f"in-process: {cfg['threads']} torch threads; memory {cfg['items']:,} items, D={cfg['dimension']:,}; "
-        f"{cfg['seconds']:g} s per measurement"
+        f"{cfg['seconds']:g} s per measurement; .{cfg.get('body', 'npz')} query bodies"
     )
     console.print(
         f"load average at start {_load(machine, 'start')}, at end {_load(machine, 'end')}; OpenMP wait "
@@ -166,7 +166,8 @@ def service_markdown(report: dict) -> str:
     lines = [
         f"Machine: {machine['cpu']} ({machine['cores']} CPU cores, torch {machine['torch']}); worker and in-process "
         f"search on {cfg['threads']} torch threads; item memory of {cfg['items']:,} items, D={cfg['dimension']:,}; "
-        f"`POST /v1/memories/{{name}}/query` with .npz queries, k=1, JSON answers; {cfg['seconds']:g} s per "
+        f"`POST /v1/memories/{{name}}/query` with .{cfg.get('body', 'npz')} queries, k=1, JSON answers; "
+        f"{cfg['seconds']:g} s per "
         f"measurement (observability on/off: {cfg['rounds']} alternating rounds each, over "
         f"{cfg['ab_workers']} worker processes per setting; event-loop CPU: the worker's main thread, per "
         f"request). Ratio = service queries/s / "

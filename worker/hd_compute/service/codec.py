@@ -6,10 +6,12 @@ JSON (`application/json`): a hypervector is its element-per-dimension ("dense") 
     FHRR      one [re, im] pair per dimension (unit phasors), so a vector is a (D, 2) list
 
 Binary (`application/x-npz`, the format of numpy.savez): the request's fields as named arrays in one archive,
-scalar parameters in the query string. Hypervectors travel in their *storage* form, which is what the worker
-keeps in memory (MAP int8 or float32 ±1, BSC int64 words with 64 packed bits each, HRR float32/float64,
-FHRR complex64/complex128). A response is binary (the response's fields in an .npz) when the Accept header names
-application/x-npz, or when the request was binary and Accept does not name application/json.
+scalar parameters in the query string. An operation with one vector field (openapi.NPY_FIELDS) also takes that
+field alone as one .npy array (`application/x-npy`, the format of numpy.save): no archive to open, no CRC to
+check, which is most of the decoding cost of a single query. Hypervectors travel in their *storage* form, which
+is what the worker keeps in memory (MAP int8 or float32 ±1, BSC int64 words with 64 packed bits each, HRR
+float32/float64, FHRR complex64/complex128). A response is binary (the response's fields in an .npz) when the
+Accept header names application/x-npz, or when the request was binary and Accept does not name application/json.
 
 The rest lives by concern: payload.py reads a request body into a Payload (limits, timeouts, JSON and storage
 forms), npz.py reads .npz archives without trusting their sizes, responses.py sizes and encodes responses. Every
@@ -34,6 +36,7 @@ from .config import WorkerSettings
 
 JSON_TYPE = "application/json"
 NPZ_TYPE = "application/x-npz"
+NPY_TYPE = "application/x-npy"
 
 # Bodies and responses up to this size are decoded and encoded on the event loop: handing them to a worker thread
 # and back costs more than the work itself, and the loop is held only briefly.

@@ -1,5 +1,6 @@
-"""The .npz reader for untrusted request bodies: zipfile for the archive (CRCs checked), numpy's public .npy format
-reader (numpy.lib.format) for each member's header, and every size enforced while reading, none taken on trust.
+"""The .npz and .npy readers for untrusted request bodies: zipfile for the archive (CRCs checked), numpy's public
+.npy format reader (numpy.lib.format) for each array's header, and every size enforced while reading, none taken on
+trust.
 
 Invariants: only numeric arrays and text arrays (keys) are accepted, so nothing is ever unpickled; a member's
 declared shape x itemsize is checked against what is left of the body's budget (HDC_MAX_BODY_BYTES) before
@@ -102,6 +103,12 @@ def read_npz(raw: bytes, budget: int) -> dict[str, np.ndarray]:
             budget -= array.nbytes
             arrays[key] = array
     return arrays
+
+
+def read_npy(raw: bytes, key: str, budget: int) -> np.ndarray:
+    """A body that is one .npy array (application/x-npy), the value of field `key`; at most `budget` bytes
+    unpacked (413 otherwise). The same reader as an archive's members, so the same refusals."""
+    return _read_npy(io.BytesIO(raw), key, budget)
 
 
 # .npy dtypes a request can carry: booleans, integers, reals and complex numbers, and text (keys); nothing that

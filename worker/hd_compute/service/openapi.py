@@ -121,7 +121,8 @@ _ERRORS = {
     "408": "the body did not arrive within HDC_BODY_TIMEOUT_SECONDS",
     "409": "already exists / empty memory / classifier not fitted",
     "413": "body (or the unpacked npz) over its limit (HDC_MAX_JSON_BODY_BYTES for JSON, HDC_MAX_BODY_BYTES)",
-    "415": "a Content-Type other than application/json or application/x-npz, or a Content-Encoding but identity",
+    "415": "a Content-Type other than application/json or application/x-npz (application/x-npy where the "
+    "operation takes it), or a Content-Encoding but identity",
     "500": "a bug (no internals in detail; the worker's log has it under the correlation id), or an injected "
     "fault (HDC_ADMIN_FAULTS)",
     "503": "a transient shortage: host or device memory (retry), or the worker failed to load its state",
@@ -360,6 +361,15 @@ _NPZ_BODY = {
     "schema": {"type": "string", "format": "binary"},
     "description": "numpy.savez archive, one array per vector field; scalar fields in the query string",
 }
+# The operations with one vector field, and that field: they also take it alone as one .npy body
+# (application/x-npy, numpy.save), the cheapest body to decode.
+NPY_FIELDS: dict[str, str] = {
+    "memory_add": "vectors",
+    "memory_query": "queries",
+    "classifier_predict": "x",
+    "bundle": "vectors",
+    "permute": "vectors",
+}
 
 
 def _json(schema: dict[str, Any], description: str = "OK", *, npz: bool = False) -> dict[str, Any]:
@@ -398,6 +408,12 @@ def _operation(
             body["application/json"]["example"] = _EXAMPLES[op_id]
         if npz:
             body["application/x-npz"] = _NPZ_BODY
+        if op_id in NPY_FIELDS:
+            body["application/x-npy"] = {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"numpy.save of the {NPY_FIELDS[op_id]!r} array alone; scalar fields in the query "
+                "string",
+            }
         operation["requestBody"] = {"required": True, "content": body}
     return operation
 

@@ -32,7 +32,7 @@ from .middleware import (
     record_completed,
     record_failed,
 )
-from .openapi import MAX_DIMENSION
+from .openapi import MAX_DIMENSION, NPY_FIELDS
 from .payload import Payload, read_payload
 from .responses import respond, wants_binary
 from .state import check_name
@@ -67,7 +67,7 @@ class Op:
 
     async def read(self) -> Payload:
         self.held = self.request.app[BODIES].hold()
-        self.payload = await read_payload(self.request, self.request.app[LIMITS], self.held)
+        self.payload = await read_payload(self.request, self.request.app[LIMITS], self.held, NPY_FIELDS.get(self.name))
         return self.payload
 
     @property

@@ -28,8 +28,8 @@ from aiohttp import web
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.vsa import VSAModel, get_model
 
-from .codec import JSON_TYPE, NPZ_TYPE, ApiError, Held, Limits, body_too_large, invalid, off_loop
-from .npz import read_npz
+from .codec import JSON_TYPE, NPY_TYPE, NPZ_TYPE, ApiError, Held, Limits, body_too_large, invalid, off_loop
+from .npz import read_npy, read_npz
 from .openapi import INT64_MAX, INT64_MIN, MAX_BATCH_AXES
 
 JSON_LIKE_TYPES = (JSON_TYPE, "application/octet-stream", "text/plain")  # what clients send JSON as
@@ -311,11 +311,27 @@ def _validated(data: torch.Tensor, name: str, model: VSAModel, dim: int) -> Hype
     return Hypervectors(data, model, dim)
 
 
+def _from_numpy_dtypes() -> dict[tuple[str, int], torch.dtype]:
+    """The numpy dtypes torch.from_numpy takes, by kind and size (byte order aside: arrays are made native first),
+    built once so a request's dtype is a dictionary lookup."""
+    found = {}
+    for code in ("?", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "f2", "f4", "f8", "c8", "c16"):
+        dtype = np.dtype(code)
+        try:
+            found[(dtype.kind, dtype.itemsize)] = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+        except TypeError:
+            pass
+    return found
+
+
+_TORCH_DTYPES = _from_numpy_dtypes()
+
+
 def _torch_dtype(arr: np.ndarray, name: str) -> torch.dtype:
-    try:
-        return torch.from_numpy(np.zeros(0, dtype=arr.dtype.newbyteorder("="))).dtype
-    except TypeError:
-        raise invalid(name, f"unsupported dtype {arr.dtype}") from None
+    dtype = _TORCH_DTYPES.get((arr.dtype.kind, arr.dtype.itemsize))
+    if dtype is None:
+        raise invalid(name, f"unsupported dtype {arr.dtype}")
+    return dtype
 
 
 def _from_storage(
@@ -395,8 +411,11 @@ async def read_body(request: web.Request, limit: int, setting: str, timeout: flo
     return b"".join(chunks)
 
 
-async def read_payload(request: web.Request, limits: Limits, held: Held | None = None) -> Payload:
-    """Reads and decodes the body (JSON or npz); raises ApiError for anything malformed, too large or too slow.
+async def read_payload(
+    request: web.Request, limits: Limits, held: Held | None = None, npy_field: str | None = None
+) -> Payload:
+    """Reads and decodes the body (JSON, .npz, or .npy when the operation has one vector field, `npy_field`);
+    raises ApiError for anything malformed, too large or too slow.
 
     The Content-Type decides the limit before a byte is read: JSON bodies are parsed on the event loop (no thread
     frees it from a parser that holds the GIL), so they have the smaller one."""
@@ -411,9 +430,22 @@ async def read_payload(request: web.Request, limits: Limits, held: Held | None =
             close=True,
         )
     ctype = request.content_type
-    if ctype == NPZ_TYPE:
+    if ctype == NPY_TYPE and npy_field is None:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type: {NPY_TYPE} carries one array, and this operation takes several fields or none; send "
+            f"{NPZ_TYPE} or {JSON_TYPE}",
+            field="Content-Type",
+            close=True,
+        )
+    if ctype in (NPZ_TYPE, NPY_TYPE):
         raw = await read_body(request, limits.body_bytes, "HDC_MAX_BODY_BYTES", limits.body_timeout, held)
-        arrays = await off_loop(len(raw), read_npz, raw, limits.body_bytes)
+        if ctype == NPY_TYPE:
+            assert npy_field is not None
+            arrays = {npy_field: await off_loop(len(raw), read_npy, raw, npy_field, limits.body_bytes)}
+        else:
+            arrays = await off_loop(len(raw), read_npz, raw, limits.body_bytes)
         if held is not None:  # the decoded arrays are held too, until the answer
             held.take(sum(array.nbytes for array in arrays.values()))
         return Payload(dict(request.query), arrays, binary=True)
@@ -421,7 +453,8 @@ async def read_payload(request: web.Request, limits: Limits, held: Held | None =
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"Content-Type: {ctype!r} is not supported; send {JSON_TYPE} or {NPZ_TYPE}",
+            f"Content-Type: {ctype!r} is not supported; send {JSON_TYPE} or {NPZ_TYPE}"
+            + (f" (or {NPY_TYPE}: the {npy_field!r} array alone)" if npy_field is not None else ""),
             field="Content-Type",
         )
     raw = await read_body(
