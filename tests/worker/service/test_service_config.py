@@ -401,3 +401,16 @@ async def test_heap_is_frozen_once_the_worker_is_ready(tmp_path):
     gc.set_threshold(*threshold)
     worker.shutting_down = True  # a worker that stops before it is ready is never frozen
     assert await server.freeze_heap_when_ready(worker, poll_seconds=0.01) is False
+
+
+def test_every_setting_but_the_admin_switch_has_a_serve_flag():
+    """`hdc-worker serve --help` lists every HDC_* setting; HDC_ADMIN_FAULTS stays environment-only, so turning
+    on fault injection is a deployment decision, not a command-line habit."""
+    import inspect
+
+    from hd_compute.service.cli import serve
+    from hd_compute.service.config import _SPEC
+
+    flags = set(inspect.signature(serve).parameters)
+    assert set(_SPEC) - flags == {"admin_faults"}
+    assert flags <= set(_SPEC)

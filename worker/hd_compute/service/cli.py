@@ -30,6 +30,24 @@ def serve(
     host: Optional[str] = typer.Option(None, help="Listen address [HDC_HOST, 0.0.0.0]"),
     port: Optional[int] = typer.Option(None, help="Listen port (0: any free port) [HDC_PORT, 8080]"),
     max_body_bytes: Optional[int] = typer.Option(None, help="Request body limit [HDC_MAX_BODY_BYTES, 67108864]"),
+    max_json_body_bytes: Optional[int] = typer.Option(
+        None, help="JSON body limit (parsed on the event loop) [HDC_MAX_JSON_BODY_BYTES, 4194304]"
+    ),
+    max_inflight_body_bytes: Optional[int] = typer.Option(
+        None, help="Bodies held by all requests together [HDC_MAX_INFLIGHT_BODY_BYTES, 268435456]"
+    ),
+    max_response_bytes: Optional[int] = typer.Option(
+        None, help="Encoded response limit [HDC_MAX_RESPONSE_BYTES, 67108864]"
+    ),
+    max_allocation_bytes: Optional[int] = typer.Option(
+        None, help="What one request may make the worker allocate [HDC_MAX_ALLOCATION_BYTES, 1073741824]"
+    ),
+    header_timeout_seconds: Optional[float] = typer.Option(
+        None, help="Request head deadline [HDC_HEADER_TIMEOUT_SECONDS, 15]"
+    ),
+    body_timeout_seconds: Optional[float] = typer.Option(
+        None, help="Request body deadline after its head [HDC_BODY_TIMEOUT_SECONDS, 30]"
+    ),
     state_dir: Optional[str] = typer.Option(None, help="Snapshot directory [HDC_STATE_DIR, ./hdc-state]"),
     batch_max_size: Optional[int] = typer.Option(None, help="Micro-batch rows [HDC_BATCH_MAX_SIZE, 256]"),
     batch_max_wait_ms: Optional[float] = typer.Option(None, help="Micro-batch wait [HDC_BATCH_MAX_WAIT_MS, 2]"),
