@@ -84,6 +84,36 @@ async def test_requests_arriving_during_a_call_go_together_after_it(runner):
 
 
 @pytest.mark.asyncio
+async def test_while_the_kernel_is_busy_groups_gather_and_go_when_it_is_idle(runner):
+    """Another key's call (or an unbatched kernel call) keeps the kernel busy: requests gather without a timer,
+    however long max_wait is, and run as soon as the kernel is idle, so it never waits for a timer with work
+    queued."""
+    release = threading.Event()
+    batcher = MicroBatcher(runner, max_size=100, max_wait=60.0)  # a timer would never fire within the test
+    busy = asyncio.ensure_future(runner.run(release.wait, 30))
+    while runner.in_flight == 0:
+        await asyncio.sleep(0.001)
+    run = Recorder()
+    waiting = [asyncio.ensure_future(batcher.submit("k", 1, i, run)) for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert batcher.kernel_calls == 0 and not run.calls  # gathering behind the busy kernel
+    release.set()
+    assert await busy is True
+    results = await asyncio.wait_for(asyncio.gather(*waiting), 20)
+    assert run.calls == [[0, 1, 2]]
+    assert results == [(1, 0), (1, 1), (1, 2)]
+    assert runner.in_flight == 0
+
+
+@pytest.mark.asyncio
+async def test_an_idle_kernel_runs_a_lone_request_at_once_with_no_wait(runner):
+    batcher = MicroBatcher(runner, max_size=100, max_wait=0.0)
+    run = Recorder()
+    assert await asyncio.wait_for(batcher.submit("k", 1, "x", run), 20) == (1, "x")
+    assert run.calls == [["x"]]
+
+
+@pytest.mark.asyncio
 async def test_an_exception_reaches_every_request_of_its_call_only(runner):
     batcher = MicroBatcher(runner, max_size=100, max_wait=0.02)
 

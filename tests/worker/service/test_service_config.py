@@ -28,7 +28,7 @@ def test_defaults_env_and_overrides():
         8080,
         64 << 20,
         256,
-        2.0,
+        0.0,
     )
     assert s.benchmark_enabled is True and s.shutdown_grace_seconds == 25.0
     assert s.benchmark_url.startswith("sqlite:///") and s.benchmark_url.endswith("hdc-state/benchmarks.db")

@@ -4,7 +4,7 @@ Real `hdc-worker serve` processes are started on free loopback ports, each with 
 per VSA, written as snapshots before start), and driven by concurrent aiohttp clients sending .npz queries to
 `POST /v1/memories/{name}/query` (k=1, JSON answers). Three workers differ in one setting each:
 
-    default     micro-batching on (HDC_BATCH_MAX_SIZE 256, HDC_BATCH_MAX_WAIT_MS 2), HDC_OBSERVABILITY=true
+    default     micro-batching on (HDC_BATCH_MAX_SIZE 256, HDC_BATCH_MAX_WAIT_MS 0), HDC_OBSERVABILITY=true
     unbatched   HDC_BATCH_MAX_SIZE=1: every request is its own kernel call
     quiet       HDC_OBSERVABILITY=false: no per-request metrics, spans or log lines
 

@@ -1,13 +1,15 @@
 """Micro-batching: concurrent small requests against the same operands become one kernel call.
 
     runner = KernelRunner()                       # the one thread the worker computes on
-    batcher = MicroBatcher(runner, max_size=256, max_wait=0.002, on_batch=metrics.observe_batch_size)
+    batcher = MicroBatcher(runner, max_size=256, max_wait=0.0, on_batch=metrics.observe_batch_size)
     result = await batcher.submit(key, rows, item, run_batch)
 
 Requests with the same `key` (e.g. the item memory's name, or the metric and a hash of the `others` operand of
-a similarity request) wait at most `max_wait` seconds for company; a group is flushed as soon as it holds
-`max_size` rows. While a group of one key is being computed, newer requests of that key keep gathering and go
-together when it finishes, so a busy worker batches more. `run_batch(items)` runs on the kernel thread and
+a similarity request) gather into a group; a group is flushed as soon as it holds `max_size` rows. Otherwise:
+while the kernel thread is busy (any call, batched or not), groups keep gathering and are flushed when it goes
+idle, so a busy worker batches more and the kernel never waits for a timer while work is queued; when it is
+idle, a group waits at most `max_wait` seconds for company (0: the next turn of the event loop, which still
+joins the requests read in the same turn). `run_batch(items)` runs on the kernel thread and
 returns one result per item; `on_batch(rows)` is called once per kernel call with the number of rows
 (queries) it computed — the worker passes MetricsCollector.observe_batch_size (hdc_batch_size_distribution).
 `around_batch(tags, rows)`, when given, returns a context manager held around each kernel call, with the
@@ -35,11 +37,24 @@ class KernelRunner:
 
     def __init__(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdc-kernel")
+        self.in_flight = 0  # calls submitted and not finished (event-loop side)
+        self._on_idle: list[Callable[[], None]] = []
+
+    def on_idle(self, callback: Callable[[], None]) -> None:
+        """Calls `callback()` on the event loop each time the last call in flight finishes."""
+        self._on_idle.append(callback)
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
-        return await loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args, **kwargs))
+        self.in_flight += 1
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(ctx.run, fn, *args, **kwargs))
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                for callback in self._on_idle:
+                    callback()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True)
@@ -77,6 +92,7 @@ class MicroBatcher:
         self._running: set[Hashable] = set()
         self._tasks: set[asyncio.Task] = set()
         self.kernel_calls = 0  # for tests and the benchmark: how many kernel calls the batcher made
+        runner.on_idle(self._flush_gathered)
 
     async def submit(
         self, key: Hashable, rows: int, item: Any, run_batch: Callable[[list], list], tag: Any = None
@@ -94,9 +110,16 @@ class MicroBatcher:
         self._run_fns[key] = run_batch
         if group.rows >= self.max_size:
             self._flush(key, force=True)
-        elif group.timer is None:
+        elif group.timer is None and self.runner.in_flight == 0:
             group.timer = loop.call_later(self.max_wait, self._flush, key)
+        # else: the kernel is busy; _flush_gathered (or the end of this key's call) flushes the group
         return await future
+
+    def _flush_gathered(self) -> None:
+        """The kernel went idle: every group that gathered meanwhile goes now (a running key's own group goes
+        when its call ends, in _run)."""
+        for key in list(self._pending):
+            self._flush(key)
 
     def _flush(self, key: Hashable, force: bool = False) -> None:
         group = self._pending.get(key)
@@ -131,7 +154,7 @@ class MicroBatcher:
                     future.set_exception(exc)
         finally:
             self._running.discard(key)
-            if key in self._pending and self._pending[key].timer is None:
+            if key in self._pending:
                 self._flush(key)
 
     async def drain(self) -> None:

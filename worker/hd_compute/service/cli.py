@@ -50,7 +50,9 @@ def serve(
     ),
     state_dir: Optional[str] = typer.Option(None, help="Snapshot directory [HDC_STATE_DIR, ./hdc-state]"),
     batch_max_size: Optional[int] = typer.Option(None, help="Micro-batch rows [HDC_BATCH_MAX_SIZE, 256]"),
-    batch_max_wait_ms: Optional[float] = typer.Option(None, help="Micro-batch wait [HDC_BATCH_MAX_WAIT_MS, 2]"),
+    batch_max_wait_ms: Optional[float] = typer.Option(
+        None, help="Micro-batch wait while the kernel is idle [HDC_BATCH_MAX_WAIT_MS, 0]"
+    ),
     snapshot_interval_seconds: Optional[float] = typer.Option(
         None, help="Also snapshot everything this often; 0 = off [HDC_SNAPSHOT_INTERVAL_SECONDS, 0]"
     ),

@@ -155,7 +155,7 @@ class WorkerSettings:
     body_timeout_seconds: float = 30.0  # a request body must have arrived this long after its head, else 408
     state_dir: str = "./hdc-state"
     batch_max_size: int = 256
-    batch_max_wait_ms: float = 2.0
+    batch_max_wait_ms: float = 0.0  # an idle kernel does not wait for company; a busy one gathers (batching.py)
     snapshot_interval_seconds: float = 0.0  # 0: snapshots only after each mutating request and at shutdown
     health_cuda_memory_mb: float = 1000.0
     health_memory_percent: float = 90.0
