@@ -29,7 +29,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from .names import API_VERSION, CHILD_KINDS, FIELD_MANAGER, KIND, MONITORING_GROUP_VERSION, PLURAL, ChildKind
+from .names import (
+    API_VERSION,
+    CHILD_KINDS,
+    FIELD_MANAGER,
+    KIND,
+    MONITORING_GROUP_VERSION,
+    PLURAL,
+    STATE_CLUSTER_GROUP_VERSION,
+    ChildKind,
+)
 
 _BY_KIND = {k.kind: k for k in CHILD_KINDS}
 
@@ -304,7 +313,12 @@ class CapabilityCache:
         from .builders import Capabilities  # the builders' contract type
 
         served = self.api.served_resources(MONITORING_GROUP_VERSION) or set()
-        value = Capabilities(service_monitor="servicemonitors" in served, prometheus_rule="prometheusrules" in served)
+        databases = self.api.served_resources(STATE_CLUSTER_GROUP_VERSION) or set()
+        value = Capabilities(
+            service_monitor="servicemonitors" in served,
+            prometheus_rule="prometheusrules" in served,
+            state_cluster="clusters" in databases,
+        )
         with self._lock:
             self._value, self._at = value, self.clock()
         return value

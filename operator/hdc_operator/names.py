@@ -28,6 +28,7 @@ MANAGED_SELECTOR = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MONITORING_GROUP_VERSION = "monitoring.coreos.com/v1"  # the prometheus-operator's API
+STATE_CLUSTER_GROUP_VERSION = "postgresql.cnpg.io/v1"  # CloudNativePG's API (spec.state.postgres.cluster)
 
 
 # -- the kinds a workload's children can be ----------------------------------------------------------------------
@@ -48,6 +49,9 @@ class ChildKind:
 # chart's RBAC grants exactly its verbs.
 CHILD_KINDS: tuple[ChildKind, ...] = (
     ChildKind("v1", "PersistentVolumeClaim", "persistentvolumeclaims", prune=False),
+    # The database of a postgres backend: never pruned either (it holds every replica's state); its CRD may go
+    # away like the prometheus-operator's, so it is read by name, not watched.
+    ChildKind(STATE_CLUSTER_GROUP_VERSION, "Cluster", "clusters", prune=False, watched=False),
     ChildKind("apps/v1", "Deployment", "deployments"),
     ChildKind("v1", "Service", "services"),
     ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
@@ -70,6 +74,7 @@ __all__ = [
     "MANAGED_SELECTOR",
     "GPU_RESOURCE",
     "MONITORING_GROUP_VERSION",
+    "STATE_CLUSTER_GROUP_VERSION",
     "ChildKind",
     "CHILD_KINDS",
 ]

@@ -25,7 +25,16 @@ import structlog
 from .apply import ApiError, ApplyMemo, CapabilityCache, KubeApi, child_key, manifest_hash, plan_children
 from .metrics import OperatorMetrics
 from .names import CHILD_KINDS, KIND, WORKLOAD_LABEL
-from .status import Problem, WorkloadObservation, compute_status, condition, selector_string, status_changed
+from .status import (
+    CNPG_MISSING,
+    CNPG_MISSING_MESSAGE,
+    Problem,
+    WorkloadObservation,
+    compute_status,
+    condition,
+    selector_string,
+    status_changed,
+)
 
 log = structlog.get_logger("hdc_operator.reconcile")
 Key = tuple[str, str]  # (namespace, workload name)
@@ -329,6 +338,9 @@ class Reconciler:
             if wanted and not present
         )
         apply_error = Problem(errors[0].reason, str(errors[0])) if errors else None
+        database_missing: tuple[Problem, ...] = ()
+        if not caps.state_cluster and "cluster" in ((spec.get("state") or {}).get("postgres") or {}):
+            database_missing = (Problem(CNPG_MISSING, CNPG_MISSING_MESSAGE),)
         observed = WorkloadObservation(
             generation,
             desired_replicas=desired_replicas,
@@ -338,6 +350,7 @@ class Reconciler:
             apply_error=apply_error,
             missing_monitoring=missing,
             monitoring_wanted=sm_wanted or pr_wanted,
+            extra_problems=database_missing,
         )
 
         await self._events(body, stored, generation, applied, pruned, live_deployment, desired_replicas)
@@ -383,7 +396,11 @@ class Reconciler:
             k
             for k in CHILD_KINDS
             if not k.watched
-            and {"ServiceMonitor": caps.service_monitor, "PrometheusRule": caps.prometheus_rule}.get(k.kind)
+            and {
+                "ServiceMonitor": caps.service_monitor,
+                "PrometheusRule": caps.prometheus_rule,
+                "Cluster": caps.state_cluster,
+            }.get(k.kind)
         ]
         found = await asyncio.gather(
             *(self.run_blocking(self.api.get, k.api_version, k.plural, namespace, name) for k in kinds)

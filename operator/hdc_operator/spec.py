@@ -324,6 +324,24 @@ CEL_MIRRORS: dict[str, Callable[[Any], bool]] = {
         v >= 0 if isinstance(v, int) else bool(re.search(r"^[0-9]+%$", v))
     ),
     "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))": is_positive_quantity,
+    "!(has(self.state) && has(self.state.backend) && self.state.backend == 'local') || ((!has(self.replicas) "
+    "|| self.replicas <= 1) && (!has(self.autoscaling) || !has(self.autoscaling.mode) "
+    "|| self.autoscaling.mode == 'none'))": lambda s: (
+        s.get("state", {}).get("backend") != "local"
+        or (s.get("replicas", 1) <= 1 and s.get("autoscaling", {}).get("mode", "none") == "none")
+    ),
+    "!(has(self.persistence) && has(self.persistence.enabled) && self.persistence.enabled) || (has(self.state) "
+    "&& has(self.state.backend) && self.state.backend == 'local')": lambda s: (
+        not s.get("persistence", {}).get("enabled") or s.get("state", {}).get("backend") == "local"
+    ),
+    "!has(self.backend) || self.backend != 'postgres' || (has(self.postgres) && (has(self.postgres.secretName) "
+    "!= has(self.postgres.cluster)))": lambda st: (
+        st.get("backend") != "postgres"
+        or ("postgres" in st and ("secretName" in st["postgres"]) != ("cluster" in st["postgres"]))
+    ),
+    "!has(self.postgres) || (has(self.backend) && self.backend == 'postgres')": lambda st: (
+        "postgres" not in st or st.get("backend") == "postgres"
+    ),
 }
 
 
@@ -407,6 +425,11 @@ class Workload:
         if self.autoscaling_mode == "none":
             return self.replicas
         return max(self.min_replicas, min(self.max_replicas, self.replicas))
+
+    @property
+    def state_backend(self) -> str:
+        """spec.state.backend: none, local or postgres."""
+        return str(self.spec["state"]["backend"])
 
     @property
     def baselines(self) -> list[Mapping[str, Any]]:

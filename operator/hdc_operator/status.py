@@ -13,6 +13,7 @@ Conditions (each with observedGeneration, reason, message, lastTransitionTime):
                          ProgressDeadlineExceeded when the Deployment gave up, InvalidSpec when nothing can roll out.
   Degraded               True with the most important problem (PROBLEM_REASONS order): InvalidSpec, an API refusal
                          (QuotaExceeded, AdmissionDenied, Forbidden, Invalid, ApiRefused, ApiUnavailable),
+                         CloudNativePGMissing (spec.state.postgres.cluster without CloudNativePG installed),
                          InsufficientGPU (pods Unschedulable for nvidia.com/gpu), Unschedulable, ImagePullBackOff,
                          CrashLoopBackOff, ReplicaFailure, ProgressDeadlineExceeded, InternalError (an operator bug,
                          logged as reconcile_crashed); False with AsExpected.
@@ -52,6 +53,7 @@ PROBLEM_REASONS = (
     "Invalid",
     "ApiRefused",
     "ApiUnavailable",
+    "CloudNativePGMissing",
     "InsufficientGPU",
     "Unschedulable",
     "ImagePullBackOff",
@@ -60,6 +62,13 @@ PROBLEM_REASONS = (
     "ReplicaFailure",
     "ProgressDeadlineExceeded",
     "InternalError",
+)
+# spec.state.postgres.cluster where CloudNativePG is not installed: no database, so the pods cannot start (their
+# Secret never appears); said before the pods' CreateContainerConfigError that follows from it.
+CNPG_MISSING = "CloudNativePGMissing"
+CNPG_MISSING_MESSAGE = (
+    "spec.state.postgres.cluster needs CloudNativePG, and this cluster does not serve clusters.postgresql.cnpg.io: "
+    "install CloudNativePG, or point spec.state.postgres.secretName at an existing database"
 )
 _WAITING_REASONS = {
     "ImagePullBackOff": "ImagePullBackOff",

@@ -63,6 +63,7 @@ CONTRACT_DEFAULTS = {
     "logging": {"level": "INFO", "format": "json"},
     "continuousBenchmark": {"enabled": True, "intervalSeconds": 300, "degradationThreshold": 0.1},
     "podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
+    "state": {"backend": "none"},
     "persistence": {"enabled": False, "size": "1Gi", "storageClassName": ""},
 }
 
@@ -157,6 +158,22 @@ BAD_SPECS = [
         "spec.podDisruptionBudget.maxUnavailable",
     ),
     ("persistence-size-zero", {"persistence": {"size": "0"}}, "spec.persistence.size"),
+    ("state-backend-enum", {"state": {"backend": "redis"}}, "spec.state.backend"),
+    ("local-state-with-two-replicas", {"state": {"backend": "local"}, "replicas": 2}, "spec.state.backend"),
+    ("local-state-autoscaled", {"state": {"backend": "local"}, "autoscaling": {"mode": "hpa"}}, "spec.state.backend"),
+    ("persistence-without-local-state", {"persistence": {"enabled": True}}, "spec.persistence.enabled"),
+    ("postgres-without-a-database", {"state": {"backend": "postgres"}}, "spec.state.postgres"),
+    (
+        "postgres-with-two-databases",
+        {"state": {"backend": "postgres", "postgres": {"secretName": "db", "cluster": {}}}},
+        "spec.state.postgres",
+    ),
+    ("postgres-settings-without-postgres", {"state": {"postgres": {"secretName": "db"}}}, "spec.state.postgres"),
+    (
+        "cluster-size-zero",
+        {"state": {"backend": "postgres", "postgres": {"cluster": {"size": "0"}}}},
+        "spec.state.postgres.cluster.size",
+    ),
     (
         "toleration-effect-enum",
         {"scheduling": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "Sometimes"}]}},
@@ -406,6 +423,16 @@ def test_api_server_rejects_a_bad_name_and_an_unknown_field(crd_installed, k8s_n
 
 
 @pytest.mark.k8s
+def test_a_local_state_workload_cannot_be_scaled_past_one_replica(crd_installed, k8s_namespace):
+    """The scale subresource (kubectl scale, an HPA) writes spec.replicas under the same CEL rules: two writers on
+    one local state directory are refused by the API server, not discovered later."""
+    apply(crd_installed, k8s_namespace, body("local", {"state": {"backend": "local"}}))
+    proc = kubectl(crd_installed, "scale", "-n", k8s_namespace, "hdcw/local", "--replicas=2", check=False)
+    assert proc.returncode != 0 and "spec.state.backend: local" in proc.stderr, proc.stderr
+    assert get(crd_installed, k8s_namespace, "local")["spec"]["replicas"] == 1
+
+
+@pytest.mark.k8s
 def test_kubectl_scale_writes_spec_replicas_through_the_scale_subresource(crd_installed, k8s_namespace):
     apply(crd_installed, k8s_namespace, body("scaled"))
     kubectl(crd_installed, "scale", "-n", k8s_namespace, "hdcw/scaled", "--replicas=3")
@@ -449,7 +476,7 @@ EVERYTHING = {
             }
         },
     },
-    "persistence": {"enabled": True, "size": "2Gi"},
+    "state": {"backend": "postgres", "postgres": {"cluster": {"instances": 2, "size": "2Gi"}}},
     "scheduling": {
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "hdc", "effect": "NoSchedule"}],
         "affinity": {

@@ -18,6 +18,7 @@ from hdc_operator.builders.prometheusrule import build_prometheus_rule
 from hdc_operator.builders.pvc import build_pvc
 from hdc_operator.builders.service import build_service
 from hdc_operator.builders.servicemonitor import build_service_monitor
+from hdc_operator.builders.state import build_state_cluster
 from hdc_operator.spec import Workload
 
 __all__ = ["Capabilities", "build_children", "labels", "selector_labels", "owner_references", "hpa_metrics"]
@@ -25,25 +26,28 @@ __all__ = ["Capabilities", "build_children", "labels", "selector_labels", "owner
 
 @dataclass(frozen=True)
 class Capabilities:
-    """Which optional CRDs the cluster serves (the prometheus-operator's)."""
+    """Which optional CRDs the cluster serves (the prometheus-operator's, CloudNativePG's Cluster)."""
 
     service_monitor: bool = True
     prometheus_rule: bool = True
+    state_cluster: bool = True
 
     @classmethod
     def all(cls) -> "Capabilities":
-        return cls(service_monitor=True, prometheus_rule=True)
+        return cls(service_monitor=True, prometheus_rule=True, state_cluster=True)
 
     @classmethod
     def none(cls) -> "Capabilities":
-        return cls(service_monitor=False, prometheus_rule=False)
+        return cls(service_monitor=False, prometheus_rule=False, state_cluster=False)
 
 
 def build_children(workload: Workload, capabilities: Capabilities) -> list[Manifest]:
-    """Every child manifest of the workload, in names.CHILD_KINDS order (the claim before the pods that mount it)."""
+    """Every child manifest of the workload, in names.CHILD_KINDS order (the claim and the database before the pods
+    that use them)."""
     monitoring = workload.spec["monitoring"]
     children = [
         build_pvc(workload),
+        build_state_cluster(workload) if capabilities.state_cluster else None,
         build_deployment(workload),
         build_service(workload),
         build_pdb(workload),

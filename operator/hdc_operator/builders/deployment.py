@@ -3,6 +3,9 @@
 Secure by default (the restricted Pod Security Standard): non-root uid 10001, read-only root filesystem with
 emptyDirs for /tmp and the state directory (or the persistence claim), no privilege escalation, no capabilities,
 seccomp RuntimeDefault, no service-account token (the worker never calls the API server).
+
+A local state backend (one replica's own SQLite store) rolls out with Recreate: the old pod stops before the new
+one opens the state directory, which the worker refuses to share (builders/state.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from hdc_operator.builders.common import (
     selector_labels,
 )
 from hdc_operator.builders.pvc import pvc_name
+from hdc_operator.builders.state import state_env
 from hdc_operator.names import GPU_RESOURCE
 from hdc_operator.spec import Workload
 
@@ -163,7 +167,8 @@ def build_deployment(workload: Workload) -> Manifest:
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ]
-        + [{"name": k, "value": v} for k, v in env.items()],
+        + [{"name": k, "value": v} for k, v in env.items()]
+        + state_env(workload),
         "resources": resources(workload),
         "livenessProbe": probe(workload, "liveness"),
         "readinessProbe": probe(workload, "readiness"),
@@ -191,17 +196,27 @@ def build_deployment(workload: Workload) -> Manifest:
         pod["priorityClassName"] = scheduling["priorityClassName"]
     annotations = {
         CONFIG_HASH_ANNOTATION: config_hash(
-            {"env": env, "image": spec["image"], "resources": container["resources"], "volumes": pod["volumes"]}
+            {
+                "env": env,
+                "state": state_env(workload),
+                "image": spec["image"],
+                "resources": container["resources"],
+                "volumes": pod["volumes"],
+            }
         ),
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(HTTP_PORT),
         "prometheus.io/path": "/metrics",
     }
+    deployment_spec: dict[str, Any] = {}
+    if workload.state_backend == "local":
+        deployment_spec["strategy"] = {"type": "Recreate"}  # the default RollingUpdate otherwise
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(workload, workload.name),
         "spec": {
+            **deployment_spec,
             "replicas": workload.desired_replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector_labels(workload)},

@@ -78,7 +78,7 @@ def test_default_children_in_order():
     assert kinds == [
         (k.api_version, k.kind)
         for k in CHILD_KINDS
-        if k.kind not in ("PersistentVolumeClaim", "HorizontalPodAutoscaler")
+        if k.kind not in ("PersistentVolumeClaim", "Cluster", "HorizontalPodAutoscaler")  # not in a default spec
     ]
     names = {c["kind"]: c["metadata"]["name"] for c in built}
     assert names == {
@@ -92,9 +92,15 @@ def test_default_children_in_order():
 
 
 def test_every_child_has_namespace_labels_and_a_controller_owner_reference():
-    spec = {"autoscaling": {"mode": "hpa"}, "persistence": {"enabled": True}}
-    built = build_children(workload(spec), Capabilities.all())
-    assert [(c["apiVersion"], c["kind"]) for c in built] == [(k.api_version, k.kind) for k in CHILD_KINDS]
+    # no one spec has every kind: the claim is a local backend's, the Cluster and the HPA need a shared one
+    local = build_children(
+        workload({"state": {"backend": "local"}, "persistence": {"enabled": True}}), Capabilities.all()
+    )
+    shared = {"autoscaling": {"mode": "hpa"}, "state": {"backend": "postgres", "postgres": {"cluster": {}}}}
+    built = build_children(workload(shared), Capabilities.all())
+    kinds = {(c["apiVersion"], c["kind"]) for c in local + built}
+    assert kinds == {(k.api_version, k.kind) for k in CHILD_KINDS}
+    built += local
     for child in built:
         meta = child["metadata"]
         assert meta["namespace"] == "ml"
@@ -148,7 +154,13 @@ def test_restricted_security_context():
 
 
 def test_persistence_mounts_a_claim_instead_of_an_empty_dir():
-    c = children({"persistence": {"enabled": True, "size": "5Gi", "storageClassName": "fast"}, "replicas": 1})
+    c = children(
+        {
+            "state": {"backend": "local"},
+            "persistence": {"enabled": True, "size": "5Gi", "storageClassName": "fast"},
+            "replicas": 1,
+        }
+    )
     pvc = c["PersistentVolumeClaim"]
     assert pvc["metadata"]["name"] == "demo-state"
     assert pvc["spec"] == {
@@ -158,7 +170,8 @@ def test_persistence_mounts_a_claim_instead_of_an_empty_dir():
     }
     volumes = {v["name"]: v for v in c["Deployment"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["state"] == {"name": "state", "persistentVolumeClaim": {"claimName": "demo-state"}}
-    assert "storageClassName" not in children({"persistence": {"enabled": True}})["PersistentVolumeClaim"]["spec"]
+    local = {"state": {"backend": "local"}, "persistence": {"enabled": True}}
+    assert "storageClassName" not in children(local)["PersistentVolumeClaim"]["spec"]
     assert "PersistentVolumeClaim" not in children()
 
 

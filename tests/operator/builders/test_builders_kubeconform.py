@@ -1,8 +1,8 @@
 """kubeconform -strict on every rendered child and on deploy/examples, without a cluster or a network.
 
 Schemas: the Kubernetes API's (v1.36, standalone strict) from the kubernetes-validate package; the
-prometheus-operator CRDs (tools share/, hack/build-tools.sh) and our HDCWorkload CRD converted to JSON schema
-here. Strict: an unknown field anywhere fails, which the negative tests prove.
+prometheus-operator CRDs (tools share/, hack/build-tools.sh), CloudNativePG's Cluster CRD (tests/cnpg_support.py)
+and our HDCWorkload CRD converted to JSON schema here. Strict: an unknown field anywhere fails, which the negative tests prove.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import subprocess
 import paths
 import pytest
 import yaml
+from cnpg_support import cnpg_cluster_crd
 
 from hdc_operator.builders import Capabilities, build_children
 from hdc_operator.spec import load_crd, parse_workload
@@ -50,7 +51,10 @@ SPECS = {
                 "scaleDown": {"stabilizationWindowSeconds": 300},
             },
         },
-        "persistence": {"enabled": True, "size": "10Gi", "storageClassName": "standard"},
+        "state": {
+            "backend": "postgres",
+            "postgres": {"cluster": {"instances": 3, "size": "10Gi", "storageClassName": "standard"}},
+        },
         "resources": {"gpus": 4, "cpu": 8, "memory": "64Gi"},
         "scheduling": {
             "nodeSelector": {"pool": "gpu"},
@@ -88,6 +92,11 @@ SPECS = {
         "podDisruptionBudget": {"maxUnavailable": "25%"},
     },
     "cpu-only": {"resources": {"gpus": 0}, "hdc": {"device": "cpu", "vsa": "BSC"}, "autoscaling": {"mode": "operator"}},
+    "local-state": {
+        "state": {"backend": "local"},
+        "persistence": {"enabled": True, "size": "10Gi", "storageClassName": "standard"},
+    },
+    "database-secret": {"state": {"backend": "postgres", "postgres": {"secretName": "hdc-db", "secretKey": "url"}}},
 }
 
 
@@ -206,7 +215,9 @@ def prometheus_operator_crds() -> list[dict]:
 def kubeconform(tmp_path_factory):
     """Runs kubeconform -strict over a YAML stream; returns the CompletedProcess."""
     return kubeconform_runner(
-        tmp_path_factory.mktemp("schemas"), CORE_SCHEMAS, [load_crd()] + prometheus_operator_crds()
+        tmp_path_factory.mktemp("schemas"),
+        CORE_SCHEMAS,
+        [load_crd(), cnpg_cluster_crd()] + prometheus_operator_crds(),
     )
 
 
@@ -235,9 +246,10 @@ def test_rendered_children_pass_kubeconform_strict(kubeconform, name):
 
 
 def test_every_child_kind_was_checked(kubeconform):
-    kinds = {c["kind"] for c in render(SPECS["everything"])}
+    kinds = {c["kind"] for spec in SPECS.values() for c in render(spec)}
     assert kinds == {
         "PersistentVolumeClaim",
+        "Cluster",
         "Deployment",
         "Service",
         "PodDisruptionBudget",
@@ -264,6 +276,7 @@ BREAKAGES = [
     ("PodDisruptionBudget", ["spec", "maxUnavailable"], {"pods": 1}),
     ("PersistentVolumeClaim", ["spec", "accessModes"], "ReadWriteOnce"),
     ("ConfigMap", ["data", "x"], 1),
+    ("Cluster", ["spec", "storage", "sizee"], "1Gi"),
 ]
 
 
@@ -271,7 +284,7 @@ def test_kubeconform_catches_each_broken_child(kubeconform):
     """The check is real: one wrong field in each kind of child, each caught (one kubeconform run)."""
     broken = []
     for kind, path, value in BREAKAGES:
-        child = next(c for c in render(SPECS["everything"]) if c["kind"] == kind)
+        child = next(c for spec in SPECS.values() for c in render(spec) if c["kind"] == kind)
         child["metadata"]["name"] = f"broken-{kind.lower()}"
         node = child
         for key in path[:-1]:
