@@ -2,6 +2,9 @@
 # Builds the pinned test tooling (a real Kubernetes control plane, etcd, kwok, kubeconform, helm,
 # prometheus-adapter) from Go modules into a cache outside the repo, and links Prometheus, promtool and
 # Alertmanager from Debian packages. Pins live in hack/tools/**/go.mod and in the constants below.
+# The real node's kubelet and kube-proxy are built here with the control plane (same module, same version); the
+# rest of the real node (containerd, CNI plugins, CoreDNS, the pause image) by hack/real-node/build-tools.sh,
+# which a build (not --check) runs too, with its own pins and output directory.
 #
 #   hack/build-tools.sh                 build what is missing (a no-op in seconds once built)
 #   hack/build-tools.sh --print-bin-dir print the bin directory for the current pins; build nothing
@@ -39,7 +42,8 @@ pin_hash() {
         cd "$HACK"
         cat tools/go.mod tools/go.sum tools/cmd/etcd/main.go \
             tools/helm/go.mod tools/helm/go.sum \
-            tools/prometheus-adapter/go.mod tools/prometheus-adapter/go.sum build-tools.sh
+            tools/prometheus-adapter/go.mod tools/prometheus-adapter/go.sum build-tools.sh \
+            real-node/tools/kube-proxy.go.sum
         echo "$GOVERSION $(go env GOOS)/$(go env GOARCH)"
     ) | sha256sum | cut -c1-12
 }
@@ -54,7 +58,7 @@ build | --check) ;;
 *) die "unknown argument '$1' (usage: $0 [--print-bin-dir|--check])" ;;
 esac
 
-GO_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl kubeconform helm prometheus-adapter)
+GO_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok kwokctl kubeconform helm prometheus-adapter)
 LINKED_BINARIES=(prometheus promtool alertmanager)
 CRD_FILES=()
 for c in "${PROM_OPERATOR_CRDS[@]}"; do CRD_FILES+=("$SHARE/prometheus-operator-crds/monitoring.coreos.com_$c.yaml"); done
@@ -66,6 +70,7 @@ complete() {
 }
 if complete; then
     log "up to date in $OUTDIR"
+    [[ $MODE == --check ]] || "$HACK/real-node/build-tools.sh" >/dev/null
     echo "$BIN"
     exit 0
 fi
@@ -129,11 +134,25 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 build_k8s() {
     local b
-    for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+    for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet; do
         build "$MODDIR" "$b" "k8s.io/kubernetes/cmd/$b" "$k8s_ldflags" || return 1
     done
+    build_kube_proxy
 }
-with_progress "Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl; ~10 min cold on 2 cores)" build_k8s
+# kube-proxy imports packages (netlink, netns, ipvs, knftables) whose checksums hack/tools/go.sum lacks: it is
+# built from a scratch copy of the module whose go.sum adds hack/real-node/tools/kube-proxy.go.sum (the versions
+# are those of hack/tools/go.mod's module graph; -mod=readonly still verifies every module against the sums).
+build_kube_proxy() {
+    [[ -x $BIN/kube-proxy ]] && return 0
+    local scratch rc=0
+    scratch=$(mktemp -d)
+    cp "$MODDIR/go.mod" "$scratch/"
+    cat "$MODDIR/go.sum" "$HACK/real-node/tools/kube-proxy.go.sum" >"$scratch/go.sum"
+    build "$scratch" kube-proxy k8s.io/kubernetes/cmd/kube-proxy "$k8s_ldflags" || rc=$?
+    rm -rf "$scratch"
+    return $rc
+}
+with_progress "Kubernetes $K8S_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy; ~17 min cold on 2 cores)" build_k8s
 
 # 2. etcd, kwok, kwokctl, kubeconform (same module, same dependency graph).
 build_misc() {
@@ -188,5 +207,6 @@ for b in "${LINKED_BINARIES[@]}"; do
 done
 
 complete || die "internal error: $OUTDIR is incomplete after the build"
+"$HACK/real-node/build-tools.sh" >/dev/null
 log "done in $(($(date +%s) - total_start)) s: $OUTDIR"
 echo "$BIN"
