@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 PYTEST_ARGS ?=
 
-.PHONY: install tools lint test test-gpu bench bench-operator bench-state demo demo-engine clean cluster-up cluster-down
+.PHONY: install tools images lint test test-gpu bench bench-operator bench-state demo demo-engine clean cluster-up cluster-down
 
 # Installs the package (editable, with the compiled CPU kernels) and its test/bench extras into .venv.
 # torch is large: the first run downloads it once into pip's cache (~/.cache/pip), later runs reuse it.
@@ -35,6 +35,14 @@ cluster-up: tools
 cluster-down:
 	@hack/cluster.sh down
 
+# The worker and operator images as OCI archives, built without a container daemon (hack/images/build_images.py, as
+# root): $(OUT)/images/hdc-worker.oci.tar and hdc-operator.oci.tar, named in hack/images/images.env, reported in
+# $(OUT)/images/images.json. The Debian rootfs, the wheels and the layers are cached in ~/.cache/hd-compute/images,
+# so only what changed is rebuilt (docs/install.md, docs/testing.md).
+images: install
+	@hack/system-packages.sh
+	$(PY) hack/images/build_images.py
+
 # Static checks, as CI runs them: ruff (lint and format), mypy (strict for the pure modules; the list is in
 # pyproject.toml), and import-linter's contracts for the layering of docs/architecture.md.
 lint: install
@@ -45,7 +53,7 @@ lint: install
 
 # The whole suite, the tests marked `k8s` against the local cluster included (or HDC_TEST_KUBECONFIG's).
 # pytest's exit code 5 (nothing collected) means the suite is broken, so it fails too.
-test: install tools
+test: install tools images
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests; the suite is broken" >&2; exit 1; fi; \
 	exit $$rc
