@@ -24,7 +24,7 @@ from hd_compute.state import (
     StateStore,
     import_snapshot_files,
 )
-from hd_compute.state.schema import log, segments
+from hd_compute.state.schema import SCHEMA_VERSION, log, segments
 from hd_compute.structures import ItemMemory
 
 
@@ -155,21 +155,37 @@ def test_pruned_log_makes_a_lagging_follower_reload(pg_url: str) -> None:
 
 
 def test_snapshot_files_are_imported_once_into_an_empty_store(tmp_path: pathlib.Path, pg_url: str) -> None:
-    from hd_compute.service.state import ClassifierEntry, MemoryEntry
-    from hd_compute.service.state import StateStore as SnapshotFiles
+    old = tmp_path / "old"
+    (old / "memories").mkdir(parents=True)
+    (old / "classifiers").mkdir()
 
-    files = SnapshotFiles(str(tmp_path / "old"))
+    def save_memory(name: str, memory: ItemMemory, keys: list[str]) -> None:  # the earlier workers' file format
+        torch.save({"format": 1, "name": name, **memory.state_dict(), "keys": keys}, old / "memories" / f"{name}.pt")
+
+    def save_classifier(name: str, model: Centroid, vsa: str, samples_seen: int) -> None:
+        state = {
+            "format": 1,
+            "name": name,
+            "vsa": vsa,
+            "num_classes": model.num_classes,
+            "dim": model.dim,
+            "temperature": model.temperature,
+            "samples_seen": samples_seen,
+            "weights": None if model.weights is None else model.weights.detach().cpu().clone(),
+        }
+        torch.save(state, old / "classifiers" / f"{name}.pt")
+
     memory = ItemMemory(512, "FHRR")
     vectors = hd.random(5, 512, "FHRR")
     memory.add(vectors)
-    files.save_memory("phasors", MemoryEntry(memory, ["a", "b", "", "d", "e"]))
+    save_memory("phasors", memory, ["a", "b", "", "d", "e"])
     plain = ItemMemory(300, "HRR")
     plain.add(hd.random(2, 300, "HRR"))
-    files.save_memory("plain", MemoryEntry(plain, ["", ""]))
+    save_memory("plain", plain, ["", ""])
     x, y = hd.random(6, 512, "FHRR"), torch.tensor([0, 1, 2, 0, 1, 2])
     fitted = Centroid(3, 512, temperature=0.2).fit(x, y)
-    files.save_classifier("clf", ClassifierEntry(fitted, "FHRR", samples_seen=6))
-    files.save_classifier("unfitted", ClassifierEntry(Centroid(2, 512), "MAP"))
+    save_classifier("clf", fitted, "FHRR", 6)
+    save_classifier("unfitted", Centroid(2, 512), "MAP", 0)
 
     store = StateStore.open(database_url=pg_url)
     result = import_snapshot_files(store, str(tmp_path / "old"))
@@ -221,7 +237,7 @@ def test_a_database_with_another_schema_version_is_refused(pg_url: str) -> None:
     store.close()
     with pytest.raises(SchemaMismatch) as mismatch:
         StateStore.open(database_url=pg_url)
-    assert (mismatch.value.found, mismatch.value.expected) == (99, 1)
+    assert (mismatch.value.found, mismatch.value.expected) == (99, SCHEMA_VERSION)
 
 
 def test_an_unreadable_snapshot_file_stops_the_import_and_imports_nothing(tmp_path: pathlib.Path, pg_url: str) -> None:

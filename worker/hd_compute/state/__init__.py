@@ -14,6 +14,7 @@ Layer 4 (beside monitoring/): imports the engine and SQLAlchemy, never the servi
 from .cache import CachedClassifier, CachedMemory
 from .errors import (
     AlreadyExists,
+    IdempotencyKeyReused,
     NotCaughtUp,
     NotFound,
     SchemaMismatch,
@@ -24,21 +25,25 @@ from .errors import (
 from .follower import Follower, FollowerStatus
 from .importer import ImportResult, import_snapshot_files
 from .schema import Kind, Op
-from .store import StateStore
-from .writes import Committed, Transaction
+from .store import Answered, StateStore
+from .writes import Committed, IdempotentRequest, RecordedAnswer, Transaction
 
 __all__ = [
     "AlreadyExists",
+    "Answered",
     "CachedClassifier",
     "CachedMemory",
     "Committed",
     "Follower",
     "FollowerStatus",
+    "IdempotencyKeyReused",
+    "IdempotentRequest",
     "ImportResult",
     "Kind",
     "NotCaughtUp",
     "NotFound",
     "Op",
+    "RecordedAnswer",
     "SchemaMismatch",
     "StateDirLocked",
     "StateError",

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, Operationa
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .dirlock import DirectoryLock
-from .errors import SchemaMismatch, StoreUnavailable
+from .errors import StoreUnavailable
 from .schema import NOTIFY_CHANNEL, SCHEMA_VERSION, head, metadata
 
 POSTGRESQL = "postgresql"
@@ -159,7 +159,10 @@ class Database:
             if found is None:
                 conn.execute(insert(head).values(id=1, version=0, schema_version=SCHEMA_VERSION))
             elif found != SCHEMA_VERSION:
-                raise SchemaMismatch(int(found), SCHEMA_VERSION)
+                # imported here: migrations read the log through reader.py, which imports this module
+                from .migrations import migrate
+
+                migrate(conn, int(found))
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

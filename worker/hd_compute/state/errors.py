@@ -4,6 +4,7 @@
 |---|---|---|
 | `NotFound(kind, name)` | no live memory or classifier of that name | 404 |
 | `AlreadyExists(kind, name)` | create of a name that is live | 409 |
+| `IdempotencyKeyReused(key)` | an idempotency key sent again with another request | 422 |
 | `StoreUnavailable(operation, reason)` | the database failed for a transient reason | 503, retryable |
 | `NotCaughtUp(version, applied, timeout)` | this replica did not apply `version` in time | 503, retryable |
 | `StateDirLocked(directory, holder)` | another process holds the SQLite state directory | refuse to start |
@@ -32,6 +33,19 @@ class AlreadyExists(StateError):
         super().__init__(f"a {kind} named {name!r} exists; delete it first")
         self.kind = kind
         self.name = name
+
+
+class IdempotencyKeyReused(StateError):
+    """The key's recorded request (operation, path, body and query) is not this one: nothing was written."""
+
+    def __init__(self, key: str, operation: str, path: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was used for another request ({operation} {path}, or another body); "
+            "use a new key for a new request"
+        )
+        self.key = key
+        self.operation = operation
+        self.path = path
 
 
 class StoreUnavailable(StateError):

@@ -10,6 +10,12 @@
 - `hdc_state_log`: the append-only log, one entry per committed write, keyed by the global version.
 - `hdc_state_segments`: compacted state: a memory's items as blobs covering consecutive id ranges, a
   classifier's weights at a version. A new follower loads these and replays only the entries after them.
+- `hdc_state_idempotency` (schema version 2): per idempotency key, the request it was first used for (operation,
+  path, a digest of the body and query) and the answer that was committed with its write, in the same
+  transaction, so a retry on any replica gets that answer instead of a second write.
+
+Schema versions: 1, the log; 2 adds the idempotency table and keeps a classifier's samples seen in its object
+row's `size` (`migrations.py` upgrades a version 1 database in place at start).
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from sqlalchemy import (
     Table,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_NAME_LENGTH = 128
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
 NOTIFY_CHANNEL = "hdc_state"  # PostgreSQL NOTIFY channel; the payload is the committed version
 
 
@@ -68,7 +75,7 @@ objects = Table(
     Column("name", String(MAX_NAME_LENGTH), nullable=False),
     Column("generation", Integer, nullable=False),
     Column("live", Boolean, nullable=False),
-    Column("size", BigInteger, nullable=False),  # memory: the next item id
+    Column("size", BigInteger, nullable=False),  # memory: the next item id; classifier: samples seen
     Column("meta", JSON, nullable=False),  # the create parameters
     Column("version", BigInteger, nullable=False),  # the newest entry of this object
     Column("compacted_version", BigInteger, nullable=False),  # entries <= this are in segments
@@ -106,6 +113,20 @@ segments = Table(
     Column("keys", JSON, nullable=True),
     Column("meta", JSON, nullable=True),
     PrimaryKeyConstraint("kind", "name", "generation", "first_id"),
+)
+
+idempotency = Table(
+    "hdc_state_idempotency",
+    metadata,
+    Column("key", String(MAX_IDEMPOTENCY_KEY_LENGTH), primary_key=True),
+    Column("operation", String(64), nullable=False),
+    Column("path", String(1024), nullable=False),
+    Column("digest", String(64), nullable=False),  # sha256 (hex) of the request's body and query, as decoded
+    Column("status", Integer, nullable=True),  # null only inside the transaction that claimed the key
+    Column("body", LargeBinary, nullable=True),  # the answer's body (JSON)
+    Column("version", BigInteger, nullable=False),  # the state version the answer was committed at
+    Column("expires_at", Float, nullable=False),  # the writer's clock (time.time()) + the key's time to live
+    Index("ix_hdc_state_idempotency_expires", "expires_at"),
 )
 
 

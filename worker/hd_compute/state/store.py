@@ -15,21 +15,35 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from sqlalchemy import delete
 
 from hd_compute.hypervectors import Hypervectors
 
 from . import compaction, reader
 from .cache import StateCache
 from .database import POSTGRESQL, Database
-from .schema import Kind
-from .writes import Committed, Transaction
+from .schema import Kind, idempotency
+from .writes import Committed, IdempotentRequest, Transaction
 
 DEFAULT_COMPACT_EVERY = 1000  # uncompacted entries of one object that make it due for compaction
 DEFAULT_RETAIN_VERSIONS = 100_000  # versions of log kept beyond what compaction covers, for lagging followers
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What a keyed write answers: its status and body, the state version they were committed at, and whether
+    they are the recorded answer of an earlier request with the same key (nothing was written this time)."""
+
+    status: int
+    body: bytes
+    version: int
+    replayed: bool
 
 
 class StateStore:
@@ -126,6 +140,32 @@ class StateStore:
 
     def delete(self, kind: Kind | str, name: str) -> Committed:
         return self._write(lambda tx: tx.delete(Kind(kind), name))
+
+    def write_once(
+        self,
+        request: IdempotentRequest | None,
+        write: Callable[[Transaction], Committed],
+        answer: Callable[[Committed], tuple[int, bytes]],
+    ) -> Answered:
+        """Runs `write` and records `answer(committed)` (status, body) under `request.key` in the same
+        transaction; when the key holds the recorded answer of the same request, returns that answer and writes
+        nothing (`Answered.replayed`). Without a request it is `write` with its answer, nothing recorded. A write
+        that raises records nothing, so its retry runs it again."""
+        with self.transaction() as tx:
+            recorded = tx.claim_key(request) if request is not None else None
+            if recorded is not None:
+                return Answered(recorded.status, recorded.body, recorded.version, replayed=True)
+            committed = write(tx)
+            status, body = answer(committed)
+            if request is not None:
+                tx.record_answer(request.key, status, body, committed.version)
+        return Answered(status, body, committed.version, replayed=False)
+
+    def expire_idempotency_keys(self, now: float | None = None) -> int:
+        """Deletes the keys whose time to live has passed (a lookup already ignores them); returns how many."""
+        cutoff = time.time() if now is None else now
+        with self.database.writing("idempotency key expiry") as conn:
+            return int(conn.execute(delete(idempotency).where(idempotency.c.expires_at <= cutoff)).rowcount)
 
     def on_commit(self, hook: Callable[[int], None]) -> None:
         """Calls hook(version) in the writing thread after each of this process's commits (a local wake-up)."""

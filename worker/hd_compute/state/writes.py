@@ -27,9 +27,29 @@ from hd_compute.vsa import get_model
 from . import fits
 from .blobs import dtype_name, to_bytes
 from .database import Database
-from .errors import AlreadyExists, NotFound
+from .errors import AlreadyExists, IdempotencyKeyReused, NotFound
 from .reader import current_object
-from .schema import MAX_NAME_LENGTH, Kind, ObjectRow, Op, head, log, objects, segments
+from .schema import MAX_NAME_LENGTH, Kind, ObjectRow, Op, head, idempotency, log, objects, segments
+
+
+@dataclass(frozen=True)
+class IdempotentRequest:
+    """A write sent with an idempotency key: what the key is recorded with, and for how long."""
+
+    key: str
+    operation: str  # the service's operation name ("memory_add")
+    path: str
+    digest: str  # sha256 (hex) of the request's body and query
+    ttl_seconds: float
+
+
+@dataclass(frozen=True)
+class RecordedAnswer:
+    """The answer committed with a keyed write."""
+
+    status: int
+    body: bytes
+    version: int
 
 
 @dataclass(frozen=True)
@@ -43,6 +63,7 @@ class Committed:
     op: Op
     first_id: int = 0  # adds: the ids of the items are first_id .. first_id + count - 1
     count: int = 0  # adds: items added; fits: samples in the fit
+    size: int = 0  # after this write: a memory's items, a classifier's samples seen
 
     @property
     def ids(self) -> range:
@@ -100,6 +121,7 @@ class Transaction:
             payload=to_bytes(rows),
             keys=list(keys) if keys is not None else None,
             changes={"size": first_id + count},
+            size=first_id + count,
         )
 
     # -- classifiers -------------------------------------------------------------------------------------------
@@ -131,15 +153,24 @@ class Transaction:
         obj = self._lock_live(Kind.CLASSIFIER, name)
         samples = int(torch.as_tensor(y).numel())  # the fits below refuse labels that do not match x
         if partial and not adaptive:
-            weights, op, seen = fits.class_sums(obj.meta, x, y), Op.FIT_DELTA, samples
+            weights, op, count = fits.class_sums(obj.meta, x, y), Op.FIT_DELTA, samples
         elif partial:
             current = current_object(self.conn, obj).classifiers[name]
             weights = fits.adaptive_step(obj.meta, current.model.weights, x, y, lr=lr)
-            op, seen = Op.FIT_FULL, current.samples_seen + samples
+            op, count = Op.FIT_FULL, obj.size + samples
         else:
             weights = fits.full_fit(obj.meta, x, y, epochs=epochs, adaptive=adaptive, lr=lr)
-            op, seen = Op.FIT_FULL, samples
-        return self._append(obj, op, count=seen, payload=to_bytes(weights), meta={"dtype": dtype_name(weights.dtype)})
+            op, count = Op.FIT_FULL, samples
+        seen = obj.size + samples if partial else samples
+        return self._append(
+            obj,
+            op,
+            count=count,
+            payload=to_bytes(weights),
+            meta={"dtype": dtype_name(weights.dtype)},
+            changes={"size": seen},
+            size=seen,
+        )
 
     def load_weights(self, name: str, weights: torch.Tensor, samples_seen: int) -> Committed:
         """Sets the classifier's weights as a new full version (the import of snapshot files)."""
@@ -150,7 +181,13 @@ class Transaction:
                 f"{obj.meta['dim']}), got {tuple(weights.shape)}"
             )
         return self._append(
-            obj, Op.FIT_FULL, count=samples_seen, payload=to_bytes(weights), meta={"dtype": dtype_name(weights.dtype)}
+            obj,
+            Op.FIT_FULL,
+            count=samples_seen,
+            payload=to_bytes(weights),
+            meta={"dtype": dtype_name(weights.dtype)},
+            changes={"size": samples_seen},
+            size=samples_seen,
         )
 
     # -- both --------------------------------------------------------------------------------------------------
@@ -160,6 +197,39 @@ class Transaction:
         committed = self._append(obj, Op.DELETE, changes={"live": False, "size": 0})
         self.due.add((obj.kind, obj.name))
         return committed
+
+    # -- idempotency keys --------------------------------------------------------------------------------------
+    def claim_key(self, request: IdempotentRequest) -> RecordedAnswer | None:
+        """The answer recorded under `request.key` when that request was committed before (and has not expired);
+        else None, with the key claimed by this transaction until it commits or rolls back. The key's row is the
+        first lock a keyed write takes (before the object's row and the head row): a concurrent write with the
+        same key, on any replica, waits here for this one and then finds its answer.
+        Raises IdempotencyKeyReused when the recorded request is another one."""
+        now = time.time()
+        claim = {
+            "operation": request.operation,
+            "path": request.path,
+            "digest": request.digest,
+            "status": None,
+            "body": None,
+            "version": 0,
+            "expires_at": now + request.ttl_seconds,
+        }
+        self.conn.execute(self.db.insert_or_ignore(idempotency, {"key": request.key, **claim}))
+        row = self.conn.execute(select(idempotency).where(idempotency.c.key == request.key).with_for_update()).one()
+        if row.status is not None and row.expires_at > now:
+            if (row.operation, row.path, row.digest) != (request.operation, request.path, request.digest):
+                raise IdempotencyKeyReused(request.key, row.operation, row.path)
+            return RecordedAnswer(int(row.status), bytes(row.body or b""), int(row.version))
+        # inserted just now (a committed row always has its answer), or expired: this request takes the key over
+        self.conn.execute(update(idempotency).where(idempotency.c.key == request.key).values(**claim))
+        return None
+
+    def record_answer(self, key: str, status: int, body: bytes, version: int) -> None:
+        """Stores the answer of the write this transaction made under `key` (claimed with claim_key)."""
+        self.conn.execute(
+            update(idempotency).where(idempotency.c.key == key).values(status=status, body=body, version=version)
+        )
 
     def _create(self, kind: Kind, name: str, meta: dict[str, Any]) -> Committed:
         name = check_name(name)
@@ -214,6 +284,7 @@ class Transaction:
         meta: dict[str, Any] | None = None,
         compacted: bool = False,
         changes: dict[str, Any] | None = None,
+        size: int = 0,
     ) -> Committed:
         version = int(
             self.conn.execute(
@@ -251,6 +322,6 @@ class Transaction:
         self.db.notify(self.conn, version)
         if self.compact_every and pending >= self.compact_every:
             self.due.add((obj.kind, obj.name))
-        committed = Committed(version, obj.kind, obj.name, obj.generation, op, first_id, count)
+        committed = Committed(version, obj.kind, obj.name, obj.generation, op, first_id, count, size)
         self.committed.append(committed)
         return committed
