@@ -293,7 +293,7 @@ async def test_probes_health_metrics_openapi(client):
     assert (await (await client.get("/livez")).json()) == {"status": "alive"}
     resp = await client.get("/health")
     body = await resp.json()
-    assert set(body) == {"status", "timestamp", "checks"} and resp.status in (200, 503)
+    assert set(body) == {"status", "timestamp", "checks", "state"} and resp.status in (200, 503)
     await client.post("/v1/hypervectors/random", json={"num": 1})
     resp = await client.get("/metrics")
     text = await resp.text()

@@ -1,18 +1,17 @@
-"""`hdc-worker serve` as a real process: restart reloads the state, a kill -9 in the middle of a snapshot leaves
-no torn file, and SIGTERM stops accepting, finishes the request in flight, snapshots and exits in time."""
+"""`hdc-worker serve` as a real process: restart reloads the state, a kill -9 in the middle of a stream of adds
+loses nothing acknowledged, and SIGTERM stops accepting, finishes the request in flight, closes the state store and
+exits in time."""
 
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import signal
 import socket
+import threading
 import time
 
-import numpy as np
 import pytest
-import torch
 from worker_process import REPO, WorkerProcess, free_port  # noqa: F401
 
 import hd_compute.functional as F
@@ -33,7 +32,7 @@ def worker_factory(tmp_path):
         w.stop()
 
 
-def test_sigterm_finishes_in_flight_request_snapshots_and_restart_reloads(worker_factory):
+def test_sigterm_finishes_in_flight_request_and_restart_reloads(worker_factory):
     dim = 512
     w = worker_factory(HDC_DIMENSION=str(dim)).start()
     items = F.random(40, dim, "MAP", seed=1)
@@ -65,7 +64,7 @@ def test_sigterm_finishes_in_flight_request_snapshots_and_restart_reloads(worker
     assert w.proc.wait(timeout=15) == 0
     assert time.monotonic() - sent_at < 10  # within HDC_SHUTDOWN_GRACE_SECONDS
     log = w.log_path.read_text()
-    assert "shutdown_completed" in log and "state_snapshotted" in log
+    assert "shutdown_completed" in log and "state_closed" in log
 
     w.start()  # same state directory
     status, info = w.request("GET", "/v1/memories/m")
@@ -75,36 +74,41 @@ def test_sigterm_finishes_in_flight_request_snapshots_and_restart_reloads(worker
     assert w.request("POST", "/v1/classifiers/c/predict", {"x": hv_to_json(x)})[1] == predicted
 
 
-def test_kill_9_during_snapshot_leaves_a_loadable_state(worker_factory, tmp_path):
-    dim, count = 4096, 4000
-    w = worker_factory(HDC_DIMENSION=str(dim), HDC_SNAPSHOT_INTERVAL_SECONDS="0.001").start()
-    items = F.random(count, dim, "MAP", seed=2)
-    assert w.request("POST", "/v1/memories", {"name": "big"})[0] == 201
-    buf = io.BytesIO()
-    np.savez(buf, vectors=items.data.numpy())
-    status, _ = w.request("POST", "/v1/memories/big/items", buf.getvalue(), content_type="application/x-npz")
-    assert status == 200
+def test_kill_9_in_a_stream_of_adds_loses_nothing_acknowledged(worker_factory):
+    """SQLite (the local backend): an add is answered after its commit, so a kill -9 at any moment keeps every
+    acknowledged item at the id it was given; the add in flight is either all there or not at all."""
+    dim = 1024
+    w = worker_factory(HDC_DIMENSION=str(dim)).start()
+    assert w.request("POST", "/v1/memories", {"name": "stream"})[0] == 201
+    items = F.random(400, dim, "MAP", seed=2)
+    acknowledged: list[tuple[int, list[int]]] = []  # (item, ids)
+    stop = threading.Event()
 
-    memories = tmp_path / "state" / "memories"
-    caught_mid_write = False
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:  # the worker snapshots in a loop; kill it while a temp file is open
-        if any(p.name.startswith(".tmp-") for p in memories.iterdir()):
-            w.proc.send_signal(signal.SIGKILL)
-            caught_mid_write = True
-            break
-        time.sleep(0.0005)
+    def stream() -> None:
+        for i in range(len(items)):
+            if stop.is_set():
+                return
+            try:
+                status, body = w.request("POST", "/v1/memories/stream/items", {"vectors": hv_to_json(items[i : i + 1])})
+            except OSError:  # killed
+                return
+            if status == 200:
+                acknowledged.append((i, body["ids"]))
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(acknowledged) < 25 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    w.proc.send_signal(signal.SIGKILL)  # while the stream goes on: some add is in flight
     w.proc.wait(10)
-    assert caught_mid_write, "never saw a snapshot in progress"
+    stop.set()
+    thread.join(60)
+    assert len(acknowledged) >= 25 and [ids for _, ids in acknowledged] == [[n] for n in range(len(acknowledged))]
 
-    state = torch.load(memories / "big.pt", weights_only=True)  # never torn: the old or the new file
-    assert state["vectors"].shape == (count, dim)
-    assert torch.equal(state["vectors"], items.data)
-
-    w.extra_env["HDC_SNAPSHOT_INTERVAL_SECONDS"] = "0"
-    w.start()
-    assert not any(p.name.startswith(".tmp-") for p in memories.iterdir())
-    status, info = w.request("GET", "/v1/memories/big")
-    assert status == 200 and info["size"] == count
-    status, found = w.request("POST", "/v1/memories/big/query", {"queries": hv_to_json(items[1234]), "k": 1})
-    assert found["indices"] == [1234]
+    w.start()  # same state directory; ready only once the store is loaded
+    status, info = w.request("GET", "/v1/memories/stream")
+    assert status == 200 and info["size"] in (len(acknowledged), len(acknowledged) + 1)
+    queries = items[[i for i, _ in acknowledged]]
+    status, found = w.request("POST", "/v1/memories/stream/query", {"queries": hv_to_json(queries), "k": 1})
+    assert status == 200 and found["indices"] == [ids for _, ids in acknowledged]

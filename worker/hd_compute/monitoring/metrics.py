@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder, generate_latest
 
-__all__ = ["MetricsCollector", "QUANTILES", "DURATION_BUCKETS", "BATCH_SIZE_BUCKETS"]
+__all__ = ["MetricsCollector", "StateMetrics", "QUANTILES", "DURATION_BUCKETS", "BATCH_SIZE_BUCKETS"]
 
 QUANTILES = (0.5, 0.95, 0.99)
 # Seconds: from 50 us (one bind on a GPU) to 30 s (a huge cleanup on a CPU).
@@ -182,6 +182,66 @@ class _OperationSeries:
         self.window: deque[tuple[float, float, int]] = deque()
 
 
+# Seconds a state write's commit or a read's wait for a state version takes: from a local SQLite commit to the
+# longest wait a read may be given (HDC_READ_WAIT_SECONDS is at most 60).
+STATE_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+STATE_LABEL_NAMES: dict[str, tuple[str, ...]] = {
+    "hdc_state_version": (),
+    "hdc_state_lag_versions": (),
+    "hdc_state_commit_seconds": (),
+    "hdc_state_catch_up_wait_seconds": (),
+    "hdc_state_store_errors": ("reason",),
+}
+
+
+class StateMetrics:
+    """The state store's metrics (docs/state.md), exported only by a worker that follows a store
+    (`MetricsCollector.state()`), so a collector without one exports exactly the families it always had."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        inner = CollectorRegistry()
+        self.version = Gauge(
+            "hdc_state_version", "The state version this replica has applied (every write up to it)", registry=inner
+        )
+        self.lag_versions = Gauge(
+            "hdc_state_lag_versions",
+            "Committed state versions this replica has heard of and not applied yet",
+            registry=inner,
+        )
+        self.commit_seconds = Histogram(
+            "hdc_state_commit_seconds",
+            "Duration of a write's transaction in the state store, until its commit",
+            registry=inner,
+            buckets=STATE_SECONDS_BUCKETS,
+        )
+        self.catch_up_wait_seconds = Histogram(
+            "hdc_state_catch_up_wait_seconds",
+            "How long a read that asked for X-HDC-Min-State-Version waited for this replica to apply it",
+            registry=inner,
+            buckets=STATE_SECONDS_BUCKETS,
+        )
+        self.store_errors = Counter(
+            "hdc_state_store_errors",
+            "State store failures by reason (unavailable on a write, follow on reading the log, not_caught_up)",
+            ("reason",),
+            registry=inner,
+        )
+        registry.register(_WithoutCreated(inner))
+
+    def set_follower(self, applied_version: int, lag_versions: int) -> None:
+        self.version.set(_check_count("applied_version", applied_version))
+        self.lag_versions.set(_check_count("lag_versions", lag_versions))
+
+    def observe_commit(self, seconds: float) -> None:
+        self.commit_seconds.observe(_check_number("seconds", seconds))
+
+    def observe_catch_up_wait(self, seconds: float) -> None:
+        self.catch_up_wait_seconds.observe(_check_number("seconds", seconds))
+
+    def count_store_error(self, reason: str, amount: int = 1) -> None:
+        self.store_errors.labels(_check_label("reason", reason)).inc(_check_count("amount", amount))
+
+
 class MetricsCollector:
     """All hdc_* metrics of one worker, in `registry` (a fresh CollectorRegistry when none is given).
 
@@ -275,6 +335,15 @@ class MetricsCollector:
 
         self.registry.register(_WithoutCreated(inner))
         self.registry.register(_WindowCollector(self))
+        self.label_names.update(STATE_LABEL_NAMES)
+        self._state: StateMetrics | None = None
+
+    def state(self) -> StateMetrics:
+        """The state store's metrics, registered on the first call."""
+        with self._lock:
+            if self._state is None:
+                self._state = StateMetrics(self.registry)
+            return self._state
 
     # --- the seed's API ---------------------------------------------------------------------------------------
     def record_operation_duration(self, operation: str, duration_ms: float) -> None:

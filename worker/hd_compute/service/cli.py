@@ -48,13 +48,26 @@ def serve(
     body_timeout_seconds: Optional[float] = typer.Option(
         None, help="Request body deadline after its head [HDC_BODY_TIMEOUT_SECONDS, 30]"
     ),
-    state_dir: Optional[str] = typer.Option(None, help="Snapshot directory [HDC_STATE_DIR, ./hdc-state]"),
+    state_dir: Optional[str] = typer.Option(
+        None, help="SQLite state store when no database URL is given [HDC_STATE_DIR, ./hdc-state]"
+    ),
+    state_backend: Optional[str] = typer.Option(
+        None,
+        help="none, local (SQLite in the state dir) or postgres [HDC_STATE_BACKEND, postgres with a URL, else local]",
+    ),
+    database_url: Optional[str] = typer.Option(
+        None,
+        help="PostgreSQL state store of all replicas (the variable keeps a password off ps) [HDC_STATE_DATABASE_URL]",
+    ),
+    read_wait_seconds: Optional[float] = typer.Option(
+        None, help="Longest wait for an X-HDC-Min-State-Version [HDC_READ_WAIT_SECONDS, 2]"
+    ),
+    idempotency_ttl_seconds: Optional[float] = typer.Option(
+        None, help="How long an Idempotency-Key's answer is kept [HDC_IDEMPOTENCY_TTL_SECONDS, 86400]"
+    ),
     batch_max_size: Optional[int] = typer.Option(None, help="Micro-batch rows [HDC_BATCH_MAX_SIZE, 256]"),
     batch_max_wait_ms: Optional[float] = typer.Option(
         None, help="Micro-batch wait while the kernel is idle [HDC_BATCH_MAX_WAIT_MS, 0]"
-    ),
-    snapshot_interval_seconds: Optional[float] = typer.Option(
-        None, help="Also snapshot everything this often; 0 = off [HDC_SNAPSHOT_INTERVAL_SECONDS, 0]"
     ),
     health_cuda_memory_mb: Optional[float] = typer.Option(None, help="[HDC_HEALTH_CUDA_MEMORY_MB, 1000]"),
     health_memory_percent: Optional[float] = typer.Option(None, help="[HDC_HEALTH_MEMORY_PERCENT, 90]"),
@@ -81,12 +94,12 @@ def serve(
 ) -> None:
     """Serve the worker API until SIGTERM."""
     overrides = {k: v for k, v in locals().items()}
+    prefer_passive_openmp_waits()  # first: checking HDC_STATE_DATABASE_URL loads torch
     try:
         settings = WorkerSettings.from_env(overrides)
     except SettingsError as exc:
         typer.echo(f"hdc-worker: invalid configuration: {exc}", err=True)
         raise typer.Exit(2) from None
-    prefer_passive_openmp_waits()
     from .server import serve as run_server
 
     raise typer.Exit(run_server(settings))

@@ -91,6 +91,39 @@ def _optional_text(name: str, raw: Any) -> str | None:
     return text or None
 
 
+def _database_url(name: str, raw: Any) -> str | None:
+    """A PostgreSQL URL for the shared state store (the password stays in the value, never in the message)."""
+    text = _optional_text(name, raw)
+    if text is None:
+        return None
+    # imported here: the state package loads torch, which `hdc-worker serve` must not load before it has set the
+    # OpenMP wait policy (cli.prefer_passive_openmp_waits)
+    from hd_compute.state.database import parse_postgres_url
+
+    try:
+        parse_postgres_url(text)
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+    return text
+
+
+STATE_BACKENDS = ("none", "local", "postgres")  # spec.state.backend of an HDCWorkload, as HDC_STATE_BACKEND
+
+
+def _state_backend(backend: str | None, database_url: str | None) -> str:
+    """The state backend the settings describe: HDC_STATE_BACKEND, or postgres when only a URL is given, else local;
+    a URL goes with postgres and postgres needs one."""
+    if backend is None:
+        return "postgres" if database_url else "local"
+    if backend == "postgres" and not database_url:
+        raise SettingsError(
+            "HDC_STATE_BACKEND=postgres needs HDC_STATE_DATABASE_URL (the database every replica shares)"
+        )
+    if backend != "postgres" and database_url:
+        raise SettingsError(f"HDC_STATE_DATABASE_URL is read only with HDC_STATE_BACKEND=postgres, not {backend}")
+    return backend
+
+
 def _positive(name: str, raw: Any) -> float:
     return _float(name, raw, minimum=0.0, exclusive_min=True)
 
@@ -114,9 +147,12 @@ _SPEC: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "header_timeout_seconds": ("HDC_HEADER_TIMEOUT_SECONDS", _timeout),
     "body_timeout_seconds": ("HDC_BODY_TIMEOUT_SECONDS", _timeout),
     "state_dir": ("HDC_STATE_DIR", _text),
+    "state_backend": ("HDC_STATE_BACKEND", lambda n, v: _choice(n, v, STATE_BACKENDS, lower=True)),
+    "database_url": ("HDC_STATE_DATABASE_URL", _database_url),
+    "read_wait_seconds": ("HDC_READ_WAIT_SECONDS", lambda n, v: _float(n, v, minimum=0.0, maximum=60.0)),
+    "idempotency_ttl_seconds": ("HDC_IDEMPOTENCY_TTL_SECONDS", _positive),
     "batch_max_size": ("HDC_BATCH_MAX_SIZE", lambda n, v: _int(n, v, minimum=1)),
     "batch_max_wait_ms": ("HDC_BATCH_MAX_WAIT_MS", lambda n, v: _float(n, v, minimum=0.0, maximum=10_000.0)),
-    "snapshot_interval_seconds": ("HDC_SNAPSHOT_INTERVAL_SECONDS", lambda n, v: _float(n, v, minimum=0.0)),
     "health_cuda_memory_mb": ("HDC_HEALTH_CUDA_MEMORY_MB", lambda n, v: _float(n, v, minimum=0.0)),
     "health_memory_percent": ("HDC_HEALTH_MEMORY_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0)),
     "health_disk_percent": ("HDC_HEALTH_DISK_PERCENT", lambda n, v: _float(n, v, minimum=0.0, maximum=100.0)),
@@ -153,10 +189,16 @@ class WorkerSettings:
     max_allocation_bytes: int = 1 << 30  # what one request may make the worker allocate up front (new state)
     header_timeout_seconds: float = 15.0  # a connection's request head must be complete within this (keep-alive too)
     body_timeout_seconds: float = 30.0  # a request body must have arrived this long after its head, else 408
-    state_dir: str = "./hdc-state"
+    state_dir: str = "./hdc-state"  # the SQLite state store (backend local); snapshot files imported once
+    # none: no memories or classifiers (their routes answer 400 naming spec.state); local: SQLite in state_dir, one
+    # process; postgres: database_url, shared by every replica. from_env: postgres with a database URL, else local.
+    state_backend: str = "local"
+    # the PostgreSQL state store every replica shares (postgresql+psycopg://user:pw@host/db); None: SQLite in state_dir
+    database_url: str | None = field(default=None, repr=False)  # left out of repr: it may hold a password
+    read_wait_seconds: float = 2.0  # how long a read waits for the X-HDC-Min-State-Version it asks for
+    idempotency_ttl_seconds: float = 86_400.0  # how long the answer of an Idempotency-Key is kept
     batch_max_size: int = 256
     batch_max_wait_ms: float = 0.0  # an idle kernel does not wait for company; a busy one gathers (batching.py)
-    snapshot_interval_seconds: float = 0.0  # 0: snapshots only after each mutating request and at shutdown
     health_cuda_memory_mb: float = 1000.0
     health_memory_percent: float = 90.0
     health_disk_percent: float = 85.0
@@ -188,6 +230,7 @@ class WorkerSettings:
                 values[name] = parse(name.replace("_", "-"), overrides[name])
             elif env.get(var) not in (None, ""):
                 values[name] = parse(var, env[var])
+        values["state_backend"] = _state_backend(values.get("state_backend"), values.get("database_url"))
         return cls(**values)
 
     @property

@@ -1,15 +1,14 @@
-"""The worker's named entries (item memories, classifiers): one generic store for both kinds.
+"""The worker's named entries (item memories, classifiers): one view of both kinds over the state's cache.
 
-Invariants: a name maps to at most one entry; lookups of a missing name raise the 404 ApiError of its kind
-(`memory_not_found`, `classifier_not_found`) and adding a taken name the 409 `already_exists`, both naming the
-field `name`, so every route answers the same way for both kinds. Mutations run on the kernel thread (the one
-writer), reads on the event loop; each mutation is one dict operation, so a reader sees an entry whole or not at
-all.
+Invariants: the entries are the follower's cache (service/state.py), never changed here: writes go through the
+state store and reach every replica's cache by the log. A lookup of a missing name raises the 404 ApiError of its
+kind (`memory_not_found`, `classifier_not_found`), and the store's refusal of a taken name becomes the 409
+`already_exists`, both naming the field `name`, so every route answers the same way for both kinds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from .codec import ApiError
@@ -19,53 +18,46 @@ T = TypeVar("T")
 
 class NamedEntries(Generic[T]):
     """Entries of one kind by name. `kind` is the state store's kind and the error codes' prefix ("memory"),
-    `described` how a message names one ("item memory")."""
+    `described` how a message names one ("item memory"); `lookup(name)` raises LookupError for a missing name and
+    `listing()` returns every entry by name."""
 
-    def __init__(self, kind: str, described: str) -> None:
+    def __init__(
+        self, kind: str, described: str, lookup: Callable[[str], T], listing: Callable[[], Mapping[str, T]]
+    ) -> None:
         self.kind = kind
         self.described = described
-        self._entries: dict[str, T] = {}
+        self._lookup = lookup
+        self._listing = listing
 
     def get(self, name: str) -> T:
-        entry = self._entries.get(name)
-        if entry is None:
-            raise ApiError(404, f"{self.kind}_not_found", f"name: no {self.described} named {name!r}", field="name")
-        return entry
+        try:
+            return self._lookup(name)
+        except LookupError:
+            raise self.not_found(name) from None
 
-    def check_free(self, name: str) -> None:
-        """409 when `name` is taken (before anything is built or saved under it)."""
-        if name in self._entries:
-            article = "an" if self.described[0] in "aeiou" else "a"
-            raise ApiError(
-                409,
-                "already_exists",
-                f"name: {article} {self.described} named {name!r} exists; delete it first",
-                field="name",
-            )
+    def not_found(self, name: str) -> ApiError:
+        return ApiError(404, f"{self.kind}_not_found", f"name: no {self.described} named {name!r}", field="name")
 
-    def add(self, name: str, entry: T) -> None:
-        self.check_free(name)
-        self._entries[name] = entry
-
-    def remove(self, name: str) -> None:
-        self.get(name)
-        del self._entries[name]
-
-    def load(self, entries: Mapping[str, T]) -> None:
-        """Takes the entries read from the state directory at start-up."""
-        self._entries.update(entries)
+    def already_exists(self, name: str) -> ApiError:
+        article = "an" if self.described[0] in "aeiou" else "a"
+        return ApiError(
+            409,
+            "already_exists",
+            f"name: {article} {self.described} named {name!r} exists; delete it first",
+            field="name",
+        )
 
     def sorted_items(self) -> list[tuple[str, T]]:
-        return sorted(self._entries.items())
+        return sorted(self._listing().items())
 
     def values(self) -> list[T]:
-        return list(self._entries.values())
+        return list(self._listing().values())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._listing()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._listing())
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._entries))
+        return iter(list(self._listing()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import VSA_NAMES, WorkerSettings
-from .state import NAME_RE
+from .state import IDEMPOTENCY_KEY_HEADER, IDEMPOTENCY_KEY_RE, MIN_STATE_VERSION_HEADER, NAME_RE, STATE_VERSION_HEADER
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1  # integer fields: what the engine and orjson take
 MAX_DIMENSION = 1 << 24  # the largest dimension a request may ask for (HDC_DIMENSION's own bound)
@@ -117,9 +117,11 @@ _DELETED = _obj(["deleted"], deleted=_NAME)
 _ERRORS = {
     "400": "a missing or invalid field (named at the start of detail), malformed JSON or npz, a wrong shape or "
     "dimension, an unknown VSA model, or a response or allocation over the worker's limits",
-    "404": "no item memory or classifier of that name",
+    "404": "no item memory or classifier of that name (in the state served: see X-HDC-Min-State-Version)",
     "408": "the body did not arrive within HDC_BODY_TIMEOUT_SECONDS",
     "409": "already exists / empty memory / classifier not fitted",
+    "422": "idempotency_key_reused: the Idempotency-Key was used for another request (operation, path, body or "
+    "query); nothing was written",
     "413": "body (or the unpacked npz) over its limit (HDC_MAX_JSON_BODY_BYTES for JSON, HDC_MAX_BODY_BYTES)",
     "415": "a Content-Type other than application/json or application/x-npz (application/x-npy where the "
     "operation takes it), or a Content-Encoding but identity",
@@ -127,6 +129,22 @@ _ERRORS = {
     "fault (HDC_ADMIN_FAULTS)",
     "503": "a transient shortage: host or device memory (retry), or the worker failed to load its state",
 }
+_STATE_503 = (
+    "retry after Retry-After seconds: state_unavailable (the state store did not answer; a write was not "
+    "acknowledged), not_caught_up (this replica had not applied X-HDC-Min-State-Version within "
+    "HDC_READ_WAIT_SECONDS), or a transient shortage of memory"
+)
+# The operations that read the state (X-HDC-Min-State-Version) and those that write it (Idempotency-Key); both
+# answer X-HDC-State-Version.
+STATE_READS = ("memory_list", "memory_get", "memory_query", "classifier_list", "classifier_get", "classifier_predict")
+STATE_WRITES = (
+    "memory_create",
+    "memory_delete",
+    "memory_add",
+    "classifier_create",
+    "classifier_delete",
+    "classifier_fit",
+)
 _BODY = ("400", "408", "413", "415", "500", "503")  # a route that reads a body
 _NAMED = ("404", "500", "503")  # a route on /{name} that reads none
 
@@ -220,7 +238,7 @@ _OPERATIONS: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str
         "delete",
         "/v1/memories/{name}",
         "memory_delete",
-        "Delete an item memory and its snapshot",
+        "Delete an item memory",
         None,
         200,
         _DELETED,
@@ -285,7 +303,7 @@ _OPERATIONS: list[tuple[str, str, str, str, dict[str, Any] | None, int, dict[str
         "delete",
         "/v1/classifiers/{name}",
         "classifier_delete",
-        "Delete a classifier and its snapshot",
+        "Delete a classifier",
         None,
         200,
         _DELETED,
@@ -372,11 +390,41 @@ NPY_FIELDS: dict[str, str] = {
 }
 
 
-def _json(schema: dict[str, Any], description: str = "OK", *, npz: bool = False) -> dict[str, Any]:
+_VERSION_SCHEMA = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+_STATE_VERSION = {
+    "description": "the state version the answer is from: a write's committed version, or the version a read "
+    "was served from (send it as X-HDC-Min-State-Version to read your write on any replica)",
+    "schema": _VERSION_SCHEMA,
+}
+_MIN_STATE_VERSION = {
+    "name": MIN_STATE_VERSION_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "serve from at least this state version (an X-HDC-State-Version this client was answered): "
+    "waits up to HDC_READ_WAIT_SECONDS, else 503 not_caught_up; a version never committed is a 400",
+    "schema": _VERSION_SCHEMA,
+}
+_IDEMPOTENCY_KEY = {
+    "name": IDEMPOTENCY_KEY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "a retry with the same key and the same request answers the first answer without writing "
+    "again (on any replica, for HDC_IDEMPOTENCY_TTL_SECONDS); the same key with another request is a 422",
+    "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY_RE.pattern}$"},
+}
+
+
+def _json(
+    schema: dict[str, Any], description: str = "OK", *, npz: bool = False, state_version: bool | None = None
+) -> dict[str, Any]:
+    """A JSON (and npz) answer; `state_version`: True, it carries X-HDC-State-Version; False, it may."""
     content: dict[str, Any] = {"application/json": {"schema": schema}}
     if npz:
         content["application/x-npz"] = {"schema": {"type": "string", "format": "binary"}}
-    return {"description": description, "headers": _CORRELATION, "content": content}
+    headers: dict[str, Any] = dict(_CORRELATION)
+    if state_version is not None:
+        headers[STATE_VERSION_HEADER] = {**_STATE_VERSION, "required": state_version}
+    return {"description": description, "headers": headers, "content": content}
 
 
 def _operation(
@@ -391,11 +439,24 @@ def _operation(
     npz: bool = True,
 ) -> dict[str, Any]:
     error = {"$ref": _REF + "Error"}
+    parameters: list[dict[str, Any]] = [
+        {"name": "X-Correlation-ID", "in": "header", "required": False, "schema": {"type": "string"}}
+    ]
+    state: bool | None = None
+    if op_id in STATE_READS or op_id in STATE_WRITES:
+        state = True
+        extra = ("400", "503") if op_id in STATE_READS else ("400", "422", "503")
+        errors = tuple(sorted(set(errors) | set(extra)))
+        parameters.append(_MIN_STATE_VERSION if op_id in STATE_READS else _IDEMPOTENCY_KEY)
+    responses = {str(status): _json(response, npz=npz, state_version=state)}
+    for code in errors:
+        described = _STATE_503 if code == "503" and state else _ERRORS[code]
+        responses[code] = _json(error, described, state_version=False if state else None)
     operation: dict[str, Any] = {
         "operationId": op_id,
         "summary": summary,
-        "parameters": [{"name": "X-Correlation-ID", "in": "header", "required": False, "schema": {"type": "string"}}],
-        "responses": {str(status): _json(response, npz=npz), **{code: _json(error, _ERRORS[code]) for code in errors}},
+        "parameters": parameters,
+        "responses": responses,
     }
     if path_name is not None:
         parameter = {"name": "name", "in": "path", "required": True, "schema": _NAME}

@@ -56,6 +56,8 @@ class Op:
         self.held: Held | None = None  # what read() took of the worker's BodyBudget; released by the wrapper
         self.dimension: int | None = None
         self.input_count = 0
+        # headers every answer of this request carries, its errors included (X-HDC-State-Version, Retry-After)
+        self.headers: dict[str, str] = {}
 
     @property
     def settings(self) -> WorkerSettings:
@@ -120,7 +122,9 @@ def operation(name: str) -> Callable[[OpHandler], Callable[[web.Request], Awaita
         async def handler(request: web.Request) -> web.Response:
             op = Op(request.app[WORKER], request, name)
             try:
-                return await _served(op, fn)
+                response = await _served(op, fn)
+                response.headers.update(op.headers)
+                return response
             finally:
                 if op.held is not None:
                     op.held.release()

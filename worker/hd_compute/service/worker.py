@@ -1,9 +1,11 @@
 """One worker process's state and lifecycle: settings, metrics, health, the kernel thread, the micro-batcher, the
-named memories and classifiers, start-up (snapshots, then kernel warm-up), readiness and the final snapshot.
+named memories and classifiers (views of the state store's cache, service/state.py), start-up (the store, then
+kernel warm-up) and readiness.
 
-Invariants: /readyz is 200 only after the snapshots are loaded and the kernels warmed up, and never while
-shutting down or after a failed start; every mutation of the state runs on the kernel thread (KernelRunner), the
-one writer; `in_flight` counts the requests being served, which shutdown waits for.
+Invariants: /readyz is 200 only after the follower caught up with the state store and the kernels warmed up, and
+never while the store is unreachable, while shutting down or after a failed start; every change of the cache runs
+on the kernel thread (KernelRunner), the one writer; `in_flight` counts the requests being served, which shutdown
+waits for.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from hd_compute.device import resolve_device
 from hd_compute.monitoring.health import HealthChecker, HealthThresholds
 from hd_compute.monitoring.logging import get_logger
 from hd_compute.monitoring.metrics import MetricsCollector
+from hd_compute.state import CachedClassifier, CachedMemory
 from hd_compute.structures import ItemMemory
 
 from .batching import KernelRunner, MicroBatcher
 from .codec import ApiError
 from .config import WorkerSettings
 from .entries import NamedEntries
-from .state import ClassifierEntry, MemoryEntry, StateStore
+from .state import SharedState
 
 
 def log():  # noqa: ANN201 - structlog's bound logger
@@ -74,9 +77,13 @@ class Worker:
             on_batch=self.metrics.observe_batch_size,
             around_batch=around_batch,
         )
-        self.store = StateStore(settings.state_dir)
-        self.memories: NamedEntries[MemoryEntry] = NamedEntries("memory", "item memory")
-        self.classifiers: NamedEntries[ClassifierEntry] = NamedEntries("classifier", "classifier")
+        self.store = SharedState(settings, self.device, self.metrics.state())
+        self.memories: NamedEntries[CachedMemory] = NamedEntries(
+            "memory", "item memory", self.store.memory, self.store.memories
+        )
+        self.classifiers: NamedEntries[CachedClassifier] = NamedEntries(
+            "classifier", "classifier", self.store.classifier, self.store.classifiers
+        )
         self.state_loaded = asyncio.Event()
         self.warmed_up = False
         self.shutting_down = False
@@ -84,24 +91,23 @@ class Worker:
         self.in_flight = 0  # requests being served (all routes): shutdown waits for them
         self.in_flight_ops = 0  # /v1 requests only: the benchmark yields to these, not to probes and scrapes
         self._start_task: asyncio.Task[None] | None = None
-        self._periodic_task: asyncio.Task[None] | None = None
 
     # -- readiness --------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.state_loaded.is_set() and self.warmed_up and not self.shutting_down and self.startup_error is None
+        return self.not_ready_reason() is None
 
     def not_ready_reason(self) -> str | None:
         """Why /readyz answers 503, or None when the worker is ready."""
-        if self.ready:
-            return None
         if self.shutting_down:
             return "shutting down"
         if self.startup_error:
             return f"start-up failed: {self.startup_error}"
         if not self.state_loaded.is_set():
-            return "loading snapshots"
-        return "warming up kernels"
+            return self.store.not_ready_reason() or "loading the state"
+        if not self.warmed_up:
+            return "warming up kernels"
+        return self.store.not_ready_reason()
 
     def is_busy(self) -> bool:
         return self.in_flight_ops > 0
@@ -111,14 +117,18 @@ class Worker:
         self._start_task = asyncio.get_running_loop().create_task(self.start())
 
     async def start(self) -> None:
-        """Loads the snapshots, then warms the kernels up; /readyz turns 200 after both."""
+        """Opens the state store and catches up with it, then warms the kernels up; /readyz turns 200 after both."""
         try:
-            memories, classifiers = await self.runner.run(self.store.load_all, self.device)
-            self.memories.load(memories)
-            self.classifiers.load(classifiers)
+            await self.store.start(self.runner)
             self.state_loaded.set()
+            imported = self.store.imported
             log().info(
-                "state_loaded", memories=len(memories), classifiers=len(classifiers), state_dir=self.store.state_dir
+                "state_loaded",
+                backend=self.store.backend,
+                version=self.store.applied_version,
+                memories=len(self.memories),
+                classifiers=len(self.classifiers),
+                imported_snapshots=None if imported is None else imported.memories + imported.classifiers,
             )
             started = time.perf_counter()
             await self.runner.run(self.warm_up)
@@ -131,8 +141,6 @@ class Worker:
                 dimension=self.settings.dimension,
                 device=str(self.device),
             )
-            if self.settings.snapshot_interval_seconds > 0:
-                self._periodic_task = asyncio.get_running_loop().create_task(self._periodic_snapshots())
         except Exception as exc:  # the worker stays alive but never ready; /readyz says why
             self.startup_error = f"{type(exc).__name__}: {exc}"
             log().error("worker_startup_failed", error=self.startup_error)
@@ -158,50 +166,33 @@ class Worker:
             torch.cuda.synchronize(self.device)
 
     async def wait_state(self) -> None:
-        """Returns once the snapshots are loaded; 503 if the start-up failed."""
+        """Returns once the state is loaded (waiting at most HDC_READ_WAIT_SECONDS); 503 if the start-up failed
+        or the state store has not answered yet."""
         if not self.state_loaded.is_set():
-            await self.state_loaded.wait()
+            try:
+                await asyncio.wait_for(self.state_loaded.wait(), self.settings.read_wait_seconds)
+            except TimeoutError:
+                reason = self.store.not_ready_reason() or "loading the state"
+                raise ApiError(503, "state_unavailable", f"state: not loaded yet ({reason}); retry later") from None
         if self.startup_error is not None:
             raise ApiError(503, "not_ready", f"state: the worker failed to start ({self.startup_error})")
 
     # -- state -------------------------------------------------------------------------------------------------
-    async def _periodic_snapshots(self) -> None:
-        while not self.shutting_down:
-            await asyncio.sleep(self.settings.snapshot_interval_seconds)
-            try:
-                await self.runner.run(self.snapshot_all)
-            except Exception as exc:  # noqa: BLE001 - a failed periodic snapshot must not stop the worker
-                log().error("snapshot_failed", error=str(exc))
-
-    def snapshot_all(self) -> int:
-        """Writes every memory and classifier (kernel thread); returns how many files were written."""
-        count = 0
-        for name, memory in self.memories.sorted_items():
-            self.store.save_memory(name, memory)
-            count += 1
-        for name, classifier in self.classifiers.sorted_items():
-            self.store.save_classifier(name, classifier)
-            count += 1
-        return count
-
     def update_state_gauges(self) -> None:
-        """hdc_active_hypervectors and the item memories' bytes, after any change of the memories."""
+        """hdc_active_hypervectors and the item memories' bytes (at each scrape: the cache changes by the log)."""
         memories = self.memories.values()
         self.metrics.set_gauge("active_hypervectors", sum(len(e.memory) for e in memories))
         self.metrics.record_memory_usage("item_memories", sum(e.memory.vectors.nbytes for e in memories))
 
     async def stop(self) -> None:
-        """After the in-flight requests: flush the batcher, stop periodic snapshots, write the final snapshot."""
+        """After the in-flight requests: flush the batcher, stop following the store and close it."""
         self.shutting_down = True
         await self.batcher.drain()
-        for task in (self._periodic_task, self._start_task):
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if self.state_loaded.is_set() and self.startup_error is None:
-            started = time.perf_counter()
-            written = await self.runner.run(self.snapshot_all)
-            log().info("state_snapshotted", files=written, duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        if self._start_task is not None and not self._start_task.done():
+            self._start_task.cancel()
+            await asyncio.gather(self._start_task, return_exceptions=True)
+        await self.store.stop()
+        log().info("state_closed", backend=self.store.backend, version=self.store.applied_version)
         self.runner.shutdown()
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from aiohttp import web
 
 from hd_compute.hypervectors import Hypervectors
-from hd_compute.models import Centroid
+from hd_compute.state import CachedClassifier, Committed, Transaction
 from hd_compute.vsa import get_model
 
 from ..codec import ApiError, invalid
@@ -17,15 +16,14 @@ from ..openapi import MAX_CLASSES, MAX_EPOCHS, MAX_LEARNING_RATE, MIN_TEMPERATUR
 from ..operations import Op, operation, vsa_and_dimension
 from ..payload import Payload
 from ..responses import check_response_size, number_bytes
-from ..state import ClassifierEntry
-from .named import NamedKind, add_named_routes
+from .named import NamedKind, Write, add_named_routes, current, read_state, write_state
 
 routes = web.RouteTableDef()
 
 PROTOTYPE_BYTES = 8  # per element of the (num_classes, D) prototypes and the fit's per-class sums
 
 
-def _build(op: Op, p: Payload) -> Callable[[], ClassifierEntry]:
+def _build(op: Op, p: Payload, name: str) -> tuple[Write, dict[str, Any]]:
     model, dim = vsa_and_dimension(op, p)
     dimension = dim or op.settings.dimension
     num_classes = p.integer("num_classes", required=True, minimum=1, maximum=MAX_CLASSES)
@@ -36,35 +34,42 @@ def _build(op: Op, p: Payload) -> Callable[[], ClassifierEntry]:
         f"{num_classes} class prototypes of dimension {dimension}",
     )
     op.dimension = dimension
-    return lambda: ClassifierEntry(
-        Centroid(num_classes, dimension, device=op.worker.device, temperature=temperature), model.name
-    )
+    info = _described(name, model.name, dimension, num_classes, fitted=False, samples_seen=0)
+    return (lambda tx: tx.create_classifier(name, num_classes, dimension, model.name, temperature)), info
 
 
-def _info(name: str, entry: ClassifierEntry) -> dict[str, Any]:
+def _described(
+    name: str, vsa: str, dimension: int, num_classes: int, *, fitted: bool, samples_seen: int
+) -> dict[str, Any]:
     return {
         "name": name,
-        "vsa": entry.vsa,
-        "dimension": entry.model.dim,
-        "num_classes": entry.model.num_classes,
-        "fitted": entry.model.weights is not None,
-        "samples_seen": entry.samples_seen,
+        "vsa": vsa,
+        "dimension": dimension,
+        "num_classes": num_classes,
+        "fitted": fitted,
+        "samples_seen": samples_seen,
     }
 
 
-CLASSIFIERS: NamedKind[ClassifierEntry] = NamedKind(
+def _info(name: str, entry: CachedClassifier) -> dict[str, Any]:
+    model = entry.model
+    return _described(
+        name, entry.vsa, model.dim, model.num_classes, fitted=model.weights is not None, samples_seen=entry.samples_seen
+    )
+
+
+CLASSIFIERS: NamedKind[CachedClassifier] = NamedKind(
     kind="classifier",
     collection="/v1/classifiers",
     list_field="classifiers",
     entries=lambda worker: worker.classifiers,
     build=_build,
-    save=lambda worker, name, entry: worker.store.save_classifier(name, entry),
     info=_info,
 )
 add_named_routes(routes, CLASSIFIERS)
 
 
-async def _samples(op: Op, p: Payload, entry: ClassifierEntry) -> Hypervectors:
+async def _samples(op: Op, p: Payload, entry: CachedClassifier) -> Hypervectors:
     x = await p.vectors("x", get_model(entry.vsa), entry.model.dim)
     if x.data.dim() == 1:
         x = x.reshape(1)
@@ -80,10 +85,10 @@ async def _samples(op: Op, p: Payload, entry: ClassifierEntry) -> Hypervectors:
 @routes.post("/v1/classifiers/{name}/fit")
 @operation("classifier_fit")
 async def classifier_fit(op: Op) -> web.Response:
-    await op.worker.wait_state()
     name = op.path_name()
     p = await op.read()
-    entry = op.worker.classifiers.get(name)
+    await read_state(op)
+    entry = await current(op, op.worker.classifiers, name)
     x = await _samples(op, p, entry)
     y = p.labels("y")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
@@ -100,27 +105,23 @@ async def classifier_fit(op: Op) -> web.Response:
     lr = p.number("lr", 1.0, minimum=0.0, maximum=MAX_LEARNING_RATE)
     op.dimension, op.input_count = entry.model.dim, x.shape[0]
 
-    def fit() -> ClassifierEntry:
-        current = op.worker.classifiers.get(name)
-        if partial:
-            current.model.partial_fit(x, y, adaptive=adaptive, lr=lr)
-            current.samples_seen += x.shape[0]
-        else:
-            current.model.fit(x, y, epochs=epochs, adaptive=adaptive, lr=lr)
-            current.samples_seen = x.shape[0]
-        op.worker.store.save_classifier(name, current)
-        return current
+    vsa, dim, num_classes = entry.vsa, entry.model.dim, entry.model.num_classes
 
-    entry = await op.kernel(fit)
-    return await op.respond(_info(name, entry))
+    def answer(committed: Committed) -> dict[str, Any]:
+        return _described(name, vsa, dim, num_classes, fitted=True, samples_seen=committed.size)
+
+    def fit(tx: Transaction) -> Committed:
+        return tx.fit_classifier(name, x, y, partial=partial, adaptive=adaptive, epochs=epochs, lr=lr)
+
+    return await write_state(op, fit, answer)
 
 
 @routes.post("/v1/classifiers/{name}/predict")
 @operation("classifier_predict")
 async def classifier_predict(op: Op) -> web.Response:
-    await op.worker.wait_state()
     name = op.path_name()
     p = await op.read()
+    await read_state(op)
     entry = op.worker.classifiers.get(name)
     if entry.model.weights is None:
         raise ApiError(409, "not_fitted", f"name: classifier {name!r} is not fitted; POST .../fit first", field="name")

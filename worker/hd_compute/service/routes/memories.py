@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,22 +10,22 @@ import torch
 from aiohttp import web
 
 from hd_compute.hypervectors import Hypervectors
+from hd_compute.state import CachedMemory, Committed
 from hd_compute.structures import ItemMemory
 
 from ..codec import ApiError, invalid
 from ..operations import Op, count, operation, vsa_and_dimension
 from ..payload import Payload
 from ..responses import check_response_size, hypervector_bytes, number_bytes
-from ..state import MemoryEntry
 from ..worker import Worker
-from .named import NamedKind, add_named_routes
+from .named import NamedKind, Write, add_named_routes, current, read_state, write_state
 
 routes = web.RouteTableDef()
 
-INITIAL_CAPACITY = 1024  # items a new memory has room for; it grows by doubling
+INITIAL_CAPACITY = 1024  # items a memory has room for in a replica's cache when it is created (state/cache.py)
 
 
-def _build(op: Op, p: Payload) -> Callable[[], MemoryEntry]:
+def _build(op: Op, p: Payload, name: str) -> tuple[Write, dict[str, Any]]:
     model, dim = vsa_and_dimension(op, p)
     dimension = dim or op.settings.dimension
     reserved = INITIAL_CAPACITY * hypervector_bytes(model, dimension, binary=True)
@@ -36,24 +35,24 @@ def _build(op: Op, p: Payload) -> Callable[[], MemoryEntry]:
         f"an item memory of dimension {dimension} (room for {INITIAL_CAPACITY} items at creation)",
     )
     op.dimension = dimension
-    return lambda: MemoryEntry(ItemMemory(dimension, model, device=op.worker.device, initial_capacity=INITIAL_CAPACITY))
+    info = {"name": name, "vsa": model.name, "dimension": dimension, "size": 0}
+    return (lambda tx: tx.create_memory(name, dimension, model.name)), info
 
 
-def _info(name: str, entry: MemoryEntry) -> dict[str, Any]:
+def _info(name: str, entry: CachedMemory) -> dict[str, Any]:
     return {"name": name, "vsa": entry.memory.vsa.name, "dimension": entry.memory.dim, "size": len(entry.memory)}
 
 
-def _details(entry: MemoryEntry) -> dict[str, Any]:
+def _details(entry: CachedMemory) -> dict[str, Any]:
     return {"keys": list(entry.keys)} if any(entry.keys) else {}
 
 
-MEMORIES: NamedKind[MemoryEntry] = NamedKind(
+MEMORIES: NamedKind[CachedMemory] = NamedKind(
     kind="memory",
     collection="/v1/memories",
     list_field="memories",
     entries=lambda worker: worker.memories,
     build=_build,
-    save=lambda worker, name, entry: worker.store.save_memory(name, entry),
     info=_info,
     details=_details,
 )
@@ -76,10 +75,10 @@ def _as_memory_dtype(hv: Hypervectors, memory: ItemMemory, field: str) -> Hyperv
 @routes.post("/v1/memories/{name}/items")
 @operation("memory_add")
 async def memory_add(op: Op) -> web.Response:
-    await op.worker.wait_state()
     name = op.path_name()
     p = await op.read()
-    memory = op.worker.memories.get(name).memory
+    await read_state(op)
+    memory = (await current(op, op.worker.memories, name)).memory
     items = await p.vectors("vectors", memory.vsa, memory.dim)
     if items.data.dim() > 2:
         raise invalid(
@@ -94,16 +93,10 @@ async def memory_add(op: Op) -> web.Response:
         raise invalid("keys", f"must be a list of {n} strings, one per item, got {len(keys)}")
     op.dimension, op.input_count = memory.dim, n
 
-    def add() -> torch.Tensor:
-        current = op.worker.memories.get(name)
-        ids = current.memory.add(op.on_device(items))
-        current.keys.extend(keys if keys is not None else [""] * n)
-        op.worker.store.save_memory(name, current)
-        return ids
+    def answer(committed: Committed) -> dict[str, Any]:
+        return {"name": name, "ids": list(committed.ids), "size": committed.size}
 
-    ids = await op.kernel(add)
-    op.worker.update_state_gauges()
-    return await op.respond({"name": name, "ids": ids, "size": len(memory)})
+    return await write_state(op, lambda tx: tx.add_items(name, items, keys), answer)
 
 
 def _query_batch(
@@ -139,9 +132,9 @@ def _query_batch(
 @routes.post("/v1/memories/{name}/query")
 @operation("memory_query")
 async def memory_query(op: Op) -> web.Response:
-    await op.worker.wait_state()
     name = op.path_name()
     p = await op.read()
+    await read_state(op)
     memory = op.worker.memories.get(name).memory
     queries = await p.vectors("queries", memory.vsa, memory.dim)
     k = p.integer("k", 1, minimum=1)

@@ -1,8 +1,9 @@
 """Probes and read-only endpoints: /livez, /readyz, /health, /metrics, /openapi.json.
 
 /livez answers without touching the worker's state (the kubelet restarts a worker whose loop is stuck, nothing
-else); /readyz is 200 only when the worker can serve (see Worker.not_ready_reason); /health runs the seed's
-checks and /metrics the exposition on a thread, since both read the system.
+else, so an unreachable state store never fails it); /readyz is 200 only when the worker can serve (see
+Worker.not_ready_reason: caught up with the state store, which answers); /health runs the seed's checks and adds
+`state` (backend, applied version, lag), and /metrics the exposition on a thread, since both read the system.
 """
 
 from __future__ import annotations
@@ -34,13 +35,18 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/health")
 async def health(request: web.Request) -> web.Response:
-    result = await asyncio.to_thread(request.app[WORKER].health.check_all)
+    worker = request.app[WORKER]
+    result = await asyncio.to_thread(worker.health.check_all)
+    result["state"] = worker.store.status()  # the state backend, its applied version and lag (an added field)
     return web.json_response(result, status=http_status(result))
 
 
 @routes.get("/metrics")
 async def metrics_route(request: web.Request) -> web.Response:
-    body, content_type = await asyncio.to_thread(request.app[WORKER].metrics.exposition)
+    worker = request.app[WORKER]
+    worker.store.status()  # sets the state gauges (hdc_state_version, hdc_state_lag_versions)
+    worker.update_state_gauges()
+    body, content_type = await asyncio.to_thread(worker.metrics.exposition)
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response
