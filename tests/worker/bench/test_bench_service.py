@@ -127,12 +127,24 @@ def test_service_bench_tiny_run_reports_every_row_and_correct_answers(tmp_path):
             a - b for a, b in zip(o["loop_cpu_us_on"], o["loop_cpu_us_off"], strict=True) if b
         ]
 
+    # the client's overhead against raw aiohttp requests, single queries and the first batched load, per VSA
+    assert [(o["vsa"], o["queries_per_request"]) for o in report["client_overheads"]] == [
+        (v, q) for v in ("MAP", "BSC") for q in (1, 64)
+    ]
+    for o in report["client_overheads"]:
+        assert o["qps_raw"] > 0 and o["qps_client"] > 0 and len(o["overhead_paired"]) == 2
+        assert o["ratio"] == pytest.approx(o["qps_client"] / o["qps_raw"])
+        assert o["ceiling"] == (0.10 if o["queries_per_request"] == 1 else 0.03)
+        assert o["meets_ceiling"] == (o["overhead_paired_median"] <= o["ceiling"])
+        assert o["client_cpu_us_raw"] > 0 and o["client_cpu_us_client"] > 0
+
     assert len(report["machine"]["load_average"]["start"]) == 3 and "in_process" in report["machine"]["omp_wait_policy"]
     text = service_markdown(report)
     assert "| MAP | single query | batching off, observability on |" in text and "overhead" in text
     assert "vs batched in-process" in text and "Load average" in text and "CPU µs/query" in text
     assert "paired ratio: median (rounds)" in text and "event-loop CPU µs/request on / off (paired)" in text
     assert "2 worker processes per setting" in text
+    assert "| MAP | single | 4 |" in text and "client CPU µs/request raw / client" in text
     json.dumps(report)  # --json writes it as is
 
 
@@ -174,3 +186,4 @@ def test_service_flag_on_the_bench_command(tmp_path):
     assert report["answers_correct"] and report["config"]["threads"] == 1
     assert {r["vsa"] for r in report["rows"]} == {"BSC"}
     assert "hdc-bench --service" in result.output and "overhead" in md.read_text()
+    assert "hd_compute.client (AsyncClient) vs raw aiohttp" in result.output

@@ -29,6 +29,13 @@ noisy copies of stored items (25 % of the dimensions flipped), so each has one r
 every worker's top-1 answers (sent concurrently, so they go through the batcher) are checked against it and
 against the in-process search.
 
+The client's overhead (issue 20): the single-query and the first batched load again on the default worker,
+through hd_compute.client's AsyncClient (memory_query of query rows: the client encodes each call's .npy body and
+reads the answer into tensors) and as raw aiohttp requests of pre-encoded .npy bodies (the baseline), the two
+alternating round by round; the median of the rounds' 1 - client q/s / raw q/s is judged against
+CLIENT_SINGLE_CEILING and CLIENT_BATCHED_CEILING. The raw path stays only as that baseline and for the loads
+above; the answers are checked, the workers probed and their metrics read through the client.
+
 This module is over 400 lines because it is one procedure (workers, loads, baselines, verdicts) that reads top to
 bottom; what it prints and writes is in service_report.py.
 """
@@ -36,7 +43,6 @@ bottom; what it prints and writes is in service_report.py.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import io
 import json
 import os
@@ -55,6 +61,7 @@ import numpy as np
 import torch
 
 import hd_compute as hd
+from hd_compute.client import AsyncClient, Client, ClientError, RetryPolicy
 from hd_compute.hypervectors import Hypervectors
 from hd_compute.structures import ItemMemory
 
@@ -66,6 +73,12 @@ BATCHED_FLOOR = 0.70  # requests of >= 64 queries
 SINGLE_FLOOR = 0.50  # single-query requests, micro-batching on
 SINGLE_OVERHEAD_CEILING = 0.15  # single-query requests: the per-request observability is a visible share of each
 BATCHED_OVERHEAD_CEILING = 0.05  # requests of >= 64 queries: it is spread over their queries
+
+
+# The client's ceilings: throughput lost by going through hd_compute.client's AsyncClient instead of a raw aiohttp
+# request with a pre-encoded body, per load (issue 20).
+CLIENT_SINGLE_CEILING = 0.10
+CLIENT_BATCHED_CEILING = 0.03
 
 
 def overhead_ceiling(queries_per_request: int) -> float:
@@ -143,31 +156,28 @@ class ServiceWorker:
             stderr=subprocess.STDOUT,
         )
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker {self.name} exited early:\n{self.log_tail()}")
-            try:
-                if self.get("/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
+        with Client(self.url, timeout=30, retry=RetryPolicy(attempts=1)) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"worker {self.name} exited early:\n{self.log_tail()}")
+                try:
+                    if client.ready().ready:
+                        return
+                except ClientError:
+                    pass
+                time.sleep(0.1)
         raise RuntimeError(f"worker {self.name} never became ready:\n{self.log_tail()}")
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
 
     def batch_counts(self) -> tuple[float, float]:
         """(kernel calls, query rows) so far, from hdc_batch_size_distribution."""
-        text = self.get("/metrics")[1].decode()
+        with Client(self.url, timeout=30) as client:
+            text = client.metrics()
         count = re.search(r"^hdc_batch_size_distribution_count(?:\{[^}]*\})? (\S+)$", text, re.M)
         total = re.search(r"^hdc_batch_size_distribution_sum(?:\{[^}]*\})? (\S+)$", text, re.M)
         return (float(count.group(1)) if count else 0.0, float(total.group(1)) if total else 0.0)
@@ -211,6 +221,7 @@ class Dataset:
     memory: ItemMemory
     queries: Hypervectors  # (n, ) noisy copies of items[targets]
     targets: torch.Tensor
+    items: Hypervectors  # what `memory` holds, in order: what each worker's state store is seeded with
 
     @property
     def name(self) -> str:
@@ -232,7 +243,7 @@ def make_dataset(vsa: str, cfg: ServiceConfig, n_queries: int) -> Dataset:
     else:  # MAP ±1: flip where both noise vectors are -1 (25 %)
         flip = (noise_a < 0) & (noise_b < 0)
         noisy = torch.where(flip, -clean, clean)
-    return Dataset(vsa, memory, Hypervectors(noisy.contiguous(), memory.vsa, cfg.dimension), targets)
+    return Dataset(vsa, memory, Hypervectors(noisy.contiguous(), memory.vsa, cfg.dimension), targets, items)
 
 
 BODY_TYPES = {"npy": "application/x-npy", "npz": "application/x-npz"}
@@ -265,18 +276,31 @@ def headers(body: str) -> dict[str, str]:
 
 async def _drive(
     port: int,
-    path: str,
-    bodies: list[bytes],
+    memory: str,
+    items: list,
     queries_per_request: int,
     clients: int,
     seconds: float,
     max_requests: int,
     warmup: int,
     body_format: str,
+    via_client: bool = False,
 ) -> dict:
-    """`clients` concurrent loops posting bodies round-robin, until `seconds` or `max_requests`."""
+    """`clients` concurrent loops querying memory `memory` (k=1) with `items` round-robin, until `seconds` or
+    `max_requests`: raw aiohttp posts of pre-encoded bodies (`items` are bodies in `body_format`), or, with
+    `via_client`, AsyncClient.memory_query calls (`items` are query rows, encoded by the client on each call, as a
+    caller's would be)."""
     import aiohttp
 
+    if via_client:
+        async with AsyncClient(f"http://127.0.0.1:{port}", pool_size=clients, timeout=120) as client:
+
+            async def query(rows: Hypervectors) -> None:
+                await client.memory_query(memory, rows, k=1)
+
+            return await _loops(query, items, queries_per_request, clients, seconds, max_requests, warmup)
+
+    path = f"/v1/memories/{memory}/query?k=1"
     url = f"http://127.0.0.1:{port}{path}"
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -288,25 +312,32 @@ async def _drive(
                 if response.status != 200:
                     raise RuntimeError(f"POST {path}: {response.status} {payload[:300]!r}")
 
-        # Warm-up: opens the connections and lets the batcher see the load.
-        warmup = max(warmup, clients)
-        await asyncio.gather(*(post(bodies[i % len(bodies)]) for i in range(warmup)))
-        latencies: list[float] = []
-        issued = 0
-        started = time.perf_counter()
-        deadline = started + seconds
+        return await _loops(post, items, queries_per_request, clients, seconds, max_requests, warmup)
 
-        async def client() -> None:
-            nonlocal issued
-            while issued < max_requests and time.perf_counter() < deadline:
-                body = bodies[issued % len(bodies)]
-                issued += 1
-                t0 = time.perf_counter()
-                await post(body)
-                latencies.append(time.perf_counter() - t0)
 
-        await asyncio.gather(*(client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+async def _loops(
+    send, items: list, queries_per_request: int, clients: int, seconds: float, max_requests: int, warmup: int
+) -> dict:
+    """The warm-up (it opens the connections and lets the batcher see the load), then `clients` loops awaiting
+    `send(item)` with `items` round-robin until `seconds` or `max_requests`; each request's latency."""
+    warmup = max(warmup, clients)
+    await asyncio.gather(*(send(items[i % len(items)]) for i in range(warmup)))
+    latencies: list[float] = []
+    issued = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def loop() -> None:
+        nonlocal issued
+        while issued < max_requests and time.perf_counter() < deadline:
+            item = items[issued % len(items)]
+            issued += 1
+            t0 = time.perf_counter()
+            await send(item)
+            latencies.append(time.perf_counter() - t0)
+
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    elapsed = time.perf_counter() - started
     return {
         "requests": len(latencies),
         "queries": len(latencies) * queries_per_request,
@@ -319,24 +350,30 @@ async def _drive(
 def drive(
     worker: ServiceWorker,
     dataset: Dataset,
-    bodies: list[bytes],
+    items: list,
     queries_per_request: int,
     clients: int,
     cfg: ServiceConfig,
+    *,
+    via_client: bool = False,
+    body: str | None = None,
 ) -> dict:
+    """One measured load (see _drive: `items` are bodies, or query rows `via_client`); `body`: the raw bodies'
+    format when it is not cfg.body."""
     calls_before, rows_before = worker.batch_counts()
     worker_cpu, loop_cpu, client_cpu = worker.cpu_seconds(), worker.loop_cpu_seconds(), time.process_time()
     result = asyncio.run(
         _drive(
             worker.port,
-            f"/v1/memories/{dataset.name}/query?k=1",
-            bodies,
+            dataset.name,
+            items,
             queries_per_request,
             clients,
             cfg.seconds,
             cfg.max_requests,
             warmup=2 * clients,
-            body_format=cfg.body,
+            body_format=body or cfg.body,
+            via_client=via_client,
         )
     )
     # CPU seconds of the worker (all threads, and its event loop's thread) and of the clients (this process) over
@@ -352,22 +389,11 @@ def drive(
     return result
 
 
-async def _answers(port: int, path: str, bodies: list[bytes], body_format: str) -> list[list[int]]:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session:
-
-        async def one(body: bytes) -> list[int]:
-            async with session.post(
-                f"http://127.0.0.1:{port}{path}", data=body, headers=headers(body_format)
-            ) as response:
-                payload = await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"POST {path}: {response.status} {payload[:300]!r}")
-                indices = np.asarray(json.loads(payload)["indices"]).reshape(-1)
-                return indices.tolist()
-
-        return await asyncio.gather(*(one(b) for b in bodies))
+async def _answers(port: int, memory: str, batches: list[Hypervectors]) -> list[list[int]]:
+    """The top-1 item of each query of each batch, the batches sent concurrently through the client."""
+    async with AsyncClient(f"http://127.0.0.1:{port}", timeout=120) as client:
+        results = await asyncio.gather(*(client.memory_query(memory, rows, k=1) for rows in batches))
+    return [r.indices.reshape(-1).tolist() for r in results]
 
 
 def check_answers(worker: ServiceWorker, dataset: Dataset, cfg: ServiceConfig, singles: int = 16) -> dict:
@@ -375,8 +401,7 @@ def check_answers(worker: ServiceWorker, dataset: Dataset, cfg: ServiceConfig, s
     n = dataset.queries.shape[0]
     batch = min(max(cfg.batch_sizes), n)
     picks = [(0, batch)] + [(i, i + 1) for i in range(min(singles, n))]
-    bodies = [query_body(dataset.queries.data[a:b], cfg.body) for a, b in picks]
-    got = asyncio.run(_answers(worker.port, f"/v1/memories/{dataset.name}/query?k=1", bodies, cfg.body))
+    got = asyncio.run(_answers(worker.port, dataset.name, [dataset.queries[a:b] for a, b in picks]))
     expected = dataset.memory.search(dataset.queries, k=1).indices.reshape(-1).cpu()
     checked = mismatches = 0
     for (a, b), answer in zip(picks, got, strict=True):
@@ -422,14 +447,15 @@ import json, sys
 import torch
 from hd_compute.bench.service import Dataset, ServiceConfig, in_process_cost
 from hd_compute.hypervectors import Hypervectors
-from hd_compute.service.state import StateStore
+from hd_compute.state import StateStore
 args = json.loads(sys.argv[1])
 cfg = ServiceConfig(**args["config"])
 torch.set_num_threads(cfg.threads)
-memories, _ = StateStore(args["state_dir"]).load_all(torch.device(cfg.device))
-memory = memories[args["name"]].memory
+store = StateStore.open(state_dir=args["state_dir"])
+memory = store.load_cache(torch.device(cfg.device)).memories[args["name"]].memory
+store.close()
 queries = Hypervectors(torch.load(args["queries"], weights_only=True), memory.vsa, cfg.dimension)
-dataset = Dataset(args["vsa"], memory, queries, torch.zeros(0))
+dataset = Dataset(args["vsa"], memory, queries, torch.zeros(0), queries)
 print(json.dumps({str(q): in_process_cost(dataset, q, cfg) for q in args["per_call"]}))
 """
 
@@ -542,6 +568,47 @@ def ab_order(round_index: int) -> tuple[str, str]:
     return ("default", "quiet") if round_index % 2 == 0 else ("quiet", "default")
 
 
+def client_order(round_index: int) -> tuple[str, str]:
+    """The raw and the client path in the order round `round_index` drives them (alternating, as ab_order)."""
+    return ("raw", "client") if round_index % 2 == 0 else ("client", "raw")
+
+
+def client_overhead(vsa: str, scenario: str, queries_per_request: int, clients: int, runs: dict[str, list]) -> dict:
+    """The client's cost on one load: throughput through AsyncClient vs raw aiohttp requests, round by round
+    (each round's pair ran back to back on the same worker: the median of their ratios is the verdict), and
+    this process's CPU per request on each path (where the client's own work shows)."""
+
+    def qps(results: list[dict]) -> float:
+        seconds = sum(r["seconds"] for r in results)
+        return sum(r["queries"] for r in results) / seconds if seconds > 0 else 0.0
+
+    def cpu_us(result: dict) -> float:
+        return result["client_cpu_s"] / (result["requests"] + result["warmup_requests"]) * 1e6
+
+    raw, client = runs["raw"], runs["client"]
+    paired = [1 - qps([c]) / qps([r]) for r, c in zip(raw, client, strict=True) if qps([r]) > 0]
+    median = statistics.median(paired) if paired else float("nan")
+    ceiling = CLIENT_SINGLE_CEILING if queries_per_request == 1 else CLIENT_BATCHED_CEILING
+    return {
+        "vsa": vsa,
+        "scenario": scenario,
+        "queries_per_request": queries_per_request,
+        "clients": clients,
+        "qps_raw": qps(raw),
+        "qps_client": qps(client),
+        "ratio": qps(client) / qps(raw) if qps(raw) else float("nan"),
+        "overhead": 1 - qps(client) / qps(raw) if qps(raw) else float("nan"),
+        "overhead_paired": paired,
+        "overhead_paired_median": median,
+        "client_cpu_us_raw": statistics.median(cpu_us(r) for r in raw),
+        "client_cpu_us_client": statistics.median(cpu_us(c) for c in client),
+        "p50_ms_raw": _percentile([x for r in raw for x in r["latencies"]], 50) * 1e3,
+        "p50_ms_client": _percentile([x for c in client for x in c["latencies"]], 50) * 1e3,
+        "ceiling": ceiling,
+        "meets_ceiling": median <= ceiling,
+    }
+
+
 def ab_process(setting: str, round_index: int, copies: int) -> str:
     """Which of the `copies` worker processes of `setting` round `round_index` drives: "default", "default-2",
     ... cyclically. Processes of one version and setting differ by a few per cent in event-loop CPU per request
@@ -560,7 +627,8 @@ def worker_processes(copies: int) -> dict[str, dict[str, str]]:
 
 
 def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path | None = None) -> dict:
-    from hd_compute.service.state import MemoryEntry, StateStore
+    from hd_compute.state import StateStore
+    from hd_compute.state.database import DATABASE_FILE
 
     torch.set_num_threads(cfg.threads)
     load_start = [round(x, 2) for x in os.getloadavg()]  # other users of a shared machine show up here
@@ -573,19 +641,20 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
         for vsa in cfg.vsas:
             log(f"{vsa}: {cfg.items} items, D={cfg.dimension}")
             datasets[vsa] = make_dataset(vsa, cfg, n_queries)
-        first = root / "state-default"
-        store = StateStore(str(first))
-        for dataset in datasets.values():
-            store.save_memory(dataset.name, MemoryEntry(dataset.memory))
+        # every worker's SQLite store is a copy of this one (a state directory has one process: the in-process
+        # baseline's child reads this seed, not a worker's)
+        first = root / "state-seed"
+        store = StateStore.open(state_dir=str(first))
+        try:
+            for dataset in datasets.values():
+                store.create_memory(dataset.name, cfg.dimension, dataset.vsa)
+                store.add_items(dataset.name, dataset.items.to("cpu"))
+        finally:
+            store.close()
         for name, env in worker_processes(cfg.ab_workers).items():
             state_dir = root / f"state-{name}"
-            if state_dir != first:  # the same snapshot files, linked (or copied) into each worker's directory
-                (state_dir / "memories").mkdir(parents=True, exist_ok=True)
-                for path in (first / "memories").glob("*.pt"):
-                    try:
-                        os.link(path, state_dir / "memories" / path.name)
-                    except OSError:
-                        shutil.copy2(path, state_dir / "memories" / path.name)
+            state_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(first / DATABASE_FILE, state_dir / DATABASE_FILE)
             workers[name] = ServiceWorker(name, state_dir, root / f"worker-{name}.log", env)
         log(f"starting workers {', '.join(workers)} ({cfg.threads} torch threads each)")
         for worker in workers.values():
@@ -593,7 +662,7 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
         for worker in workers.values():
             worker.wait_ready()
 
-        rows, overheads, checks = [], [], []
+        rows, overheads, checks, client_overheads = [], [], [], []
         for vsa, dataset in datasets.items():
             for name, worker in workers.items():
                 result = check_answers(worker, dataset, cfg)
@@ -672,6 +741,34 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
                         "meets_ceiling": (paired_median if paired else overhead) <= overhead_ceiling(q),
                     }
                 )
+            # The client's overhead: the same loads through AsyncClient and as raw aiohttp requests of pre-encoded
+            # .npy bodies (the client's own transport for a query), alternating, on the default worker.
+            q0 = cfg.batch_sizes[0]
+            query_rows = {
+                1: [dataset.queries[i : i + 1] for i in range(data.shape[0])],
+                q0: [
+                    dataset.queries[:q0],
+                    Hypervectors(torch.roll(data, q0 // 2, 0)[:q0], dataset.memory.vsa, cfg.dimension),
+                ],
+            }
+            for scenario, q, clients in (("single", 1, cfg.single_clients), (f"batched {q0}", q0, cfg.batch_clients)):
+                items = {"client": query_rows[q], "raw": [query_body(r.data, "npy") for r in query_rows[q]]}
+                paths: dict[str, list] = {"raw": [], "client": []}
+                for round_index in range(cfg.rounds):
+                    for via in client_order(round_index):
+                        log(f"{vsa}: {scenario} x {clients} clients on default, {via}")
+                        run = drive(
+                            workers["default"],
+                            dataset,
+                            items[via],
+                            q,
+                            clients,
+                            cfg,
+                            via_client=via == "client",
+                            body="npy",
+                        )
+                        paths[via].append(run)
+                client_overheads.append(client_overhead(vsa, scenario, q, clients, paths))
             for q in cfg.batch_sizes:
                 if f"batched {q}" in ab_rows:
                     rows.append(ab_rows[f"batched {q}"][0])
@@ -755,11 +852,14 @@ def run_service_bench(cfg: ServiceConfig, *, log=print, work_dir: pathlib.Path |
         "checks": checks,
         "rows": rows,
         "overheads": overheads,
+        "client_overheads": client_overheads,
         "floors": {
             "batched": BATCHED_FLOOR,
             "single": SINGLE_FLOOR,
             "observability_overhead_single": SINGLE_OVERHEAD_CEILING,
             "observability_overhead_batched": BATCHED_OVERHEAD_CEILING,
+            "client_overhead_single": CLIENT_SINGLE_CEILING,
+            "client_overhead_batched": CLIENT_BATCHED_CEILING,
         },
         "answers_correct": all(c["mismatches"] == 0 for c in checks),
     }

@@ -101,17 +101,64 @@ def print_service_report(report: dict, console) -> None:
             f"{o['p50_ms_off']:.2f}",
         )
     console.print(table)
+    _print_client_overheads(report, console)
     checked = sum(c["checked"] for c in report["checks"])
     wrong = sum(c["mismatches"] for c in report["checks"])
     console.print(f"answers: {checked} top-1 results checked against the in-process search, {wrong} mismatches")
     missed = [r for r in report["rows"] if r["meets_floor"] is False] + [
-        o for o in report["overheads"] if not o["meets_ceiling"]
+        o for o in report["overheads"] + report.get("client_overheads", []) if not o["meets_ceiling"]
     ]
     if missed:
         console.print(
             f"[yellow]{len(missed)} service floor(s) missed (reported, not an error: timings on a shared "
             f"machine vary)[/]"
         )
+
+
+CLIENT_COLUMNS = (
+    "VSA",
+    "load",
+    "clients",
+    "q/s raw",
+    "q/s client",
+    "client / raw",
+    "overhead",
+    "ceiling",
+    "paired rounds (median)",
+    "client CPU µs/request raw / client",
+    "p50 ms raw",
+    "p50 ms client",
+)
+
+
+def _client_cells(o: dict, markdown: bool = False) -> list[str]:
+    """One row of the client-overhead table."""
+    mark = ("met" if o["meets_ceiling"] else "MISSED") if markdown else ("✓" if o["meets_ceiling"] else "✗")
+    return [
+        o["vsa"],
+        o["scenario"],
+        str(o["clients"]),
+        f"{o['qps_raw']:,.0f}",
+        f"{o['qps_client']:,.0f}",
+        f"{o['ratio']:.1%}",
+        f"{o['overhead']:+.1%}",
+        f"{mark} ≤ {o['ceiling']:.0%}",
+        _paired_text(o),
+        f"{o['client_cpu_us_raw']:,.0f} / {o['client_cpu_us_client']:,.0f}",
+        f"{o['p50_ms_raw']:.2f}",
+        f"{o['p50_ms_client']:.2f}",
+    ]
+
+
+def _print_client_overheads(report: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title="hd_compute.client (AsyncClient) vs raw aiohttp requests, measured alternately")
+    for column in CLIENT_COLUMNS:
+        table.add_column(column, justify="left" if column in ("VSA", "load") else "right")
+    for o in report.get("client_overheads", []):
+        table.add_row(*_client_cells(o))
+    console.print(table)
 
 
 def _cpu_text(row: dict) -> str:
@@ -207,6 +254,17 @@ def service_markdown(report: dict) -> str:
             f"{o['overhead']:+.1%} | {verdict}: ≤ {o['ceiling']:.0%} | {_paired_text(o)} | "
             f"{_loop_cpu_text(o)} |"
         )
+    lines += [
+        "",
+        "Client overhead: the same memory queries through `hd_compute.client.AsyncClient` (which encodes each "
+        "query, sends it as .npy and reads the answer into tensors) and as raw aiohttp requests of pre-encoded .npy "
+        "bodies, alternating round by round on the default worker; overhead = 1 - client q/s / raw q/s, judged on "
+        "the median of the back-to-back pairs; client CPU: this process's CPU per request on each path.",
+        "",
+        "| " + " | ".join(CLIENT_COLUMNS) + " |",
+        "|---|---|" + "---:|" * 5 + "---|---|" + "---:|" * 3,
+    ]
+    lines += ["| " + " | ".join(_client_cells(o, True)) + " |" for o in report.get("client_overheads", [])]
     checked = sum(c["checked"] for c in report["checks"])
     wrong = sum(c["mismatches"] for c in report["checks"])
     lines += ["", f"Answers: {checked} top-1 results checked against the in-process search, {wrong} mismatches."]
