@@ -72,6 +72,7 @@ SERVER_ERROR_CODES = (
     "insufficient_memory",
     "not_ready",
     "injected_fault",
+    "state_unavailable",
 )
 
 # The continuous benchmark's tests, the `test` label of hdc_benchmark_* (the worker schedules these; a test keeps
@@ -90,6 +91,10 @@ BURN_RATE_WINDOWS = (
 )
 SLO_WINDOWS = ("5m", "30m", "1h", "6h", "3d")
 
+# How long a replica may know of a committed state version it has not applied (hdc_state_lag_seconds) before
+# HDC_StateReplicaLagging: a follower polls the log every second, so a healthy replica stays far below.
+STATE_LAG_SECONDS = 30.0
+
 ALERT_NAMES = (
     "HDC_HighLatency",
     "HDC_HighMemoryUsage",
@@ -97,6 +102,8 @@ ALERT_NAMES = (
     "HDC_HighErrorRate",
     "HDC_WorkerDown",
     "HDC_WorkersAbsent",
+    "HDC_StateReplicaLagging",
+    "HDC_StateStoreUnreachable",
     "HDC_BenchmarkRegression",
     "HDC_BaselineLatencyExceeded",
     "HDC_BaselineThroughputBelowMinimum",
@@ -329,6 +336,8 @@ def _core_alerts(ctx: SpecContext) -> list[Rule]:
             description=f"Prometheus has no scrape target of workload {ctx.namespace}/{ctx.name} for 5 minutes",
         )
     )
+    if ctx.get("state.backend") != "none":  # without a state store the state gauges mean nothing
+        rules += _state_alerts(ctx)
     if ctx.get("continuousBenchmark.enabled"):
         threshold = ctx.number("continuousBenchmark.degradationThreshold")
         rules.append(
@@ -347,6 +356,36 @@ def _core_alerts(ctx: SpecContext) -> list[Rule]:
             )
         )
     return rules
+
+
+def _state_alerts(ctx: SpecContext) -> list[Rule]:
+    """A replica that follows the state store too slowly, and one that cannot read it (docs/state.md)."""
+    sel = ctx.sel
+    return [
+        ctx.alert(
+            "HDC_StateReplicaLagging",
+            f"max by (namespace, workload, pod) (hdc_state_lag_seconds{{{sel}}}) > {promql_number(STATE_LAG_SECONDS)}",
+            for_="2m",
+            severity="warning",
+            summary="An HD-Compute replica serves an old state",
+            description=(
+                f"{{{{ $labels.pod }}}} has known of state versions it has not applied for "
+                f"{{{{ $value | humanizeDuration }}}} (threshold {promql_number(STATE_LAG_SECONDS)}s); reads "
+                f"without a version token see old memories and classifiers there"
+            ),
+        ),
+        ctx.alert(
+            "HDC_StateStoreUnreachable",
+            f"max by (namespace, workload, pod) (hdc_state_store_reachable{{{sel}}}) == 0",
+            for_="1m",
+            severity="critical",
+            summary="An HD-Compute replica cannot reach its state store",
+            description=(
+                "{{ $labels.pod }} has not read the state store's log for 1 minute (reachable = {{ $value }}): "
+                "its writes answer 503 state_unavailable and it is not ready"
+            ),
+        ),
+    ]
 
 
 def _baseline_alerts(ctx: SpecContext) -> list[Rule]:

@@ -110,8 +110,10 @@ def promtool_test(
 
 # --- promtool check rules -------------------------------------------------------------------------------
 
+STATEFUL_SPEC = spec_with(**{"state.backend": "postgres"})  # a workload with a state store: the state alerts
 SPECS = {
     "defaults": spec_with(),
+    "stateful": STATEFUL_SPEC,
     "seed-baselines": spec_with(baselines=SEED_BASELINES),
     "cpu-only-no-benchmark": spec_with(**{"resources.gpus": 0, "continuousBenchmark.enabled": False}),
     "odd-slo": spec_with(
@@ -330,6 +332,69 @@ def test_workers_absent_fires_when_no_target_is_scraped(tmp_path):
             ),
         ],
     )
+
+
+def test_state_replica_lagging_fires_after_two_minutes_over_thirty_seconds(tmp_path):
+    promtool_test(
+        tmp_path,
+        STATEFUL_SPEC,
+        [
+            series("hdc_state_lag_seconds", "0 0 40 100 160 220 280 0", pod="p1"),
+            series("hdc_state_lag_seconds", "0 1 0 2 0 1 0 0", pod="p2"),  # a healthy follower's small lags
+        ],
+        [
+            ("3m", "HDC_StateReplicaLagging", []),  # over the threshold since 2m
+            (
+                "5m",
+                "HDC_StateReplicaLagging",
+                [
+                    firing(
+                        "HDC_StateReplicaLagging",
+                        "p1 has known of state versions it has not applied for 3m 40s (threshold 30s); reads without "
+                        "a version token see old memories and classifiers there",
+                        pod="p1",
+                    )
+                ],
+            ),
+            ("7m", "HDC_StateReplicaLagging", []),  # caught up
+        ],
+    )
+
+
+def test_state_store_unreachable_fires_after_a_minute(tmp_path):
+    promtool_test(
+        tmp_path,
+        STATEFUL_SPEC,
+        [
+            series("hdc_state_store_reachable", "1 1 0 0 0 1 1", pod="p1"),
+            series("hdc_state_store_reachable", "1x6", pod="p2"),
+        ],
+        [
+            ("2m", "HDC_StateStoreUnreachable", []),
+            (
+                "3m",
+                "HDC_StateStoreUnreachable",
+                [
+                    firing(
+                        "HDC_StateStoreUnreachable",
+                        "p1 has not read the state store's log for 1 minute (reachable = 0): its writes answer 503 "
+                        "state_unavailable and it is not ready",
+                        pod="p1",
+                    )
+                ],
+            ),
+            ("5m", "HDC_StateStoreUnreachable", []),  # reachable again
+        ],
+    )
+
+
+def test_state_alerts_are_not_generated_without_a_state_backend():
+    names = {r.get("alert") for g in build_rule_groups(WL, NS, spec_with()) for r in g["rules"]}
+    assert not names & {"HDC_StateReplicaLagging", "HDC_StateStoreUnreachable"}
+    local = {
+        r.get("alert") for g in build_rule_groups(WL, NS, spec_with(**{"state.backend": "local"})) for r in g["rules"]
+    }
+    assert {"HDC_StateReplicaLagging", "HDC_StateStoreUnreachable"} <= local
 
 
 def test_benchmark_regression_uses_the_degradation_threshold(tmp_path):
@@ -724,7 +789,7 @@ def test_every_selector_is_scoped_to_the_workload(case):
 
 
 def test_every_alert_has_a_runbook_and_is_listed():
-    spec = spec_with(baselines=SEED_BASELINES)
+    spec = spec_with(baselines=SEED_BASELINES, **{"state.backend": "postgres"})
     generated = {r["alert"] for r in _all_rules(spec) if "alert" in r}
     assert generated == set(ALERT_NAMES)
     for name in ALERT_NAMES:

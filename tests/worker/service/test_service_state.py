@@ -127,6 +127,9 @@ async def test_health_and_metrics_report_the_state(client):
     assert (state["backend"], state["version"], state["lag_versions"], state["caught_up"]) == ("sqlite", 1, 0, True)
     text = await (await client.get("/metrics")).text()
     assert "hdc_state_version 1.0" in text and "hdc_state_lag_versions 0.0" in text
+    assert "hdc_state_lag_seconds 0.0" in text and "hdc_state_store_reachable 1.0" in text
+    catch_up = next(line for line in text.splitlines() if line.startswith("hdc_state_catch_up_seconds "))
+    assert float(catch_up.split()[1]) > 0  # the start-up's catch-up, before ready
 
 
 @pytest.mark.asyncio

@@ -330,6 +330,7 @@ def test_store_outage_fails_writes_and_readiness_not_liveness_and_recovers(tmp_p
             assert status == 200 and info["size"] == 0
             wait_until(lambda: call(a, "GET", "/readyz")[0] == 503, what="/readyz to turn 503 without the store")
             assert "state store" in call(a, "GET", "/readyz")[2]["reason"]
+            assert "hdc_state_store_reachable 0.0" in call(a, "GET", "/metrics")[2].decode()  # HDC_StateStoreUnreachable
 
             starting = threading.Thread(target=b.start)  # a new replica cannot catch up: never ready meanwhile
             starting.start()
@@ -343,6 +344,7 @@ def test_store_outage_fails_writes_and_readiness_not_liveness_and_recovers(tmp_p
             starting.join(120)
             assert _status(b, "/readyz") == 200
             wait_until(lambda: _status(a, "/readyz") == 200, what="A ready again")
+            assert "hdc_state_store_reachable 1.0" in call(a, "GET", "/metrics")[2].decode()
             status, headers, added = call(a, "POST", "/v1/memories/m/items", {"vectors": hv_to_json(F.random(2, DIM))})
             assert status == 200 and added["size"] == 2
             status, _, info = call(b, "GET", "/v1/memories/m", headers=token(version_of(headers)))

@@ -188,6 +188,9 @@ STATE_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 STATE_LABEL_NAMES: dict[str, tuple[str, ...]] = {
     "hdc_state_version": (),
     "hdc_state_lag_versions": (),
+    "hdc_state_lag_seconds": (),
+    "hdc_state_store_reachable": (),
+    "hdc_state_catch_up_seconds": (),
     "hdc_state_commit_seconds": (),
     "hdc_state_catch_up_wait_seconds": (),
     "hdc_state_store_errors": ("reason",),
@@ -206,6 +209,21 @@ class StateMetrics:
         self.lag_versions = Gauge(
             "hdc_state_lag_versions",
             "Committed state versions this replica has heard of and not applied yet",
+            registry=inner,
+        )
+        self.lag_seconds = Gauge(
+            "hdc_state_lag_seconds",
+            "How long this replica has known of a committed state version it has not applied yet (0: caught up)",
+            registry=inner,
+        )
+        self.store_reachable = Gauge(
+            "hdc_state_store_reachable",
+            "1 while this replica reads the state store's log (at least every few seconds), else 0",
+            registry=inner,
+        )
+        self.catch_up_seconds = Gauge(
+            "hdc_state_catch_up_seconds",
+            "Duration of this replica's last catch-up with the state store (at start: before it turned ready)",
             registry=inner,
         )
         self.commit_seconds = Histogram(
@@ -228,9 +246,14 @@ class StateMetrics:
         )
         registry.register(_WithoutCreated(inner))
 
-    def set_follower(self, applied_version: int, lag_versions: int) -> None:
+    def set_follower(
+        self, applied_version: int, lag_versions: int, lag_seconds: float, reachable: bool, catch_up_seconds: float
+    ) -> None:
         self.version.set(_check_count("applied_version", applied_version))
         self.lag_versions.set(_check_count("lag_versions", lag_versions))
+        self.lag_seconds.set(_check_number("lag_seconds", lag_seconds))
+        self.store_reachable.set(1 if reachable else 0)
+        self.catch_up_seconds.set(_check_number("catch_up_seconds", catch_up_seconds))
 
     def observe_commit(self, seconds: float) -> None:
         self.commit_seconds.observe(_check_number("seconds", seconds))

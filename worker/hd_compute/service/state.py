@@ -213,7 +213,13 @@ class SharedState:
                 lag_versions=status.lag_versions,
                 lag_seconds=round(status.lag_seconds, 3),
             )
-            self.metrics.set_follower(status.applied_version, status.lag_versions)
+            self.metrics.set_follower(
+                status.applied_version,
+                status.lag_versions,
+                status.lag_seconds,
+                out["reachable"],
+                status.last_catch_up_seconds,
+            )
         return out
 
     # -- reads ----------------------------------------------------------------------------------------------------
