@@ -330,7 +330,9 @@ def test_store_outage_fails_writes_and_readiness_not_liveness_and_recovers(tmp_p
             assert status == 200 and info["size"] == 0
             wait_until(lambda: call(a, "GET", "/readyz")[0] == 503, what="/readyz to turn 503 without the store")
             assert "state store" in call(a, "GET", "/readyz")[2]["reason"]
-            assert "hdc_state_store_reachable 0.0" in call(a, "GET", "/metrics")[2].decode()  # HDC_StateStoreUnreachable
+            assert (
+                "hdc_state_store_reachable 0.0" in call(a, "GET", "/metrics")[2].decode()
+            )  # HDC_StateStoreUnreachable
 
             starting = threading.Thread(target=b.start)  # a new replica cannot catch up: never ready meanwhile
             starting.start()
