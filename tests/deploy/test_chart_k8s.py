@@ -479,10 +479,13 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
     it uses every verb the chart grants, except
     `delete` of Deployments and Services: the builders always want those two, so pruning (which is per kind in
     the code) never reaches them."""
+    from cnpg_support import cnpg_cluster_crd_path
     from worker_process import free_port
 
     ns, full = k8s_namespace, f"{release}-hdc-operator"
     install(k8s_cluster, ns, release, "--set-json", f'watchNamespaces=["{ns}"]')
+    cnpg_crd = str(cnpg_cluster_crd_path())
+    kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", cnpg_crd)
     sa_kubeconfig = service_account_kubeconfig(k8s_cluster, ns, full, tmp_path / "sa.kubeconfig")
     port = free_port()
     proxy_log = tmp_path / "proxy.log"
@@ -518,14 +521,23 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
         (tmp_path / "op").mkdir()
         operator = OperatorProcess(str(plain), tmp_path / "op", **env).start()
 
-        name = "full"
+        # a scaled workload on a CloudNativePG Cluster the operator creates (its CRD installed for this test), and
+        # a single-replica one whose local state outlives its pod on a claim: between them, every child kind
+        name, solo = "full", "solo"
         body = {**WORKLOAD, "metadata": {"name": name, "namespace": ns}}
         body["spec"] = {
             **body["spec"],
-            "persistence": {"enabled": True, "size": "1Gi"},
+            "state": {"backend": "postgres", "postgres": {"cluster": {}}},
             "autoscaling": {"mode": "hpa", "minReplicas": 1, "maxReplicas": 3},
         }
         kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(body))
+        single = {**WORKLOAD, "metadata": {"name": solo, "namespace": ns}}
+        single["spec"] = {
+            **single["spec"],
+            "state": {"backend": "local"},
+            "persistence": {"enabled": True, "size": "1Gi"},
+        }
+        kubectl(k8s_cluster, "apply", "-f", "-", input=json.dumps(single))
         kinds = (
             "deployment",
             "service",
@@ -536,10 +548,18 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
             "servicemonitor",
             "prometheusrule",
         )
-        names = {"configmap": f"{name}-dashboards", "persistentvolumeclaim": f"{name}-state"}
+        names = {"configmap": f"{name}-dashboards"}
         wait_for(lambda: reconciled(k8s_cluster, ns, name), 90, "first reconcile", operator)
+        wait_for(lambda: reconciled(k8s_cluster, ns, solo), 90, "first reconcile of the single replica", operator)
+        cluster = wait_for(
+            lambda: get_json(k8s_cluster, "clusters.postgresql.cnpg.io", f"{name}-state", "-n", ns),
+            60,
+            "the CloudNativePG Cluster",
+            operator,
+        )
+        assert cluster["metadata"]["ownerReferences"][0]["name"] == name
         claims = get_json(k8s_cluster, "persistentvolumeclaims", "-n", ns)["items"]
-        assert claims, "no PersistentVolumeClaim was created"
+        assert [c["metadata"]["ownerReferences"][0]["name"] for c in claims] == [solo], claims
         names["persistentvolumeclaim"] = claims[0]["metadata"]["name"]
         # drift: a label of ours removed by hand from every child is restored (a patch of each kind)
         label = "app.kubernetes.io/component"
@@ -623,6 +643,7 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
             operator.stop()
         proxy.terminate()
         proxy.wait(10)
+        kubectl(k8s_cluster, "delete", "-f", cnpg_crd, "--timeout=60s", check=False)
 
     used = {
         call

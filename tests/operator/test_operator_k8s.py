@@ -257,8 +257,21 @@ def test_workload_gets_owned_children_status_and_printer_columns(operator, k8s_n
 
 
 def test_examples_reconcile(operator, k8s_namespace, api, crd_installed):
+    """Every example reconciles without a problem; CloudNativePG's Cluster CRD is installed for the one on its own
+    database (with-postgres.yaml), as a user of that example would have it."""
+    from cnpg_support import cnpg_cluster_crd_path
+
     files = sorted(glob.glob(str(REPO / "deploy" / "examples" / "*.yaml")))
     assert files, "deploy/examples/*.yaml is empty"
+    cnpg_crd = str(cnpg_cluster_crd_path())
+    kubectl(crd_installed, "apply", "--server-side", "--force-conflicts", "-f", cnpg_crd)
+    try:
+        _examples_reconcile(operator, k8s_namespace, api, crd_installed, files)
+    finally:
+        kubectl(crd_installed, "delete", "-f", cnpg_crd, "--timeout=60s", check=False)
+
+
+def _examples_reconcile(operator, k8s_namespace, api, crd_installed, files):
     kubectl(crd_installed, "apply", "-n", k8s_namespace, *[a for f in files for a in ("-f", f)])
     names = [d["metadata"]["name"] for f in files for d in yaml.safe_load_all(open(f)) if d]
 
@@ -909,3 +922,96 @@ def test_deleting_a_namespace_with_workloads_is_not_blocked(crd_installed, cpu_n
     finally:
         proc.stop()
         kubectl(crd_installed, "delete", "namespace", ns, "--wait=false", check=False)
+
+
+def _deployment(api, ns, name) -> dict | None:
+    return api.get("apps/v1", "deployments", ns, name)
+
+
+def _env(deployment: dict) -> dict[str, dict]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e for e in container["env"]}
+
+
+def test_state_backends_shape_the_deployment_and_the_database(operator, k8s_namespace, api, crd_installed):
+    """spec.state through the real API server and the operator: none and postgres roll out with RollingUpdate,
+    local with Recreate (both ways, on a live Deployment); postgres reads the URL from a Secret by reference; a
+    CloudNativePG Cluster is refused as Degraded CloudNativePGMissing until CloudNativePG's own CRD is installed,
+    then created, valid against that CRD, with the workers reading its app Secret."""
+    from cnpg_support import cnpg_cluster_crd_path
+
+    ns, name = k8s_namespace, "st"
+    cpu = {"resources": {"gpus": 0, "cpu": 1}, "hdc": {"device": "cpu"}}
+
+    def rolled(strategy: str, backend: str):
+        def check():
+            d = _deployment(api, ns, name)
+            return (
+                d
+                if d is not None
+                and d["spec"]["strategy"]["type"] == strategy
+                and _env(d)["HDC_STATE_BACKEND"]["value"] == backend
+                else None
+            )
+
+        return check
+
+    apply(crd_installed, workload(name, ns, **cpu))
+    wait_for(rolled("RollingUpdate", "none"), 60, "a stateless Deployment", operator)
+    apply(crd_installed, workload(name, ns, state={"backend": "local"}, **cpu))
+    local = wait_for(rolled("Recreate", "local"), 60, "Recreate for the local backend", operator)
+    assert "rollingUpdate" not in local["spec"]["strategy"]
+    shared = {"backend": "postgres", "postgres": {"secretName": "hdc-db", "secretKey": "url"}}
+    apply(crd_installed, workload(name, ns, replicas=2, state=shared, **cpu))
+    d = wait_for(rolled("RollingUpdate", "postgres"), 60, "RollingUpdate again for a shared backend", operator)
+    assert _env(d)["HDC_STATE_DATABASE_URL"]["valueFrom"] == {"secretKeyRef": {"name": "hdc-db", "key": "url"}}
+
+    apply(crd_installed, workload(name, ns, state={"backend": "postgres", "postgres": {"cluster": {}}}, **cpu))
+    w = wait_for(
+        lambda: (w := hdcw(api, ns, name)) and cond(w, "Degraded").get("reason") == "CloudNativePGMissing" and w,
+        60,
+        "Degraded CloudNativePGMissing",
+        operator,
+    )
+    assert "spec.state.postgres.cluster" in cond(w, "Degraded")["message"]
+    crd = str(cnpg_cluster_crd_path())
+    kubectl(crd_installed, "apply", "--server-side", "--force-conflicts", "-f", crd)
+    try:
+        wait_for(
+            lambda: (
+                kubectl(
+                    crd_installed,
+                    "get",
+                    "crd/clusters.postgresql.cnpg.io",
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                ).stdout
+                == "True"
+            ),
+            60,
+            "CloudNativePG's CRD established",
+        )
+        cluster = wait_for(
+            lambda: api.get("postgresql.cnpg.io/v1", "clusters", ns, f"{name}-state"), 60, "the Cluster", operator
+        )
+        assert cluster["spec"]["instances"] == 1 and cluster["spec"]["storage"]["size"] == "1Gi"
+        assert cluster["metadata"]["ownerReferences"][0]["name"] == name
+        d = wait_for(
+            lambda: (
+                (d := _deployment(api, ns, name))
+                and _env(d)["HDC_STATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == f"{name}-state-app"
+                and d
+            ),
+            60,
+            "the Cluster's app Secret in the pods",
+            operator,
+        )
+        assert _env(d)["HDC_STATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "uri"
+        wait_for(
+            lambda: cond(hdcw(api, ns, name), "Degraded").get("reason") != "CloudNativePGMissing",
+            60,
+            "CloudNativePGMissing cleared",
+            operator,
+        )
+    finally:
+        kubectl(crd_installed, "delete", "-f", crd, "--wait=false", check=False)

@@ -148,6 +148,18 @@ def volumes(workload: Workload) -> list[Manifest]:
     return [{"name": "tmp", "emptyDir": {}}, state]
 
 
+# Kubernetes' own defaults, written out: the operator owns them (server-side apply), so that a change to Recreate
+# removes them; a defaulted rollingUpdate that nobody owns would stay and make the API server refuse Recreate.
+ROLLING_UPDATE = {"maxSurge": "25%", "maxUnavailable": "25%"}
+
+
+def strategy(workload: Workload) -> Manifest:
+    """Recreate for a local state backend (one pod owns the state directory at a time), else RollingUpdate."""
+    if workload.state_backend == "local":
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": dict(ROLLING_UPDATE)}
+
+
 def config_hash(parts: Mapping[str, Any]) -> str:
     """A short digest of what the worker is configured with; in a pod annotation, so a change rolls the pods."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -208,9 +220,7 @@ def build_deployment(workload: Workload) -> Manifest:
         "prometheus.io/port": str(HTTP_PORT),
         "prometheus.io/path": "/metrics",
     }
-    deployment_spec: dict[str, Any] = {}
-    if workload.state_backend == "local":
-        deployment_spec["strategy"] = {"type": "Recreate"}  # the default RollingUpdate otherwise
+    deployment_spec = {"strategy": strategy(workload)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

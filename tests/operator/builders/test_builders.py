@@ -241,6 +241,7 @@ def test_worker_env_parses_into_the_spec_values():
     settings = WorkerSettings.from_env(environ=hdc_vars)  # the worker's own parser
     assert (settings.dimension, settings.vsa, settings.device) == (4096, "HRR", "cpu")
     assert (settings.port, settings.host, settings.state_dir) == (8080, "0.0.0.0", "/var/lib/hdc")
+    assert settings.state_backend == "none"  # spec.state.backend's default
     assert (settings.health_cuda_memory_mb, settings.health_memory_percent, settings.health_disk_percent) == (
         512,
         80.5,

@@ -2,7 +2,8 @@
 
 Schemas: the Kubernetes API's (v1.36, standalone strict) from the kubernetes-validate package; the
 prometheus-operator CRDs (tools share/, hack/build-tools.sh), CloudNativePG's Cluster CRD (tests/cnpg_support.py)
-and our HDCWorkload CRD converted to JSON schema here. Strict: an unknown field anywhere fails, which the negative tests prove.
+and our HDCWorkload CRD converted to JSON schema here. Strict: an unknown field anywhere fails, which the negative
+tests prove.
 """
 
 from __future__ import annotations

@@ -61,8 +61,14 @@ def test_crd_reference_lists_every_spec_field_and_rule():
     assert "spec.autoscaling.minReplicas must be <= spec.autoscaling.maxReplicas" in doc
 
 
-def test_examples_are_the_four_promised_and_valid():
-    assert [p.name for p in EXAMPLES] == ["cpu-only.yaml", "gpu-autoscaled.yaml", "minimal.yaml", "with-baselines.yaml"]
+def test_examples_are_the_five_promised_and_valid():
+    assert [p.name for p in EXAMPLES] == [
+        "cpu-only.yaml",
+        "gpu-autoscaled.yaml",
+        "minimal.yaml",
+        "with-baselines.yaml",
+        "with-postgres.yaml",
+    ]
     for path in EXAMPLES:
         proc = hdcctl("validate", "-f", str(path))
         assert proc.returncode == 0, proc.stderr
