@@ -218,8 +218,10 @@ def exported_metric_names() -> set[str]:
     from hd_compute.monitoring.metrics import MetricsCollector
     from hdc_operator.metrics import OperatorMetrics
 
+    worker = MetricsCollector()
+    worker.state()  # the state store's families, which a worker registers when it opens its store
     names = set()
-    for registry in (MetricsCollector().registry, OperatorMetrics().registry):
+    for registry in (worker.registry, OperatorMetrics().registry):
         for family in registry.collect():
             suffixes = {
                 "counter": ["_total"],
