@@ -20,8 +20,9 @@ ENTRYPOINT, CMD, EXPOSE, LABEL). The names, tags and archive paths come from ima
 The chroot runs under `env -i` (the host's PIP_* and proxy variables must not leak into the image) with
 SOURCE_DATE_EPOCH set, so pip's .pyc files are hash-based and the same on every build; the host's CA bundle is
 copied in only for the step that downloads wheels and never reaches a layer. Layer mtimes are clamped to the
-commit time of what determines the layer: the last commit of pyproject.toml or the Dockerfiles for the base and
-dependency layers (so they stay cached across code changes), HEAD's commit time for the project layer.
+commit time of a commit that describes the layer: the Dockerfiles' last commit for the base and dependency layers
+(so they stay cached across code and pyproject changes: an epoch need only be a function of the checkout, and
+their cache keys already hold what they contain), HEAD's commit time for the project layer.
 SOURCE_DATE_EPOCH in the environment overrides both.
 
 Needs root (mmdebstrap's root mode and chroot). The cache lives in $HDC_IMAGES_CACHE (default
@@ -436,7 +437,7 @@ def archive_digest(path: pathlib.Path) -> str | None:
 
 
 def build(plan: Plan) -> dict[str, object]:
-    deps_epoch = commit_time("pyproject.toml", "deploy/worker.Dockerfile", "deploy/operator.Dockerfile")
+    deps_epoch = commit_time("deploy/worker.Dockerfile", "deploy/operator.Dockerfile")
     project_epoch = commit_time()
     started = time.monotonic()
     base_root, base_key = rootfs(plan.base_packages, plan.base_commands)

@@ -3,6 +3,7 @@ import without torch, while `from hd_compute import ...` and `import *` still gi
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -62,3 +63,36 @@ def test_kernels_import_nothing_from_the_layers_above():
         " and not m.startswith('hd_compute.kernels') and m != 'hd_compute._lazy'))"
     )
     assert run_python(code) == "[]"
+
+
+def test_the_engine_loads_nothing_of_the_service_or_the_operator():
+    """`import hd_compute` and the engine's whole public API (the wheel's base install: torch and numpy only)
+    leave the service, the monitoring/state layers, the operator and their libraries unloaded."""
+    code = (
+        "import json, sys; import hd_compute as hdc; from hd_compute import *; "
+        "from hd_compute.structures import ItemMemory; "
+        "x = hdc.random(8, 256, 'MAP'); m = ItemMemory(256); m.add(x); m.search(hdc.bundle(x[0], x[1])); "
+        "print(json.dumps(sorted({m.split('.')[0] if not m.startswith('hd_compute.') else '.'.join(m.split('.')[:2]) "
+        "for m in sys.modules})))"
+    )
+    loaded = set(json.loads(run_python(code)))
+    forbidden = {
+        "hd_compute.service",
+        "hd_compute.client",
+        "hd_compute.monitoring",
+        "hd_compute.state",
+        "hd_compute.bench",
+        "hd_compute.health",
+        "hdc_operator",
+        "aiohttp",
+        "kopf",
+        "kubernetes",
+        "prometheus_client",
+        "structlog",
+        "opentelemetry",
+        "sqlalchemy",
+        "typer",
+        "yaml",
+    }
+    assert "hd_compute.structures" in loaded and "torch" in loaded  # the probe did load the engine
+    assert loaded & forbidden == set(), sorted(loaded & forbidden)
