@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane as local processes, without Docker: kwokctl's binary runtime runs the
 # etcd, kube-apiserver, kube-controller-manager and kube-scheduler built by hack/build-tools.sh, plus the
-# kwok controller, which plays the kubelets of fake GPU nodes.
+# kwok controller, which plays the kubelets of fake nodes: GPU nodes (tainted) and one CPU node (untainted).
+# hack/real-node.sh can add one real node (a kubelet and containerd) to it.
 #
 #   hack/cluster.sh up                       create (or reuse) the cluster; last line: export KUBECONFIG=...
 #   hack/cluster.sh down                     delete the cluster and its kubeconfig
@@ -25,6 +26,8 @@ GPU_NODES=${HDC_GPU_NODES:-4}
 GPU_PRODUCT=NVIDIA-H100-80GB-HBM3
 GPU_PATTERN=(8 4 2 1)
 STOP_GRACE_S=${HDC_STOP_GRACE_S:-5}
+SERVICE_CIDR=10.96.0.0/16
+KUBERNETES_SERVICE_IP=10.96.0.1 # the first address of SERVICE_CIDR: the kubernetes Service
 KUBECONFIG_PATH=$STATE/$NAME.kubeconfig
 export KWOK_WORKDIR=$STATE/kwok
 CLUSTER_WORKDIR=$KWOK_WORKDIR/clusters/$NAME
@@ -60,45 +63,52 @@ pid_of() { # component -> pid of its running process, or fail
     [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" && echo "$pid"
 }
 
-gpu_nodes_manifest() {
-    local i gpus
-    for ((i = 0; i < GPU_NODES; i++)); do
-        gpus=${GPU_PATTERN[i % ${#GPU_PATTERN[@]}]}
-        cat <<EOF
+# One fake node (kwok plays its kubelet: it has the annotation hack/cluster/kwokctl.yaml selects, so a real kubelet
+# can join too). With GPUs: the GPU labels, allocatable nvidia.com/gpu and the nvidia.com/gpu taint; without: an
+# untainted CPU node, where workloads without GPUs run (deploy/examples/cpu-only.yaml).
+node_manifest() { # name cpus memory-GiB gpus
+    local gpu_labels="" gpu_taint="" gpu_resource=""
+    if (($4 > 0)); then
+        gpu_labels=$'\n    nvidia.com/gpu.present: "true"'
+        gpu_labels+=$'\n    nvidia.com/gpu.product: '"$GPU_PRODUCT"
+        gpu_labels+=$'\n    nvidia.com/gpu.count: "'"$4"'"'
+        gpu_taint=$'\nspec:\n  taints:\n    - {key: nvidia.com/gpu, value: present, effect: NoSchedule}'
+        gpu_resource=$'\n    nvidia.com/gpu: "'"$4"'"'
+    fi
+    cat <<EOF
 ---
 apiVersion: v1
 kind: Node
 metadata:
-  name: hdc-gpu-$i
+  name: $1
   annotations:
-    kwok.x-k8s.io/node: fake # managed by the kwok controller, which plays its kubelet
+    kwok.x-k8s.io/node: fake
     node.alpha.kubernetes.io/ttl: "0"
   labels:
-    kubernetes.io/hostname: hdc-gpu-$i
+    kubernetes.io/hostname: $1
     kubernetes.io/os: linux
     kubernetes.io/arch: amd64
-    type: kwok
-    nvidia.com/gpu.present: "true"
-    nvidia.com/gpu.product: $GPU_PRODUCT
-    nvidia.com/gpu.count: "$gpus"
-spec:
-  taints:
-    - key: nvidia.com/gpu
-      value: present
-      effect: NoSchedule
+    type: kwok$gpu_labels$gpu_taint
 status:
   allocatable: &resources
-    cpu: "$((gpus * 16))"
-    memory: $((gpus * 128))Gi
-    pods: "110"
-    nvidia.com/gpu: "$gpus"
+    cpu: "$2"
+    memory: $3Gi
+    pods: "110"$gpu_resource
   capacity: *resources
   nodeInfo:
     architecture: amd64
     operatingSystem: linux
     kubeletVersion: fake
 EOF
+}
+
+nodes_manifest() {
+    local i gpus
+    for ((i = 0; i < GPU_NODES; i++)); do
+        gpus=${GPU_PATTERN[i % ${#GPU_PATTERN[@]}]}
+        node_manifest "hdc-gpu-$i" $((gpus * 16)) $((gpus * 128)) "$gpus"
     done
+    node_manifest hdc-cpu-0 64 256 0
 }
 
 wait_served() { # seconds
@@ -127,8 +137,11 @@ up() {
         # kwok's Stages come from hack/cluster/kwok-stages.yaml: its defaults plus two that fake a bad image and a
         # crash loop for marker images (the operator's Degraded reasons are tested against them).
         # Service IPs from a /16 (65k): kube-apiserver's default /24 runs out at ~250 Services (1,000 workloads).
+        # hack/cluster/kwokctl.yaml also holds what a real node (hack/real-node.sh) needs.
+        sed -e "s|@CLUSTER_WORKDIR@|$CLUSTER_WORKDIR|g" -e "s|@KUBERNETES_SERVICE_IP@|$KUBERNETES_SERVICE_IP|g" \
+            "$HACK/cluster/kwokctl.yaml" >"$STATE/$NAME-kwokctl.yaml"
         kwokctl create cluster \
-            --config "$HACK/cluster/kwokctl.yaml" \
+            --config "$STATE/$NAME-kwokctl.yaml" \
             --config "$HACK/cluster/kwok-stages.yaml" \
             --runtime binary \
             --kubeconfig "$KUBECONFIG_PATH" \
@@ -140,14 +153,14 @@ up() {
             --kube-controller-manager-binary "$BIN/kube-controller-manager" \
             --kube-scheduler-binary "$BIN/kube-scheduler" \
             --kwok-controller-binary "$BIN/kwok" \
-            --extra-args "kube-apiserver=service-cluster-ip-range=10.96.0.0/16" \
+            --extra-args "kube-apiserver=service-cluster-ip-range=$SERVICE_CIDR" \
             --wait 60s >&2
         chmod 0600 "$KUBECONFIG_PATH"
     fi
     wait_served 60
 
-    log "applying $GPU_NODES fake GPU nodes ($GPU_PRODUCT, GPUs per node cycle ${GPU_PATTERN[*]})"
-    gpu_nodes_manifest | kubectl apply -f - >&2
+    log "applying $GPU_NODES fake GPU nodes ($GPU_PRODUCT, GPUs per node cycle ${GPU_PATTERN[*]}) and a CPU node"
+    nodes_manifest | kubectl apply -f - >&2
     local crds
     crds="$(dirname "$BIN")/share/prometheus-operator-crds"
     log "installing prometheus-operator CRDs from $(<"$crds/SOURCE")"
