@@ -6,7 +6,8 @@ Every second the mirror lists the pods labelled app.kubernetes.io/managed-by=hdc
 it survives API-server restarts without watch bookkeeping) and makes the set of processes match:
 
 - a pod bound to a node, not terminating and not finished gets a process, started with the pod's `worker`
-  container environment (values, `fieldRef` metadata.name/namespace/uid, `$(VAR)` references expanded) and
+  container environment (values, `fieldRef` metadata.name/namespace/uid, `secretKeyRef` read from the Secret:
+  a postgres state backend's database URL, `$(VAR)` references expanded) and
   with HDC_HOST=127.0.0.1, HDC_PORT=<a free port>, HDC_STATE_DIR=<work dir>/<namespace>/<pod>, HDC_DEVICE=cpu;
 - a pod that is gone or terminating gets its process stopped (SIGTERM, SIGKILL after the grace period), as the
   kubelet does;
@@ -24,7 +25,9 @@ overwrite it), so pod readiness in the API and process readiness (/readyz, in th
 
 from __future__ import annotations
 
+import base64
 import ctypes
+import functools
 import http.client
 import json
 import os
@@ -76,8 +79,15 @@ def _expand(value: str, env: Mapping[str, str]) -> str:
     return _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), value)
 
 
-def container_env(pod: Mapping, container: str = CONTAINER_NAME) -> dict[str, str]:
-    """The environment of `container` in `pod` as the kubelet would give it (values, fieldRefs, $(VAR))."""
+# (namespace, Secret name, key) -> the value, or None when the Secret or the key does not exist
+SecretReader = Callable[[str, str, str], "str | None"]
+
+
+def container_env(
+    pod: Mapping, container: str = CONTAINER_NAME, read_secret: SecretReader | None = None
+) -> dict[str, str]:
+    """The environment of `container` in `pod` as the kubelet would give it (values, fieldRefs, $(VAR), and with
+    `read_secret` secretKeyRefs: the state database URL of a postgres backend)."""
     containers = (pod.get("spec") or {}).get("containers") or []
     chosen = next((c for c in containers if c.get("name") == container), containers[0] if containers else {})
     env: dict[str, str] = {}
@@ -90,15 +100,22 @@ def container_env(pod: Mapping, container: str = CONTAINER_NAME) -> dict[str, st
         elif item.get("value") is None and "valueFrom" not in item:
             env[name] = ""
         else:
-            path = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+            source = item.get("valueFrom") or {}
+            path = (source.get("fieldRef") or {}).get("fieldPath")
+            ref = source.get("secretKeyRef") or {}
             if path in _FIELD_PATHS:
                 section, key = _FIELD_PATHS[path]
                 env[name] = str((pod.get(section) or {}).get(key) or "")
-            # secretKeyRef/configMapKeyRef/resourceFieldRef: not mirrored (the builders use none)
+            elif ref and read_secret is not None:
+                namespace = (pod.get("metadata") or {}).get("namespace", "")
+                value = read_secret(namespace, ref.get("name", ""), ref.get("key", ""))
+                if value is not None:  # a missing Secret leaves the variable unset: the worker says what it lacks
+                    env[name] = value
+            # configMapKeyRef/resourceFieldRef: not mirrored (the builders use none)
     return env
 
 
-def pod_worker(pod: Mapping) -> PodWorker | None:
+def pod_worker(pod: Mapping, read_secret: SecretReader | None = None) -> PodWorker | None:
     """The process a pod should have, or None: not scheduled yet, terminating, or finished."""
     meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
     if meta.get("deletionTimestamp") or not spec.get("nodeName"):
@@ -106,7 +123,7 @@ def pod_worker(pod: Mapping) -> PodWorker | None:
     if status.get("phase") in ("Succeeded", "Failed"):
         return None
     labels = meta.get("labels") or {}
-    env = container_env(pod)
+    env = container_env(pod, read_secret=read_secret)
     return PodWorker(
         meta["namespace"], meta["name"], meta.get("uid", ""), labels.get(WORKLOAD_LABEL, ""), tuple(sorted(env.items()))
     )
@@ -221,12 +238,13 @@ class PodMirror:
         command: list[str] | None = None,
         log: Callable[[str], None] = print,
         probe: Callable[[int], bool] = probe_ready,
+        read_secret: SecretReader | None = None,
     ):
         self.list_pods, self.file_sd = list_pods, pathlib.Path(file_sd)
         self.work_dir = pathlib.Path(work_dir)
         self.status_file = pathlib.Path(status_file) if status_file else self.work_dir / "status.json"
         self.command = command or worker_command()
-        self.log, self.probe = log, probe
+        self.log, self.probe, self.read_secret = log, probe, read_secret
         self.workers: dict[tuple[str, str, str], MirroredWorker] = {}
         self.stopping: list[MirroredWorker] = []
         self._sd_text: str | None = None
@@ -236,7 +254,9 @@ class PodMirror:
     # one step -----------------------------------------------------------------------------------------------
     def sync(self, pods: list[Mapping] | None = None) -> None:
         """Lists the pods (unless given), starts, stops and restarts processes, probes, writes the files."""
-        wanted = {w.key: w for w in (pod_worker(p) for p in (self.list_pods() if pods is None else pods)) if w}
+        read_secret = functools.cache(self.read_secret) if self.read_secret else None  # each Secret once a sync
+        listed = self.list_pods() if pods is None else pods
+        wanted = {w.key: w for w in (pod_worker(p, read_secret) for p in listed) if w}
         for key in list(self.workers):
             if key not in wanted:
                 self._begin_stop(self.workers.pop(key), "pod gone or terminating")
@@ -364,6 +384,23 @@ def list_pods_fn(api_client, namespace: str | None = None) -> Callable[[], list[
     return list_pods
 
 
+def secret_reader(api_client) -> SecretReader:
+    """Reads one key of a Secret (None when the Secret or the key is missing or cannot be read)."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+
+    def read(namespace: str, name: str, key: str) -> str | None:
+        try:
+            secret = core.read_namespaced_secret(name, namespace, _request_timeout=10)
+        except Exception:  # noqa: BLE001 - missing or unreadable: the variable stays unset, as without the Secret
+            return None
+        raw = (secret.data or {}).get(key)
+        return None if raw is None else base64.b64decode(raw).decode()
+
+    return read
+
+
 def run_mirror(
     *,
     kubeconfig: str | None,
@@ -378,7 +415,9 @@ def run_mirror(
 
     stop = stop or threading.Event()
     api_client = kconfig.new_client_from_config(config_file=kubeconfig)
-    mirror = PodMirror(list_pods_fn(api_client, namespace), file_sd, work_dir, log=log)
+    mirror = PodMirror(
+        list_pods_fn(api_client, namespace), file_sd, work_dir, log=log, read_secret=secret_reader(api_client)
+    )
     log(
         f"workers: mirroring pods ({MANAGED_SELECTOR}) in {namespace or 'all namespaces'}; targets -> {file_sd}, "
         f"status -> {mirror.status_file}"

@@ -63,6 +63,18 @@ def test_container_env_resolves_values_field_refs_and_references():
     }
 
 
+def test_secret_key_refs_are_read_when_a_reader_is_given():
+    secrets = {("ns", "db", "uri"): "postgresql://u:pw@h/db"}
+    env = [
+        {"name": "HDC_STATE_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "db", "key": "uri"}}},
+        {"name": "MISSING", "valueFrom": {"secretKeyRef": {"name": "db", "key": "other"}}},
+    ]
+    read = lambda ns, name, key: secrets.get((ns, name, key))  # noqa: E731
+    assert container_env(pod(env=env), read_secret=read) == {"HDC_STATE_DATABASE_URL": "postgresql://u:pw@h/db"}
+    assert dict(pod_worker(pod(env=env), read).env) == {"HDC_STATE_DATABASE_URL": "postgresql://u:pw@h/db"}
+    assert container_env(pod(env=env)) == {}  # without a reader, as before
+
+
 def test_only_scheduled_live_pods_get_a_process():
     assert pod_worker(pod()) is not None
     assert pod_worker(pod(node=None)) is None  # Pending, not bound to a node
