@@ -479,13 +479,12 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
     it uses every verb the chart grants, except
     `delete` of Deployments and Services: the builders always want those two, so pruning (which is per kind in
     the code) never reaches them."""
-    from cnpg_support import cnpg_cluster_crd_path
+    from cnpg_support import install_cnpg_crd, remove_cnpg_crd
     from worker_process import free_port
 
     ns, full = k8s_namespace, f"{release}-hdc-operator"
     install(k8s_cluster, ns, release, "--set-json", f'watchNamespaces=["{ns}"]')
-    cnpg_crd = str(cnpg_cluster_crd_path())
-    kubectl(k8s_cluster, "apply", "--server-side", "--force-conflicts", "-f", cnpg_crd)
+    install_cnpg_crd(kubectl_bin(), k8s_cluster.kubeconfig)
     sa_kubeconfig = service_account_kubeconfig(k8s_cluster, ns, full, tmp_path / "sa.kubeconfig")
     port = free_port()
     proxy_log = tmp_path / "proxy.log"
@@ -643,7 +642,7 @@ def test_every_granted_verb_is_used(k8s_cluster, k8s_namespace, release, tmp_pat
             operator.stop()
         proxy.terminate()
         proxy.wait(10)
-        kubectl(k8s_cluster, "delete", "-f", cnpg_crd, "--timeout=60s", check=False)
+        remove_cnpg_crd(kubectl_bin(), k8s_cluster.kubeconfig)
 
     used = {
         call

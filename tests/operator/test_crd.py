@@ -16,6 +16,7 @@ import subprocess
 import paths
 import pytest
 import yaml
+from cnpg_support import install_cnpg_crd, remove_cnpg_crd
 
 from hdc_operator import spec as specmod
 from hdc_operator.spec import InvalidSpec, default_spec, parse_workload, validate_workload
@@ -528,18 +529,14 @@ def test_server_side_dry_run_accepts_every_rendered_child(crd_installed, k8s_nam
     apply(crd_installed, k8s_namespace, body("dry", spec))
     children = children_of(crd_installed, k8s_namespace, "dry")
     assert {"Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap"} <= {c["kind"] for c in children}
-    cnpg_crd = None
-    if any(c["kind"] == "Cluster" for c in children):  # a CloudNativePG Cluster: its CRD, as its users have it
-        from cnpg_support import cnpg_cluster_crd_path
-
-        cnpg_crd = str(cnpg_cluster_crd_path())
-        kubectl(crd_installed, "apply", "--server-side", "--force-conflicts", "-f", cnpg_crd)
-        kubectl(crd_installed, "wait", "--for=condition=Established", "--timeout=60s", "-f", cnpg_crd)
+    cnpg = any(c["kind"] == "Cluster" for c in children)  # a CloudNativePG Cluster: its CRD, as its users have it
+    if cnpg:
+        install_cnpg_crd(kubectl_bin(), crd_installed.kubeconfig)
     try:
         _dry_run_every_child(crd_installed, children)
     finally:
-        if cnpg_crd is not None:
-            kubectl(crd_installed, "delete", "-f", cnpg_crd, "--timeout=60s", check=False)
+        if cnpg:
+            remove_cnpg_crd(kubectl_bin(), crd_installed.kubeconfig)
 
 
 def _dry_run_every_child(crd_installed, children):

@@ -927,7 +927,7 @@ def test_state_backends_shape_the_deployment_and_the_database(operator, k8s_name
     local with Recreate (both ways, on a live Deployment); postgres reads the URL from a Secret by reference; a
     CloudNativePG Cluster is refused as Degraded CloudNativePGMissing until CloudNativePG's own CRD is installed,
     then created, valid against that CRD, with the workers reading its app Secret."""
-    from cnpg_support import cnpg_cluster_crd_path
+    from cnpg_support import install_cnpg_crd, remove_cnpg_crd
 
     ns, name = k8s_namespace, "st"
     cpu = {"resources": {"gpus": 0, "cpu": 1}, "hdc": {"device": "cpu"}}
@@ -963,23 +963,8 @@ def test_state_backends_shape_the_deployment_and_the_database(operator, k8s_name
         operator,
     )
     assert "spec.state.postgres.cluster" in cond(w, "Degraded")["message"]
-    crd = str(cnpg_cluster_crd_path())
-    kubectl(crd_installed, "apply", "--server-side", "--force-conflicts", "-f", crd)
+    install_cnpg_crd(kubectl_bin(), crd_installed.kubeconfig)
     try:
-        wait_for(
-            lambda: (
-                kubectl(
-                    crd_installed,
-                    "get",
-                    "crd/clusters.postgresql.cnpg.io",
-                    "-o",
-                    'jsonpath={.status.conditions[?(@.type=="Established")].status}',
-                ).stdout
-                == "True"
-            ),
-            60,
-            "CloudNativePG's CRD established",
-        )
         cluster = wait_for(
             lambda: api.get("postgresql.cnpg.io/v1", "clusters", ns, f"{name}-state"), 60, "the Cluster", operator
         )
@@ -1003,4 +988,4 @@ def test_state_backends_shape_the_deployment_and_the_database(operator, k8s_name
             operator,
         )
     finally:
-        kubectl(crd_installed, "delete", "-f", crd, "--wait=false", check=False)
+        remove_cnpg_crd(kubectl_bin(), crd_installed.kubeconfig)
